@@ -1,0 +1,600 @@
+"""Data for the MVLIP study: caption templates, datasets, the generated offline dataset, loaders.
+
+What lives here
+- ``TEMPLATES``: the paper's 10 caption templates (FACTS.md), and ``sample_captions``.
+- ``make_generated_dataset``: a small deterministic coloured-shapes ImageFolder, the offline default.
+- ``class_names_for_folders``: ImageNet wnid folders -> CLIP's curated ImageNet class names; any other
+  folder name -> the name with "_" replaced by " ".
+- ``clip_transform``: open_clip's own CLIP preprocessing (Resize bicubic, CenterCrop, RGB, CLIP mean/std).
+- ``ImageFolderSplit`` (alias ``ImageFolderDataset``) and ``load_splits``: ImageNet-mini
+  (``ROOT/train/<wnid>/*.JPEG``, ``ROOT/val/<wnid>/*.JPEG``) or any ImageFolder with class-name folders.
+  Layout problems raise at once with the path named; unreadable images are found when the split is
+  scanned and skipped (logged, and listed in ``ds.skipped``), never deep inside a DataLoader worker.
+- ``make_loader``: a DataLoader whose order is fixed by a seed (and whose workers are seeded).
+- ``cache_preprocessed`` / ``CachedImageDataset`` / ``normalize_on_device``: the deterministic CLIP
+  preprocessing done once and stored as uint8 (resize + crop, before normalisation); the /255 and
+  mean/std are applied on the device.
+
+Decisions (documented here because callers depend on them)
+- Classes are the train split's class folders, sorted (so wnid folders follow open_clip's sorted-wnid
+  order). A train class folder with no readable image is an error naming it. Val class folders that are
+  absent from train are an error naming them; empty val class folders are fine (a logged warning).
+- Image modes: everything is converted to RGB before the transform. 16/32-bit greyscale (I;16, I) is
+  rescaled to 8 bits first (PIL's plain convert would clip it to white); alpha is dropped as PIL's
+  ``convert("RGB")`` does (the same as torchvision's ImageFolder loader and open_clip). No EXIF rotation
+  (ImageFolder and the authors' code do none).
+- Files are recognised by extension, case-insensitively (``IMG_EXTENSIONS``); other files and hidden
+  files (``.DS_Store``, ``._x.jpg``) are ignored. Class folders are walked recursively, like ImageFolder.
+- ``make_generated_dataset``: an identical complete manifest -> nothing is written. A manifest written by
+  this generator with other parameters (or an unfinished one) -> train/, val/ and the manifest are
+  removed and the dataset is regenerated in place. A non-empty folder without our manifest -> ValueError
+  naming the folder (we never delete files we did not write).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import re
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+import open_clip
+from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+logger = logging.getLogger("mvlip_utils.data")
+
+# --------------------------------------------------------------------------------------- captions
+TEMPLATES: tuple[str, ...] = (
+    "a photo of a {}",
+    "a picture of a {}",
+    "an image of a {}",
+    "a {} in the photo",
+    "this is a {}",
+    "this is a photo of a {}",
+    "a cropped photo of a {}",
+    "a good photo of a {}",
+    "a close-up photo of a {}",
+    "a bright photo of a {}",
+)
+
+
+def sample_captions(labels, classnames: Sequence[str], generator: torch.Generator | None = None,
+                    templates: Sequence[str] = TEMPLATES) -> list[str]:
+    """One caption per label: a template drawn uniformly at random (as the authors' training did),
+    filled with that label's class name. Pass a seeded ``torch.Generator`` for a reproducible draw."""
+    labels = torch.as_tensor(labels).reshape(-1)
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= len(classnames)):
+        raise ValueError(f"labels: values must lie in [0, {len(classnames)}) (len(classnames)); "
+                         f"got min {int(labels.min())}, max {int(labels.max())}")
+    picks = torch.randint(len(templates), (len(labels),), generator=generator)
+    return [templates[int(t)].format(classnames[int(y)]) for t, y in zip(picks, labels)]
+
+
+# ------------------------------------------------------------------------------ generated dataset
+GENERATOR_NAME = "mvlip_utils.data.make_generated_dataset"
+GENERATOR_VERSION = 1
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (215, 40, 40),
+    "blue": (40, 80, 225),
+    "green": (35, 165, 60),
+    "yellow": (235, 215, 40),
+    "purple": (135, 55, 190),
+    "orange": (245, 135, 25),
+    "pink": (245, 125, 185),
+    "cyan": (40, 205, 215),
+}
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "diamond", "hexagon", "ring")
+
+
+def generated_class_combos(n_classes: int) -> list[tuple[str, str]]:
+    """The first ``n_classes`` (colour, shape) pairs, in an order where neighbouring classes differ in
+    both colour and shape (diagonals of the colour x shape grid): red circle, blue square,
+    green triangle, ... Every pair appears once; at most len(COLOURS) * len(SHAPES) classes."""
+    colours, n_s = list(COLOURS), len(SHAPES)
+    limit = len(colours) * n_s
+    if not isinstance(n_classes, int) or not 1 <= n_classes <= limit:
+        raise ValueError(f"n_classes must be an int in [1, {limit}] (colours x shapes), got {n_classes!r}")
+    pairs = [(colours[c], SHAPES[(c + d) % n_s]) for d in range(n_s) for c in range(len(colours))]
+    return pairs[:n_classes]
+
+
+def _shape_polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
+    def rot(points):
+        ca, sa = math.cos(angle), math.sin(angle)
+        return [(cx + x * ca - y * sa, cy + x * sa + y * ca) for x, y in points]
+
+    if shape == "square":
+        s = r / math.sqrt(2) * 1.15
+        return rot([(-s, -s), (s, -s), (s, s), (-s, s)])
+    if shape == "triangle":
+        return rot([(r * math.cos(a), r * math.sin(a)) for a in (-math.pi / 2 + k * 2 * math.pi / 3 for k in range(3))])
+    if shape == "diamond":
+        return rot([(0, -r), (0.62 * r, 0), (0, r), (-0.62 * r, 0)])
+    if shape == "hexagon":
+        return rot([(r * math.cos(k * math.pi / 3), r * math.sin(k * math.pi / 3)) for k in range(6)])
+    if shape == "star":
+        pts = []
+        for k in range(10):
+            rr = r if k % 2 == 0 else 0.42 * r
+            a = -math.pi / 2 + k * math.pi / 5
+            pts.append((rr * math.cos(a), rr * math.sin(a)))
+        return rot(pts)
+    if shape == "cross":
+        w = 0.33 * r
+        return rot([(-w, -r), (w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r), (-w, w),
+                    (-r, w), (-r, -w), (-w, -w)])
+    raise ValueError(f"shape: unknown polygon shape {shape!r}")
+
+
+def _draw_sample(colour: str, shape: str, image_size: int, rng: np.random.Generator) -> Image.Image:
+    """One image: a jittered coloured shape on a shaded, slightly tinted background, plus noise.
+    Drawn at 4x and downsampled (anti-aliased edges)."""
+    ss = 4
+    big = image_size * ss
+    shade = rng.uniform(70, 190)
+    tint = rng.uniform(-12, 12, size=3)
+    bg = tuple(int(np.clip(shade + t, 0, 255)) for t in tint)
+    img = Image.new("RGB", (big, big), bg)
+    draw = ImageDraw.Draw(img)
+    fill = tuple(int(np.clip(c + j, 0, 255)) for c, j in zip(COLOURS[colour], rng.uniform(-25, 25, size=3)))
+    r = rng.uniform(0.16, 0.32) * big
+    cx = rng.uniform(r, big - r)
+    cy = rng.uniform(r, big - r)
+    angle = rng.uniform(0, 2 * math.pi)
+    if shape == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    elif shape == "ring":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=fill, width=max(1, int(0.3 * r)))
+    else:
+        draw.polygon(_shape_polygon(shape, cx, cy, r, angle), fill=fill)
+    img = img.resize((image_size, image_size), Image.Resampling.BOX)
+    arr = np.asarray(img, dtype=np.float32) + rng.normal(0.0, 8.0, size=(image_size, image_size, 3))
+    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "RGB")
+
+
+def _expected_manifest(n_classes, train_per_class, val_per_class, image_size, seed) -> dict:
+    classes = [f"{c} {s}" for c, s in generated_class_combos(n_classes)]
+    return {
+        "generator": GENERATOR_NAME,
+        "version": GENERATOR_VERSION,
+        "params": {"n_classes": n_classes, "train_per_class": train_per_class,
+                   "val_per_class": val_per_class, "image_size": image_size, "seed": seed},
+        "classes": classes,
+        "counts": {"train": {c: train_per_class for c in classes}, "val": {c: val_per_class for c in classes},
+                   "train_total": train_per_class * n_classes, "val_total": val_per_class * n_classes},
+        "complete": True,
+    }
+
+
+def _files_match(root: Path, manifest: dict) -> bool:
+    for split in ("train", "val"):
+        for cls, n in manifest["counts"][split].items():
+            d = root / split / cls
+            if not d.is_dir() or len([p for p in os.listdir(d) if p.endswith(".png")]) != n:
+                return False
+    return True
+
+
+def make_generated_dataset(root, n_classes: int = 10, train_per_class: int = 40, val_per_class: int = 10,
+                           image_size: int = 64, seed: int = 0, progress: bool = True) -> Path:
+    """Write (or reuse) the offline coloured-shapes dataset at ``root`` and return ``Path(root)``.
+
+    Layout: root/train/<class name>/NNNN.png, root/val/<class name>/NNNN.png, root/manifest.json
+    (parameters, class list, counts). Class names are "<colour> <shape>" ("red circle", ...). Each image
+    is drawn from its own RNG stream (seed, split, class, index), so the same parameters give
+    byte-identical files. Shape position, size, rotation, colour, background shade/tint and pixel noise
+    vary per image. See the module docstring for what happens when ``root`` already holds something.
+    """
+    for name, value, lo in (("train_per_class", train_per_class, 1), ("val_per_class", val_per_class, 0),
+                            ("image_size", image_size, 16), ("seed", seed, 0)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < lo:
+            raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
+    root = Path(root)
+    manifest = _expected_manifest(n_classes, int(train_per_class), int(val_per_class), int(image_size), int(seed))
+    mpath = root / "manifest.json"
+    if mpath.is_file():
+        try:
+            old = json.loads(mpath.read_text())
+        except (OSError, json.JSONDecodeError):
+            old = None
+        if not isinstance(old, dict) or old.get("generator") != GENERATOR_NAME:
+            raise ValueError(f"{root}: manifest.json was not written by {GENERATOR_NAME}; "
+                             "refusing to overwrite it (pick another root)")
+        if old == manifest and _files_match(root, manifest):
+            logger.info("generated dataset at %s is up to date; not regenerating", root)
+            return root
+        logger.info("generated dataset at %s has other parameters or is incomplete; regenerating", root)
+        for sub in ("train", "val"):
+            if (root / sub).exists():
+                shutil.rmtree(root / sub)
+        mpath.unlink()
+    elif root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise ValueError(f"{root}: exists and is not empty but has no manifest.json from {GENERATOR_NAME}; "
+                         "refusing to write into it (pick an empty or new folder)")
+
+    root.mkdir(parents=True, exist_ok=True)
+    # an unfinished manifest first: an interrupted run is recognised and regenerated next time
+    mpath.write_text(json.dumps({**manifest, "complete": False}, indent=2))
+    combos = generated_class_combos(n_classes)
+    jobs = [(split, si, ci, i) for si, (split, n) in enumerate((("train", train_per_class), ("val", val_per_class)))
+            for ci in range(n_classes) for i in range(n)]
+    for split in ("train", "val"):
+        for cls in manifest["classes"]:
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+    for split, si, ci, i in tqdm(jobs, desc=f"generating {root.name}", disable=not progress, leave=False):
+        colour, shape = combos[ci]
+        rng = np.random.default_rng([int(seed), si, ci, i])
+        img = _draw_sample(colour, shape, int(image_size), rng)
+        img.save(root / split / f"{colour} {shape}" / f"{i:04d}.png", format="PNG", optimize=False)
+    tmp = root / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2))
+    os.replace(tmp, mpath)
+    return root
+
+
+# ----------------------------------------------------------------------------------- class names
+WNID_RE = re.compile(r"^n\d{8}$")
+_WNID_TO_INDEX: dict[str, int] | None = None
+
+
+def _wnid_to_index() -> dict[str, int]:
+    global _WNID_TO_INDEX
+    if _WNID_TO_INDEX is None:
+        from timm.data import ImageNetInfo
+
+        info = ImageNetInfo()  # imagenet-1k: the 1000 wnids in sorted order
+        wnids = [info.index_to_label_name(i) for i in range(info.num_classes())]
+        if len(wnids) != len(open_clip.IMAGENET_CLASSNAMES):
+            raise RuntimeError(f"timm's ImageNet wnid list has {len(wnids)} entries but "
+                               f"open_clip.IMAGENET_CLASSNAMES has {len(open_clip.IMAGENET_CLASSNAMES)}")
+        _WNID_TO_INDEX = {w: i for i, w in enumerate(wnids)}
+    return _WNID_TO_INDEX
+
+
+def class_names_for_folders(folder_names: Sequence[str]) -> list[str]:
+    """Folder names -> the class names that go into the captions.
+
+    ImageNet wnid folders (``n`` + 8 digits) -> open_clip's curated CLIP ImageNet names (the list is in
+    sorted-wnid order, and timm's ImageNetInfo supplies that wnid order). Any other folder -> its name
+    with "_" replaced by " ". A wnid that is not one of ImageNet-1k's, or a mix of wnid and other folders,
+    raises ValueError naming the folders.
+    """
+    names = [str(f) for f in folder_names]
+    is_wnid = [bool(WNID_RE.match(n)) for n in names]
+    if any(is_wnid) and not all(is_wnid):
+        wn = [n for n, w in zip(names, is_wnid) if w][:5]
+        other = [n for n, w in zip(names, is_wnid) if not w][:5]
+        raise ValueError(f"folder_names mixes ImageNet wnid folders (e.g. {wn}) with other folders "
+                         f"(e.g. {other}); use one kind")
+    if names and all(is_wnid):
+        table = _wnid_to_index()
+        unknown = [n for n in names if n not in table]
+        if unknown:
+            raise ValueError(f"folder_names: unknown ImageNet wnid(s) {unknown[:10]}"
+                             f"{' ...' if len(unknown) > 10 else ''} (not among ImageNet-1k's 1000 classes)")
+        return [open_clip.IMAGENET_CLASSNAMES[table[n]] for n in names]
+    return [n.replace("_", " ") for n in names]
+
+
+# ----------------------------------------------------------------------------------- transforms
+def clip_transform(image_size: int = 224):
+    """open_clip's CLIP eval preprocessing: Resize(image_size, bicubic), CenterCrop, RGB, ToTensor,
+    Normalize(OpenAI CLIP mean/std). Deterministic (no augmentation), as in the authors' code."""
+    if not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+    return open_clip.image_transform(image_size, is_train=False, mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD)
+
+
+def _geometry_transform(image_size: int):
+    """The part of clip_transform before ToTensor/Normalize (Resize, CenterCrop, RGB): PIL -> PIL."""
+    tf = clip_transform(image_size)
+    steps = tf.transforms
+    names = [type(s).__name__ for s in steps]
+    if names[-2:] != ["MaybeToTensor", "Normalize"] and names[-2:] != ["ToTensor", "Normalize"]:
+        raise RuntimeError(f"unexpected open_clip transform layout {names}; update _geometry_transform")
+    from torchvision.transforms import Compose
+
+    return Compose(steps[:-2])
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB. 16/32-bit greyscale is rescaled to 8 bits (not clipped); palette images
+    with transparency go through RGBA; alpha is dropped as PIL's convert("RGB") does."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        arr = np.asarray(img).astype(np.float64)
+        if mode.startswith("I;16"):
+            arr = arr / 257.0
+        elif arr.size and arr.max() > 255:
+            arr = arr * (255.0 / (65535.0 if arr.max() <= 65535 else arr.max()))
+        elif mode == "F" and arr.size and arr.max() <= 1.0:
+            arr = arr * 255.0
+        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return img.convert("RGB")
+
+
+def load_image(path) -> Image.Image:
+    """Open, decode and convert to RGB (raises PIL/OS errors for bad files)."""
+    with Image.open(path) as im:
+        im.load()
+        return to_rgb(im)
+
+
+# ------------------------------------------------------------------------------------- datasets
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+CHECKS = ("verify", "decode", "none")
+
+
+def _is_image_file(name: str) -> bool:
+    return not name.startswith(".") and name.lower().endswith(IMG_EXTENSIONS)
+
+
+def _list_images(folder: Path) -> list[Path]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out.extend(Path(dirpath) / f for f in sorted(filenames) if _is_image_file(f))
+    return out
+
+
+def _check_file(path: Path, check: str) -> str | None:
+    """None if the file looks like a readable image, else the reason. "verify": PIL open + verify (PNG
+    chunks and CRCs are checked); JPEGs whose last 4 KiB lack the end-of-image marker, and formats whose
+    verify checks little, are decoded fully. "decode": always decode fully."""
+    try:
+        with Image.open(path) as im:
+            fmt = im.format
+            w, h = im.size
+            if w < 1 or h < 1:
+                return f"empty image size {im.size}"
+            if check == "decode":
+                im.load()
+                to_rgb(im)
+                return None
+            im.verify()
+        full = fmt not in ("JPEG", "PNG", "MPO")
+        if fmt in ("JPEG", "MPO"):
+            with open(path, "rb") as f:
+                f.seek(max(0, os.path.getsize(path) - 4096))
+                full = b"\xff\xd9" not in f.read()
+        if full:
+            with Image.open(path) as im:
+                im.load()
+                to_rgb(im)
+        return None
+    except Exception as exc:  # noqa: BLE001 - any failure means the file is unusable
+        return f"{type(exc).__name__}: {exc}"
+
+
+class ImageFolderSplit(Dataset):
+    """One split of an ImageFolder (``split_dir/<class folder>/**/<image>``) with a fixed class list.
+
+    ``classes`` are folder names (label = index in that list); folders under ``split_dir`` that are not in
+    ``classes`` raise ValueError naming them. Files are scanned on construction (``check``: "verify",
+    "decode" or "none"); unreadable ones are logged and left out, listed in ``.skipped`` as
+    (path, reason). Items are ``(transform(rgb_image), label)``; the default transform is
+    ``clip_transform(image_size)``. Attributes: root, classes, class_to_idx, samples [(path, label)],
+    targets, skipped, transform, empty_classes (class folders with no readable image).
+    """
+
+    def __init__(self, split_dir, classes: Sequence[str], transform: Callable | None = None,
+                 image_size: int = 224, check: str = "verify", progress: bool = True, workers: int = 8):
+        self.root = Path(split_dir)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"split folder not found: {self.root}")
+        if check not in CHECKS:
+            raise ValueError(f"check must be one of {CHECKS}, got {check!r}")
+        self.classes = list(classes)
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        present = sorted(d.name for d in self.root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        extra = [c for c in present if c not in self.class_to_idx]
+        if extra:
+            raise ValueError(f"{self.root}: class folder(s) {extra[:10]}{' ...' if len(extra) > 10 else ''} "
+                             f"are not among the {len(self.classes)} known classes")
+        self.transform = transform if transform is not None else clip_transform(image_size)
+
+        candidates: list[tuple[Path, int]] = []
+        for c in present:
+            candidates.extend((p, self.class_to_idx[c]) for p in _list_images(self.root / c))
+        if check == "none":
+            reasons = [None] * len(candidates)
+        else:
+            with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+                reasons = list(tqdm(pool.map(lambda pl: _check_file(pl[0], check), candidates),
+                                    total=len(candidates), desc=f"scanning {self.root}",
+                                    disable=not progress or len(candidates) < 2000, leave=False))
+        self.samples = [(str(p), y) for (p, y), r in zip(candidates, reasons) if r is None]
+        self.skipped = [(str(p), r) for (p, _), r in zip(candidates, reasons) if r is not None]
+        self.targets = [y for _, y in self.samples]
+        if self.skipped:
+            logger.warning("%s: skipped %d unreadable image file(s): %s", self.root, len(self.skipped),
+                           [p for p, _ in self.skipped][:20] + (["..."] if len(self.skipped) > 20 else []))
+            for p, r in self.skipped:
+                logger.debug("skipped %s (%s)", p, r)
+        counts = np.bincount(np.asarray(self.targets, dtype=np.int64), minlength=len(self.classes))
+        self.empty_classes = [c for c in present if counts[self.class_to_idx[c]] == 0]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        try:
+            img = load_image(path)
+        except Exception as exc:  # passed the scan but fails now: name the file
+            raise OSError(f"cannot decode image {path} ({type(exc).__name__}: {exc}); "
+                          "rescan with check='decode' to skip such files up front") from exc
+        return self.transform(img), label
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(root={str(self.root)!r}, n={len(self)}, classes={len(self.classes)}, "
+                f"skipped={len(self.skipped)})")
+
+
+ImageFolderDataset = ImageFolderSplit  # the name API.md uses
+
+
+def load_splits(root, transform: Callable | None = None, image_size: int = 224, *, check: str = "verify",
+                progress: bool = True):
+    """``root/train`` and ``root/val`` -> (train_ds, val_ds, classnames).
+
+    Classes are the sorted class folders of train/; ``classnames`` are their caption names
+    (``class_names_for_folders``). Errors name the path: missing root, train/ or val/
+    (FileNotFoundError); no class folders, an empty (or all-unreadable) train class folder, val class
+    folders absent from train (ValueError). Empty val class folders only log a warning.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset root not found: {root}")
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise FileNotFoundError(f"{root}: missing the '{split}' folder ({root / split}); "
+                                    "expected root/train/<class>/... and root/val/<class>/...")
+    classes = sorted(d.name for d in (root / "train").iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise ValueError(f"{root / 'train'}: no class folders (expected train/<class>/<images>)")
+    val_folders = sorted(d.name for d in (root / "val").iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not val_folders:
+        raise ValueError(f"{root / 'val'}: no class folders (expected val/<class>/<images>)")
+    missing = [c for c in val_folders if c not in set(classes)]
+    if missing:
+        raise ValueError(f"{root / 'val'}: class folder(s) absent from train/: {missing[:10]}"
+                         f"{' ...' if len(missing) > 10 else ''}")
+    classnames = class_names_for_folders(classes)  # raises for unknown / mixed wnids
+    train = ImageFolderSplit(root / "train", classes, transform, image_size, check=check, progress=progress)
+    if train.empty_classes:
+        raise ValueError(f"{root / 'train'}: class folder(s) with no readable image: "
+                         f"{[str(root / 'train' / c) for c in train.empty_classes[:10]]}")
+    val = ImageFolderSplit(root / "val", classes, transform, image_size, check=check, progress=progress)
+    if val.empty_classes:
+        logger.warning("%s: %d val class folder(s) without a readable image: %s", root / "val",
+                       len(val.empty_classes), val.empty_classes[:20])
+    no_val = [c for c in classes if c not in set(val_folders)]
+    if no_val:
+        logger.info("%s: %d class(es) have no val folder: %s", root / "val", len(no_val), no_val[:20])
+    if len(val) == 0:
+        raise ValueError(f"{root / 'val'}: no readable images")
+    return train, val, classnames
+
+
+# --------------------------------------------------------------------------------------- loaders
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32  # set per worker by the DataLoader from its generator
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def make_loader(dataset, batch_size: int, shuffle: bool, drop_last: bool, num_workers: int = 0, seed: int = 0,
+                pin_memory: bool = False) -> DataLoader:
+    """A DataLoader whose shuffle order and worker seeds are fixed by ``seed`` (a seeded torch.Generator)."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
+    g = torch.Generator()
+    g.manual_seed(int(seed))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
+                      num_workers=num_workers, generator=g, worker_init_fn=_seed_worker,
+                      pin_memory=pin_memory, persistent_workers=False)
+
+
+# ------------------------------------------------------------------------------ preprocessed cache
+CACHE_FORMAT = "mvlip-uint8-v1"
+
+
+class _UInt8View(Dataset):
+    def __init__(self, dataset: ImageFolderSplit, image_size: int):
+        self.samples = dataset.samples
+        self.geom = _geometry_transform(image_size)
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        path, label = self.samples[i]
+        arr = np.asarray(self.geom(load_image(path)), dtype=np.uint8)  # (H, W, 3)
+        return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous(), label
+
+
+def cache_preprocessed(dataset: ImageFolderSplit, path, image_size: int = 224, num_workers: int = 0,
+                       overwrite: bool = False, progress: bool = True) -> Path:
+    """Preprocess ``dataset`` once: open_clip's Resize(bicubic) + CenterCrop + RGB, kept as uint8, and
+    save ``{"images": uint8 (N,3,H,W), "labels": int64 (N,), "paths", "classes", "image_size",
+    "format"}`` with torch.save. Reuses an existing file with the same image_size and file list unless
+    ``overwrite``. Serve with ``CachedImageDataset`` and finish with ``normalize_on_device``."""
+    path = Path(path)
+    if not hasattr(dataset, "samples"):
+        raise TypeError(f"dataset must be an ImageFolderSplit (with .samples), got {type(dataset).__name__}")
+    paths = [p for p, _ in dataset.samples]
+    if path.is_file() and not overwrite:
+        try:
+            old = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+            if old.get("format") == CACHE_FORMAT and old.get("image_size") == image_size and old.get("paths") == paths:
+                return path
+        except Exception:  # noqa: BLE001 - unreadable cache: rebuild it
+            pass
+    n = len(paths)
+    images = torch.empty((n, 3, image_size, image_size), dtype=torch.uint8)
+    labels = torch.empty((n,), dtype=torch.int64)
+    loader = DataLoader(_UInt8View(dataset, image_size), batch_size=64, shuffle=False, num_workers=num_workers)
+    i = 0
+    for x, y in tqdm(loader, desc=f"caching {path.name}", disable=not progress, leave=False):
+        images[i:i + len(x)] = x
+        labels[i:i + len(x)] = y
+        i += len(x)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"format": CACHE_FORMAT, "images": images, "labels": labels, "paths": paths,
+                "classes": list(getattr(dataset, "classes", [])), "image_size": image_size}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+class CachedImageDataset(Dataset):
+    """Items ``(uint8 image (3,H,W), label)`` from a ``cache_preprocessed`` file (memory-mapped)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"preprocessed cache not found: {self.path}")
+        blob = torch.load(self.path, map_location="cpu", mmap=True, weights_only=True)
+        if not isinstance(blob, dict) or blob.get("format") != CACHE_FORMAT:
+            raise ValueError(f"{self.path}: not a {CACHE_FORMAT} cache file")
+        self.images, self.labels = blob["images"], blob["labels"]
+        self.paths, self.classes, self.image_size = blob["paths"], blob["classes"], blob["image_size"]
+        self.targets = self.labels.tolist()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        return self.images[index], int(self.labels[index])
+
+
+def normalize_on_device(batch_uint8: torch.Tensor, device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 (B,3,H,W) -> float on ``device``: /255 then CLIP mean/std (what clip_transform's
+    ToTensor + Normalize do)."""
+    if batch_uint8.dtype != torch.uint8 or batch_uint8.ndim != 4 or batch_uint8.shape[1] != 3:
+        raise ValueError(f"batch_uint8 must be a uint8 tensor (B,3,H,W), got {batch_uint8.dtype} "
+                         f"{tuple(batch_uint8.shape)}")
+    x = batch_uint8.to(device=device, non_blocking=True).to(torch.float32).div_(255.0)
+    mean = torch.tensor(OPENAI_DATASET_MEAN, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(OPENAI_DATASET_STD, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
+    return x.sub_(mean).div_(std).to(dtype)
