@@ -162,7 +162,7 @@ def _draw_sample(colour: str, shape: str, image_size: int, rng: np.random.Genera
         draw.polygon(_shape_polygon(shape, cx, cy, r, angle), fill=fill)
     img = img.resize((image_size, image_size), Image.Resampling.BOX)
     arr = np.asarray(img, dtype=np.float32) + rng.normal(0.0, 8.0, size=(image_size, image_size, 3))
-    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "RGB")
+    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
 
 
 def _expected_manifest(n_classes, train_per_class, val_per_class, image_size, seed) -> dict:
@@ -324,7 +324,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
             arr = arr * (255.0 / (65535.0 if arr.max() <= 65535 else arr.max()))
         elif mode == "F" and arr.size and arr.max() <= 1.0:
             arr = arr * 255.0
-        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L").convert("RGB")
+        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8)).convert("RGB")
     if mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     return img.convert("RGB")
