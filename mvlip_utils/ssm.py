@@ -1,0 +1,354 @@
+"""Selective scan (Mamba's S6 recurrence) without the mamba_ssm CUDA build.
+
+MambaVision calls exactly one op from mamba_ssm::
+
+    selective_scan_fn(x, dt, A, B, C, D, z=None, delta_bias=..., delta_softplus=True,
+                      return_last_state=None)
+
+This module gives the same function, with mamba_ssm's semantics, in three flavours:
+
+* :func:`selective_scan_reference` -- a float64 sequential loop, the ground truth for tests;
+* a portable path (any device, any dtype; computes in float32 like mamba_ssm does): the
+  discretised tensors ``exp(delta * A)`` and ``delta * B * u`` of shape (b, d, l, n) are scanned
+  by a *chunked* first-order scan (a sequential loop of ``~sqrt(l)`` steps inside chunks, run
+  over all chunks at once, then a carry of ``~sqrt(l)`` steps between chunks) with a hand-written
+  reverse-scan backward;
+* a Triton path for CUDA tensors (forward and backward kernels that keep the state in registers,
+  see :class:`_TritonSelectiveScan`).
+
+:func:`selective_scan` dispatches: CUDA tensors go to the real mamba_ssm kernel when it imports
+cleanly, else to the Triton path, else to the portable one.  :func:`install_mamba_ssm_shim`
+makes ``from mamba_ssm.ops.selective_scan_interface import selective_scan_fn`` resolve, so that
+``import mambavision`` works without mamba_ssm.
+
+Recurrence (per batch b, channel d, state n; time t)::
+
+    dt_t   = softplus(delta_t + delta_bias)      (bias and softplus optional)
+    h_t    = exp(dt_t * A) * h_{t-1} + dt_t * B_t * u_t
+    y_t    = sum_n C_t * h_t + D * u_t
+    out_t  = y_t * silu(z_t)                      (optional)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import types
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "selective_scan",
+    "selective_scan_portable",
+    "selective_scan_reference",
+    "selective_scan_triton",
+    "install_mamba_ssm_shim",
+    "linear_scan",
+    "backend_for",
+    "triton_available",
+]
+
+_SHIM_MARK = "__mvlip_ssm_shim__"
+
+
+# --------------------------------------------------------------------------- input checks
+def _check_inputs(u, delta, A, B, C, D, z, delta_bias):
+    if u.dim() != 3:
+        raise ValueError(f"u must be (batch, dim, L), got shape {tuple(u.shape)}")
+    b, d, l = u.shape
+    if delta.shape != u.shape:
+        raise ValueError(f"delta must have u's shape {tuple(u.shape)}, got {tuple(delta.shape)}")
+    if A.dim() != 2 or A.shape[0] != d:
+        raise ValueError(f"A must be (dim={d}, dstate), got shape {tuple(A.shape)}")
+    if A.is_complex():
+        raise NotImplementedError("A: complex state matrices are not supported (MambaVision uses real A)")
+    n = A.shape[1]
+    for name, t in (("B", B), ("C", C)):
+        if t.dim() == 2:
+            if tuple(t.shape) != (d, n):
+                raise ValueError(f"{name} must be (dim, dstate)=({d}, {n}) when 2-D, got {tuple(t.shape)}")
+        elif t.dim() == 3:
+            if tuple(t.shape) != (b, n, l):
+                raise ValueError(f"{name} must be (batch, dstate, L)=({b}, {n}, {l}), got {tuple(t.shape)}")
+        elif t.dim() == 4:
+            if t.shape[0] != b or t.shape[2] != n or t.shape[3] != l or d % t.shape[1] != 0:
+                raise ValueError(
+                    f"{name} must be (batch, groups, dstate, L) with dim % groups == 0, got {tuple(t.shape)}")
+        else:
+            raise ValueError(f"{name} must be 2-, 3- or 4-D, got shape {tuple(t.shape)}")
+        if t.is_complex():
+            raise NotImplementedError(f"{name}: complex inputs are not supported")
+    if D is not None and tuple(D.shape) != (d,):
+        raise ValueError(f"D must be (dim,)=({d},), got {tuple(D.shape)}")
+    if delta_bias is not None and tuple(delta_bias.shape) != (d,):
+        raise ValueError(f"delta_bias must be (dim,)=({d},), got {tuple(delta_bias.shape)}")
+    if z is not None and z.shape != u.shape:
+        raise ValueError(f"z must have u's shape {tuple(u.shape)}, got {tuple(z.shape)}")
+
+
+def _expand_bc(t, d, dtype):
+    """B or C to the layout (b, d|1, l, n) ready to broadcast, or (1, d, 1, n) if constant."""
+    t = t.to(dtype)
+    if t.dim() == 2:  # (d, n): time-invariant
+        return t[None, :, None, :]
+    if t.dim() == 3:  # (b, n, l) -> (b, 1, l, n)
+        return t.transpose(1, 2)[:, None]
+    g = t.shape[1]  # (b, g, n, l) -> (b, d, l, n)
+    return t.repeat_interleave(d // g, dim=1).transpose(2, 3)
+
+
+# --------------------------------------------------------------------------- reference
+def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                             delta_softplus=False, return_last_state=False):
+    """Float64 sequential loop with mamba_ssm's ``selective_scan_ref`` semantics (ground truth).
+
+    Differentiable through autograd.  Returns ``out`` in u's dtype (and ``last_state`` in
+    float64 when ``return_last_state``).
+    """
+    _check_inputs(u, delta, A, B, C, D, z, delta_bias)
+    dtype_in = u.dtype
+    f64 = torch.float64
+    b, d, l = u.shape
+    uu = u.to(f64)
+    dt = delta.to(f64)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(f64)[:, None]
+    if delta_softplus:
+        dt = F.softplus(dt)  # threshold 20, like mamba_ssm's kernel
+    A64 = A.to(f64)
+    Bx = _expand_bc(B, d, f64)
+    Cx = _expand_bc(C, d, f64)
+    h = torch.zeros(b, d, A.shape[1], dtype=f64, device=u.device)
+    ys = []
+    for i in range(l):
+        Bi = Bx[:, :, i if Bx.shape[2] > 1 else 0]
+        Ci = Cx[:, :, i if Cx.shape[2] > 1 else 0]
+        h = torch.exp(dt[:, :, i, None] * A64) * h + dt[:, :, i, None] * Bi * uu[:, :, i, None]
+        ys.append((h * Ci).sum(-1))
+    y = torch.stack(ys, dim=2)
+    if D is not None:
+        y = y + uu * D.to(f64)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(f64))
+    out = y.to(dtype_in)
+    return (out, h) if return_last_state else out
+
+
+# --------------------------------------------------------------------------- chunked scan
+def _scan_chunked(a, x, chunk=None):
+    """h_t = a_t * h_{t-1} + x_t along dim 0 of time-major (L, ...) tensors, h_{-1} = 0.
+
+    Chunked: a loop of ``chunk`` steps inside chunks (vectorised over all chunks; each step
+    touches ``n_chunks`` contiguous blocks), then a loop of ``n_chunks`` steps carrying the state
+    between chunks, then one fused correction.  About 2*sqrt(L) small steps instead of L.
+    Only products of decays (|a| <= 1 in Mamba) are formed, never quotients, so it is stable.
+    """
+    L = a.shape[0]
+    rest = a.shape[1:]
+    if chunk is None:
+        chunk = max(1, int(math.ceil(math.sqrt(L))))
+    nc = -(-L // chunk)
+    Lp = nc * chunk
+    a = a.reshape(L, -1)
+    x = x.reshape(L, -1)
+    M = a.shape[1]
+    h = torch.empty(Lp, M, dtype=x.dtype, device=x.device)
+    P = torch.empty(Lp, M, dtype=a.dtype, device=a.device)  # cumulative decays inside chunks
+    h[:L] = x
+    P[:L] = a
+    if Lp != L:
+        h[L:] = 0.0
+        P[L:] = 1.0
+    h = h.view(nc, chunk, M)
+    P = P.view(nc, chunk, M)
+    for t in range(1, chunk):
+        h[:, t].addcmul_(P[:, t], h[:, t - 1])
+        P[:, t].mul_(P[:, t - 1])
+    if nc > 1:
+        carries = torch.empty(nc, M, dtype=h.dtype, device=h.device)
+        carries[0] = 0.0
+        for c in range(1, nc):
+            torch.addcmul(h[c - 1, -1], P[c - 1, -1], carries[c - 1], out=carries[c])
+        h[1:].addcmul_(P[1:], carries[1:, None])
+    return h.view(Lp, *rest)[:L]
+
+
+class _LinearScan(torch.autograd.Function):
+    """First-order linear recurrence with a reverse-scan backward (no autograd through loops)."""
+
+    @staticmethod
+    def forward(ctx, a, x):
+        h = _scan_chunked(a, x)
+        ctx.save_for_backward(a, h)
+        return h
+
+    @staticmethod
+    def backward(ctx, g):
+        a, h = ctx.saved_tensors
+        # G_t = g_t + a_{t+1} G_{t+1}: the same scan run backwards in time.
+        a_next = torch.empty_like(a)
+        a_next[:-1] = a[1:]
+        a_next[-1] = 0.0
+        G = _scan_chunked(a_next.flip(0), g.flip(0)).flip(0)
+        da = torch.empty_like(a)
+        da[0] = 0.0
+        torch.mul(G[1:], h[:-1], out=da[1:])
+        return da, G
+
+
+def linear_scan(a, x):
+    """Differentiable ``h_t = a_t * h_{t-1} + x_t`` along dim 0 of time-major (L, ...) tensors."""
+    return _LinearScan.apply(a, x)
+
+
+# --------------------------------------------------------------------------- portable path
+def _bc_time_major(t, d, dtype):
+    """B or C to the time-major layout (l|1, b|1, d|1, n) used by the portable path."""
+    t = t.to(dtype)
+    if t.dim() == 2:  # (d, n)
+        return t[None, None]
+    if t.dim() == 3:  # (b, n, l) -> (l, b, 1, n)
+        return t.permute(2, 0, 1)[:, :, None]
+    return t.repeat_interleave(d // t.shape[1], dim=1).permute(3, 0, 1, 2)  # (l, b, d, n)
+
+
+def selective_scan_portable(u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                            delta_softplus=False, return_last_state=False):
+    """Portable selective scan (any device); float32 internally for float32/bf16/fp16 inputs."""
+    _check_inputs(u, delta, A, B, C, D, z, delta_bias)
+    dtype_in = u.dtype
+    cdt = torch.float64 if dtype_in == torch.float64 else torch.float32
+    d = u.shape[1]
+    uu = u.to(cdt)
+    dt = delta.to(cdt)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(cdt)[:, None]
+    if delta_softplus:
+        dt = F.softplus(dt)
+    Bt = _bc_time_major(B, d, cdt)
+    Ct = _bc_time_major(C, d, cdt)
+    dtt = dt.permute(2, 0, 1)  # time-major (l, b, d): the scan runs along dim 0
+    dA = torch.exp(dtt[..., None] * A.to(cdt))  # (l, b, d, n)
+    dBu = (dtt * uu.permute(2, 0, 1))[..., None] * Bt  # (l, b, d, n)
+    h = linear_scan(dA, dBu)
+    y = (h * Ct).sum(-1).permute(1, 2, 0)  # (b, d, l)
+    if D is not None:
+        y = y + uu * D.to(cdt)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(cdt))
+    out = y.to(dtype_in)
+    if return_last_state:
+        return out, h[-1]
+    return out
+
+
+# --------------------------------------------------------------------------- Triton (CUDA) path
+_TRITON_CACHE: dict = {}
+
+
+def triton_available() -> bool:
+    """True when Triton imports (kernels run on CUDA, or on CPU with TRITON_INTERPRET=1)."""
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def _triton_interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0", "false", "False")
+
+
+def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                          delta_softplus=False, return_last_state=False):
+    """Triton selective scan (CUDA tensors; CPU tensors under TRITON_INTERPRET=1)."""
+    raise NotImplementedError("the Triton path is not built yet")
+
+
+# --------------------------------------------------------------------------- mamba_ssm + dispatch
+_REAL_MAMBA = None  # None: not probed yet; False: not importable; else the real selective_scan_fn
+
+
+def _real_mamba_fn():
+    """The real mamba_ssm selective_scan_fn if it imports cleanly (probed once), else None."""
+    global _REAL_MAMBA
+    if _REAL_MAMBA is None:
+        mod = sys.modules.get("mamba_ssm.ops.selective_scan_interface")
+        if mod is not None and getattr(mod, _SHIM_MARK, False):
+            _REAL_MAMBA = False  # our shim is installed, so the real one did not import
+        else:
+            try:
+                from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as real
+                _REAL_MAMBA = real
+            except Exception:  # ImportError, or a broken CUDA extension (OSError, RuntimeError)
+                for name in [k for k in sys.modules if k == "mamba_ssm" or k.startswith("mamba_ssm.")]:
+                    if not getattr(sys.modules[name], _SHIM_MARK, False):
+                        del sys.modules[name]
+                _REAL_MAMBA = False
+    return _REAL_MAMBA or None
+
+
+def backend_for(u: torch.Tensor) -> str:
+    """Which backend :func:`selective_scan` uses for a tensor on u's device."""
+    if u.is_cuda:
+        if _real_mamba_fn() is not None:
+            return "mamba_ssm"
+        if triton_available() and _triton_ready():
+            return "triton"
+    return "portable"
+
+
+def _triton_ready() -> bool:
+    return False
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   return_last_state=False):
+    """mamba_ssm's ``selective_scan_fn`` with the same arguments and semantics.
+
+    u, delta: (batch, dim, L); A: (dim, dstate) real; B, C: (batch, dstate, L), (batch, groups,
+    dstate, L) or (dim, dstate); D, delta_bias: (dim,); z: (batch, dim, L).  Returns out
+    (batch, dim, L) in u's dtype and, if ``return_last_state``, the final state (batch, dim, dstate)
+    in float32.
+    """
+    backend = backend_for(u)
+    if backend == "mamba_ssm":
+        return _real_mamba_fn()(u, delta, A, B, C, D, z=z, delta_bias=delta_bias,
+                                delta_softplus=delta_softplus, return_last_state=return_last_state)
+    fn = selective_scan_triton if backend == "triton" else selective_scan_portable
+    return fn(u, delta, A, B, C, D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
+              return_last_state=bool(return_last_state))
+
+
+def install_mamba_ssm_shim() -> str:
+    """Make ``from mamba_ssm.ops.selective_scan_interface import selective_scan_fn`` resolve.
+
+    Returns ``"mamba_ssm"`` when the real package imports cleanly, else registers module objects
+    ``mamba_ssm``, ``mamba_ssm.ops`` and ``mamba_ssm.ops.selective_scan_interface`` (exposing
+    ``selective_scan_fn = selective_scan``) in ``sys.modules`` and returns ``"mvlip_utils.ssm"``.
+    Idempotent.  Call it before ``import mambavision``.
+    """
+    if _real_mamba_fn() is not None:
+        return "mamba_ssm"
+    existing = sys.modules.get("mamba_ssm.ops.selective_scan_interface")
+    if existing is not None and getattr(existing, _SHIM_MARK, False):
+        return "mvlip_utils.ssm"
+    pkg = types.ModuleType("mamba_ssm")
+    pkg.__path__ = []  # a package, so submodule imports go through sys.modules
+    ops = types.ModuleType("mamba_ssm.ops")
+    ops.__path__ = []
+    iface = types.ModuleType("mamba_ssm.ops.selective_scan_interface")
+    iface.selective_scan_fn = selective_scan
+    iface.selective_scan_ref = selective_scan_reference
+    for m in (pkg, ops, iface):
+        setattr(m, _SHIM_MARK, True)
+        m.__file__ = __file__
+    pkg.ops = ops
+    ops.selective_scan_interface = iface
+    sys.modules["mamba_ssm"] = pkg
+    sys.modules["mamba_ssm.ops"] = ops
+    sys.modules["mamba_ssm.ops.selective_scan_interface"] = iface
+    return "mvlip_utils.ssm"
