@@ -1,0 +1,592 @@
+"""Timing method for the MVLIP study: one way to time, used by every sweep.
+
+Follows timm's ``benchmark.py`` habit: warm up, synchronise the device, time many steps, report the
+median together with every condition that produced it (batch, precision, resolution, mode, device,
+memory format, compilation, peak memory, versions), so a number never travels alone.
+
+- ``time_callable``: warm-up, then ``repeats`` timed calls; CUDA events on CUDA, ``perf_counter``
+  on the CPU; median, 10th and 90th percentile.
+- ``model_throughput``: images/s of a module alone on random inputs (inference, or a real training
+  step: forward, scalar loss, backward, AdamW step).
+- ``eval_loop_throughput``: the paper's Table 2 method, n_images / wall time of the whole zero-shot
+  evaluation loop, data loading included.
+- ``resolution_sweep`` + ``fit_growth_exponent``: cost against pixel count, and the fitted exponent.
+- ``write_benchmark`` / ``read_benchmark``: JSON with provenance (no host name).
+
+This module does not import ``mvlip_utils.towers``: sweeps that need a model per resolution take a
+factory callable (``lambda r: create_image_tower("swin", "paper", image_size=r)``).
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import gc
+import json
+import math
+import os
+import platform
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+MODES = ("inference", "train")
+FORMAT = "mvlip-benchmark-v1"
+
+__all__ = [
+    "time_callable", "model_throughput", "eval_loop_throughput", "resolution_sweep",
+    "fit_growth_exponent", "marginal_memory_per_image", "scaled_batch_size", "is_oom_error", "device_name", "collect_provenance",
+    "write_benchmark", "read_benchmark", "precision_context", "PRECISIONS", "MODES",
+]
+
+
+# ------------------------------------------------------------------------------------------ basics
+def _device(device) -> torch.device:
+    dev = torch.device(device) if not isinstance(device, torch.device) else device
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"parameter device={device!r}: CUDA is not available on this machine")
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
+def device_name(device="cpu") -> str:
+    """'NVIDIA H200' on CUDA; on the CPU the processor description and core count (no host name)."""
+    dev = _device(device)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    proc = platform.processor() or platform.machine() or "cpu"
+    return f"cpu {proc} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def is_oom_error(exc: BaseException) -> bool:
+    """True for torch.cuda.OutOfMemoryError and allocator 'out of memory' errors (CUDA or CPU)."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    msg = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in msg or "not enough memory" in msg)
+
+
+def _free_memory(dev: torch.device | None = None) -> None:
+    gc.collect()
+    if torch.cuda.is_available() and (dev is None or dev.type == "cuda"):
+        torch.cuda.empty_cache()
+
+
+# ------------------------------------------------------------------------------------------ timing
+def time_callable(fn: Callable[[], Any], device="cpu", warmup: int = 5, repeats: int = 20,
+                  sync: bool = True) -> dict:
+    """Time ``fn()``: ``warmup`` untimed calls, then ``repeats`` timed calls.
+
+    On CUDA with ``sync=True`` each call is bracketed by CUDA events on the current stream and the
+    device is synchronised before the first and after the last timed call, so the times are device
+    times of the queued work (launch gaps included). On the CPU (or ``sync=False``) each call is timed
+    with ``time.perf_counter``; ``sync=False`` on CUDA measures only the host side (launch cost).
+
+    Returns dict(median_s, p10_s, p90_s, mean_s, min_s, max_s, repeats, warmup, timer, times_s).
+    """
+    if not callable(fn):
+        raise TypeError(f"parameter fn must be callable, got {type(fn).__name__}")
+    if not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"parameter warmup must be an int >= 0, got {warmup!r}")
+    if not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"parameter repeats must be an int >= 1, got {repeats!r}")
+    dev = _device(device)
+    use_events = dev.type == "cuda" and sync
+    for _ in range(warmup):
+        fn()
+    if sync:
+        _sync(dev)
+    times: list[float] = []
+    if use_events:
+        with torch.cuda.device(dev):
+            pairs = []
+            for _ in range(repeats):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                pairs.append((start, end))
+            torch.cuda.synchronize(dev)
+            times = [s.elapsed_time(e) / 1000.0 for s, e in pairs]
+    else:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            if sync:
+                _sync(dev)
+            times.append(time.perf_counter() - t0)
+    arr = np.asarray(times, dtype=np.float64)
+    return dict(median_s=float(np.median(arr)), p10_s=float(np.percentile(arr, 10)),
+                p90_s=float(np.percentile(arr, 90)), mean_s=float(arr.mean()), min_s=float(arr.min()),
+                max_s=float(arr.max()), repeats=repeats, warmup=warmup,
+                timer="cuda_event" if use_events else "perf_counter", times_s=[float(t) for t in arr])
+
+
+# --------------------------------------------------------------------------------------- precision
+@contextlib.contextmanager
+def precision_context(precision: str, device="cpu", autocast: bool = True):
+    """Set the float32 matmul mode for ``precision`` and (``autocast=True``) enter autocast for bf16;
+    restore the previous settings on exit.
+
+    fp32: TF32 explicitly off (cuBLAS and cuDNN), ``float32_matmul_precision("highest")``.
+    tf32: TF32 on (cuBLAS and cuDNN), ``float32_matmul_precision("high")``, no autocast.
+    bf16: TF32 off for any float32 work left, ``torch.autocast(device.type, dtype=torch.bfloat16)``.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"parameter precision={precision!r} is not one of {list(PRECISIONS)}")
+    dev = _device(device)
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             torch.get_float32_matmul_precision())
+    tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+    try:
+        if precision == "bf16" and autocast:
+            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16):
+                yield
+        else:
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[0], saved[1]
+        torch.set_float32_matmul_precision(saved[2])
+
+
+def _autocast(precision: str, dev: torch.device):
+    if precision == "bf16":
+        return torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _first_tensor(out) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, Mapping):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        for o in out:
+            if isinstance(o, torch.Tensor):
+                return o
+    raise TypeError(f"the module returned {type(out).__name__}; expected a tensor (or a tuple/dict holding one)")
+
+
+def _model_bytes(module: nn.Module) -> int:
+    return int(sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers())))
+
+
+def _versions() -> dict:
+    out = {"torch": torch.__version__}
+    for pkg in ("timm", "triton", "mambavision", "open_clip_torch", "numpy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _model_name(module: nn.Module) -> str:
+    for attr in ("timm_name", "encoder_name"):
+        if isinstance(getattr(module, attr, None), str):
+            return getattr(module, attr)
+    inner = getattr(module, "_orig_mod", None)  # torch.compile wrapper
+    if inner is not None:
+        return _model_name(inner)
+    return type(module).__name__
+
+
+# ---------------------------------------------------------------------------------- model-only speed
+def model_throughput(module: nn.Module, batch_size: int, image_size: int = 224, precision: str = "fp32",
+                     mode: str = "inference", device="cpu", channels_last: bool = False,
+                     compile: bool = False, warmup: int = 5, repeats: int = 20, *, in_chans: int = 3,
+                     lr: float = 1e-4, weight_decay: float = 0.01, cudnn_benchmark: bool = True,
+                     seed: int = 0, compile_kwargs: Mapping | None = None) -> dict:
+    """Images/s of ``module`` alone on random (never zero) inputs, with every condition recorded.
+
+    ``mode="inference"``: ``module.eval()``, ``torch.no_grad()``, forward only.
+    ``mode="train"``: ``module.train()``; each step is forward, scalar loss (mean of squared outputs,
+    in float32), backward and an AdamW(lr, weight_decay) step, so the module's weights change.
+    ``precision``: see ``precision_context`` (fp32 = TF32 off; bf16 = autocast, weights stay fp32).
+    ``channels_last``: module and inputs in channels_last memory format. ``compile``: ``torch.compile``
+    (compilation happens in the warm-up calls, so ``warmup`` must be >= 1; the first call's time is
+    reported as ``first_call_s``). Errors (compilation, OOM) propagate; ``resolution_sweep`` records OOM.
+    ``peak_memory_bytes`` (CUDA only) is ``torch.cuda.max_memory_allocated`` after a reset taken once
+    the module is on the device, so it includes weights, optimizer state and activations.
+
+    Returns dict(images_per_s, seconds_per_image, median_s, p10_s, p90_s, repeats, warmup, timer,
+    batch_size, image_size, pixels, precision, mode, device, device_name, channels_last, compile,
+    cudnn_benchmark, peak_memory_bytes, model_bytes, model, n_params, first_call_s, torch_version,
+    versions).
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"parameter module must be a torch.nn.Module, got {type(module).__name__}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"parameter batch_size must be a positive int, got {batch_size!r}")
+    if not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"parameter image_size must be a positive int, got {image_size!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"parameter precision={precision!r} is not one of {list(PRECISIONS)}")
+    if mode not in MODES:
+        raise ValueError(f"parameter mode={mode!r} is not one of {list(MODES)}")
+    if compile and warmup < 1:
+        raise ValueError("parameter warmup must be >= 1 with compile=True (compilation happens in warm-up)")
+    dev = _device(device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    module.to(device=dev, memory_format=fmt)
+    gen = torch.Generator(device=dev)
+    gen.manual_seed(seed)
+    x = torch.randn((batch_size, in_chans, image_size, image_size), generator=gen, device=dev)
+    x = x.contiguous(memory_format=fmt)
+    run_module = torch.compile(module, **dict(compile_kwargs or {})) if compile else module
+
+    opt = None
+    if mode == "train":
+        module.train()
+        opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=lr,
+                                weight_decay=weight_decay)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            with _autocast(precision, dev):
+                out = _first_tensor(run_module(x))
+            loss = out.float().pow(2).mean()
+            loss.backward()
+            opt.step()
+            return loss
+    else:
+        module.eval()
+
+        def step():
+            with torch.no_grad(), _autocast(precision, dev):
+                return run_module(x)
+
+    saved_bench = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = bool(cudnn_benchmark) and dev.type == "cuda"
+    try:
+        with precision_context(precision, dev, autocast=False):  # TF32 mode for forward and backward
+            _free_memory(dev)
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(dev)
+            first_call_s = None
+            if warmup >= 1:
+                _sync(dev)
+                t0 = time.perf_counter()
+                step()
+                _sync(dev)
+                first_call_s = time.perf_counter() - t0
+            timing = time_callable(step, dev, warmup=max(0, warmup - 1), repeats=repeats, sync=True)
+            peak = int(torch.cuda.max_memory_allocated(dev)) if dev.type == "cuda" else None
+    finally:
+        torch.backends.cudnn.benchmark = saved_bench
+        if opt is not None:
+            opt.zero_grad(set_to_none=True)
+        del opt
+        _free_memory(dev)
+
+    med = timing["median_s"]
+    versions = _versions()
+    return dict(
+        images_per_s=batch_size / med, seconds_per_image=med / batch_size,
+        median_s=med, p10_s=timing["p10_s"], p90_s=timing["p90_s"], repeats=repeats, warmup=warmup,
+        timer=timing["timer"], batch_size=batch_size, image_size=image_size,
+        pixels=image_size * image_size, precision=precision, mode=mode, device=str(dev),
+        device_name=device_name(dev), channels_last=bool(channels_last), compile=bool(compile),
+        cudnn_benchmark=bool(cudnn_benchmark) and dev.type == "cuda", peak_memory_bytes=peak,
+        model_bytes=_model_bytes(module), model=_model_name(module),
+        n_params=int(sum(p.numel() for p in module.parameters())), first_call_s=first_call_s,
+        torch_version=torch.__version__, versions=versions,
+    )
+
+
+# --------------------------------------------------------------------------------- the paper's way
+def eval_loop_throughput(evaluate_fn: Callable[[], Any], n_images: int | None = None, device=None,
+                         warmup: int = 0, repeats: int = 1) -> dict:
+    """The paper's Table 2 method: ``n_images / wall time`` of the whole evaluation loop.
+
+    ``evaluate_fn()`` runs the complete zero-shot loop (DataLoader iteration with its workers, JPEG
+    decoding and preprocessing, host-to-device copies, the model, the classifier, the metrics); it is
+    timed with ``time.perf_counter`` (the device, if given and CUDA, is synchronised before stopping
+    the clock). ``n_images`` defaults to what the loop reports: ``result["n_images"]``, ``["n_val"]``
+    or ``len(result["predictions"])``. If the result carries its own ``wall_time_s`` (as
+    ``evaluate.zero_shot_evaluate`` does), it is kept as ``inner_wall_time_s`` / ``inner_images_per_s``.
+    With ``repeats > 1`` the median wall time is reported (all are in ``wall_times_s``).
+    """
+    if not callable(evaluate_fn):
+        raise TypeError(f"parameter evaluate_fn must be callable, got {type(evaluate_fn).__name__}")
+    if not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"parameter repeats must be an int >= 1, got {repeats!r}")
+    dev = _device(device) if device is not None else None
+    for _ in range(warmup):
+        evaluate_fn()
+    walls, result = [], None
+    for _ in range(repeats):
+        if dev is not None:
+            _sync(dev)
+        t0 = time.perf_counter()
+        result = evaluate_fn()
+        if dev is not None:
+            _sync(dev)
+        walls.append(time.perf_counter() - t0)
+    if n_images is None and isinstance(result, Mapping):
+        for key in ("n_images", "n_val"):
+            if isinstance(result.get(key), (int, np.integer)):
+                n_images = int(result[key])
+                break
+        else:
+            if result.get("predictions") is not None:
+                n_images = len(result["predictions"])
+    if not isinstance(n_images, (int, np.integer)) or n_images < 1:
+        raise ValueError(f"parameter n_images must be a positive int (or reported by evaluate_fn), got {n_images!r}")
+    wall = float(np.median(walls))
+    out = dict(n_images=int(n_images), wall_time_s=wall, images_per_s=n_images / wall,
+               wall_times_s=walls, repeats=repeats, warmup=warmup,
+               method="n_images / wall time of the whole evaluation loop (data loading included)")
+    if isinstance(result, Mapping) and isinstance(result.get("wall_time_s"), (int, float)):
+        out["inner_wall_time_s"] = float(result["wall_time_s"])
+        out["inner_images_per_s"] = n_images / float(result["wall_time_s"]) if result["wall_time_s"] else None
+    return out
+
+
+# ------------------------------------------------------------------------------- resolution sweeps
+def scaled_batch_size(base_batch: int, base_resolution: int, resolution: int, min_batch: int = 1) -> int:
+    """Keep pixels per batch about constant: ``base_batch * (base_resolution / resolution)**2``, >= min_batch."""
+    return max(int(min_batch), int(round(base_batch * (base_resolution / resolution) ** 2)))
+
+
+def _batch_for(batch_size, resolution: int) -> int:
+    if callable(batch_size):
+        b = batch_size(resolution)
+    elif isinstance(batch_size, Mapping):
+        if resolution not in batch_size:
+            raise ValueError(f"parameter batch_size has no entry for resolution {resolution}")
+        b = batch_size[resolution]
+    else:
+        b = batch_size
+    if not isinstance(b, (int, np.integer)) or b < 1:
+        raise ValueError(f"parameter batch_size gave {b!r} for resolution {resolution}; expected a positive int")
+    return int(b)
+
+
+def marginal_memory_per_image(module: nn.Module, image_size: int, batch_size: int, precision: str = "bf16",
+                              device="cuda", channels_last: bool = False, in_chans: int = 3) -> float | None:
+    """CUDA inference only: extra peak memory per extra image, ``(peak(n) - peak(1)) / (n - 1)`` with
+    ``n = max(2, batch_size)``, from one forward each. Constant terms (weights, autocast's bf16 weight
+    copies, workspaces) cancel, so this is the activation memory an image costs at this resolution:
+    the quantity whose growth with pixel count the sweep fits. None on the CPU."""
+    dev = _device(device)
+    if dev.type != "cuda":
+        return None
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    module.to(device=dev, memory_format=fmt).eval()
+    peaks = {}
+    n = max(2, int(batch_size))
+    with precision_context(precision, dev, autocast=False):
+        for b in (1, n):
+            x = torch.randn((b, in_chans, image_size, image_size), device=dev).contiguous(memory_format=fmt)
+            _free_memory(dev)
+            torch.cuda.synchronize(dev)
+            torch.cuda.reset_peak_memory_stats(dev)
+            base = torch.cuda.memory_allocated(dev)
+            with torch.no_grad(), _autocast(precision, dev):
+                module(x)
+            torch.cuda.synchronize(dev)
+            peaks[b] = torch.cuda.max_memory_allocated(dev) - base
+            del x
+    return (peaks[n] - peaks[1]) / (n - 1)
+
+
+def resolution_sweep(model_or_factory: nn.Module | Callable[[int], nn.Module], resolutions: Iterable[int],
+                     batch_size: int | Mapping[int, int] | Callable[[int], int], precision: str = "bf16",
+                     device="cpu", mode: str = "inference", channels_last: bool = False,
+                     compile: bool = False, warmup: int = 3, repeats: int = 10,
+                     catch_errors: bool = False, memory_probe: bool = True,
+                     log: Callable[[str], Any] | None = None) -> pd.DataFrame:
+    """``model_throughput`` at each resolution, one row each, OOM caught and recorded.
+
+    ``model_or_factory``: a module used at every resolution (MambaVision, or a ViT created with
+    ``dynamic_img_size=True``), or a callable ``resolution -> module`` (ViT/Swin need ``img_size`` at
+    creation). ``batch_size``: an int, a {resolution: batch} mapping, or a callable (see
+    ``scaled_batch_size``). Out-of-memory errors (in the factory or the run) give a row with
+    ``oom=True`` and NaN speeds; other errors propagate unless ``catch_errors``, which records them in
+    ``error``. Columns: resolution, pixels, batch_size, images_per_s, seconds_per_image, median_s,
+    p10_s, p90_s, peak_memory_bytes, model_bytes, memory_per_image_bytes ((peak - model bytes) / batch;
+    still holds constant terms such as autocast's weight copies), marginal_memory_per_image_bytes
+    (``marginal_memory_per_image``, CUDA inference with ``memory_probe``), memory_probe_error, oom,
+    error, precision, mode, device_name, channels_last, compile.
+    """
+    resolutions = [int(r) for r in resolutions]
+    if not resolutions or any(r < 1 for r in resolutions):
+        raise ValueError(f"parameter resolutions must be positive ints, got {resolutions!r}")
+    if not (isinstance(model_or_factory, nn.Module) or callable(model_or_factory)):
+        raise TypeError("parameter model_or_factory must be an nn.Module or a callable resolution -> module")
+    dev = _device(device)
+    is_factory = not isinstance(model_or_factory, nn.Module)
+    rows = []
+    for res in resolutions:
+        batch = _batch_for(batch_size, res)
+        row: dict[str, Any] = dict(resolution=res, pixels=res * res, batch_size=batch, images_per_s=math.nan,
+                                   seconds_per_image=math.nan, median_s=math.nan, p10_s=math.nan,
+                                   p90_s=math.nan, peak_memory_bytes=None, model_bytes=None,
+                                   memory_per_image_bytes=None, marginal_memory_per_image_bytes=None,
+                                   memory_probe_error=None, oom=False, error=None, precision=precision,
+                                   mode=mode, device_name=device_name(dev), channels_last=bool(channels_last),
+                                   compile=bool(compile))
+        failure = None
+        try:
+            module = model_or_factory(res) if is_factory else model_or_factory
+            r = model_throughput(module, batch, image_size=res, precision=precision, mode=mode, device=dev,
+                                 channels_last=channels_last, compile=compile, warmup=warmup, repeats=repeats)
+            for k in ("images_per_s", "seconds_per_image", "median_s", "p10_s", "p90_s", "peak_memory_bytes",
+                      "model_bytes"):
+                row[k] = r[k]
+            if r["peak_memory_bytes"] is not None:
+                row["memory_per_image_bytes"] = (r["peak_memory_bytes"] - r["model_bytes"]) / batch
+            if memory_probe and mode == "inference" and dev.type == "cuda":
+                try:
+                    row["marginal_memory_per_image_bytes"] = marginal_memory_per_image(
+                        module, res, batch, precision, dev, channels_last)
+                except Exception as exc:  # noqa: BLE001 - a probe failure must not lose the timing
+                    row["memory_probe_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+        except Exception as exc:  # noqa: BLE001 - sorted below
+            if is_oom_error(exc):
+                row["oom"] = True
+                failure = f"{type(exc).__name__}: {str(exc)[:300]}"
+                row["error"] = failure
+            elif catch_errors:
+                failure = f"{type(exc).__name__}: {str(exc)[:300]}"
+                row["error"] = failure
+            else:
+                raise
+        finally:
+            if is_factory:
+                module = None  # noqa: F841 - drop the per-resolution model before the next one
+        _free_memory(dev)  # outside the except block, so the traceback's tensors are gone too
+        rows.append(row)
+        if log is not None:
+            log(f"  {res:>5d} px  batch {batch:>4d}  " + (f"{row['images_per_s']:10.1f} img/s" if failure is None
+                                                          else f"FAILED ({'OOM' if row['oom'] else failure})"))
+    return pd.DataFrame(rows)
+
+
+def fit_growth_exponent(pixels: Sequence[float], cost: Sequence[float]) -> float:
+    """Least-squares slope ``b`` of log(cost) against log(pixels): cost ~ a * pixels**b.
+
+    Pixels per image are proportional to the token count N (ViT: N = pixels / patch**2), so ``b`` is
+    the exponent in the token count too. Use a per-image cost (seconds per image, memory per image):
+    ``b ~ 1``: linear in pixels/tokens (convolutions, MLPs, windowed attention, a selective scan);
+    ``b ~ 2``: quadratic, what global self-attention's N x N score matrix costs *when it dominates*.
+    A ViT-B/32 sits between: its per-token MLP and projections (~12 N d**2 FLOPs a block) outweigh
+    attention (~2 N**2 d) until N approaches 6 d (~4600 tokens), so over 224..1120 px its fitted b is
+    only a little above 1 even though attention itself is quadratic. Non-finite or non-positive
+    points are dropped; at least two distinct pixel counts must remain.
+    """
+    p = np.asarray(pixels, dtype=np.float64)
+    c = np.asarray(cost, dtype=np.float64)
+    if p.shape != c.shape or p.ndim != 1:
+        raise ValueError(f"parameters pixels and cost must be 1-d and of equal length, got {p.shape} and {c.shape}")
+    keep = np.isfinite(p) & np.isfinite(c) & (p > 0) & (c > 0)
+    if len(np.unique(p[keep])) < 2:
+        raise ValueError("parameters pixels/cost: need at least two distinct positive finite points to fit")
+    slope, _ = np.polyfit(np.log(p[keep]), np.log(c[keep]), 1)
+    return float(slope)
+
+
+# ------------------------------------------------------------------------------------------ files
+def _git_commit() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except Exception:  # noqa: BLE001 - no git, no commit
+        return None
+
+
+def collect_provenance(device=None, command: Sequence[str] | str | None = None, **extra) -> dict:
+    """Conditions of a benchmark run, free of the host name: date (UTC), command line, Python,
+    OS, CPU count, GPU name(s) and CUDA version, torch/timm/triton/mambavision/open_clip versions,
+    the repository commit if known, plus ``extra``."""
+    if command is None:
+        command = [Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"] + sys.argv[1:]
+    cmd = command if isinstance(command, str) else shlex.join(str(c) for c in command)
+    host = socket.gethostname()
+    if host and len(host) > 2:
+        cmd = cmd.replace(host, "<host>")
+    gpus = ([torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+            if torch.cuda.is_available() else [])
+    out = dict(date_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), command=cmd,
+               python=platform.python_version(), os=f"{platform.system()} {platform.release()}",
+               machine=platform.machine(), cpu_count=os.cpu_count(), gpus=gpus,
+               gpu_name=gpus[0] if gpus else None, cuda=torch.version.cuda,
+               device_name=device_name(device) if device is not None else None,
+               versions=_versions(), git_commit=_git_commit())
+    out.update(extra)
+    return out
+
+
+def _jsonable(obj):
+    if isinstance(obj, pd.DataFrame):
+        return [_jsonable(r) for r in obj.to_dict(orient="records")]
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating, float)):
+        return None if not math.isfinite(float(obj)) else float(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (torch.device, torch.dtype, Path)):
+        return str(obj)
+    return obj
+
+
+def write_benchmark(path, records, provenance: Mapping | None = None) -> Path:
+    """Write ``{"format", "provenance", "records"}`` as strict JSON (NaN -> null) to ``path``.
+
+    ``records``: a list of dicts, a DataFrame, or one dict (stored as a one-element list).
+    ``provenance`` is merged over ``collect_provenance()`` (date, command, versions, GPU).
+    """
+    if isinstance(records, Mapping):
+        records = [records]
+    if not isinstance(records, (list, tuple, pd.DataFrame)):
+        raise TypeError(f"parameter records must be a list of dicts, a dict or a DataFrame, got {type(records).__name__}")
+    prov = collect_provenance()
+    prov.update(dict(provenance or {}))
+    blob = {"format": FORMAT, "provenance": _jsonable(prov), "records": _jsonable(records)}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(blob, indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_benchmark(path) -> dict:
+    """Read a ``write_benchmark`` file -> dict(format, provenance, records, frame=DataFrame of records)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"benchmark file not found: {path}")
+    blob = json.loads(path.read_text())
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT or "records" not in blob:
+        raise ValueError(f"{path}: not a {FORMAT} benchmark file")
+    blob["frame"] = pd.DataFrame(blob["records"])
+    return blob

@@ -1,0 +1,290 @@
+"""Tests for mvlip_utils.benchmark (CPU, tiny models; the whole file runs in well under a minute)."""
+from __future__ import annotations
+
+import json
+import math
+import socket
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from mvlip_utils import benchmark as B
+
+
+def tiny_vit(img_size: int = 32):
+    import timm
+
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=img_size,
+                             patch_size=8, embed_dim=32, depth=1, num_heads=2)
+
+
+class Probe(nn.Module):
+    """Records what the benchmark feeds it and the numeric mode it runs under."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 5)
+        self.seen = []
+
+    def forward(self, x):
+        h = self.conv(x).mean(dim=(2, 3))
+        out = self.fc(h)
+        self.seen.append(dict(std=float(x.float().std()), zeros=bool((x == 0).all()), in_dtype=x.dtype,
+                              out_dtype=out.dtype, shape=tuple(x.shape), grad=torch.is_grad_enabled(),
+                              tf32=torch.backends.cuda.matmul.allow_tf32,
+                              cudnn_tf32=torch.backends.cudnn.allow_tf32,
+                              channels_last=x.is_contiguous(memory_format=torch.channels_last) and x.shape[-1] > 1
+                              and not x.is_contiguous(), training=self.training))
+        return out
+
+
+# ------------------------------------------------------------------------------------------ timing
+def test_time_callable_measures_known_sleep():
+    calls = []
+
+    def fn():
+        calls.append(1)
+        time.sleep(0.02)
+
+    r = B.time_callable(fn, "cpu", warmup=2, repeats=7)
+    assert len(calls) == 9  # warm-up calls are made but not timed
+    assert r["repeats"] == 7 and len(r["times_s"]) == 7 and r["timer"] == "perf_counter"
+    assert 0.019 <= r["median_s"] < 0.25  # sleep never returns early; generous bound for a busy machine
+    assert r["min_s"] <= r["p10_s"] <= r["median_s"] <= r["p90_s"] <= r["max_s"]
+
+
+def test_time_callable_scales_with_work():
+    short = B.time_callable(lambda: time.sleep(0.005), "cpu", warmup=1, repeats=5)["median_s"]
+    long = B.time_callable(lambda: time.sleep(0.04), "cpu", warmup=1, repeats=5)["median_s"]
+    assert long > 2 * short
+
+
+def test_time_callable_rejects_bad_parameters():
+    with pytest.raises(ValueError, match="repeats"):
+        B.time_callable(lambda: None, "cpu", repeats=0)
+    with pytest.raises(ValueError, match="warmup"):
+        B.time_callable(lambda: None, "cpu", warmup=-1)
+    with pytest.raises(TypeError, match="fn"):
+        B.time_callable(3, "cpu")
+
+
+# ------------------------------------------------------------------------------- model throughput
+def test_model_throughput_is_consistent_and_records_conditions():
+    probe = Probe()
+    r = B.model_throughput(probe, batch_size=3, image_size=16, precision="fp32", mode="inference",
+                           device="cpu", warmup=2, repeats=4)
+    assert r["images_per_s"] == pytest.approx(3 / r["median_s"])
+    assert r["seconds_per_image"] == pytest.approx(r["median_s"] / 3)
+    for key, value in dict(batch_size=3, image_size=16, pixels=256, precision="fp32", mode="inference",
+                           channels_last=False, compile=False, repeats=4, warmup=2,
+                           torch_version=torch.__version__, peak_memory_bytes=None, timer="perf_counter").items():
+        assert r[key] == value, key
+    assert r["n_params"] == sum(p.numel() for p in probe.parameters())
+    assert r["device_name"].startswith("cpu") and socket.gethostname() not in r["device_name"]
+    assert len(probe.seen) == 2 + 4
+    for s in probe.seen:  # random inputs (never zeros), no autograd, fp32 with TF32 off
+        assert s["shape"] == (3, 3, 16, 16) and not s["zeros"] and s["std"] > 0.5
+        assert s["in_dtype"] == torch.float32 and s["out_dtype"] == torch.float32
+        assert not s["grad"] and not s["tf32"] and not s["cudnn_tf32"] and not s["training"]
+
+
+def test_precision_modes_set_and_restore_tf32_and_autocast():
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+              torch.get_float32_matmul_precision())
+    probe = Probe()
+    B.model_throughput(probe, 2, 8, precision="tf32", warmup=1, repeats=1)
+    assert probe.seen[-1]["tf32"] and probe.seen[-1]["cudnn_tf32"]
+    probe.seen.clear()
+    r = B.model_throughput(probe, 2, 8, precision="bf16", channels_last=True, warmup=1, repeats=2)
+    assert r["precision"] == "bf16" and r["channels_last"] is True
+    assert all(s["out_dtype"] == torch.bfloat16 for s in probe.seen)  # autocast ran on the CPU
+    assert all(s["channels_last"] for s in probe.seen)
+    assert all(not s["tf32"] for s in probe.seen)
+    after = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             torch.get_float32_matmul_precision())
+    assert after == before
+
+
+def test_bf16_autocast_on_a_timm_model_on_cpu():
+    r = B.model_throughput(tiny_vit(32), 2, 32, precision="bf16", mode="inference", warmup=1, repeats=2)
+    assert r["images_per_s"] > 0 and math.isfinite(r["images_per_s"])
+
+
+def test_train_mode_is_a_real_training_step():
+    model = tiny_vit(32)
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    r = B.model_throughput(model, 2, 32, precision="fp32", mode="train", warmup=1, repeats=2)
+    assert r["mode"] == "train" and r["images_per_s"] == pytest.approx(2 / r["median_s"])
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert len(changed) >= len(before) // 2  # AdamW stepped (almost) every parameter
+    assert all(p.grad is None for p in model.parameters())  # gradients released afterwards
+
+    frozen = tiny_vit(32)
+    ref = {k: v.detach().clone() for k, v in frozen.state_dict().items()}
+    B.model_throughput(frozen, 2, 32, mode="inference", warmup=1, repeats=2)
+    assert all(torch.equal(v, ref[k]) for k, v in frozen.state_dict().items())
+
+
+def test_train_mode_under_bf16_sees_grad_and_training():
+    probe = Probe()
+    B.model_throughput(probe, 2, 8, precision="bf16", mode="train", warmup=1, repeats=1)
+    assert all(s["grad"] and s["training"] and s["out_dtype"] == torch.bfloat16 for s in probe.seen)
+
+
+def test_model_throughput_rejects_bad_parameters():
+    with pytest.raises(ValueError, match="precision"):
+        B.model_throughput(Probe(), 2, 8, precision="fp16")
+    with pytest.raises(ValueError, match="mode"):
+        B.model_throughput(Probe(), 2, 8, mode="eval")
+    with pytest.raises(ValueError, match="batch_size"):
+        B.model_throughput(Probe(), 0, 8)
+    with pytest.raises(ValueError, match="warmup"):
+        B.model_throughput(Probe(), 2, 8, compile=True, warmup=0)
+
+
+# ------------------------------------------------------------------------------------- eval loop
+def test_eval_loop_throughput_is_images_over_wall_time():
+    def loop():
+        time.sleep(0.05)
+        return {"predictions": list(range(20)), "wall_time_s": 0.05}
+
+    r = B.eval_loop_throughput(loop)
+    assert r["n_images"] == 20
+    assert 0.049 <= r["wall_time_s"] < 0.5
+    assert r["images_per_s"] == pytest.approx(20 / r["wall_time_s"])
+    assert r["inner_images_per_s"] == pytest.approx(20 / 0.05)
+    r2 = B.eval_loop_throughput(lambda: time.sleep(0.01), n_images=7, repeats=3)
+    assert r2["n_images"] == 7 and len(r2["wall_times_s"]) == 3
+    with pytest.raises(ValueError, match="n_images"):
+        B.eval_loop_throughput(lambda: None)
+
+
+# ------------------------------------------------------------------------------ resolution sweeps
+def test_resolution_sweep_on_tiny_vit():
+    made = []
+
+    def factory(res):
+        made.append(res)
+        return tiny_vit(res)
+
+    df = B.resolution_sweep(factory, [16, 32, 48], batch_size=lambda r: B.scaled_batch_size(8, 16, r),
+                            precision="fp32", warmup=1, repeats=2)
+    assert made == [16, 32, 48]
+    assert isinstance(df, pd.DataFrame) and len(df) == 3
+    assert list(df["pixels"]) == [256, 1024, 2304] and df["pixels"].is_monotonic_increasing
+    assert list(df["batch_size"]) == [8, 2, 1]
+    assert df["peak_memory_bytes"].isna().all() and df["marginal_memory_per_image_bytes"].isna().all()  # CPU
+    assert (df["images_per_s"] > 0).all() and not df["oom"].any() and df["error"].isna().all()
+    assert np.allclose(df["seconds_per_image"] * df["images_per_s"], 1.0)
+    for col in ("resolution", "pixels", "images_per_s", "seconds_per_image", "peak_memory_bytes", "oom"):
+        assert col in df.columns
+
+
+def test_resolution_sweep_with_one_module_at_every_resolution():
+    import timm
+
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=32, patch_size=8,
+                            embed_dim=32, depth=1, num_heads=2, dynamic_img_size=True)
+    df = B.resolution_sweep(vit, [16, 40], batch_size={16: 2, 40: 1}, precision="fp32", warmup=1, repeats=1)
+    assert list(df["resolution"]) == [16, 40] and (df["images_per_s"] > 0).all()
+
+
+class OOMAt(nn.Module):
+    def __init__(self, limit):
+        super().__init__()
+        self.limit = limit
+        self.lin = nn.Linear(3, 2)
+
+    def forward(self, x):
+        if x.shape[-1] > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB (fake)")
+        return self.lin(x.mean(dim=(2, 3)))
+
+
+def test_resolution_sweep_records_oom_and_continues():
+    df = B.resolution_sweep(OOMAt(limit=20), [8, 16, 32, 12], batch_size=2, precision="fp32", warmup=1, repeats=1)
+    assert list(df["oom"]) == [False, False, True, False]
+    oom = df[df["oom"]].iloc[0]
+    assert math.isnan(oom["images_per_s"]) and "OutOfMemoryError" in oom["error"]
+    assert df[~df["oom"]]["images_per_s"].gt(0).all()  # the resolution after the OOM still ran
+
+
+def test_resolution_sweep_oom_in_factory_and_other_errors():
+    def factory(res):
+        if res == 32:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (fake, while building)")
+        return OOMAt(limit=1000)
+
+    df = B.resolution_sweep(factory, [8, 32], batch_size=1, precision="fp32", warmup=1, repeats=1)
+    assert list(df["oom"]) == [False, True]
+
+    def broken(res):
+        raise AssertionError("feature map not divisible by window")
+
+    with pytest.raises(AssertionError, match="window"):
+        B.resolution_sweep(broken, [8], batch_size=1)
+    df = B.resolution_sweep(broken, [8], batch_size=1, catch_errors=True)
+    assert not df["oom"].iloc[0] and "window" in df["error"].iloc[0]
+
+
+def test_is_oom_error():
+    assert B.is_oom_error(torch.cuda.OutOfMemoryError("x"))
+    assert B.is_oom_error(RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"))
+    assert not B.is_oom_error(RuntimeError("shape mismatch"))
+    assert not B.is_oom_error(ValueError("out of memory"))
+
+
+@pytest.mark.parametrize("exponent", [1.0, 2.0])
+def test_fit_growth_exponent_recovers_power_laws(exponent):
+    rng = np.random.default_rng()  # fresh coefficients every run
+    a = rng.uniform(1e-6, 1e-2)
+    pixels = np.array([224, 448, 672, 896, 1120], dtype=float) ** 2
+    noise = rng.uniform(0.97, 1.03, size=pixels.shape)
+    cost = a * pixels ** exponent * noise
+    assert B.fit_growth_exponent(pixels, cost) == pytest.approx(exponent, abs=0.05)
+    b = rng.uniform(0.3, 2.5)
+    assert B.fit_growth_exponent(pixels, a * pixels ** b) == pytest.approx(b, abs=1e-9)
+
+
+def test_fit_growth_exponent_drops_bad_points_and_rejects_too_few():
+    pixels = [100.0, 400.0, 900.0, 1600.0]
+    assert B.fit_growth_exponent(pixels, [1.0, 4.0, float("nan"), 16.0]) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="two distinct"):
+        B.fit_growth_exponent([100.0, 400.0], [1.0, float("nan")])
+    with pytest.raises(ValueError, match="equal length"):
+        B.fit_growth_exponent([1.0, 2.0, 3.0], [1.0, 2.0])
+
+
+def test_scaled_batch_size_keeps_pixels_per_batch():
+    assert [B.scaled_batch_size(128, 224, r) for r in (224, 448, 672, 896, 1120)] == [128, 32, 14, 8, 5]
+    assert B.scaled_batch_size(4, 224, 2240) == 1
+
+
+# ----------------------------------------------------------------------------------------- files
+def test_write_and_read_benchmark_roundtrip(tmp_path):
+    records = [dict(encoder="vit", images_per_s=12.5, peak_memory_bytes=None, p10_s=np.float32(0.25),
+                    n=np.int64(3)), dict(encoder="swin", images_per_s=float("nan"), oom=np.bool_(True))]
+    path = B.write_benchmark(tmp_path / "sub" / "bench.json", records, {"command": "python x.py --flag", "note": "t"})
+    text = path.read_text()
+    blob = json.loads(text)  # strict JSON: NaN became null
+    assert "NaN" not in text and blob["records"][1]["images_per_s"] is None
+    assert blob["provenance"]["note"] == "t" and blob["provenance"]["command"] == "python x.py --flag"
+    for key in ("date_utc", "versions", "gpus", "python", "cuda"):
+        assert key in blob["provenance"]
+    assert blob["provenance"]["versions"]["torch"] == torch.__version__
+    assert socket.gethostname() not in text
+    back = B.read_benchmark(path)
+    assert back["records"][0]["images_per_s"] == 12.5 and back["records"][0]["n"] == 3
+    assert list(back["frame"]["encoder"]) == ["vit", "swin"]
+    df_path = B.write_benchmark(tmp_path / "df.json", pd.DataFrame(records))
+    assert len(B.read_benchmark(df_path)["records"]) == 2
+    (tmp_path / "other.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a"):
+        B.read_benchmark(tmp_path / "other.json")
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        B.read_benchmark(tmp_path / "missing.json")
