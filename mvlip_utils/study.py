@@ -1,0 +1,610 @@
+"""The study as a book: papermill runs the five notebooks, jupyter-book compiles them.
+
+    python -m mvlip_utils.study --profile smoke [--encoders mambavision swin vit] [--force] [--no-book]
+                                [-p key=value ...]
+
+Order: ``01_setup`` once, then ``02_train``, ``03_evaluate``, ``04_benchmark`` for each encoder, then
+``05_discussion`` once. Executed notebooks go to ``book/executed/<profile>/`` (per-encoder ones under
+``<encoder>/``); then a table of contents for them is written next to them and the HTML book is built with
+jupyter-book (1.x) with warnings treated as errors, into ``book/_build/html``.
+
+Reuse: the expensive state lives in the run folders (``results/<profile>/<encoder>/``): the train notebook
+loads a finished run and resumes an unfinished one. On top of that, a notebook whose executed copy is
+complete and was made from the same notebook, the same parameters and the same ``mvlip_utils`` sources
+(and whose run files are still there) is not executed again. ``--force`` executes everything again and
+retrains from scratch.
+
+A notebook that fails stops the study with a ``StudyStepError`` whose message names the notebook, the
+encoder and the failing cell (its index, the head of its source, the exception), and where the partly
+executed notebook was written.
+
+Also here: the few helpers the notebooks use to present results (``show_markdown``, ``show_figure``,
+``figure_caption``, ``ENCODER_LABELS``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import hashlib
+import json
+import os
+import math
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+SETUP, TRAIN, EVALUATE, BENCHMARK, DISCUSSION = (
+    "01_setup", "02_train", "03_evaluate", "04_benchmark", "05_discussion")
+NOTEBOOKS = (SETUP, TRAIN, EVALUATE, BENCHMARK, DISCUSSION)
+PER_ENCODER = (TRAIN, EVALUATE, BENCHMARK)
+
+# What the book calls each image tower (the paper's names)
+ENCODER_LABELS = {"mambavision": "MVLIP (MambaVision)", "swin": "CLIP(Swin)", "vit": "CLIP(ViT-B/32)"}
+CHAPTER_TITLES = {SETUP: "Set-up: environment, data, models", TRAIN: "training",
+                  EVALUATE: "zero-shot evaluation", BENCHMARK: "throughput",
+                  DISCUSSION: "Discussion: the paper's claims against our runs"}
+
+# The run files a step leaves behind; its executed notebook is reused only while they exist.
+STEP_OUTPUTS = {TRAIN: ("metrics.json", "history.csv"), EVALUATE: ("metrics.json",),
+                BENCHMARK: ("benchmark.json",)}
+FINGERPRINT_IGNORES = ("resume",)  # parameters that change how a step runs, not what it produces
+
+
+class StudyStepError(RuntimeError):
+    """A notebook of the study failed; the message names notebook, encoder and cell."""
+
+    def __init__(self, message: str, notebook: str, encoder: str | None, cell_index: int | None = None):
+        super().__init__(message)
+        self.notebook = notebook
+        self.encoder = encoder
+        self.cell_index = cell_index
+
+
+# ------------------------------------------------------------------------------------------- plan
+@dataclass(frozen=True)
+class Step:
+    notebook: str               # stem, e.g. "02_train"
+    encoder: str | None = None  # None for setup and discussion
+
+    @property
+    def label(self) -> str:
+        return f"{self.notebook} [{self.encoder}]" if self.encoder else self.notebook
+
+    def output(self, book_dir: Path, profile: str) -> Path:
+        base = Path(book_dir) / "executed" / profile
+        if self.encoder:
+            base = base / self.encoder
+        return base / f"{self.notebook}.ipynb"
+
+
+def plan(encoders: Sequence[str]) -> list[Step]:
+    """Setup once, train/evaluate/benchmark per encoder, discussion once."""
+    steps = [Step(SETUP)]
+    for encoder in encoders:
+        steps += [Step(nb, encoder) for nb in PER_ENCODER]
+    return steps + [Step(DISCUSSION)]
+
+
+def step_parameters(step: Step, profile: str, encoders: Sequence[str], overrides: dict[str, Any],
+                    force: bool = False) -> dict[str, Any]:
+    """The papermill parameters of one step: the profile, the encoder(s) and the user's overrides."""
+    params: dict[str, Any] = {"profile": profile, **overrides}
+    if step.encoder:
+        params["encoder"] = step.encoder
+    else:
+        params["encoders"] = list(encoders)
+    if step.notebook == TRAIN and force:
+        params["resume"] = False
+    return params
+
+
+def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
+    """``["epochs=2", "pretrained=true", "data=/x"]`` -> {"epochs": 2, "pretrained": True, "data": "/x"}.
+    Values are Python literals where they parse as one (also true/false/none), else strings."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ValueError(f"-p {pair!r}: expected key=value with a parameter name as key")
+        words = {"true": True, "false": False, "none": None, "null": None}
+        if raw.strip().lower() in words:
+            value: Any = words[raw.strip().lower()]
+        else:
+            try:
+                value = ast.literal_eval(raw)
+            except (ValueError, SyntaxError):
+                value = raw
+        out[key] = value
+    return out
+
+
+def check_overrides(profile: str, encoders: Sequence[str], overrides: dict[str, Any]) -> None:
+    """Fail before any notebook runs when a parameter is unknown or invalid (the error names it)."""
+    from .profiles import ENCODERS, get_config
+
+    bad = [e for e in encoders if e not in ENCODERS]
+    if bad:
+        raise ValueError(f"--encoders: unknown encoder(s) {bad}; choose from {list(ENCODERS)}")
+    for key in ("profile", "encoder", "encoders"):
+        if key in overrides:
+            raise ValueError(f"-p {key}=...: choose profile and encoders with --profile and --encoders")
+    for encoder in encoders:
+        get_config(profile, encoder=encoder, **overrides)
+
+
+# ----------------------------------------------------------------------------------------- kernel
+def kernel_for_this_python() -> str:
+    """The name of a Jupyter kernel that runs this very interpreter (so notebooks see this venv).
+
+    Prefers ``mvlip`` (registered by scripts/setup_env.sh), then ``python3``; a spec qualifies when its
+    command is this interpreter or plain ``python``/``python3`` (which jupyter_client maps to it)."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    manager = KernelSpecManager()
+    here = os.path.normpath(os.path.abspath(sys.executable))
+    generic = {"python", f"python{sys.version_info[0]}", "python%d.%d" % sys.version_info[:2]}
+    seen = []
+    for name in ("mvlip", "python3"):
+        try:
+            argv0 = manager.get_kernel_spec(name).argv[0]
+        except NoSuchKernel:
+            continue
+        seen.append(f"{name} -> {argv0}")
+        if argv0 in generic or os.path.normpath(os.path.abspath(argv0)) == here:
+            return name
+    raise RuntimeError(f"no Jupyter kernel runs {sys.executable} (found: {seen or 'none'}); "
+                       "run scripts/setup_env.sh, or `python -m ipykernel install --user --name mvlip`")
+
+
+# ------------------------------------------------------------------------------------ fingerprint
+def _sha256_files(paths: Iterable[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def library_hash() -> str:
+    """Hash of the mvlip_utils sources and reference data: a change re-executes the notebooks."""
+    return _sha256_files(p for p in PACKAGE_DIR.rglob("*")
+                         if p.is_file() and p.suffix in {".py", ".json", ".csv"} and "__pycache__" not in p.parts)
+
+
+def fingerprint(source: Path, parameters: dict[str, Any], library: str) -> str:
+    params = {k: v for k, v in parameters.items() if k not in FINGERPRINT_IGNORES}
+    digest = hashlib.sha256()
+    digest.update(Path(source).read_bytes())
+    digest.update(json.dumps(params, sort_keys=True, default=str).encode())
+    digest.update(library.encode())
+    return digest.hexdigest()
+
+
+def executed_fingerprint(path: Path) -> str | None:
+    """The fingerprint of an executed notebook that completed without error, else None."""
+    import nbformat
+
+    if not Path(path).is_file():
+        return None
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except Exception:  # noqa: BLE001 - an unreadable (half-written) notebook is simply redone
+        return None
+    pm = nb.metadata.get("papermill", {})
+    if pm.get("exception") or not pm.get("end_time"):
+        return None
+    return nb.metadata.get("mvlip", {}).get("fingerprint")
+
+
+def run_folder(root: Path, profile: str, encoder: str, overrides: dict[str, Any]) -> Path:
+    results_dir = Path(overrides.get("results_dir") or "results")
+    return (results_dir if results_dir.is_absolute() else Path(root) / results_dir) / profile / encoder
+
+
+# ---------------------------------------------------------------------------------------- execute
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def describe_failure(step: Step, exc: Any, output: Path, source_lines: int = 8) -> str:
+    """A readable account of a PapermillExecutionError: notebook, encoder, cell, source head, error."""
+    source = (exc.source or "").splitlines()
+    head = "\n".join("    | " + line for line in source[:source_lines])
+    if len(source) > source_lines:
+        head += f"\n    | ... ({len(source) - source_lines} more lines)"
+    trace = [_ANSI.sub("", line) for line in (exc.traceback or [])]
+    tail = "\n".join(trace[-6:]) if trace else ""
+    return (f"notebook {step.notebook}.ipynb failed"
+            f"{f' for encoder {step.encoder!r}' if step.encoder else ''} "
+            f"in cell {exc.cell_index} (execution count {exc.exec_count}):\n"
+            f"{head}\n"
+            f"  {exc.ename}: {exc.evalue}\n"
+            f"  traceback (last lines):\n{_indent(tail, '    ')}\n"
+            f"  the partly executed notebook is {output}")
+
+
+def _indent(text: str, prefix: str) -> str:
+    return "\n".join(prefix + line for line in text.splitlines())
+
+
+def execute_step(step: Step, source: Path, output: Path, parameters: dict[str, Any], kernel_name: str,
+                 cwd: Path, fp: str, timeout: int | None = None) -> float:
+    """Execute one notebook with papermill; returns seconds. Raises StudyStepError on failure."""
+    import nbformat
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    try:
+        papermill.execute_notebook(str(source), str(output), parameters=parameters, kernel_name=kernel_name,
+                                   cwd=str(cwd), progress_bar=False, log_output=False,
+                                   execution_timeout=timeout)
+    except PapermillExecutionError as exc:
+        raise StudyStepError(describe_failure(step, exc, output), step.notebook, step.encoder,
+                             exc.cell_index) from None
+    except Exception as exc:  # kernel died, timeout, bad notebook: still say which step
+        raise StudyStepError(f"notebook {step.notebook}.ipynb"
+                             f"{f' for encoder {step.encoder!r}' if step.encoder else ''} could not run: "
+                             f"{type(exc).__name__}: {exc}", step.notebook, step.encoder) from exc
+    seconds = time.perf_counter() - start
+    nb = nbformat.read(output, as_version=4)
+    nb.metadata["mvlip"] = {"fingerprint": fp, "seconds": round(seconds, 2), "step": step.label}
+    nbformat.write(nb, output)
+    return seconds
+
+
+def run_study(profile: str = "smoke", encoders: Sequence[str] | None = None,
+              overrides: dict[str, Any] | None = None, force: bool = False, book: bool = True,
+              root: str | os.PathLike = PROJECT_ROOT, kernel_name: str | None = None,
+              timeout: int | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the whole study (and build the book). ``root`` holds notebooks/, book/ and _config.yml and is
+    the notebooks' working directory. Returns {"steps": [(label, status, seconds)], "total_s", "html"}."""
+    from .profiles import ENCODERS
+
+    root = Path(root).resolve()
+    encoders = list(encoders or ENCODERS)
+    overrides = dict(overrides or {})
+    check_overrides(profile, encoders, overrides)
+    kernel_name = kernel_name or kernel_for_this_python()
+    library = library_hash()
+    book_dir = root / "book"
+    t0 = time.perf_counter()
+    log(f"[study] profile={profile} encoders={encoders} overrides={overrides or '{}'} "
+        f"kernel={kernel_name} force={force}")
+    report: list[tuple[str, str, float]] = []
+    dirty = force  # once a step executes, every later step executes too (it may read what changed)
+    steps = plan(encoders)
+    for i, step in enumerate(steps, 1):
+        source = root / "notebooks" / f"{step.notebook}.ipynb"
+        if not source.is_file():
+            raise FileNotFoundError(f"notebook {source} is missing")
+        output = step.output(book_dir, profile)
+        params = step_parameters(step, profile, encoders, overrides, force)
+        fp = fingerprint(source, params, library)
+        outputs_there = all((run_folder(root, profile, step.encoder, overrides) / name).is_file()
+                            for name in STEP_OUTPUTS.get(step.notebook, ())) if step.encoder else True
+        if not dirty and outputs_there and executed_fingerprint(output) == fp:
+            log(f"[study {i:2d}/{len(steps)}] {step.label:<28} reused (unchanged)")
+            report.append((step.label, "reused", 0.0))
+            continue
+        log(f"[study {i:2d}/{len(steps)}] {step.label:<28} running ...")
+        seconds = execute_step(step, source, output, params, kernel_name, root, fp, timeout)
+        dirty = True
+        log(f"[study {i:2d}/{len(steps)}] {step.label:<28} done in {seconds:6.1f} s  "
+            f"({time.perf_counter() - t0:6.1f} s so far)")
+        report.append((step.label, "executed", seconds))
+    study_s = time.perf_counter() - t0
+    log(f"[study] notebooks: {study_s:.1f} s")
+    html = None
+    if book:
+        toc = write_toc(book_dir / "executed" / profile / "_toc.yml", profile, encoders)
+        tb = time.perf_counter()
+        html = build_book(root, toc, log=log)
+        log(f"[study] book built in {time.perf_counter() - tb:.1f} s: {html / 'index.html'}")
+    total = time.perf_counter() - t0
+    log(f"[study] total {total:.1f} s ({total / 60:.1f} min)")
+    return {"steps": report, "study_s": study_s, "total_s": total, "html": html}
+
+
+# ------------------------------------------------------------------------------------------- book
+def toc_text(profile: str, encoders: Sequence[str]) -> str:
+    """The jupyter-book table of contents for one profile's executed notebooks (paths from the root)."""
+    base = f"book/executed/{profile}"
+    lines = ["# Generated by mvlip_utils.study (python -m mvlip_utils.study); edit toc_text() instead.",
+             "format: jb-book", "root: book/intro", "parts:",
+             "  - caption: Set-up", "    chapters:",
+             f"      - file: {base}/{SETUP}", f"        title: \"{CHAPTER_TITLES[SETUP]}\""]
+    for encoder in encoders:
+        label = ENCODER_LABELS.get(encoder, encoder)
+        lines += [f"  - caption: \"{label}\"", "    chapters:"]
+        for nb in PER_ENCODER:
+            lines += [f"      - file: {base}/{encoder}/{nb}", f"        title: \"{label}: {CHAPTER_TITLES[nb]}\""]
+    lines += ["  - caption: Discussion", "    chapters:",
+              f"      - file: {base}/{DISCUSSION}", f"        title: \"{CHAPTER_TITLES[DISCUSSION]}\""]
+    return "\n".join(lines) + "\n"
+
+
+def write_toc(path: Path, profile: str, encoders: Sequence[str]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(toc_text(profile, encoders))
+    return path
+
+
+def build_book(root: Path, toc: Path, log: Callable[[str], None] = print) -> Path:
+    """jupyter-book build with warnings as errors (all reported, then fail). Returns the html folder."""
+    root = Path(root)
+    exe = Path(sys.executable).parent / "jupyter-book"
+    cmd = [str(exe) if exe.is_file() else "jupyter-book", "build", str(root), "--toc", str(toc),
+           "--path-output", str(root / "book"), "--warningiserror", "--keep-going", "--all"]
+    log("[study] " + " ".join(cmd))
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    if proc.returncode != 0:
+        out = (proc.stdout + proc.stderr).strip().splitlines()
+        warnings = [line for line in out if "WARNING" in line or "ERROR" in line]
+        raise RuntimeError("jupyter-book build failed (warnings are errors):\n" +
+                           "\n".join((warnings or out[-40:])[:60]))
+    return root / "book" / "_build" / "html"
+
+
+# ------------------------------------------------------------------------------ notebook helpers
+RUN_IRRELEVANT = ("device", "num_workers", "note")  # may differ between a finished run and a re-run
+
+
+def config_from_parameters(namespace: Mapping[str, Any], **fixed: Any):
+    """The StudyConfig of a notebook's parameters: ``namespace`` holds ``profile`` and any StudyConfig
+    field (None = the profile's value); ``fixed`` overrides (e.g. encoder=...)."""
+    from .profiles import StudyConfig, get_config
+
+    if "profile" not in namespace:
+        raise ValueError("the notebook's parameters must define 'profile'")
+    values = {f.name: namespace[f.name] for f in fields(StudyConfig) if f.name != "profile" and f.name in namespace}
+    values.update(fixed)
+    return get_config(namespace["profile"], **values)
+
+
+def parameter_names() -> list[str]:
+    """Every StudyConfig field: each notebook's parameters cell defines all of them."""
+    from .profiles import StudyConfig
+
+    return [f.name for f in fields(StudyConfig)]
+
+
+def reusable_run(config) -> bool:
+    """True when the run folder of ``config`` holds a finished run made with the same parameters
+    (device, num_workers and note aside) and the same number of epochs: the train notebook then loads
+    it instead of training."""
+    from . import results
+
+    run = results.run_dir(config)
+    if not results.is_finished(run) or not (run / "config.json").is_file():
+        return False
+    saved = results.load_config(run)
+    same = all(saved.get(k) == v for k, v in config.to_dict().items() if k not in RUN_IRRELEVANT)
+    return same and results.load_metrics(run).get("epochs") == config.epochs
+
+
+def show_markdown(text: str) -> None:
+    """Display computed prose (values come from the executed code)."""
+    from IPython.display import Markdown, display
+
+    display(Markdown(text))
+
+
+def figure_caption(what: str, profile: str, encoder: str | Sequence[str] | None, hardware: str) -> str:
+    """'<what> Profile `smoke`, encoder CLIP(Swin), hardware CPU (...).' for every figure."""
+    if encoder is None or isinstance(encoder, str):
+        names = ENCODER_LABELS.get(encoder, encoder) if encoder else "all"
+    else:
+        names = ", ".join(ENCODER_LABELS.get(e, e) for e in encoder)
+    return f"{what.rstrip('.')}. Profile `{profile}`, encoder {names}, hardware {hardware}."
+
+
+def show_figure(fig, caption: str) -> None:
+    """Show a matplotlib figure followed by its caption, then close it."""
+    import matplotlib.pyplot as plt
+    from IPython.display import Markdown, display
+
+    display(fig)
+    display(Markdown(f"*Figure: {caption}*"))
+    plt.close(fig)
+
+
+def show_table(frame, table_id: str, caption: str, formats: Mapping[str, str] | None = None,
+               default: str = "{:.4f}") -> None:
+    """A caption line, then ``frame`` as an HTML table with id ``table_id``; numbers formatted per column
+    (``formats``: column -> format string), missing values as an en dash."""
+    from IPython.display import HTML, Markdown, display
+
+    formats = dict(formats or {})
+
+    def fmt(column):
+        pattern = formats.get(column, default)
+        return lambda v: "–" if v is None or (isinstance(v, float) and math.isnan(v)) else (
+            pattern.format(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v))
+
+    shown = frame.copy()
+    for column in shown.columns:
+        shown[column] = shown[column].map(fmt(column))
+    display(Markdown(f"**{caption}**"))
+    display(HTML(shown.to_html(table_id=table_id, escape=True, border=0, classes="mvlip-table")))
+
+
+# -------------------------------------------------------------------------- discussion (the claims)
+TABLE1_METRICS = {"accuracy": "Accuracy", "precision_weighted": "Precision (weighted)",
+                  "recall_weighted": "Recall (weighted)", "f1_weighted": "F1 (weighted)",
+                  "precision_macro": "Precision (macro)", "recall_macro": "Recall (macro)",
+                  "f1_macro": "F1 (macro)", "top5": "Top-5 accuracy",
+                  "zeroshot_loss": "Validation loss (zero-shot CE)"}
+HEADLINE = ("accuracy", "precision_weighted", "recall_weighted", "f1_weighted")  # the paper's Table 1
+BENCH_METHODS = {"eval_loop": "paper's way (whole eval loop)", "model_only": "model only"}
+
+
+def relative_change(value: float, base: float) -> float:
+    """(value - base) / base in percent; NaN when either is missing or base is 0."""
+    try:
+        value, base = float(value), float(base)
+    except (TypeError, ValueError):
+        return math.nan
+    if not (math.isfinite(value) and math.isfinite(base)) or base == 0:
+        return math.nan
+    return (value - base) / base * 100.0
+
+
+def paper_final_metrics(ref: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """The paper's final-epoch numbers per encoder: Table 1, completed (macro averages, zero-shot loss)
+    from the last epoch of the authors' logs."""
+    logs = ref["authors_logs"]
+    out: dict[str, dict[str, float]] = {}
+    for encoder in ("mambavision", "swin"):
+        last = logs[logs.encoder == encoder].sort_values("epoch").iloc[-1]
+        row = {k: float(last[k]) for k in TABLE1_METRICS if k in last.index}
+        row["zeroshot_loss"] = float(last["val_zeroshot_loss"])
+        row.update({k: float(v) for k, v in ref["table1_final_epoch"][encoder].items()})
+        out[encoder] = row
+    return out
+
+
+def table1(runs: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any]):
+    """Table 1: the paper's final-epoch metrics beside ours (from each run's metrics.json), with the
+    relative difference MVLIP vs CLIP(Swin) in percent for both."""
+    import pandas as pd
+
+    paper = paper_final_metrics(ref)
+    frame = pd.DataFrame(index=list(TABLE1_METRICS.values()))
+    for encoder in ("mambavision", "swin"):
+        frame[f"paper {ENCODER_LABELS[encoder]}"] = [paper[encoder].get(k, math.nan) for k in TABLE1_METRICS]
+    frame["paper: MVLIP vs CLIP(Swin) (%)"] = [
+        relative_change(paper["mambavision"].get(k), paper["swin"].get(k)) for k in TABLE1_METRICS]
+    for encoder, run in runs.items():
+        frame[f"ours {ENCODER_LABELS.get(encoder, encoder)}"] = [
+            float(run["metrics"].get(k, math.nan)) for k in TABLE1_METRICS]
+    ours = {e: runs[e]["metrics"] for e in ("mambavision", "swin") if e in runs}
+    frame["ours: MVLIP vs CLIP(Swin) (%)"] = [
+        relative_change(ours["mambavision"].get(k), ours["swin"].get(k)) if len(ours) == 2 else math.nan
+        for k in TABLE1_METRICS]
+    frame.index.name = "metric"
+    return frame
+
+
+def benchmark_numbers(blob: Mapping[str, Any]) -> dict[str, float]:
+    """images/s of a benchmark.json per method ('eval_loop', 'model_only')."""
+    out = {}
+    for record in blob.get("records", []):
+        if record.get("method") in BENCH_METHODS and record.get("images_per_s") is not None:
+            out[record["method"]] = float(record["images_per_s"])
+    return out
+
+
+def table2(benchmarks: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any]):
+    """Table 2: the paper's throughput beside ours measured both ways, each relative to CLIP(ViT)."""
+    import pandas as pd
+
+    paper = ref["table2_throughput_images_per_s"]
+    encoders = [e for e in ENCODER_LABELS if e in paper or e in benchmarks]
+    ours = {e: benchmark_numbers(benchmarks[e]) for e in encoders if e in benchmarks}
+    frame = pd.DataFrame(index=[ENCODER_LABELS[e] for e in encoders])
+    frame["paper images/s"] = [paper.get(e, math.nan) for e in encoders]
+    frame["paper vs CLIP(ViT) (%)"] = [relative_change(paper.get(e), paper.get("vit")) if e != "vit" else math.nan
+                                       for e in encoders]
+    for method, label in BENCH_METHODS.items():
+        values = {e: ours.get(e, {}).get(method, math.nan) for e in encoders}
+        frame[f"ours, {label}: images/s"] = [values[e] for e in encoders]
+        frame[f"ours, {label}: vs CLIP(ViT) (%)"] = [
+            relative_change(values[e], values.get("vit")) if e != "vit" else math.nan for e in encoders]
+    frame.index.name = "model"
+    return frame
+
+
+def judge(value: float, claimed: float, evidence: bool) -> str:
+    """The verdict on one claim: ``value`` is our relative change where the paper claims >= ``claimed``
+    percent (in the direction the paper says is better)."""
+    if value is None or not math.isfinite(value):
+        return "not measured (a run is missing)"
+    if not evidence:
+        return "no verdict: random-weight smoke run, neither confirms nor refutes the paper"
+    if value >= claimed:
+        return "supported"
+    if value > 0:
+        return "partly: same direction, smaller than claimed"
+    return "not supported: the opposite direction"
+
+
+def claim_verdicts(t1, t2, evidence: bool):
+    """One row per claim of the paper: what it says, what our data show, and the verdict.
+    ``evidence``: whether the runs can speak to the paper at all (pretrained towers, paper protocol)."""
+    import pandas as pd
+
+    claims = []
+    ours_col, paper_col = "ours: MVLIP vs CLIP(Swin) (%)", "paper: MVLIP vs CLIP(Swin) (%)"
+    headline = [t1.loc[TABLE1_METRICS[k], ours_col] for k in HEADLINE]
+    worst = min(headline) if all(math.isfinite(v) for v in headline) else math.nan
+    claims.append(("MVLIP beats CLIP(Swin) by 9-10% on accuracy, precision, recall and F1 (Table 1)",
+                   "{:+.2f}% to {:+.2f}%".format(*_span([t1.loc[TABLE1_METRICS[k], paper_col] for k in HEADLINE])),
+                   "{:+.2f}% to {:+.2f}%".format(*_span(headline)) if math.isfinite(worst) else "–",
+                   worst, 9.0))
+    loss = t1.loc[TABLE1_METRICS["zeroshot_loss"], ours_col]
+    claims.append(("MVLIP's validation loss is 37% lower than CLIP(Swin)'s",
+                   "{:.1f}% lower".format(-t1.loc[TABLE1_METRICS["zeroshot_loss"], paper_col]),
+                   "{:.1f}% lower".format(-loss) if math.isfinite(loss) else "–", -loss, 37.0))
+    mv = ENCODER_LABELS["mambavision"]
+    for method, label in BENCH_METHODS.items():
+        vs_vit = t2.loc[mv, f"ours, {label}: vs CLIP(ViT) (%)"]
+        claims.append((f"MVLIP's throughput is 33.5% higher than CLIP(ViT)'s (Table 2); ours measured {label}",
+                       "{:+.2f}%".format(t2.loc[mv, "paper vs CLIP(ViT) (%)"]),
+                       "{:+.2f}%".format(vs_vit) if math.isfinite(vs_vit) else "–", vs_vit, 33.0))
+        swin_col = f"ours, {label}: images/s"
+        vs_swin = relative_change(t2.loc[mv, swin_col], t2.loc[ENCODER_LABELS["swin"], swin_col])
+        paper_vs_swin = relative_change(t2.loc[mv, "paper images/s"], t2.loc[ENCODER_LABELS["swin"], "paper images/s"])
+        claims.append((f"MVLIP's throughput is 41% higher than CLIP(Swin)'s (Table 2); ours measured {label}",
+                       "{:+.2f}%".format(paper_vs_swin),
+                       "{:+.2f}%".format(vs_swin) if math.isfinite(vs_swin) else "–", vs_swin, 41.0))
+    rows = [{"claim": c, "paper": p, "ours": o, "verdict": judge(v, lo, evidence)} for c, p, o, v, lo in claims]
+    return pd.DataFrame(rows)
+
+
+def _span(values: Sequence[float]) -> tuple[float, float]:
+    return min(values), max(values)
+
+
+def runs_are_evidence(runs: Mapping[str, Mapping[str, Any]]) -> bool:
+    """Only paper-size towers from pretrained weights can confirm or refute the paper."""
+    return bool(runs) and all(run["config"].get("pretrained") and run["config"].get("model_size") == "paper"
+                              for run in runs.values())
+
+
+# -------------------------------------------------------------------------------------------- CLI
+def main(argv: Sequence[str] | None = None) -> int:
+    from .profiles import ENCODERS, PROFILES
+
+    parser = argparse.ArgumentParser(prog="python -m mvlip_utils.study", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="smoke", choices=sorted(PROFILES))
+    parser.add_argument("--encoders", nargs="+", default=list(ENCODERS), metavar="ENCODER",
+                        help=f"image towers to run, from {list(ENCODERS)} (default: all)")
+    parser.add_argument("--force", action="store_true", help="execute every notebook again and retrain")
+    parser.add_argument("--no-book", action="store_true", help="run the notebooks, do not build the book")
+    parser.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a parameter of every notebook (e.g. -p epochs=2 -p device=cpu)")
+    parser.add_argument("--root", default=str(PROJECT_ROOT), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    try:
+        run_study(args.profile, args.encoders, parse_overrides(args.param), force=args.force,
+                  book=not args.no_book, root=args.root)
+    except (StudyStepError, ValueError, RuntimeError, FileNotFoundError) as exc:
+        print(f"\n[study] FAILED: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
