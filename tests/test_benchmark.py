@@ -4,7 +4,10 @@ from __future__ import annotations
 import json
 import math
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,6 +16,8 @@ import torch
 from torch import nn
 
 from mvlip_utils import benchmark as B
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_vit(img_size: int = 32):
@@ -288,3 +293,29 @@ def test_write_and_read_benchmark_roundtrip(tmp_path):
         B.read_benchmark(tmp_path / "other.json")
     with pytest.raises(FileNotFoundError, match="missing.json"):
         B.read_benchmark(tmp_path / "missing.json")
+
+
+# --------------------------------------------------------------------------------- the H200 script
+@pytest.mark.slow
+def test_h200_script_smoke_on_cpu(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "h200_benchmark.py"), "--smoke", "--out", str(out),
+                           "--encoders", "vit", "--workdir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=240, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "=== model-only" in proc.stdout and "=== eval loop" in proc.stdout
+    model = B.read_benchmark(out / "benchmark_model.json")
+    recs = model["records"]
+    assert {(r["part"], r.get("mode")) for r in recs} == {("paper", "inference"), ("paper", "train"),
+                                                          ("best", "inference"), ("best", "train"),
+                                                          ("compile", "inference")}
+    assert all(r["images_per_s"] > 0 for r in recs), [r.get("error") for r in recs]
+    assert model["provenance"]["setting"] == "smoke" and model["provenance"]["failures"] == []
+    sweep = B.read_benchmark(out / "benchmark_resolution.json")["frame"]
+    assert list(sweep["resolution"]) == [64, 128] and sweep["pixels"].is_monotonic_increasing
+    loop = B.read_benchmark(out / "benchmark_eval_loop.json")["records"]
+    assert {r["source"] for r in loop} == {"jpeg", "uint8_cache"}
+    assert all(r["n_images"] == 24 and r["images_per_s"] > 0 and r["ratio_to_model_only"] > 0 for r in loop)
+    summary = B.read_benchmark(out / "benchmark_summary.json")["records"][0]
+    assert "time_exponent" in summary["exponents"]["vit"]
+    assert not any(p.name.startswith("mvlip_bench_") for p in tmp_path.iterdir())  # temp data removed
