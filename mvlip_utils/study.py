@@ -93,10 +93,28 @@ def plan(encoders: Sequence[str]) -> list[Step]:
     return steps + [Step(DISCUSSION)]
 
 
+def notebook_parameters(path: str | os.PathLike) -> list[str]:
+    """The names a notebook's ``parameters`` cell assigns (ValueError unless there is exactly one)."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(cells) != 1:
+        raise ValueError(f"{path}: expected exactly one cell tagged 'parameters', found {len(cells)}")
+    names = []
+    for node in ast.parse(cells[0].source).body:
+        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+        names += [t.id for t in targets if isinstance(t, ast.Name)]
+    return names
+
+
 def step_parameters(step: Step, profile: str, encoders: Sequence[str], overrides: dict[str, Any],
-                    force: bool = False) -> dict[str, Any]:
-    """The papermill parameters of one step: the profile, the encoder(s) and the user's overrides."""
-    params: dict[str, Any] = {"profile": profile, **overrides}
+                    accepted: Iterable[str], force: bool = False) -> dict[str, Any]:
+    """The papermill parameters of one step: the profile, the encoder(s) and those of the user's
+    overrides that this notebook's parameters cell defines (``accepted``)."""
+    accepted = set(accepted)
+    params: dict[str, Any] = {"profile": profile}
+    params.update({k: v for k, v in overrides.items() if k in accepted})
     if step.encoder:
         params["encoder"] = step.encoder
     else:
@@ -127,8 +145,10 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
     return out
 
 
-def check_overrides(profile: str, encoders: Sequence[str], overrides: dict[str, Any]) -> None:
-    """Fail before any notebook runs when a parameter is unknown or invalid (the error names it)."""
+def check_overrides(profile: str, encoders: Sequence[str], overrides: dict[str, Any],
+                    notebook_names: Iterable[str] = ()) -> None:
+    """Fail before any notebook runs when a parameter is unknown or invalid (the error names it).
+    ``notebook_names``: parameters some notebook defines beyond the StudyConfig fields."""
     from .profiles import ENCODERS, get_config
 
     bad = [e for e in encoders if e not in ENCODERS]
@@ -137,8 +157,12 @@ def check_overrides(profile: str, encoders: Sequence[str], overrides: dict[str, 
     for key in ("profile", "encoder", "encoders"):
         if key in overrides:
             raise ValueError(f"-p {key}=...: choose profile and encoders with --profile and --encoders")
+    fields_ = set(parameter_names())
+    unknown = sorted(set(overrides) - fields_ - set(notebook_names))
+    if unknown:
+        raise ValueError(f"-p: unknown parameter(s) {unknown}; known: {sorted(fields_ | set(notebook_names))}")
     for encoder in encoders:
-        get_config(profile, encoder=encoder, **overrides)
+        get_config(profile, encoder=encoder, **{k: v for k, v in overrides.items() if k in fields_})
 
 
 # ----------------------------------------------------------------------------------------- kernel
@@ -247,7 +271,9 @@ def execute_step(step: Step, source: Path, output: Path, parameters: dict[str, A
     try:
         papermill.execute_notebook(str(source), str(output), parameters=parameters, kernel_name=kernel_name,
                                    cwd=str(cwd), progress_bar=False, log_output=False,
-                                   execution_timeout=timeout)
+                                   execution_timeout=timeout,
+                                   # the kernel's own start-up chatter (e.g. ipykernel's TCP notice) stays out
+                                   extra_arguments=["--IPKernelApp.log_level=ERROR"])
     except PapermillExecutionError as exc:
         raise StudyStepError(describe_failure(step, exc, output), step.notebook, step.encoder,
                              exc.cell_index) from None
@@ -273,7 +299,12 @@ def run_study(profile: str = "smoke", encoders: Sequence[str] | None = None,
     root = Path(root).resolve()
     encoders = list(encoders or ENCODERS)
     overrides = dict(overrides or {})
-    check_overrides(profile, encoders, overrides)
+    sources = {nb: root / "notebooks" / f"{nb}.ipynb" for nb in NOTEBOOKS}
+    missing = [str(p) for p in sources.values() if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"notebook(s) missing: {missing}")
+    accepted = {nb: notebook_parameters(path) for nb, path in sources.items()}
+    check_overrides(profile, encoders, overrides, {n for names in accepted.values() for n in names})
     kernel_name = kernel_name or kernel_for_this_python()
     library = library_hash()
     book_dir = root / "book"
@@ -284,11 +315,9 @@ def run_study(profile: str = "smoke", encoders: Sequence[str] | None = None,
     dirty = force  # once a step executes, every later step executes too (it may read what changed)
     steps = plan(encoders)
     for i, step in enumerate(steps, 1):
-        source = root / "notebooks" / f"{step.notebook}.ipynb"
-        if not source.is_file():
-            raise FileNotFoundError(f"notebook {source} is missing")
+        source = sources[step.notebook]
         output = step.output(book_dir, profile)
-        params = step_parameters(step, profile, encoders, overrides, force)
+        params = step_parameters(step, profile, encoders, overrides, accepted[step.notebook], force)
         fp = fingerprint(source, params, library)
         outputs_there = all((run_folder(root, profile, step.encoder, overrides) / name).is_file()
                             for name in STEP_OUTPUTS.get(step.notebook, ())) if step.encoder else True

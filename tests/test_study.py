@@ -1,0 +1,350 @@
+"""The study runner (mvlip_utils.study): notebook hygiene, failure messages, reuse, the discussion's tables."""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from mvlip_utils import results, study
+from mvlip_utils.profiles import ENCODERS, get_config
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK_FILES = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+# ------------------------------------------------------------------------------- notebook hygiene
+def test_the_five_notebooks_are_there():
+    assert [p.stem for p in NOTEBOOK_FILES] == list(study.NOTEBOOKS)
+
+
+@pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=lambda p: p.stem)
+def test_committed_notebooks_have_no_outputs(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            assert cell.outputs == [], f"{path.name} cell {index} has outputs"
+            assert cell.execution_count is None, f"{path.name} cell {index} has an execution count"
+    assert "papermill" not in nb.metadata, f"{path.name} is an executed copy"
+
+
+@pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=lambda p: p.stem)
+def test_one_parameters_cell_first_with_every_parameter(path):
+    nb = nbformat.read(path, as_version=4)
+    tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{path.name}: {len(tagged)} cells tagged 'parameters'"
+    first_code = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code")
+    assert tagged[0] == first_code, f"{path.name}: the parameters cell is not the first code cell"
+    names = study.notebook_parameters(path)
+    assert len(names) == len(set(names)), f"{path.name}: a parameter is assigned twice"
+    missing = set(study.parameter_names()) - set(names)
+    per_encoder = path.stem in study.PER_ENCODER
+    missing -= {"encoder"} if not per_encoder else set()
+    assert not missing, f"{path.name}: parameters cell lacks {sorted(missing)}"
+    assert ("encoder" in names) == per_encoder and ("encoders" in names) != per_encoder
+    # defaults: the profile name and the encoder(s); every StudyConfig field None (= the profile's value)
+    cell = nb.cells[tagged[0]].source
+    values = {t.id: ast.literal_eval(n.value) for n in ast.parse(cell).body if isinstance(n, ast.Assign)
+              for t in n.targets}
+    assert values["profile"] == "smoke"
+    assert all(values[f] is None for f in study.parameter_names() if f not in ("profile", "encoder"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=lambda p: p.stem)
+def test_notebooks_start_with_a_title_and_compile(path):
+    nb = nbformat.read(path, as_version=4)
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
+    titles = [c for c in nb.cells if c.cell_type == "markdown" and c.source.lstrip().startswith("# ")]
+    assert len(titles) == 1, f"{path.name}: one H1 heading per page"
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            compile(cell.source, f"{path.name}[{index}]", "exec")
+
+
+def test_committed_toc_is_the_generated_smoke_toc():
+    assert (ROOT / "_toc.yml").read_text() == study.toc_text("smoke", ENCODERS)
+
+
+# ---------------------------------------------------------------------------------- plan, params
+def test_plan_runs_setup_once_each_encoder_then_discussion():
+    steps = study.plan(["swin", "vit"])
+    assert [s.label for s in steps] == [
+        "01_setup", "02_train [swin]", "03_evaluate [swin]", "04_benchmark [swin]",
+        "02_train [vit]", "03_evaluate [vit]", "04_benchmark [vit]", "05_discussion"]
+    assert steps[1].output(Path("book"), "smoke") == Path("book/executed/smoke/swin/02_train.ipynb")
+    assert steps[0].output(Path("book"), "paper") == Path("book/executed/paper/01_setup.ipynb")
+
+
+def test_parse_overrides_types_values_and_rejects_bad_pairs():
+    got = study.parse_overrides(["epochs=2", "lr=1e-4", "pretrained=true", "data=/x/imagenet-mini",
+                                 "image_weights=None", "resolutions=[64, 128]"])
+    assert got == {"epochs": 2, "lr": 1e-4, "pretrained": True, "data": "/x/imagenet-mini",
+                   "image_weights": None, "resolutions": [64, 128]}
+    with pytest.raises(ValueError, match="key=value"):
+        study.parse_overrides(["epochs"])
+
+
+def test_check_overrides_names_the_bad_parameter():
+    with pytest.raises(ValueError, match="epoch"):
+        study.check_overrides("smoke", ["vit"], {"epoch": 2})
+    with pytest.raises(ValueError, match="precision"):
+        study.check_overrides("smoke", ["vit"], {"precision": "fp8"})
+    with pytest.raises(ValueError, match="unknown encoder"):
+        study.check_overrides("smoke", ["resnet"], {})
+    study.check_overrides("smoke", ["vit"], {"epochs": 1, "repeats": 2}, notebook_names={"repeats"})
+
+
+def test_step_parameters_pass_only_what_the_notebook_defines():
+    train, setup = study.Step(study.TRAIN, "swin"), study.Step(study.SETUP)
+    overrides = {"epochs": 1, "repeats": 2}
+    assert study.step_parameters(train, "smoke", ["swin"], overrides, ["profile", "encoder", "epochs"]) == {
+        "profile": "smoke", "epochs": 1, "encoder": "swin"}
+    assert study.step_parameters(setup, "smoke", ["swin", "vit"], overrides, ["epochs"]) == {
+        "profile": "smoke", "epochs": 1, "encoders": ["swin", "vit"]}
+    forced = study.step_parameters(train, "smoke", ["swin"], {}, [], force=True)
+    assert forced["resume"] is False
+
+
+def test_kernel_runs_this_interpreter():
+    from jupyter_client.kernelspec import KernelSpecManager
+    import os
+    import sys
+
+    name = study.kernel_for_this_python()
+    argv0 = KernelSpecManager().get_kernel_spec(name).argv[0]
+    assert argv0 in {"python", "python3"} or os.path.abspath(argv0) == os.path.abspath(sys.executable)
+
+
+# ------------------------------------------------------------------------------- failure message
+def _notebook(path: Path, *cells: str, parameters: str = "profile = 'smoke'\nencoder = None") -> Path:
+    first = new_code_cell(parameters)
+    first.metadata["tags"] = ["parameters"]
+    nb = new_notebook(cells=[first] + [new_code_cell(c) for c in cells])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+    return path
+
+
+def test_failure_names_notebook_encoder_and_cell(tmp_path):
+    source = _notebook(tmp_path / "02_train.ipynb", "x = 1",
+                       "values = {'a': 1}\nraise ValueError(f'boom: bad value {values}')\ny = 2")
+    step = study.Step(study.TRAIN, "swin")
+    output = tmp_path / "out" / "02_train.ipynb"
+    with pytest.raises(study.StudyStepError) as info:
+        study.execute_step(step, source, output, {"profile": "smoke", "encoder": "swin"},
+                           study.kernel_for_this_python(), tmp_path, fp="x")
+    message = str(info.value)
+    assert "02_train.ipynb" in message and "'swin'" in message
+    assert "cell 3" in message  # parameters, injected parameters, x = 1, the failing one (0-based: 3)
+    assert "| raise ValueError(f'boom: bad value {values}')" in message
+    assert "ValueError: boom: bad value {'a': 1}" in message
+    assert str(output) in message
+    assert (info.value.notebook, info.value.encoder, info.value.cell_index) == ("02_train", "swin", 3)
+    assert "\x1b[" not in message  # no terminal colour codes
+
+
+# ---------------------------------------------------------------------------------- reuse / force
+TRAIN_CELL = """
+import json, pathlib
+run = pathlib.Path(results_dir or 'results') / profile / encoder
+run.mkdir(parents=True, exist_ok=True)
+(run / 'metrics.json').write_text(json.dumps({'accuracy': 0.5}))
+(run / 'history.csv').write_text('epoch,train_loss\\n1,1.0\\n')
+"""
+BENCH_CELL = """
+import json, pathlib
+run = pathlib.Path(results_dir or 'results') / profile / encoder
+(run / 'benchmark.json').write_text(json.dumps({'records': []}))
+"""
+
+
+def _tiny_study(root: Path) -> None:
+    params_one = "profile = 'smoke'\nencoder = 'vit'\nresults_dir = None\nresume = True"
+    params_all = "profile = 'smoke'\nencoders = ['vit']\nresults_dir = None"
+    nbs = root / "notebooks"
+    _notebook(nbs / "01_setup.ipynb", "print('setup')", parameters=params_all)
+    _notebook(nbs / "02_train.ipynb", TRAIN_CELL, parameters=params_one)
+    _notebook(nbs / "03_evaluate.ipynb", "print('evaluate')", parameters=params_one)
+    _notebook(nbs / "04_benchmark.ipynb", BENCH_CELL, parameters=params_one)
+    _notebook(nbs / "05_discussion.ipynb", "print(encoders)", parameters=params_all)
+
+
+def test_second_run_reuses_and_a_missing_result_reruns_from_there(tmp_path):
+    _tiny_study(tmp_path)
+    lines: list[str] = []
+    kwargs = dict(profile="smoke", encoders=["vit"], book=False, root=tmp_path, log=lines.append)
+
+    first = study.run_study(**kwargs)
+    assert [s[1] for s in first["steps"]] == ["executed"] * 5
+    executed = tmp_path / "book" / "executed" / "smoke"
+    for name in ("01_setup.ipynb", "vit/02_train.ipynb", "vit/04_benchmark.ipynb", "05_discussion.ipynb"):
+        nb = nbformat.read(executed / name, as_version=4)
+        pm = nb.metadata["papermill"]
+        assert nb.metadata["mvlip"]["fingerprint"] and not pm["exception"] and pm["end_time"]
+    assert (tmp_path / "results" / "smoke" / "vit" / "metrics.json").is_file()
+    assert any("02_train [vit]" in line and "done in" in line for line in lines)
+    assert any(line.startswith("[study] total") for line in lines)
+
+    second = study.run_study(**kwargs)
+    assert [s[1] for s in second["steps"]] == ["reused"] * 5
+
+    # the run's results vanished: train runs again, and so does everything after it
+    (tmp_path / "results" / "smoke" / "vit" / "metrics.json").unlink()
+    third = study.run_study(**kwargs)
+    assert [s[1] for s in third["steps"]] == ["reused", "executed", "executed", "executed", "executed"]
+
+    # other parameters: a new fingerprint, so everything runs again
+    fourth = study.run_study(**kwargs, overrides={"results_dir": "results2"})
+    assert [s[1] for s in fourth["steps"]] == ["executed"] * 5
+    assert (tmp_path / "results2" / "smoke" / "vit" / "benchmark.json").is_file()
+
+
+def test_force_reruns_everything_and_retrains(tmp_path):
+    _tiny_study(tmp_path)
+    kwargs = dict(profile="smoke", encoders=["vit"], book=False, root=tmp_path, log=lambda _: None)
+    study.run_study(**kwargs)
+    forced = study.run_study(**kwargs, force=True)
+    assert [s[1] for s in forced["steps"]] == ["executed"] * 5
+    nb = nbformat.read(tmp_path / "book" / "executed" / "smoke" / "vit" / "02_train.ipynb", as_version=4)
+    assert nb.metadata["papermill"]["parameters"]["resume"] is False
+    # resume is not part of the fingerprint: the next plain run reuses the forced one
+    again = study.run_study(**kwargs)
+    assert [s[1] for s in again["steps"]] == ["reused"] * 5
+
+
+def test_cli_reports_a_failing_step_and_exits_nonzero(tmp_path, capsys):
+    _tiny_study(tmp_path)
+    _notebook(tmp_path / "notebooks" / "03_evaluate.ipynb", "1 / 0",
+              parameters="profile = 'smoke'\nencoder = 'vit'")
+    code = study.main(["--root", str(tmp_path), "--encoders", "vit", "--no-book"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "FAILED" in err and "03_evaluate.ipynb" in err and "'vit'" in err and "ZeroDivisionError" in err
+
+
+# ------------------------------------------------------------------------------ reusable runs
+def test_reusable_run_needs_same_parameters_and_epochs(tmp_path):
+    config = get_config("smoke", encoder="vit", results_dir=str(tmp_path), epochs=2)
+    run = results.run_dir(config)
+    assert not study.reusable_run(config)
+    results.write_json(run / "config.json", {**config.to_dict(), "device": "cuda", "note": "other"})
+    results.write_json(run / "metrics.json", {"accuracy": 0.3, "epochs": 2})
+    assert study.reusable_run(config)  # device and note do not matter
+    assert not study.reusable_run(config.replace(lr=3e-4))
+    assert not study.reusable_run(config.replace(epochs=3))
+
+
+# ------------------------------------------------------------------------- discussion: the claims
+def _runs(mv: float, swin: float, vit: float, loss=(1.0, 2.0, 1.5), pretrained=False, size="smoke"):
+    out = {}
+    for encoder, acc, l in zip(("mambavision", "swin", "vit"), (mv, swin, vit), loss):
+        metrics = {k: acc for k in ("accuracy", "precision_weighted", "recall_weighted", "f1_weighted",
+                                    "precision_macro", "recall_macro", "f1_macro", "top5")}
+        metrics["zeroshot_loss"] = l
+        out[encoder] = {"metrics": metrics, "config": {"pretrained": pretrained, "model_size": size}}
+    return out
+
+
+def _bench(**ips):
+    return {e: {"records": [{"method": "eval_loop", "images_per_s": v[0]},
+                            {"method": "model_only", "images_per_s": v[1]},
+                            {"method": "resolution_sweep", "images_per_s": 1.0}]} for e, v in ips.items()}
+
+
+def test_table1_puts_paper_and_ours_side_by_side():
+    ref = results.paper_reference()
+    t1 = study.table1(_runs(0.55, 0.50, 0.40), ref)
+    paper = t1["paper: MVLIP vs CLIP(Swin) (%)"]
+    # the paper's own improvements (Table 1) follow from its numbers
+    for metric, claimed in (("Accuracy", 9.83), ("Precision (weighted)", 9.42), ("Recall (weighted)", 9.83),
+                            ("F1 (weighted)", 10.02)):
+        assert paper[metric] == pytest.approx(claimed, abs=0.006)
+    assert paper["Validation loss (zero-shot CE)"] == pytest.approx(-37.0, abs=0.05)  # "37% lower"
+    assert t1.loc["Accuracy", "ours MVLIP (MambaVision)"] == 0.55
+    assert t1.loc["Accuracy", "ours CLIP(ViT-B/32)"] == 0.40
+    assert t1.loc["Accuracy", "ours: MVLIP vs CLIP(Swin) (%)"] == pytest.approx(10.0)
+    assert math.isnan(t1.loc["Top-5 accuracy", "paper MVLIP (MambaVision)"])
+
+
+def test_table1_without_swin_has_no_relative_difference():
+    runs = _runs(0.5, 0.5, 0.5)
+    del runs["swin"]
+    t1 = study.table1(runs, results.paper_reference())
+    assert "ours CLIP(Swin)" not in t1.columns
+    assert t1["ours: MVLIP vs CLIP(Swin) (%)"].isna().all()
+
+
+def test_table2_relative_to_vit_both_ways():
+    t2 = study.table2(_bench(mambavision=(120, 300), swin=(100, 200), vit=(150, 600)), results.paper_reference())
+    mv = study.ENCODER_LABELS["mambavision"]
+    assert t2.loc[mv, "paper images/s"] == 626.35
+    assert t2.loc[mv, "paper vs CLIP(ViT) (%)"] == pytest.approx(33.49, abs=0.01)
+    assert t2.loc[mv, "ours, paper's way (whole eval loop): images/s"] == 120
+    assert t2.loc[mv, "ours, paper's way (whole eval loop): vs CLIP(ViT) (%)"] == pytest.approx(-20.0)
+    assert t2.loc[mv, "ours, model only: vs CLIP(ViT) (%)"] == pytest.approx(-50.0)
+    assert math.isnan(t2.loc[study.ENCODER_LABELS["vit"], "ours, model only: vs CLIP(ViT) (%)"])
+
+
+@pytest.mark.parametrize("mv, expected", [(0.56, "supported"), (0.52, "partly"), (0.49, "not supported")])
+def test_verdicts_follow_the_data(mv, expected):
+    ref = results.paper_reference()
+    runs = _runs(mv, 0.50, 0.40, loss=(1.0, 2.0, 1.5), pretrained=True, size="paper")
+    t1 = study.table1(runs, ref)
+    t2 = study.table2(_bench(mambavision=(150, 300), swin=(100, 200), vit=(100, 600)), ref)
+    assert study.runs_are_evidence(runs)
+    verdicts = study.claim_verdicts(t1, t2, evidence=True).set_index("claim").verdict
+    assert verdicts.iloc[0].startswith(expected)           # 9-10% on the metrics
+    assert verdicts.iloc[1] == "supported"                  # 50% lower loss >= 37%
+    assert verdicts.iloc[2] == "supported"                  # eval loop +50% vs ViT
+    assert verdicts.iloc[3] == "supported"                  # eval loop +50% vs Swin
+    assert verdicts.iloc[4].startswith("not supported")     # model only -50% vs ViT
+    assert verdicts.iloc[5] == "supported"                  # model only +50% vs Swin >= 41%
+
+
+def test_smoke_runs_get_no_verdict():
+    ref = results.paper_reference()
+    runs = _runs(0.9, 0.1, 0.1)
+    assert not study.runs_are_evidence(runs)
+    t1 = study.table1(runs, ref)
+    t2 = study.table2(_bench(mambavision=(150, 300), swin=(100, 200), vit=(100, 600)), ref)
+    verdicts = study.claim_verdicts(t1, t2, evidence=False)
+    assert verdicts.verdict.str.startswith("no verdict").all()
+    assert verdicts.loc[0, "ours"] == "+800.00% to +800.00%"
+
+
+def test_missing_runs_are_not_measured():
+    ref = results.paper_reference()
+    runs = _runs(0.5, 0.5, 0.5, pretrained=True, size="paper")
+    del runs["swin"]
+    verdicts = study.claim_verdicts(study.table1(runs, ref), study.table2({}, ref), evidence=True)
+    assert verdicts.verdict.str.startswith("not measured").all()
+
+
+def test_relative_change():
+    assert study.relative_change(110, 100) == pytest.approx(10.0)
+    assert math.isnan(study.relative_change(1, 0))
+    assert math.isnan(study.relative_change(None, 1))
+    assert math.isnan(study.relative_change(float("nan"), 1))
+
+
+# ------------------------------------------------------------------------------------ book build
+def test_book_build_treats_warnings_as_errors(tmp_path):
+    (tmp_path / "book").mkdir()
+    (tmp_path / "_config.yml").write_text((ROOT / "_config.yml").read_text())
+    (tmp_path / "book" / "intro.md").write_text("# Intro\n\nSee {ref}`no-such-label`.\n")
+    toc = study.write_toc(tmp_path / "toc.yml", "smoke", [])
+    toc.write_text("format: jb-book\nroot: book/intro\n")
+    with pytest.raises(RuntimeError, match="warnings are errors") as info:
+        study.build_book(tmp_path, toc, log=lambda _: None)
+    assert "no-such-label" in str(info.value)
+    (tmp_path / "book" / "intro.md").write_text("# Intro\n\nNothing to warn about.\n")
+    html = study.build_book(tmp_path, toc, log=lambda _: None)
+    assert (html / "book" / "intro.html").is_file()
