@@ -30,11 +30,18 @@ if [ ! -x "$VPY" ]; then
     PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
     step "creating .venv with $PYTHON ($("$PYTHON" --version 2>&1))"
     "$PYTHON" -m venv "$VENV"
-    "$VPY" -m pip install --quiet --upgrade pip
 else
     step ".venv exists ($("$VPY" --version 2>&1))"
 fi
-pip_install() { "$VPY" -m pip install --quiet "$@"; }
+PIP_LOG="$VENV/.mvlip-pip.log"
+# pip's output goes to a log (build back-ends are chatty); on failure its tail is shown
+pip_install() {
+    if ! "$VPY" -m pip install --quiet "$@" >"$PIP_LOG" 2>&1; then
+        tail -n 40 "$PIP_LOG" >&2
+        echo "setup_env.sh: 'pip install $*' failed (full log: $PIP_LOG)" >&2
+        exit 1
+    fi
+}
 
 # 2. torch + torchvision ----------------------------------------------------------------------------
 if "$VPY" - "$TORCH_VERSION" "$TORCHVISION_VERSION" 2>/dev/null <<'EOF'
