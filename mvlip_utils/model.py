@@ -1,0 +1,136 @@
+"""CLIP assembly: an image tower from ``towers`` and the frozen open_clip ViT-B-32 text tower.
+
+Because the text tower is frozen and the captions come from a finite set (classes x templates),
+``PromptBank`` encodes every prompt once; training looks captions up in it and zero-shot evaluation
+uses its classifier, built by open_clip's ``build_zero_shot_classifier`` over the cached features.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+TEXT_MODEL = "ViT-B-32"
+TEXT_PRETRAINED_TAG = "openai"
+TEXT_WEIGHTS_ENV = "MVLIP_TEXT_WEIGHTS"
+
+
+class TextTower(nn.Module):
+    """open_clip ViT-B-32's text transformer, token embedding, final norm and projection."""
+
+    def __init__(self, clip_model: nn.Module, tokenizer):
+        super().__init__()
+        self.transformer = clip_model.transformer
+        self.token_embedding = clip_model.token_embedding
+        self.positional_embedding = clip_model.positional_embedding
+        self.ln_final = clip_model.ln_final
+        self.text_projection = clip_model.text_projection
+        self.register_buffer("attn_mask", clip_model.attn_mask, persistent=False)
+        self.text_pool_type = getattr(clip_model, "text_pool_type", "argmax")
+        self.text_eos_id = getattr(clip_model, "text_eos_id", None)
+        self._encode = type(clip_model).encode_text  # open_clip's own forward, bound to these modules
+        self.tokenizer = tokenizer
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        return self._encode(self, tokens, normalize=normalize)
+
+    def freeze(self) -> "TextTower":
+        for p in self.parameters():
+            p.requires_grad_(False)
+        return self.eval()
+
+
+def create_text_tower(pretrained: bool = False, weights_path: str | None = None) -> TextTower:
+    """The ViT-B-32 text tower; ``openai`` weights from a local file or open_clip's cache/hub when asked."""
+    weights_path = weights_path or (os.environ.get(TEXT_WEIGHTS_ENV) if pretrained else None)
+    if pretrained and weights_path and not Path(weights_path).is_file():
+        raise FileNotFoundError(f"parameter text_weights={weights_path!r}: no such file")
+    tag = (weights_path or TEXT_PRETRAINED_TAG) if pretrained else None
+    try:
+        clip_model = open_clip.create_model(TEXT_MODEL, pretrained=tag)
+    except Exception as exc:
+        if not pretrained or weights_path:
+            raise
+        from .towers import WeightsUnavailableError
+
+        raise WeightsUnavailableError(
+            f"pretrained weights for the text tower (open_clip {TEXT_MODEL!r}, tag {TEXT_PRETRAINED_TAG!r}) are "
+            f"not available.\nLooked in:\n  environment variable {TEXT_WEIGHTS_ENV} (unset)\n  open_clip's "
+            f"cache and hub for ({TEXT_MODEL}, {TEXT_PRETRAINED_TAG})\nTo go on: pass text_weights=/path/to/"
+            f"open_clip_pytorch_model.bin (or set {TEXT_WEIGHTS_ENV}), or run with pretrained=False.\n"
+            f"Cause: {type(exc).__name__}: {exc}") from exc
+    return TextTower(clip_model, open_clip.get_tokenizer(TEXT_MODEL))
+
+
+class PromptBank:
+    """Normalised text features of every (class, template) prompt, computed once."""
+
+    def __init__(self, text_tower: TextTower, classnames: Sequence[str], templates: Sequence[str],
+                 device: str | torch.device = "cpu", batch_size: int = 256, progress: bool = True):
+        self.classnames = list(classnames)
+        self.templates = list(templates)
+        prompts = [t.format(c) for c in self.classnames for t in self.templates]
+        self.index = {p: i for i, p in enumerate(prompts)}
+        chunks = []
+        with torch.no_grad():
+            for start in tqdm(range(0, len(prompts), batch_size), desc="text features", disable=not progress,
+                              leave=False):
+                tokens = text_tower.tokenizer(prompts[start:start + batch_size]).to(device)
+                chunks.append(text_tower.encode_text(tokens, normalize=True).float())
+        flat = torch.cat(chunks)
+        self.features = flat.reshape(len(self.classnames), len(self.templates), -1)  # (C, T, D)
+        self.classifier = open_clip.build_zero_shot_classifier(
+            self, self.tokenize_indices, self.classnames, self.templates, num_classes_per_batch=None,
+            device=flat.device)  # (D, C): open_clip's template averaging, over the cached features
+
+    # open_clip's classifier builder calls tokenizer(texts) then model.encode_text(tokens, normalize=True);
+    # these two let it run over the cache instead of the text tower.
+    def tokenize_indices(self, texts: Sequence[str]) -> torch.Tensor:
+        return torch.tensor([self.index[t] for t in texts])
+
+    def encode_text(self, indices: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        return self.features.reshape(-1, self.features.shape[-1])[indices.to(self.features.device)]
+
+    def caption_features(self, labels: torch.Tensor, template_indices: torch.Tensor) -> torch.Tensor:
+        return self.features[labels.to(self.features.device), template_indices.to(self.features.device)]
+
+    def captions(self, labels: torch.Tensor, template_indices: torch.Tensor) -> list[str]:
+        return [self.templates[t].format(self.classnames[c]) for c, t in zip(labels.tolist(), template_indices.tolist())]
+
+
+class MVLIP(nn.Module):
+    """CLIP with a swappable image tower; the text tower is frozen unless ``train_text``."""
+
+    def __init__(self, image_tower: nn.Module, text_tower: TextTower, temperature: float = 0.07,
+                 learn_temperature: bool = False, train_text: bool = False):
+        super().__init__()
+        self.visual = image_tower
+        self.text = text_tower
+        self.train_text = train_text
+        if not train_text:
+            self.text.freeze()
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)), requires_grad=learn_temperature)
+
+    def train(self, mode: bool = True) -> "MVLIP":
+        super().train(mode)
+        if not self.train_text:
+            self.text.eval()  # frozen: no dropout, eval mode always
+        return self
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        features = self.visual(images)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        return self.text.encode_text(tokens, normalize=normalize)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]

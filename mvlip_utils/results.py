@@ -1,0 +1,130 @@
+"""Where a run writes, and reading results back.
+
+One folder per run, fixed by the parameters: ``<results_dir>/<profile>/<encoder>/`` holding
+``config.json``, ``history.csv`` (a row per epoch), ``metrics.json`` (final epoch),
+``per_class.csv``, ``confusion.csv``, ``benchmark.json`` and the git-ignored ``checkpoint.pt``.
+The paper's reference numbers live in ``mvlip_utils/paper_reference/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from importlib import metadata, resources
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_zeroshot_loss", "accuracy", "top5",
+                   "precision_weighted", "recall_weighted", "f1_weighted"]
+METRIC_KEYS = ["accuracy", "top5", "precision_weighted", "recall_weighted", "f1_weighted",
+               "precision_macro", "recall_macro", "f1_macro", "n_val", "n_classes", "epochs"]
+
+
+def run_dir(config: Any) -> Path:
+    """``results_dir/profile/encoder`` for a StudyConfig (or anything with those attributes)."""
+    return Path(config.results_dir) / config.profile / config.encoder
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a reader sees the old or the new file, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n").encode())
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"results file {str(path)!r} does not exist (has that run finished?)")
+    return json.loads(path.read_text())
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def write_history(run: Path, rows: Iterable[dict[str, Any]]) -> None:
+    frame = pd.DataFrame(list(rows), columns=HISTORY_COLUMNS)
+    atomic_write_bytes(Path(run) / "history.csv", frame.to_csv(index=False).encode())
+
+
+def load_history(run: str | os.PathLike) -> pd.DataFrame:
+    path = Path(run) / "history.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"results file {str(path)!r} does not exist (has that run trained?)")
+    return pd.read_csv(path)
+
+
+def load_metrics(run: str | os.PathLike) -> dict[str, Any]:
+    return read_json(Path(run) / "metrics.json")
+
+
+def load_config(run: str | os.PathLike) -> dict[str, Any]:
+    return read_json(Path(run) / "config.json")
+
+
+def is_finished(run: str | os.PathLike) -> bool:
+    return (Path(run) / "metrics.json").is_file()
+
+
+def versions() -> dict[str, str]:
+    import torch
+
+    out = {"python": platform.python_version(), "torch_build": torch.__version__}
+    for name in ("torch", "torchvision", "timm", "open_clip_torch", "mambavision", "numpy", "scikit-learn"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def device_description(device: str) -> str:
+    import torch
+
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def load_all_runs(results_dir: str | os.PathLike, profile: str, encoders: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Every finished run of ``profile``: {encoder: {config, history, metrics, run_dir}}; missing runs are left out."""
+    runs = {}
+    for encoder in encoders:
+        run = Path(results_dir) / profile / encoder
+        if is_finished(run):
+            runs[encoder] = {"run_dir": run, "config": load_config(run), "history": load_history(run),
+                             "metrics": load_metrics(run)}
+    return runs
+
+
+def paper_reference() -> dict[str, Any]:
+    """The paper's Tables 1-2 and claims (paper_tables.json) plus the authors' per-epoch logs (a DataFrame)."""
+    folder = resources.files("mvlip_utils") / "paper_reference"
+    tables = json.loads((folder / "paper_tables.json").read_text())
+    with (folder / "authors_logs.csv").open() as handle:
+        tables["authors_logs"] = pd.read_csv(handle)
+    return tables

@@ -1,0 +1,190 @@
+"""Image towers by name, built through timm's registry, each with a new 512-d projection (paper step 3).
+
+``mambavision``  MambaVision-B-21K  (``mamba_vision_B_21k``, registered into timm by ``import mambavision``)
+``swin``         Swin-B             (``swin_base_patch4_window7_224.ms_in22k_ft_in1k``)
+``vit``          CLIP ViT-B/32's own image tower (``vit_base_patch32_clip_224.openai``)
+
+Two sizes: ``paper`` (exactly these architectures) and ``smoke`` (the same families at tiny widths and
+depths). Pretrained weights come from a local file when ``weights_path`` is given, else from the usual
+caches/hubs; when they cannot be had the error names the weight, where it looked and how to go on.
+There is never a silent fall-back to random weights.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .ssm import install_mamba_ssm_shim
+
+SSM_BACKEND = install_mamba_ssm_shim()  # must precede `import mambavision`
+
+import mambavision  # noqa: E402,F401  (registers mamba_vision_* into timm)
+import timm  # noqa: E402
+
+EMBED_DIM = 512
+
+TIMM_NAMES = {
+    "mambavision": "mamba_vision_B_21k",
+    "swin": "swin_base_patch4_window7_224.ms_in22k_ft_in1k",
+    "vit": "vit_base_patch32_clip_224.openai",
+}
+
+# Environment variables a user can point at local checkpoint files (README: "Reproduce the paper").
+WEIGHTS_ENV = {
+    "mambavision": "MVLIP_MAMBAVISION_WEIGHTS",
+    "swin": "MVLIP_SWIN_WEIGHTS",
+    "vit": "MVLIP_VIT_WEIGHTS",
+}
+
+# Tiny members of each family for the offline smoke profile (64 px inputs).
+SMOKE_OVERRIDES: dict[str, dict[str, Any]] = {
+    "mambavision": dict(dim=32, in_dim=16, depths=[1, 1, 2, 2], num_heads=[1, 2, 4, 8],
+                        window_size=[8, 8, 4, 2], drop_path_rate=0.0),
+    "swin": dict(embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8), window_size=4,
+                 drop_path_rate=0.0),
+    "vit": dict(embed_dim=64, depth=2, num_heads=2, patch_size=8),
+}
+
+
+class ImageTower(nn.Module):
+    """A timm backbone without its classifier, then Linear(num_features -> 512)."""
+
+    def __init__(self, backbone: nn.Module, encoder_name: str, timm_name: str, embed_dim: int = EMBED_DIM):
+        super().__init__()
+        self.backbone = backbone
+        self.encoder_name = encoder_name
+        self.timm_name = timm_name
+        self.proj = nn.Linear(feature_dim(backbone), embed_dim)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.backbone(images))
+
+
+def feature_dim(backbone: nn.Module) -> int:
+    """Width of the pooled features: timm's ``num_features``; MambaVision keeps it in its final norm."""
+    if hasattr(backbone, "num_features"):
+        return int(backbone.num_features)
+    return int(backbone.norm.num_features)
+
+
+def count_parameters(module: nn.Module) -> dict[str, int]:
+    total = sum(p.numel() for p in module.parameters())
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    return {"total": total, "trainable": trainable, "frozen": total - trainable}
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights were asked for but cannot be had."""
+
+
+def _unavailable(encoder: str, what: str, looked: list[str], cause: BaseException | None) -> WeightsUnavailableError:
+    env = WEIGHTS_ENV[encoder]
+    where = "\n  ".join(looked) if looked else "(nowhere)"
+    msg = (f"pretrained weights for encoder={encoder!r} ({what}) are not available.\n"
+           f"Looked in:\n  {where}\n"
+           f"To go on: download the checkpoint on a machine with internet and pass its path as "
+           f"image_weights=... (or set {env}=/path/to/file), or run with pretrained=False "
+           f"(random weights; results are then not the paper's).")
+    if cause is not None:
+        msg += f"\nCause: {type(cause).__name__}: {cause}"
+    return WeightsUnavailableError(msg)
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file: .pth/.pth.tar/.bin (torch) or .safetensors.
+
+    Accepts the wrappers the model zoos use ({'state_dict': ...}, {'model': ...}) and strips 'module.'.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file {str(path)!r} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    for key in ("state_dict", "model", "module"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not state:
+        raise ValueError(f"checkpoint file {str(path)!r} holds no state dict")
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def _load_mambavision_weights(backbone: nn.Module, path: str) -> None:
+    state = read_state_dict(path)
+    state = {k: v for k, v in state.items() if not k.startswith("head.")}  # the classifier is replaced
+    result = backbone.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(f"checkpoint {path!r} does not fit {TIMM_NAMES['mambavision']}: "
+                         f"missing {result.missing_keys[:5]}..., unexpected {result.unexpected_keys[:5]}...")
+
+
+def _mambavision_pretrained(backbone: nn.Module, weights_path: str | None) -> None:
+    looked = [f"environment variable {WEIGHTS_ENV['mambavision']} (unset)"]
+    if weights_path:
+        if not Path(weights_path).is_file():
+            raise FileNotFoundError(f"parameter image_weights={weights_path!r}: no such file")
+        _load_mambavision_weights(backbone, weights_path)
+        return
+    target = str(Path(torch.hub.get_dir()) / "checkpoints" / "mamba_vision_B_21k.pth.tar")
+    for candidate in (target, "/tmp/mamba_vision_B_21k.pth.tar"):  # ours, then mambavision's own place
+        looked.append(candidate)
+        if Path(candidate).is_file():
+            _load_mambavision_weights(backbone, candidate)
+            return
+    url = backbone.default_cfg.get("url")
+    looked.append(f"{url} (download to {target})")
+    try:
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, target, progress=True)
+    except Exception as exc:  # offline: no route to the hub
+        Path(target).unlink(missing_ok=True)
+        raise _unavailable("mambavision", TIMM_NAMES["mambavision"], looked, exc) from exc
+    _load_mambavision_weights(backbone, target)
+
+
+def create_image_tower(encoder: str, size: str = "paper", pretrained: bool = False,
+                       weights_path: str | None = None, image_size: int = 224,
+                       embed_dim: int = EMBED_DIM) -> ImageTower:
+    """The image tower ``encoder`` at ``size``, with a new ``embed_dim`` projection."""
+    if encoder not in TIMM_NAMES:
+        raise ValueError(f"parameter encoder={encoder!r} is not one of {list(TIMM_NAMES)}")
+    if size not in ("paper", "smoke"):
+        raise ValueError(f"parameter size={size!r} is not one of ['paper', 'smoke']")
+    if pretrained and size != "paper":
+        raise ValueError("pretrained=True needs size='paper' (there are no pretrained smoke-size towers)")
+    name = TIMM_NAMES[encoder]
+    kwargs: dict[str, Any] = dict(SMOKE_OVERRIDES[encoder]) if size == "smoke" else {}
+    if encoder in ("swin", "vit") and (size == "smoke" or image_size != 224):
+        kwargs["img_size"] = image_size
+    if pretrained and not weights_path:
+        weights_path = os.environ.get(WEIGHTS_ENV[encoder]) or None
+    if encoder == "mambavision":
+        backbone = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+        if pretrained:
+            _mambavision_pretrained(backbone, weights_path)
+    else:
+        if pretrained and weights_path and not Path(weights_path).is_file():
+            raise FileNotFoundError(f"parameter image_weights={weights_path!r}: no such file")
+        overlay = dict(file=str(weights_path)) if (pretrained and weights_path) else None
+        try:
+            backbone = timm.create_model(name, pretrained=pretrained, num_classes=0,
+                                         pretrained_cfg_overlay=overlay, **kwargs)
+        except Exception as exc:
+            if not pretrained or weights_path:
+                raise
+            hub = timm.models.get_pretrained_cfg(name)
+            looked = [f"environment variable {WEIGHTS_ENV[encoder]} (unset)",
+                      f"the Hugging Face hub cache and hub, id {getattr(hub, 'hf_hub_id', None)!r}"]
+            raise _unavailable(encoder, name, looked, exc) from exc
+    return ImageTower(backbone, encoder, name, embed_dim)

@@ -1,0 +1,166 @@
+"""Training loop, checkpoints and resume, results files, zero-shot metrics."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import f1_score, precision_score, recall_score
+
+from mvlip_utils import results, train
+from mvlip_utils.evaluate import classification_metrics
+from mvlip_utils.profiles import get_config
+
+
+def tiny_config(tmp_path, **overrides):
+    values = dict(encoder="vit", epochs=2, generated_classes=4, generated_train_per_class=16,
+                  generated_val_per_class=4, batch_size=16, image_size=32, device="cpu",
+                  data_dir=str(tmp_path / "data"), results_dir=str(tmp_path / "results"))
+    values.update(overrides)
+    return get_config("smoke", **values)
+
+
+def test_profiles_hold_the_papers_protocol_and_name_bad_parameters():
+    paper = get_config("paper")
+    assert (paper.epochs, paper.batch_size, paper.lr, paper.weight_decay, paper.grad_clip, paper.temperature,
+            paper.precision, paper.image_size, paper.model_size, paper.pretrained) == \
+        (20, 32, 1e-4, 0.01, 1.0, 0.07, "fp32", 224, "paper", True)
+    assert not paper.train_text and not paper.learn_temperature
+    with pytest.raises(ValueError, match="encoder='resnet'"):
+        get_config("smoke", encoder="resnet")
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['epoch'\]"):
+        get_config("smoke", epoch=3)
+    with pytest.raises(ValueError, match="lr=-1"):
+        get_config("smoke", lr=-1)
+    with pytest.raises(ValueError, match="profile='big'"):
+        get_config("big")
+
+
+def test_classification_metrics_are_sklearns_weighted_and_macro():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 6, 200)
+    logits = rng.normal(size=(200, 6)) + 2.0 * np.eye(6)[labels] * rng.random((200, 1))
+    predictions = logits.argmax(1)
+    metrics = classification_metrics(labels, logits)
+    assert metrics["accuracy"] == pytest.approx((predictions == labels).mean())
+    assert metrics["recall_weighted"] == pytest.approx(metrics["accuracy"])  # why Table 1's recall = accuracy
+    assert metrics["precision_weighted"] == pytest.approx(precision_score(labels, predictions, average="weighted"))
+    assert metrics["f1_macro"] == pytest.approx(f1_score(labels, predictions, average="macro"))
+    assert metrics["recall_macro"] == pytest.approx(recall_score(labels, predictions, average="macro"))
+    top5 = np.mean([label in np.argsort(-row)[:5] for row, label in zip(logits, labels)])
+    assert metrics["top5"] == pytest.approx(top5)
+    assert metrics["top5"] >= metrics["accuracy"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("run")
+    config = tiny_config(tmp_path)
+    return tmp_path, config, train.train_run(config, progress=False)
+
+
+def test_a_run_writes_every_results_file_with_the_documented_keys(finished_run):
+    tmp_path, config, history = finished_run
+    run = results.run_dir(config)
+    assert run == tmp_path / "results" / "smoke" / "vit"
+    assert list(history.columns) == results.HISTORY_COLUMNS and list(history.epoch) == [1, 2]
+    on_disk = results.load_history(run)
+    assert list(on_disk.columns) == results.HISTORY_COLUMNS
+    pd.testing.assert_frame_equal(on_disk, history, check_dtype=False)
+    metrics = results.load_metrics(run)
+    assert set(results.METRIC_KEYS) <= set(metrics)
+    assert metrics["n_val"] == 16 and metrics["n_classes"] == 4 and metrics["epochs"] == 2
+    assert metrics["accuracy"] == pytest.approx(history.accuracy.iloc[-1])
+    saved = results.load_config(run)
+    assert saved["encoder"] == "vit" and saved["seed"] == 0 and saved["versions"]["torch_build"] == torch.__version__
+    assert saved["parameters"]["text_tower"]["trainable"] == 0
+    assert saved["parameters"]["image_tower"]["trainable"] == saved["parameters"]["image_tower"]["total"]
+    per_class = pd.read_csv(run / "per_class.csv")
+    assert len(per_class) == 4 and per_class.n.sum() == 16
+    confusion = pd.read_csv(run / "confusion.csv", index_col=0)
+    assert confusion.values.sum() == 16 and np.trace(confusion.values) / 16 == pytest.approx(metrics["accuracy"])
+    assert (run / train.CHECKPOINT).is_file()
+    assert np.isfinite(history[["train_loss", "val_loss", "val_zeroshot_loss"]].values).all()
+
+
+def test_only_the_image_tower_learns(tmp_path):
+    config = tiny_config(tmp_path, epochs=1)
+    experiment = train.build_experiment(config, progress=False)
+    text_before = {k: v.clone() for k, v in experiment.model.text.state_dict().items()}
+    visual_before = {k: v.clone() for k, v in experiment.model.visual.state_dict().items()}
+    optimizer, scheduler = train.make_optimizer(experiment)
+    train.train_one_epoch(experiment, optimizer, scheduler, train.ClipLoss(), epoch=1, progress=False)
+    assert all(torch.equal(v, experiment.model.text.state_dict()[k]) for k, v in text_before.items())
+    assert any(not torch.equal(v, experiment.model.visual.state_dict()[k]) for k, v in visual_before.items())
+    assert experiment.model.logit_scale.exp().item() == pytest.approx(1 / 0.07)
+    # cosine annealing stepped per batch over all steps: after the only epoch the lr reached its minimum
+    assert scheduler.last_epoch == len(experiment.train_set) // config.batch_size
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_a_rerun_with_the_same_seed_is_identical(finished_run, tmp_path):
+    _, config, first = finished_run
+    second = train.train_run(config.replace(results_dir=str(tmp_path / "again")), resume=False, progress=False)
+    pd.testing.assert_frame_equal(first, second)
+
+
+def test_an_interrupted_run_resumes_to_the_same_metrics(tmp_path):
+    straight = tiny_config(tmp_path, encoder="mambavision", epochs=2, results_dir=str(tmp_path / "straight"))
+    expected = train.train_run(straight, progress=False)
+
+    interrupted = tiny_config(tmp_path, encoder="mambavision", epochs=2, results_dir=str(tmp_path / "resumed"))
+    partial = train.train_run(interrupted, progress=False, stop_after_epoch=1)
+    run = results.run_dir(interrupted)
+    assert list(partial.epoch) == [1] and not results.is_finished(run)
+    # the process dies here; a new one picks the run up from its last complete epoch
+    resumed = train.train_run(interrupted, progress=False)
+    pd.testing.assert_frame_equal(resumed, expected, rtol=1e-6, atol=1e-7)
+    timing = {"eval_images_per_s"}
+    resumed_metrics = {k: v for k, v in results.load_metrics(run).items() if k not in timing}
+    expected_metrics = {k: v for k, v in results.load_metrics(results.run_dir(straight)).items() if k not in timing}
+    assert resumed_metrics == pytest.approx(expected_metrics, rel=1e-6)
+
+
+def test_resume_refuses_a_checkpoint_from_other_parameters(tmp_path):
+    config = tiny_config(tmp_path, epochs=2)
+    train.train_run(config, progress=False, stop_after_epoch=1)
+    with pytest.raises(ValueError, match="'lr'"):
+        train.train_run(config.replace(lr=5e-4), progress=False)
+
+
+def test_a_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    config = tiny_config(tmp_path, epochs=2)
+    train.train_run(config, progress=False, stop_after_epoch=1)
+    run = results.run_dir(config)
+    good = torch.load(run / train.CHECKPOINT, weights_only=False)
+    original = train.contrastive_loss
+
+    def exploding(*args, **kwargs):
+        return original(*args, **kwargs) * float("nan")
+
+    monkeypatch.setattr(train, "contrastive_loss", exploding)
+    with pytest.raises(train.NonFiniteLossError, match="epoch 2, step 0") as info:
+        train.train_run(config, progress=False)
+    assert str(run / train.CHECKPOINT) in str(info.value)
+    kept = torch.load(run / train.CHECKPOINT, weights_only=False)
+    assert kept["epoch"] == 1
+    assert all(torch.equal(v, kept["model"][k]) for k, v in good["model"].items())
+    assert not results.is_finished(run)
+
+
+def test_missing_data_folder_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="data='/nowhere/imagenet-mini'"):
+        train.train_run(tiny_config(tmp_path, data="/nowhere/imagenet-mini"), progress=False)
+
+
+def test_results_files_are_plain_json_and_paper_reference_matches_the_authors_logs():
+    reference = results.paper_reference()
+    logs = reference["authors_logs"]
+    final = logs[logs.epoch == 20].set_index("encoder")
+    for encoder in ("mambavision", "swin"):
+        for key in ("accuracy", "precision_weighted", "recall_weighted", "f1_weighted"):
+            assert final.loc[encoder, key] == pytest.approx(reference["table1_final_epoch"][encoder][key])
+    improvement = 100 * (final.loc["mambavision", "accuracy"] / final.loc["swin", "accuracy"] - 1)
+    assert improvement == pytest.approx(reference["table1_improvement_percent"]["accuracy"], abs=0.01)
+    json.dumps({k: v for k, v in reference.items() if k != "authors_logs"})
