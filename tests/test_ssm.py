@@ -218,6 +218,33 @@ def test_shim_in_fresh_interpreter():
     assert res.stdout.strip() in ("mamba_ssm", "mvlip_utils.ssm")
 
 
+_INTERPRET_CHECK = textwrap.dedent("""
+    import os, sys
+    assert os.environ["TRITON_INTERPRET"] == "1"
+    sys.path.insert(0, sys.argv[1])
+    from test_ssm import ALL_GRADS, check_against_reference, make_inputs
+    from mvlip_utils import ssm
+    cases = [((2, 8, 4, 17), {}), ((1, 20, 8, 33), dict(use_z=False, last_state=False)),
+             ((2, 5, 3, 1), dict(use_D=False, use_z=False, use_bias=False, softplus=False, last_state=False))]
+    for shape, flags in cases:
+        inp = make_inputs(*shape, seed=sum(shape))
+        skip = {"D": flags.get("use_D") is False, "z": flags.get("use_z") is False,
+                "delta_bias": flags.get("use_bias") is False or flags.get("softplus") is False}
+        check_against_reference(ssm.selective_scan_triton, inp, [g for g in ALL_GRADS if not skip.get(g)], **flags)
+    print("ok")
+""")
+
+
+@pytest.mark.skipif(not ssm.triton_available(), reason="needs triton")
+def test_triton_kernels_in_interpreter_match_reference():
+    """The Triton forward and backward kernels, run by Triton's CPU interpreter, match float64."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    res = subprocess.run([sys.executable, "-c", _INTERPRET_CHECK, os.path.dirname(__file__)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip().endswith("ok")
+
+
 # ----------------------------------------------------------------------------- GPU
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -227,6 +254,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 @pytest.mark.parametrize("shape", [(2, 64, 8, 196), (3, 40, 16, 49), (1, 8, 4, 1)])
 def test_cuda_dispatch_matches_reference(shape):
     inp = make_inputs(*shape, seed=sum(shape), device="cuda")
+    assert ssm.backend_for(inp["u"]) in ("mamba_ssm", "triton")
     check_against_reference(ssm.selective_scan, inp, ALL_GRADS)
 
 
