@@ -64,7 +64,7 @@ class StudyConfig:
 
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": dict(
-        profile="smoke", model_size="smoke", data="generated", image_size=64, epochs=5,
+        profile="smoke", model_size="smoke", data="generated", image_size=64, epochs=6,
         batch_size=32, lr=1e-3, pretrained=False, device="auto",
     ),
     "paper": dict(
