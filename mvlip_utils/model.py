@@ -55,7 +55,8 @@ def create_text_tower(pretrained: bool = False, weights_path: str | None = None)
         raise FileNotFoundError(f"parameter text_weights={weights_path!r}: no such file")
     tag = (weights_path or TEXT_PRETRAINED_TAG) if pretrained else None
     try:
-        clip_model = open_clip.create_model(TEXT_MODEL, pretrained=tag)
+        # the OpenAI weights need QuickGELU; open_clip's plain ViT-B-32 config has GELU and only warns
+        clip_model = open_clip.create_model(TEXT_MODEL, pretrained=tag, force_quick_gelu=pretrained)
     except Exception as exc:
         if not pretrained or weights_path:
             raise

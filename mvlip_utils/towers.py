@@ -167,6 +167,10 @@ def create_image_tower(encoder: str, size: str = "paper", pretrained: bool = Fal
     kwargs: dict[str, Any] = dict(SMOKE_OVERRIDES[encoder]) if size == "smoke" else {}
     if encoder in ("swin", "vit") and (size == "smoke" or image_size != 224):
         kwargs["img_size"] = image_size
+    if encoder == "vit" and pretrained:
+        # OpenAI trained CLIP ViT-B/32 with QuickGELU; timm's `.openai` tag defaults to GELU (its cfg notes say
+        # "use quickgelu model variant for original results"), which changes every feature of the loaded tower
+        kwargs["act_layer"] = "quick_gelu"
     if pretrained and not weights_path:
         weights_path = os.environ.get(WEIGHTS_ENV[encoder]) or None
     if encoder == "mambavision":
