@@ -47,7 +47,9 @@ NOTEBOOKS = (SETUP, TRAIN, EVALUATE, BENCHMARK, DISCUSSION)
 PER_ENCODER = (TRAIN, EVALUATE, BENCHMARK)
 
 # What the book calls each image tower (the paper's names)
-ENCODER_LABELS = {"mambavision": "MVLIP (MambaVision)", "swin": "CLIP(Swin)", "vit": "CLIP(ViT-B/32)"}
+ENCODER_LABELS = {"mambavision": "MVLIP", "swin": "CLIP(Swin)", "vit": "CLIP(ViT)"}
+PART_CAPTIONS = {"mambavision": "MVLIP: MambaVision image tower", "swin": "CLIP(Swin): Swin image tower",
+                 "vit": "CLIP(ViT): ViT-B/32 image tower"}
 CHAPTER_TITLES = {SETUP: "Set-up: environment, data, models", TRAIN: "training",
                   EVALUATE: "zero-shot evaluation", BENCHMARK: "throughput",
                   DISCUSSION: "Discussion: the paper's claims against our runs"}
@@ -354,7 +356,7 @@ def toc_text(profile: str, encoders: Sequence[str]) -> str:
              f"      - file: {base}/{SETUP}", f"        title: \"{CHAPTER_TITLES[SETUP]}\""]
     for encoder in encoders:
         label = ENCODER_LABELS.get(encoder, encoder)
-        lines += [f"  - caption: \"{label}\"", "    chapters:"]
+        lines += [f"  - caption: \"{PART_CAPTIONS.get(encoder, label)}\"", "    chapters:"]
         for nb in PER_ENCODER:
             lines += [f"      - file: {base}/{encoder}/{nb}", f"        title: \"{label}: {CHAPTER_TITLES[nb]}\""]
     lines += ["  - caption: Discussion", "    chapters:",
@@ -378,7 +380,7 @@ def build_book(root: Path, toc: Path, log: Callable[[str], None] = print) -> Pat
     log("[study] " + " ".join(cmd))
     proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
     if proc.returncode != 0:
-        out = (proc.stdout + proc.stderr).strip().splitlines()
+        out = _ANSI.sub("", proc.stdout + proc.stderr).strip().splitlines()
         warnings = [line for line in out if "WARNING" in line or "ERROR" in line]
         raise RuntimeError("jupyter-book build failed (warnings are errors):\n" +
                            "\n".join((warnings or out[-40:])[:60]))
@@ -525,12 +527,21 @@ def table1(runs: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any]):
     return frame
 
 
+def benchmark_records(eval_loop: Mapping[str, Any], model_only: Mapping[str, Any], sweep=None) -> list[dict]:
+    """The records 04_benchmark writes to benchmark.json, each tagged with its ``kind``: the paper's way
+    (``benchmark.eval_loop_throughput``), the model alone (``benchmark.model_throughput``) and the rows
+    of a ``benchmark.resolution_sweep``."""
+    rows = [] if sweep is None else sweep.to_dict(orient="records")
+    return ([{**eval_loop, "kind": "eval_loop"}, {**model_only, "kind": "model_only"}]
+            + [{**row, "kind": "resolution_sweep"} for row in rows])
+
+
 def benchmark_numbers(blob: Mapping[str, Any]) -> dict[str, float]:
-    """images/s of a benchmark.json per method ('eval_loop', 'model_only')."""
+    """images/s of a benchmark.json (written by 04_benchmark) per record kind ('eval_loop', 'model_only')."""
     out = {}
     for record in blob.get("records", []):
-        if record.get("method") in BENCH_METHODS and record.get("images_per_s") is not None:
-            out[record["method"]] = float(record["images_per_s"])
+        if record.get("kind") in BENCH_METHODS and record.get("images_per_s") is not None:
+            out[record["kind"]] = float(record["images_per_s"])
     return out
 
 

@@ -254,9 +254,9 @@ def _runs(mv: float, swin: float, vit: float, loss=(1.0, 2.0, 1.5), pretrained=F
 
 
 def _bench(**ips):
-    return {e: {"records": [{"method": "eval_loop", "images_per_s": v[0]},
-                            {"method": "model_only", "images_per_s": v[1]},
-                            {"method": "resolution_sweep", "images_per_s": 1.0}]} for e, v in ips.items()}
+    return {e: {"records": [{"kind": "eval_loop", "images_per_s": v[0]},
+                            {"kind": "model_only", "images_per_s": v[1]},
+                            {"kind": "resolution_sweep", "images_per_s": 1.0}]} for e, v in ips.items()}
 
 
 def test_table1_puts_paper_and_ours_side_by_side():
@@ -268,10 +268,10 @@ def test_table1_puts_paper_and_ours_side_by_side():
                             ("F1 (weighted)", 10.02)):
         assert paper[metric] == pytest.approx(claimed, abs=0.006)
     assert paper["Validation loss (zero-shot CE)"] == pytest.approx(-37.0, abs=0.05)  # "37% lower"
-    assert t1.loc["Accuracy", "ours MVLIP (MambaVision)"] == 0.55
-    assert t1.loc["Accuracy", "ours CLIP(ViT-B/32)"] == 0.40
+    assert t1.loc["Accuracy", "ours MVLIP"] == 0.55
+    assert t1.loc["Accuracy", "ours CLIP(ViT)"] == 0.40
     assert t1.loc["Accuracy", "ours: MVLIP vs CLIP(Swin) (%)"] == pytest.approx(10.0)
-    assert math.isnan(t1.loc["Top-5 accuracy", "paper MVLIP (MambaVision)"])
+    assert math.isnan(t1.loc["Top-5 accuracy", "paper MVLIP"])
 
 
 def test_table1_without_swin_has_no_relative_difference():
@@ -328,6 +328,19 @@ def test_missing_runs_are_not_measured():
     assert verdicts.verdict.str.startswith("not measured").all()
 
 
+def test_benchmark_records_round_trip_through_benchmark_json(tmp_path):
+    from torch import nn
+
+    from mvlip_utils import benchmark
+
+    loop = benchmark.eval_loop_throughput(lambda: {"n_val": 40}, repeats=1)
+    alone = benchmark.model_throughput(nn.Conv2d(3, 4, 3), batch_size=2, image_size=16, warmup=1, repeats=2)
+    sweep = pd.DataFrame([{"resolution": 16, "images_per_s": 5.0}])
+    path = benchmark.write_benchmark(tmp_path / "benchmark.json", study.benchmark_records(loop, alone, sweep))
+    got = study.benchmark_numbers(benchmark.read_benchmark(path))
+    assert got == pytest.approx({"eval_loop": loop["images_per_s"], "model_only": alone["images_per_s"]})
+
+
 def test_relative_change():
     assert study.relative_change(110, 100) == pytest.approx(10.0)
     assert math.isnan(study.relative_change(1, 0))
@@ -346,5 +359,9 @@ def test_book_build_treats_warnings_as_errors(tmp_path):
         study.build_book(tmp_path, toc, log=lambda _: None)
     assert "no-such-label" in str(info.value)
     (tmp_path / "book" / "intro.md").write_text("# Intro\n\nNothing to warn about.\n")
+    # pages outside the table of contents (hidden folders included) stay out of the build
+    for stray in (".pytest_cache/README.md", "notes.md", "results/smoke/vit/readme.md"):
+        (tmp_path / stray).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / stray).write_text("# Not a chapter\n")
     html = study.build_book(tmp_path, toc, log=lambda _: None)
     assert (html / "book" / "intro.html").is_file()
