@@ -232,8 +232,13 @@ def executed_fingerprint(path: Path) -> str | None:
 
 
 def run_folder(root: Path, profile: str, encoder: str, overrides: dict[str, Any]) -> Path:
-    results_dir = Path(overrides.get("results_dir") or "results")
-    return (results_dir if results_dir.is_absolute() else Path(root) / results_dir) / profile / encoder
+    """The run folder a step of ``encoder`` writes, as seen from ``root`` (the notebooks' working folder)."""
+    from . import results
+    from .profiles import get_config
+
+    names = set(parameter_names())
+    config = get_config(profile, encoder=encoder, **{k: v for k, v in overrides.items() if k in names})
+    return Path(root) / results.run_dir(config)
 
 
 # ---------------------------------------------------------------------------------------- execute
@@ -314,7 +319,9 @@ def run_study(profile: str = "smoke", encoders: Sequence[str] | None = None,
     log(f"[study] profile={profile} encoders={encoders} overrides={overrides or '{}'} "
         f"kernel={kernel_name} force={force}")
     report: list[tuple[str, str, float]] = []
-    dirty = force  # once a step executes, every later step executes too (it may read what changed)
+    # A step that executes makes the later steps that read its results execute too: train -> evaluate ->
+    # benchmark of the same encoder, and any executed step -> the discussion.
+    dirty: set[str | None] = set()
     steps = plan(encoders)
     for i, step in enumerate(steps, 1):
         source = sources[step.notebook]
@@ -323,13 +330,14 @@ def run_study(profile: str = "smoke", encoders: Sequence[str] | None = None,
         fp = fingerprint(source, params, library)
         outputs_there = all((run_folder(root, profile, step.encoder, overrides) / name).is_file()
                             for name in STEP_OUTPUTS.get(step.notebook, ())) if step.encoder else True
-        if not dirty and outputs_there and executed_fingerprint(output) == fp:
+        stale = force or step.encoder in dirty or (step.notebook == DISCUSSION and bool(dirty))
+        if not stale and outputs_there and executed_fingerprint(output) == fp:
             log(f"[study {i:2d}/{len(steps)}] {step.label:<28} reused (unchanged)")
             report.append((step.label, "reused", 0.0))
             continue
         log(f"[study {i:2d}/{len(steps)}] {step.label:<28} running ...")
         seconds = execute_step(step, source, output, params, kernel_name, root, fp, timeout)
-        dirty = True
+        dirty.add(step.encoder)
         log(f"[study {i:2d}/{len(steps)}] {step.label:<28} done in {seconds:6.1f} s  "
             f"({time.perf_counter() - t0:6.1f} s so far)")
         report.append((step.label, "executed", seconds))

@@ -180,10 +180,10 @@ def _tiny_study(root: Path) -> None:
 def test_second_run_reuses_and_a_missing_result_reruns_from_there(tmp_path):
     _tiny_study(tmp_path)
     lines: list[str] = []
-    kwargs = dict(profile="smoke", encoders=["vit"], book=False, root=tmp_path, log=lines.append)
+    kwargs = dict(profile="smoke", encoders=["swin", "vit"], book=False, root=tmp_path, log=lines.append)
 
     first = study.run_study(**kwargs)
-    assert [s[1] for s in first["steps"]] == ["executed"] * 5
+    assert [s[1] for s in first["steps"]] == ["executed"] * 8
     executed = tmp_path / "book" / "executed" / "smoke"
     for name in ("01_setup.ipynb", "vit/02_train.ipynb", "vit/04_benchmark.ipynb", "05_discussion.ipynb"):
         nb = nbformat.read(executed / name, as_version=4)
@@ -194,17 +194,24 @@ def test_second_run_reuses_and_a_missing_result_reruns_from_there(tmp_path):
     assert any(line.startswith("[study] total") for line in lines)
 
     second = study.run_study(**kwargs)
-    assert [s[1] for s in second["steps"]] == ["reused"] * 5
+    assert [s[1] for s in second["steps"]] == ["reused"] * 8
 
-    # the run's results vanished: train runs again, and so does everything after it
+    # vit's results vanished: vit's train runs again, then what reads it (vit's evaluate and benchmark, the
+    # discussion); setup and swin's steps are reused
     (tmp_path / "results" / "smoke" / "vit" / "metrics.json").unlink()
     third = study.run_study(**kwargs)
-    assert [s[1] for s in third["steps"]] == ["reused", "executed", "executed", "executed", "executed"]
+    assert [s[1] for s in third["steps"]] == ["reused"] * 4 + ["executed"] * 4
+    assert (tmp_path / "results" / "smoke" / "vit" / "metrics.json").is_file()
 
-    # other parameters: a new fingerprint, so everything runs again
-    fourth = study.run_study(**kwargs, overrides={"results_dir": "results2"})
-    assert [s[1] for s in fourth["steps"]] == ["executed"] * 5
-    assert (tmp_path / "results2" / "smoke" / "vit" / "benchmark.json").is_file()
+
+def test_fingerprint_follows_notebook_parameters_and_library(tmp_path):
+    source = _notebook(tmp_path / "02_train.ipynb", "x = 1")
+    base = study.fingerprint(source, {"profile": "smoke", "encoder": "vit"}, "lib1")
+    assert study.fingerprint(source, {"profile": "smoke", "encoder": "vit", "resume": False}, "lib1") == base
+    assert study.fingerprint(source, {"profile": "smoke", "encoder": "swin"}, "lib1") != base
+    assert study.fingerprint(source, {"profile": "smoke", "encoder": "vit"}, "lib2") != base
+    _notebook(source, "x = 2")
+    assert study.fingerprint(source, {"profile": "smoke", "encoder": "vit"}, "lib1") != base
 
 
 def test_force_reruns_everything_and_retrains(tmp_path):
