@@ -29,6 +29,21 @@ def autocast_context(device: str, precision: str):
     return contextlib.nullcontext()
 
 
+def progress_iter(loader, desc: str, enabled: bool = True, bar_out: list | None = None):
+    """Iterate ``loader`` under a progress bar without letting the bar iterate it.
+
+    ``tqdm.auto``'s bar (tqdm.asyncio) calls ``iter()`` on its iterable when constructed: for a DataLoader
+    that starts a second, unused iterator (its workers start and prefetch, and a shuffling loader's seeded
+    generator is consumed, so the batch order is not the sampler's first permutation). Here the bar only
+    counts. ``bar_out``, if given, receives the bar (for ``set_postfix``)."""
+    with tqdm(total=len(loader), desc=desc, disable=not enabled, leave=False) as bar:
+        if bar_out is not None:
+            bar_out.append(bar)
+        for item in loader:
+            yield item
+            bar.update(1)
+
+
 def classification_metrics(labels: np.ndarray, logits: np.ndarray, n_classes: int | None = None) -> dict[str, Any]:
     """Top-1/top-5 accuracy and weighted/macro precision, recall, F1 (scikit-learn) from logits."""
     labels = np.asarray(labels)
@@ -64,7 +79,7 @@ def zero_shot_logits(model, loader, classifier: torch.Tensor, device: str, preci
     scale = model.logit_scale.exp().float()
     classifier = classifier.to(device).float()
     start = time.perf_counter()
-    for images, target in tqdm(loader, desc=desc, disable=not progress, leave=False):
+    for images, target in progress_iter(loader, desc, progress):
         images = images.to(device, non_blocking=True)
         with autocast_context(device, precision):
             features = model.encode_image(images, normalize=True)
