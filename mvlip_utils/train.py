@@ -6,6 +6,10 @@ Protocol (the paper's, FACTS.md): AdamW(lr, weight_decay) over the image tower a
 drop_last, symmetric contrastive loss (open_clip's ``ClipLoss``). Each training sample gets one of the 10
 templates at random; captions' text features come from the ``PromptBank``.
 
+Several GPUs: under torchrun (``torchrun --nproc_per_node=N -m mvlip_utils.train ...``) the image tower is
+wrapped in DDP and the loss is computed over the global batch (``mvlip_utils.distributed`` says how this
+stays identical to one process); ``batch_size`` is the global batch, rank 0 alone evaluates and writes.
+
 Per epoch the run folder gets a row in ``history.csv`` and an atomically written ``checkpoint.pt``
 (model, optimiser, scheduler, RNG states, epoch, configuration, history). Shuffling and caption draws are
 seeded per epoch, so a resumed run ends with the same metrics as an uninterrupted one.
@@ -13,6 +17,7 @@ seeded per epoch, so a resumed run ends with the same metrics as an uninterrupte
 
 from __future__ import annotations
 
+import argparse
 import io
 import logging
 import math
@@ -25,12 +30,13 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from open_clip import ClipLoss
-from tqdm.auto import tqdm
 
 from . import data as data_mod
+from . import distributed as dist_mod
 from . import results
-from .evaluate import autocast_context, zero_shot_evaluate
+from .evaluate import autocast_context, progress_iter, zero_shot_evaluate
 from .model import MVLIP, PromptBank, create_text_tower
 from .profiles import StudyConfig, resolve_device
 from .towers import SSM_BACKEND, count_parameters, create_image_tower
@@ -78,6 +84,11 @@ class Experiment:
     val_set: Any
     classnames: list[str]
     data_root: Path
+    ddp_visual: Any = None  # the DDP-wrapped image tower under torchrun (trains); None in one process
+
+    @property
+    def dist(self) -> dist_mod.DistInfo:
+        return dist_mod.info()
 
     @property
     def run_dir(self) -> Path:
@@ -85,9 +96,10 @@ class Experiment:
 
 
 def build_experiment(config: StudyConfig, progress: bool = True) -> Experiment:
-    device = resolve_device(config.device)
+    device = dist_mod.device_for_rank(resolve_device(config.device))
     seed_everything(config.seed)  # the towers' random initialisation is part of the run's definition
-    root = dataset_root(config, progress)
+    with dist_mod.main_first():  # rank 0 writes the generated dataset, the others then find it there
+        root = dataset_root(config, progress)
     transform = data_mod.clip_transform(config.image_size)
     train_set, val_set, classnames = data_mod.load_splits(root, transform=transform, image_size=config.image_size,
                                                           progress=progress)
@@ -118,8 +130,12 @@ def _epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
 def contrastive_loss(experiment: Experiment, loss_fn: ClipLoss, images: torch.Tensor, labels: torch.Tensor,
                      templates: torch.Tensor) -> torch.Tensor:
     model = experiment.model
+    images = images.to(experiment.device, non_blocking=True)
     with autocast_context(experiment.device, experiment.config.precision):
-        image_features = model.encode_image(images.to(experiment.device, non_blocking=True), normalize=True)
+        if experiment.ddp_visual is not None and model.training:  # DDP: gradients are all-reduced
+            image_features = F.normalize(experiment.ddp_visual(images), dim=-1)
+        else:
+            image_features = model.encode_image(images, normalize=True)
     text_features = caption_features(experiment, labels, templates)
     return loss_fn(image_features.float(), text_features.float(), model.logit_scale.exp())
 
@@ -129,14 +145,28 @@ def train_one_epoch(experiment: Experiment, optimizer, scheduler, loss_fn: ClipL
     config = experiment.config
     model = experiment.model
     model.train()
-    loader = data_mod.make_loader(experiment.train_set, config.batch_size, shuffle=True, drop_last=True,
-                                  num_workers=config.num_workers, seed=config.seed * 1000 + epoch,
-                                  pin_memory=experiment.device.startswith("cuda"))
+    info = experiment.dist
+    if info.enabled:  # this rank's slice of each of the single process's global batches
+        batches = dist_mod.global_batches(len(experiment.train_set), config.batch_size, seed=config.seed * 1000 + epoch)
+        loader = torch.utils.data.DataLoader(
+            experiment.train_set, batch_sampler=dist_mod.RankSliceSampler(batches, info.rank, info.world_size),
+            num_workers=config.num_workers, worker_init_fn=data_mod._seed_worker,
+            pin_memory=experiment.device.startswith("cuda"))
+        outside_ddp = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("visual.")]
+    else:
+        loader = data_mod.make_loader(experiment.train_set, config.batch_size, shuffle=True, drop_last=True,
+                                      num_workers=config.num_workers, seed=config.seed * 1000 + epoch,
+                                      pin_memory=experiment.device.startswith("cuda"))
+        outside_ddp = []
     draws = _epoch_generator(config.seed, epoch, stream=1)
     total, steps = 0.0, 0
-    bar = tqdm(loader, desc=f"{config.encoder} epoch {epoch}/{config.epochs}", disable=not progress, leave=False)
-    for step, (images, labels) in enumerate(bar):
-        templates = torch.randint(len(experiment.bank.templates), (len(labels),), generator=draws)
+    bars: list = []
+    batches = progress_iter(loader, f"{config.encoder} epoch {epoch}/{config.epochs}", progress, bars)
+    for step, (images, labels) in enumerate(batches):
+        # captions: drawn for the whole global batch (as one process does), this rank's slice kept
+        local = len(labels)
+        templates = torch.randint(len(experiment.bank.templates), (local * info.world_size,),
+                                  generator=draws)[info.rank * local:(info.rank + 1) * local]
         loss = contrastive_loss(experiment, loss_fn, images, labels, templates)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
@@ -145,17 +175,18 @@ def train_one_epoch(experiment: Experiment, optimizer, scheduler, loss_fn: ClipL
                 f"(try a lower lr, precision='fp32' or grad_clip > 0)")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        dist_mod.all_reduce_grads_(outside_ddp)  # a learnt temperature / trained text tower, as DDP does
         if config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), config.grad_clip)
         optimizer.step()
         scheduler.step()
         total += loss.item()
         steps += 1
-        bar.set_postfix(loss=f"{total / steps:.4f}")
+        bars[0].set_postfix(loss=f"{total / steps:.4f}")
     if steps == 0:
         raise ValueError(f"parameter batch_size={config.batch_size} is larger than the training set "
                          f"({len(experiment.train_set)} images) and drop_last leaves no batch")
-    return total / steps
+    return dist_mod.all_reduce_mean(total / steps)  # every rank's loss is already the global batch's
 
 
 @torch.no_grad()
@@ -167,7 +198,7 @@ def validation_loss(experiment: Experiment, loss_fn: ClipLoss, progress: bool = 
                                   num_workers=config.num_workers, seed=config.seed)
     draws = _epoch_generator(config.seed, 0, stream=2)
     losses, sizes = [], []
-    for images, labels in tqdm(loader, desc="val loss", disable=not progress, leave=False):
+    for images, labels in progress_iter(loader, "val loss", progress):
         templates = torch.randint(len(experiment.bank.templates), (len(labels),), generator=draws)
         losses.append(contrastive_loss(experiment, loss_fn, images, labels, templates).item())
         sizes.append(len(labels))
@@ -278,40 +309,137 @@ def train_run(config: StudyConfig, resume: bool = True, progress: bool = True,
               stop_after_epoch: int | None = None,
               on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> pd.DataFrame:
     """Train (or resume) the run of ``config``; returns its history. ``stop_after_epoch`` ends early
-    (as an interruption would) after that epoch's checkpoint, without writing metrics.json."""
+    (as an interruption would) after that epoch's checkpoint, without writing metrics.json.
+
+    Under torchrun (WORLD_SIZE > 1) every rank calls this; the process group is started if it is not yet.
+    ``on_epoch_end`` (rank 0 only) gets the history row plus timings: train_seconds, train_images,
+    val_loss_seconds, eval_seconds, eval_images_per_s, world_size."""
+    info = dist_mod.init_from_env(config.device)
+    main = info.is_main
+    progress = progress and main
     experiment = build_experiment(config, progress)
     run = experiment.run_dir
-    run.mkdir(parents=True, exist_ok=True)
+    if info.enabled:
+        dist_mod.local_batch_size(config.batch_size, info.world_size)  # names batch_size if not divisible
+        experiment.ddp_visual = dist_mod.wrap_ddp(experiment.model.visual, experiment.device)
+        loss_fn = ClipLoss(local_loss=False, gather_with_grad=True, rank=info.rank, world_size=info.world_size)
+    else:
+        loss_fn = ClipLoss()
+    eval_loss_fn = ClipLoss()  # validation runs on rank 0 alone, over its own batches
     optimizer, scheduler = make_optimizer(experiment)
-    loss_fn = ClipLoss()
-    if not resume:
-        for name in (CHECKPOINT, "metrics.json"):
-            (run / name).unlink(missing_ok=True)
+    if main:
+        run.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            for name in (CHECKPOINT, "metrics.json"):
+                (run / name).unlink(missing_ok=True)
+    dist_mod.barrier()
     start_epoch, history = load_checkpoint(experiment, optimizer, scheduler)
     if start_epoch:
         logger.info("resuming %s from epoch %d", run, start_epoch)
-    write_run_config(experiment)
+    if main:
+        write_run_config(experiment)
     evaluation = None
+    steps_per_epoch = len(experiment.train_set) // config.batch_size
     for epoch in range(start_epoch + 1, config.epochs + 1):
         started = time.perf_counter()
         train_loss = train_one_epoch(experiment, optimizer, scheduler, loss_fn, epoch, progress)
-        val_loss = validation_loss(experiment, loss_fn, progress)
-        evaluation = evaluate_experiment(experiment, progress)
-        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-               "val_zeroshot_loss": evaluation["zeroshot_loss"],
-               **{k: evaluation[k] for k in results.HISTORY_COLUMNS[4:]}}
-        history.append(row)
-        results.write_history(run, history)
-        save_checkpoint(experiment, optimizer, scheduler, epoch, history)
-        logger.info("epoch %d: %s (%.1fs)", epoch, {k: round(v, 4) for k, v in row.items()},
-                    time.perf_counter() - started)
-        if on_epoch_end:
-            on_epoch_end(row)
+        _sync(experiment.device)
+        train_seconds = time.perf_counter() - started
+        row = timings = None
+        if main:
+            t = time.perf_counter()
+            val_loss = validation_loss(experiment, eval_loss_fn, progress)
+            val_seconds = time.perf_counter() - t
+            evaluation = evaluate_experiment(experiment, progress)
+            row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                   "val_zeroshot_loss": evaluation["zeroshot_loss"],
+                   **{k: evaluation[k] for k in results.HISTORY_COLUMNS[4:]}}
+            history.append(row)
+            results.write_history(run, history)
+            save_checkpoint(experiment, optimizer, scheduler, epoch, history)
+            timings = {"train_seconds": train_seconds, "train_images": steps_per_epoch * config.batch_size,
+                       "val_loss_seconds": val_seconds, "eval_seconds": evaluation["wall_time_s"],
+                       "eval_images_per_s": evaluation["images_per_s"], "world_size": info.world_size}
+            logger.info("epoch %d: %s (%.1fs)", epoch, {k: round(v, 4) for k, v in row.items()},
+                        time.perf_counter() - started)
+        if info.enabled:  # the others wait here while rank 0 evaluates, then share its row
+            row = dist_mod.broadcast_object(row)
+            if not main:
+                history.append(row)
+        if on_epoch_end and main:
+            on_epoch_end({**row, **timings})
         if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < config.epochs:
             return pd.DataFrame(history, columns=results.HISTORY_COLUMNS)
-    if evaluation is None:  # everything was already trained: evaluate the restored model
-        evaluation = evaluate_experiment(experiment, progress)
-    if not math.isfinite(evaluation["zeroshot_loss"]):
-        raise NonFiniteLossError(f"non-finite zero-shot loss at the end of {run}")
-    write_final_results(experiment, evaluation, len(history))
+    if main:
+        if evaluation is None:  # everything was already trained: evaluate the restored model
+            evaluation = evaluate_experiment(experiment, progress)
+        if not math.isfinite(evaluation["zeroshot_loss"]):
+            raise NonFiniteLossError(f"non-finite zero-shot loss at the end of {run}")
+        write_final_results(experiment, evaluation, len(history))
+    dist_mod.barrier()
     return pd.DataFrame(history, columns=results.HISTORY_COLUMNS)
+
+
+def _sync(device: str) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+# ------------------------------------------------------------------------------------------- CLI
+def _parse_value(text: str, default: Any):
+    if isinstance(default, bool):
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+    if isinstance(default, int):
+        return int(text)
+    if isinstance(default, float):
+        return float(text)
+    return None if text.lower() == "none" else text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import dataclasses
+
+    parser = argparse.ArgumentParser(
+        prog="python -m mvlip_utils.train",
+        description="Train one run (one encoder) of the study; under torchrun on several GPUs (DDP).",
+        epilog="examples:\n  python -m mvlip_utils.train --profile smoke --encoder vit --epochs 2\n"
+               "  torchrun --nproc_per_node=2 -m mvlip_utils.train --profile paper --encoder mambavision "
+               "--data data/imagenet-mini",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="smoke", help="smoke or paper (the defaults every other option overrides)")
+    parser.add_argument("--no-resume", action="store_true", help="start again even if a checkpoint exists")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    for field in dataclasses.fields(StudyConfig):
+        if field.name == "profile":
+            continue
+        default = field.default
+        parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, default=None, metavar="VALUE",
+                            type=lambda text, d=default: _parse_value(text, d),
+                            help=f"StudyConfig.{field.name} (default: the profile's)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .profiles import get_config
+
+    args = build_parser().parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k not in ("profile", "no_resume", "quiet") and v is not None}
+    config = get_config(args.profile, **overrides)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    info = dist_mod.init_from_env(config.device)
+    try:
+        history = train_run(config, resume=not args.no_resume, progress=not args.quiet)
+        if info.is_main:
+            print(history.to_string(index=False))
+            print(f"run folder: {results.run_dir(config)}")
+    finally:
+        dist_mod.destroy()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

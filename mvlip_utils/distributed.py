@@ -1,0 +1,209 @@
+"""Several GPUs (or CPU processes) through torchrun: the process group and what training needs from it.
+
+    torchrun --nproc_per_node=2 -m mvlip_utils.train --profile paper --encoder mambavision
+
+torchrun sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT; ``init_from_env`` starts the
+process group from them (NCCL on CUDA, gloo on the CPU) and pins each process to its GPU. Without those
+variables (a plain ``python`` run) nothing is started and every helper here is a no-op for one process,
+so the single-process code path stays exactly what it was.
+
+Equivalence with one process (tests/test_distributed.py checks it):
+- ``config.batch_size`` stays the *global* batch (32 in the paper); each rank trains on
+  ``batch_size // world_size`` samples of it.
+- ``global_batches`` replays the single process's own DataLoader (same seed, same sampler, same
+  generator draws) over the sample indices, so the same global batches are formed in the same order;
+  ``RankSliceSampler`` gives each rank its contiguous slice of each of them.
+- The loss is open_clip's ``ClipLoss(local_loss=False, gather_with_grad=True)``: features are gathered
+  (with gradient) from all ranks, so every rank computes the full global-batch loss. The gather's backward
+  sums the identical ranks' gradients (x world_size) and DDP's all-reduce averages (/ world_size): the
+  result is the single process's gradient.
+- BatchNorm (MambaVision's conv stages and final norm) is converted to ``SyncBatchNorm`` under DDP, so
+  batch statistics are those of the global batch, as in one process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import Sampler
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def env_world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def info() -> DistInfo:
+    """Rank, world size and local rank of this process (0, 1, 0 without a process group)."""
+    if dist.is_available() and dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank())))
+    return DistInfo()
+
+
+def is_main() -> bool:
+    return info().is_main
+
+
+def init_from_env(device: str = "auto", timeout_s: int = 1800) -> DistInfo:
+    """Start the process group from torchrun's environment when WORLD_SIZE > 1 (idempotent).
+
+    ``device`` is the run's device setting: NCCL when it resolves to CUDA, else gloo."""
+    if not dist.is_available() or dist.is_initialized() or env_world_size() <= 1:
+        return info()
+    use_cuda = device != "cpu" and torch.cuda.is_available()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        if local_rank >= torch.cuda.device_count():
+            raise RuntimeError(f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA device(s) are "
+                               f"visible; use torchrun --nproc_per_node <= {torch.cuda.device_count()}")
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo",
+                            timeout=datetime.timedelta(seconds=timeout_s))
+    return info()
+
+
+def destroy() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def device_for_rank(device: str) -> str:
+    """'cuda' -> 'cuda:<local rank>' under a process group; anything else unchanged."""
+    if device == "cuda" and info().enabled:
+        return f"cuda:{info().local_rank}"
+    return device
+
+
+def barrier() -> None:
+    if info().enabled:
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def main_first():
+    """The main process runs the block first (e.g. writes a dataset), then the others."""
+    if not info().is_main:
+        barrier()
+    yield
+    if info().is_main:
+        barrier()
+
+
+def _reduce_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def all_reduce_mean(value: float) -> float:
+    """The mean of a number over ranks (the number itself for one process)."""
+    if not info().enabled:
+        return float(value)
+    tensor = torch.tensor([float(value)], dtype=torch.float64, device=_reduce_device())
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return float(tensor.item()) / info().world_size
+
+
+def all_reduce_grads_(parameters: Sequence[nn.Parameter]) -> None:
+    """Average the gradients of trainable parameters that live outside the DDP module (a learnt
+    temperature, a trained text tower) as DDP does for the ones inside it."""
+    if not info().enabled:
+        return
+    world = info().world_size
+    for p in parameters:
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad.div_(world)
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not info().enabled:
+        return obj
+    box = [obj if info().is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def local_batch_size(global_batch: int, world_size: int) -> int:
+    if global_batch % world_size:
+        raise ValueError(f"parameter batch_size={global_batch} (the global batch) is not divisible by the "
+                         f"number of processes ({world_size}); pick a batch size that is")
+    return global_batch // world_size
+
+
+class _Indices(torch.utils.data.Dataset):
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+def global_batches(n: int, batch_size: int, seed: int, drop_last: bool = True) -> list[list[int]]:
+    """The batches of sample indices that the single-process training loader forms for this seed:
+    ``data.make_loader(..., shuffle=True, seed=seed)`` iterated over the indices themselves, so that the
+    order is the single process's by construction (same sampler, same generator draws)."""
+    from .data import make_loader
+
+    loader = make_loader(_Indices(n), batch_size, shuffle=True, drop_last=drop_last, num_workers=0, seed=seed)
+    return [batch.tolist() for batch in loader]
+
+
+class RankSliceSampler(Sampler[list[int]]):
+    """A batch sampler: for each global batch, this rank's contiguous slice of it."""
+
+    def __init__(self, batches: list[list[int]], rank: int, world_size: int):
+        self.batches, self.rank, self.world_size = batches, rank, world_size
+        for batch in batches:
+            local_batch_size(len(batch), world_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batches:
+            local = len(batch) // self.world_size
+            yield batch[self.rank * local:(self.rank + 1) * local]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def wrap_ddp(module: nn.Module, device: str) -> nn.Module:
+    """A DDP wrapper around ``module``; on CUDA its BatchNorm layers become SyncBatchNorm first (in place,
+    so the unwrapped module shares them). torch's SyncBatchNorm runs on GPUs only: on the CPU (gloo) the
+    BatchNorm statistics stay per rank, a logged difference from one process."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+    if has_bn and str(device).startswith("cuda"):
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            raise TypeError("wrap_ddp expects a tower, not a bare BatchNorm layer")
+        nn.SyncBatchNorm.convert_sync_batchnorm(module)  # replaces the children in place
+    elif has_bn:
+        logging.getLogger("mvlip_utils.distributed").warning(
+            "BatchNorm layers under DDP on the CPU: SyncBatchNorm needs GPUs, so batch statistics are per "
+            "rank (local batch) and the run is not identical to one process")
+    device_ids = [torch.device(device).index] if str(device).startswith("cuda") else None
+    return DistributedDataParallel(module, device_ids=device_ids)
