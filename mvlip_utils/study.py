@@ -280,7 +280,7 @@ def execute_step(step: Step, source: Path, output: Path, parameters: dict[str, A
                                    cwd=str(cwd), progress_bar=False, log_output=False,
                                    execution_timeout=timeout,
                                    # the kernel's own start-up chatter (e.g. ipykernel's TCP notice) stays out
-                                   extra_arguments=["--IPKernelApp.log_level=ERROR"])
+                                   extra_arguments=["--IPKernelApp.log_level=CRITICAL"])
     except PapermillExecutionError as exc:
         raise StudyStepError(describe_failure(step, exc, output), step.notebook, step.encoder,
                              exc.cell_index) from None

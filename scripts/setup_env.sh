@@ -83,7 +83,8 @@ if "$VPY" - "$VPY" 2>/dev/null <<'EOF'
 import os, sys
 from jupyter_client.kernelspec import KernelSpecManager
 spec = KernelSpecManager().get_kernel_spec("mvlip")
-sys.exit(0 if os.path.realpath(spec.argv[0]) == os.path.realpath(sys.argv[1]) else 1)
+# abspath, not realpath: every venv's python is a symlink to the same base interpreter
+sys.exit(0 if os.path.abspath(spec.argv[0]) == os.path.abspath(sys.argv[1]) else 1)
 EOF
 then
     step "Jupyter kernel 'mvlip' already registered for this venv"
