@@ -313,7 +313,7 @@ def train_run(config: StudyConfig, resume: bool = True, progress: bool = True,
 
     Under torchrun (WORLD_SIZE > 1) every rank calls this; the process group is started if it is not yet.
     ``on_epoch_end`` (rank 0 only) gets the history row plus timings: train_seconds, train_images,
-    val_loss_seconds, eval_seconds, eval_images_per_s, world_size."""
+    val_loss_seconds, eval_seconds, eval_images_per_s, world_size, epoch_seconds."""
     info = dist_mod.init_from_env(config.device)
     main = info.is_main
     progress = progress and main
@@ -359,7 +359,8 @@ def train_run(config: StudyConfig, resume: bool = True, progress: bool = True,
             save_checkpoint(experiment, optimizer, scheduler, epoch, history)
             timings = {"train_seconds": train_seconds, "train_images": steps_per_epoch * config.batch_size,
                        "val_loss_seconds": val_seconds, "eval_seconds": evaluation["wall_time_s"],
-                       "eval_images_per_s": evaluation["images_per_s"], "world_size": info.world_size}
+                       "eval_images_per_s": evaluation["images_per_s"], "world_size": info.world_size,
+                       "epoch_seconds": time.perf_counter() - started}  # with the checkpoint write
             logger.info("epoch %d: %s (%.1fs)", epoch, {k: round(v, 4) for k, v in row.items()},
                         time.perf_counter() - started)
         if info.enabled:  # the others wait here while rank 0 evaluates, then share its row
