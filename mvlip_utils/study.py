@@ -18,8 +18,10 @@ A notebook that fails stops the study with a ``StudyStepError`` whose message na
 encoder and the failing cell (its index, the head of its source, the exception), and where the partly
 executed notebook was written.
 
-Also here: the few helpers the notebooks use to present results (``show_markdown``, ``show_figure``,
-``figure_caption``, ``ENCODER_LABELS``).
+Also here, for the notebooks: their parameters -> StudyConfig (``config_from_parameters``), whether a
+finished run can be loaded (``reusable_run``), presentation helpers (``show_markdown``, ``show_figure``,
+``figure_caption``, ``show_table``, ``ENCODER_LABELS``), the benchmark.json records of 04_benchmark, and
+the discussion's Table 1, Table 2 and claim verdicts (``table1``, ``table2``, ``claim_verdicts``).
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ import argparse
 import ast
 import hashlib
 import json
-import os
 import math
+import os
 import re
 import subprocess
 import sys
