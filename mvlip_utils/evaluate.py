@@ -44,6 +44,16 @@ def progress_iter(loader, desc: str, enabled: bool = True, bar_out: list | None 
             bar.update(1)
 
 
+def to_model_input(images: torch.Tensor, device: str) -> torch.Tensor:
+    """A batch on ``device`` ready for the image tower: uint8 batches from the preprocessed cache are
+    normalised there (CLIP mean/std), float batches from the transform are moved as they are."""
+    if images.dtype == torch.uint8:
+        from .data import normalize_on_device
+
+        return normalize_on_device(images, device)
+    return images.to(device, non_blocking=True)
+
+
 def classification_metrics(labels: np.ndarray, logits: np.ndarray, n_classes: int | None = None) -> dict[str, Any]:
     """Top-1/top-5 accuracy and weighted/macro precision, recall, F1 (scikit-learn) from logits."""
     labels = np.asarray(labels)
@@ -80,7 +90,7 @@ def zero_shot_logits(model, loader, classifier: torch.Tensor, device: str, preci
     classifier = classifier.to(device).float()
     start = time.perf_counter()
     for images, target in progress_iter(loader, desc, progress):
-        images = images.to(device, non_blocking=True)
+        images = to_model_input(images, device)
         with autocast_context(device, precision):
             features = model.encode_image(images, normalize=True)
         logits.append((scale * features.float() @ classifier).cpu())

@@ -48,6 +48,9 @@ class StudyConfig:
     device: str = "auto"
     seed: int = 0
     num_workers: int = 0
+    # keep CLIP-preprocessed images (deterministic) as a uint8 cache under data_dir and normalise on the
+    # device: the same inputs, without JPEG decoding in every epoch (for GPU runs)
+    data_cache: bool = False
     # weights
     pretrained: bool = False
     image_weights: str | None = None

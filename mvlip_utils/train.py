@@ -18,6 +18,7 @@ seeded per epoch, so a resumed run ends with the same metrics as an uninterrupte
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import logging
 import math
@@ -36,7 +37,7 @@ from open_clip import ClipLoss
 from . import data as data_mod
 from . import distributed as dist_mod
 from . import results
-from .evaluate import autocast_context, progress_iter, zero_shot_evaluate
+from .evaluate import autocast_context, progress_iter, to_model_input, zero_shot_evaluate
 from .model import MVLIP, PromptBank, create_text_tower
 from .profiles import StudyConfig, resolve_device
 from .towers import SSM_BACKEND, count_parameters, create_image_tower
@@ -97,12 +98,15 @@ class Experiment:
 
 def build_experiment(config: StudyConfig, progress: bool = True) -> Experiment:
     device = dist_mod.device_for_rank(resolve_device(config.device))
-    seed_everything(config.seed)  # the towers' random initialisation is part of the run's definition
     with dist_mod.main_first():  # rank 0 writes the generated dataset, the others then find it there
         root = dataset_root(config, progress)
     transform = data_mod.clip_transform(config.image_size)
     train_set, val_set, classnames = data_mod.load_splits(root, transform=transform, image_size=config.image_size,
                                                           progress=progress)
+    if config.data_cache:
+        train_set, val_set = (cached_split(config, root, split, dataset, progress)
+                              for split, dataset in (("train", train_set), ("val", val_set)))
+    seed_everything(config.seed)  # the towers' random initialisation is part of the run's definition
     image_tower = create_image_tower(config.encoder, size=config.model_size, pretrained=config.pretrained,
                                      weights_path=config.image_weights, image_size=config.image_size)
     text_tower = create_text_tower(pretrained=config.pretrained, weights_path=config.text_weights)
@@ -110,6 +114,21 @@ def build_experiment(config: StudyConfig, progress: bool = True) -> Experiment:
                   learn_temperature=config.learn_temperature, train_text=config.train_text).to(device)
     bank = PromptBank(model.text, classnames, data_mod.TEMPLATES, device=device, progress=progress)
     return Experiment(config, device, model, bank, train_set, val_set, list(classnames), Path(root))
+
+
+def cached_split(config: StudyConfig, root: Path, split: str, dataset, progress: bool = True):
+    """``dataset`` served from its uint8 cache under ``data_dir/cache`` (built once, on rank 0)."""
+    key = hashlib.sha1(str(Path(root).resolve()).encode()).hexdigest()[:8]
+    path = Path(config.data_dir) / "cache" / f"{Path(root).name}-{key}-{split}-{config.image_size}px.pt"
+    with dist_mod.main_first():
+        if dist_mod.is_main():
+            data_mod.cache_preprocessed(dataset, path, config.image_size, num_workers=config.num_workers,
+                                        progress=progress)
+    return data_mod.CachedImageDataset(path)
+
+
+def sample_paths(dataset) -> list[str]:
+    return [path for path, _ in dataset.samples] if hasattr(dataset, "samples") else list(dataset.paths)
 
 
 def caption_features(experiment: Experiment, labels: torch.Tensor, templates: torch.Tensor) -> torch.Tensor:
@@ -130,7 +149,7 @@ def _epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
 def contrastive_loss(experiment: Experiment, loss_fn: ClipLoss, images: torch.Tensor, labels: torch.Tensor,
                      templates: torch.Tensor) -> torch.Tensor:
     model = experiment.model
-    images = images.to(experiment.device, non_blocking=True)
+    images = to_model_input(images, experiment.device)
     with autocast_context(experiment.device, experiment.config.precision):
         if experiment.ddp_visual is not None and model.training:  # DDP: gradients are all-reduced
             image_features = F.normalize(experiment.ddp_visual(images), dim=-1)
@@ -299,7 +318,7 @@ def write_final_results(experiment: Experiment, evaluation: dict[str, Any], epoc
     pd.DataFrame(evaluation["confusion"], index=experiment.classnames,
                  columns=experiment.classnames).to_csv(run / "confusion.csv")
     pd.DataFrame({"label": evaluation["labels"], "prediction": evaluation["predictions"],
-                  "path": [path for path, _ in experiment.val_set.samples]}
+                  "path": sample_paths(experiment.val_set)}
                  ).to_csv(run / "predictions.csv", index=False)
     results.write_json(run / "metrics.json", metrics)
     return metrics

@@ -124,9 +124,9 @@ def run_encoder(encoder: str, s: dict, data: Path, results_dir: Path, device: st
     from mvlip_utils.profiles import get_config
 
     config = get_config("paper", encoder=encoder, model_size=s["model_size"], pretrained=False, data=str(data),
-                        image_size=s["image_size"], epochs=1, batch_size=s["batch_size"],
-                        eval_batch_size=s["batch_size"], num_workers=s["num_workers"], precision="fp32",
-                        device=device, results_dir=str(results_dir), note="h200_epoch: random weights")
+                        image_size=s["image_size"], epochs=s["epochs"], batch_size=s["batch_size"],
+                        eval_batch_size=s["batch_size"], num_workers=s["num_workers"], precision=s["precision"],
+                        data_cache=s["data_cache"], data_dir=str(results_dir.parent / "data_dir"), device=device, results_dir=str(results_dir), note="h200_epoch: random weights")
     rows: list[dict] = []
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -137,17 +137,18 @@ def run_encoder(encoder: str, s: dict, data: Path, results_dir: Path, device: st
     info = dist_mod.info()
     if not info.is_main:
         return {}
-    r = rows[0]
+    r = rows[-1]  # the last epoch: past warm-up when --epochs > 1
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
     n_val = int(round(r["eval_images_per_s"] * r["eval_seconds"]))
     other = r["epoch_seconds"] - r["train_seconds"] - r["val_loss_seconds"] - r["eval_seconds"]  # checkpoint
-    setup = wall - r["epoch_seconds"]
+    setup = wall - sum(row["epoch_seconds"] for row in rows)
     train_ips = r["train_images"] / r["train_seconds"]
     val_per_image = (r["val_loss_seconds"] + r["eval_seconds"]) / n_val
     study_steps = STUDY["n_train"] // STUDY["batch_size"]
     epoch_proj = study_steps * STUDY["batch_size"] / train_ips + STUDY["n_val"] * val_per_image + other
     return dict(
-        encoder=encoder, world_size=info.world_size, train_images=r["train_images"], val_images=n_val,
+        encoder=encoder, world_size=info.world_size, precision=s["precision"], data_cache=s["data_cache"],
+        epochs_run=len(rows), first_epoch_seconds=round(rows[0]["epoch_seconds"], 2), train_images=r["train_images"], val_images=n_val,
         epoch_seconds=round(r["epoch_seconds"], 2), train_seconds=round(r["train_seconds"], 2),
         val_loss_seconds=round(r["val_loss_seconds"], 2), eval_seconds=round(r["eval_seconds"], 2),
         checkpoint_seconds=round(other, 2), setup_seconds=round(setup, 2),
@@ -205,6 +206,12 @@ def main(argv=None) -> int:
     ap.add_argument("--val-per-class", type=int, default=None)
     ap.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default 12; smoke 2)")
     ap.add_argument("--device", default=None, help="cuda or cpu (default: the setting's)")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"],
+                    help="fp32 (the paper's, TF32 off), tf32 or bf16 autocast")
+    ap.add_argument("--data-cache", action="store_true",
+                    help="train and evaluate from the uint8 cache of CLIP-preprocessed images (built once)")
+    ap.add_argument("--epochs", type=int, default=1,
+                    help="epochs per encoder; timings and the projection come from the last one")
     ap.add_argument("--compare", nargs=2, metavar=("ONE_GPU_JSON", "DDP_JSON"),
                     help="print the speed-up of a torchrun run over a 1-GPU run (JSON) and stop")
     args = ap.parse_args(argv)
@@ -214,6 +221,7 @@ def main(argv=None) -> int:
     preflight()
 
     s = dict(SETTINGS["smoke" if args.smoke else "h200"])
+    s.update(precision=args.precision, data_cache=args.data_cache, epochs=args.epochs)
     for key in ("train_per_class", "val_per_class", "num_workers", "device"):
         if getattr(args, key) is not None:
             s[key] = getattr(args, key)

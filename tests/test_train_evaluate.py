@@ -164,3 +164,12 @@ def test_results_files_are_plain_json_and_paper_reference_matches_the_authors_lo
     improvement = 100 * (final.loc["mambavision", "accuracy"] / final.loc["swin", "accuracy"] - 1)
     assert improvement == pytest.approx(reference["table1_improvement_percent"]["accuracy"], abs=0.01)
     json.dumps({k: v for k, v in reference.items() if k != "authors_logs"})
+
+
+def test_training_from_the_uint8_cache_matches_training_from_image_files(finished_run, tmp_path):
+    _, config, from_files = finished_run
+    cached = config.replace(data_cache=True, results_dir=str(tmp_path / "cached"))
+    from_cache = train.train_run(cached, progress=False)
+    cache_files = sorted(p.name for p in (type(tmp_path)(config.data_dir) / "cache").glob("*.pt"))
+    assert [name.split("-")[-2] for name in cache_files] == ["train", "val"]
+    pd.testing.assert_frame_equal(from_cache, from_files, rtol=1e-5, atol=1e-6)
