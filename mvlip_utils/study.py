@@ -247,14 +247,14 @@ def run_folder(root: Path, profile: str, encoder: str, overrides: dict[str, Any]
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
-def describe_failure(step: Step, exc: Any, output: Path, source_lines: int = 8) -> str:
+def describe_failure(step: Step, exc: Any, output: Path, source_lines: int = 8, traceback_lines: int = 20) -> str:
     """A readable account of a PapermillExecutionError: notebook, encoder, cell, source head, error."""
     source = (exc.source or "").splitlines()
     head = "\n".join("    | " + line for line in source[:source_lines])
     if len(source) > source_lines:
         head += f"\n    | ... ({len(source) - source_lines} more lines)"
-    trace = [_ANSI.sub("", line) for line in (exc.traceback or [])]
-    tail = "\n".join(trace[-6:]) if trace else ""
+    trace = _ANSI.sub("", "\n".join(exc.traceback or [])).splitlines()
+    tail = "\n".join(trace[-traceback_lines:])
     return (f"notebook {step.notebook}.ipynb failed"
             f"{f' for encoder {step.encoder!r}' if step.encoder else ''} "
             f"in cell {exc.cell_index} (execution count {exc.exec_count}):\n"
