@@ -118,6 +118,22 @@ def get_config(profile: str = "smoke", **overrides: Any) -> StudyConfig:
     return validate(StudyConfig(**values))
 
 
+# Parameters that do not change what a run computes (data_cache serves the very same input tensors; a test
+# shows identical histories), so a finished or checkpointed run made with other values is still the same run.
+RUN_IRRELEVANT = ("device", "num_workers", "note", "data_cache")
+
+
+def changed_parameters(saved: dict[str, Any], config: StudyConfig, ignore: tuple[str, ...] = ()) -> dict[str, Any]:
+    """{name: (saved, now)} for the parameters where ``config`` differs from a saved configuration.
+
+    A key missing from ``saved`` (written before that parameter existed) counts as its default.
+    """
+    defaults = StudyConfig().to_dict()
+    skip = set(RUN_IRRELEVANT) | set(ignore)
+    return {k: (saved.get(k, defaults[k]), v) for k, v in config.to_dict().items()
+            if k not in skip and saved.get(k, defaults[k]) != v}
+
+
 def resolve_device(device: str = "auto") -> str:
     import torch
 

@@ -398,9 +398,6 @@ def build_book(root: Path, toc: Path, log: Callable[[str], None] = print) -> Pat
 
 
 # ------------------------------------------------------------------------------ notebook helpers
-RUN_IRRELEVANT = ("device", "num_workers", "note")  # may differ between a finished run and a re-run
-
-
 def config_from_parameters(namespace: Mapping[str, Any], **fixed: Any):
     """The StudyConfig of a notebook's parameters: ``namespace`` holds ``profile`` and any StudyConfig
     field (None = the profile's value); ``fixed`` overrides (e.g. encoder=...)."""
@@ -422,15 +419,16 @@ def parameter_names() -> list[str]:
 
 def reusable_run(config) -> bool:
     """True when the run folder of ``config`` holds a finished run made with the same parameters
-    (device, num_workers and note aside) and the same number of epochs: the train notebook then loads
+    (profiles.RUN_IRRELEVANT aside) and the same number of epochs: the train notebook then loads
     it instead of training."""
     from . import results
 
     run = results.run_dir(config)
     if not results.is_finished(run) or not (run / "config.json").is_file():
         return False
-    saved = results.load_config(run)
-    same = all(saved.get(k) == v for k, v in config.to_dict().items() if k not in RUN_IRRELEVANT)
+    from .profiles import changed_parameters
+
+    same = not changed_parameters(results.load_config(run), config)
     return same and results.load_metrics(run).get("epochs") == config.epochs
 
 

@@ -23,8 +23,13 @@ from .ssm import install_mamba_ssm_shim
 
 SSM_BACKEND = install_mamba_ssm_shim()  # must precede `import mambavision`
 
-import mambavision  # noqa: E402,F401  (registers mamba_vision_* into timm)
+import warnings  # noqa: E402
+
 import timm  # noqa: E402
+
+with warnings.catch_warnings():  # mambavision 1.2.0 imports timm's deprecated module paths
+    warnings.simplefilter("ignore", FutureWarning)
+    import mambavision  # noqa: E402,F401  (registers mamba_vision_* into timm)
 
 EMBED_DIM = 512
 

@@ -39,7 +39,7 @@ from . import distributed as dist_mod
 from . import results
 from .evaluate import autocast_context, progress_iter, to_model_input, zero_shot_evaluate
 from .model import MVLIP, PromptBank, create_text_tower
-from .profiles import StudyConfig, resolve_device
+from .profiles import StudyConfig, changed_parameters, resolve_device
 from .towers import SSM_BACKEND, count_parameters, create_image_tower
 
 logger = logging.getLogger("mvlip_utils.train")
@@ -271,12 +271,10 @@ def load_checkpoint(experiment: Experiment, optimizer, scheduler) -> tuple[int, 
     if not path.is_file():
         return 0, []
     state = torch.load(path, map_location="cpu", weights_only=False)
-    saved, current = state["config"], experiment.config.to_dict()
-    changed = {k: (saved.get(k), v) for k, v in current.items()
-               if k not in ("epochs", "device", "num_workers", "note") and saved.get(k) != v}
+    changed = changed_parameters(state["config"], experiment.config, ignore=("epochs",))
     if changed:
         raise ValueError(f"checkpoint {path} was written with other parameters {changed} (saved, now); "
-                         f"use another results_dir or force=True to start again")
+                         f"use another results_dir, or start again (train_run(..., resume=False); the study's --force)")
     missing, unexpected = experiment.model.load_state_dict(state["model"], strict=False)
     if unexpected or any(not k.startswith("text.") for k in missing):
         raise ValueError(f"checkpoint {path} does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")

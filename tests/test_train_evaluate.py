@@ -129,6 +129,17 @@ def test_resume_refuses_a_checkpoint_from_other_parameters(tmp_path):
         train.train_run(config.replace(lr=5e-4), progress=False)
 
 
+def test_resume_accepts_a_checkpoint_written_before_a_parameter_existed(tmp_path):
+    config = tiny_config(tmp_path, epochs=2)
+    train.train_run(config, progress=False, stop_after_epoch=1)
+    path = results.run_dir(config) / train.CHECKPOINT
+    state = torch.load(path, weights_only=False)
+    del state["config"]["data_cache"]  # as saved by a version without that parameter (its default)
+    torch.save(state, path)
+    history = train.train_run(config, progress=False)
+    assert list(history.epoch) == [1, 2]
+
+
 def test_a_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     config = tiny_config(tmp_path, epochs=2)
     train.train_run(config, progress=False, stop_after_epoch=1)
