@@ -114,3 +114,96 @@ def minimum_training_minutes(model: pd.DataFrame, images: int = 20 * 34745) -> f
     fp32 batch-32 training-step rate, the three encoders one after another, no evaluation."""
     paper_train = model[(model["part"] == "paper") & (model["mode"] == "train")]
     return float(np.sum(images / paper_train["images_per_s"]) / 60)
+
+
+# ------------------------------------------------------------------------------- for the book's chapters
+PAPER_TABLE2_CLAIMS = {"vit": 33.0, "swin": 41.0}  # the paper: MVLIP's throughput this much (%) above each
+
+
+def resolve_h200_dir(h200_dir: str | Path | None = None) -> Path:
+    """The folder of the committed H200 measurements. ``None``: ``results/h200`` under the working
+    directory (the repository root when papermill runs the study), else the one of the repository this
+    package lives in. An explicit folder must exist (the error names it)."""
+    if h200_dir is not None:
+        path = Path(h200_dir).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(f"h200_dir={str(h200_dir)!r}: no such folder (the repository's results/h200)")
+        return path
+    candidates = [Path.cwd() / "results" / "h200", Path(__file__).resolve().parents[1] / "results" / "h200"]
+    for path in candidates:
+        if (path / "benchmark").is_dir():
+            return path
+    raise FileNotFoundError(f"h200_dir=None: no results/h200 folder in {[str(p) for p in candidates]}; "
+                            "pass h200_dir=/path/to/results/h200")
+
+
+def hardware_note(h200_dir: str | Path) -> str:
+    """'NVIDIA H200, torch 2.11.0+cu130, measured 2026-11-28, paper-size towers, random weights'."""
+    prov = provenance(h200_dir)
+    return (f"{prov['gpu']}, torch {prov.get('torch', '?')}, measured {str(prov['date'])[:10]}, "
+            "paper-size towers, random weights")
+
+
+def encoder_first(frame: pd.DataFrame, encoder: str | None, column: str = "encoder") -> pd.DataFrame:
+    """``frame`` with ``encoder``'s rows first (a stable reorder; the rest keep their order)."""
+    if encoder is None:
+        return frame.reset_index(drop=True)
+    key = (frame[column] != encoder).astype(int)
+    return frame.assign(_key=key).sort_values("_key", kind="stable").drop(columns="_key").reset_index(drop=True)
+
+
+def paper_conditions(h200_dir: str | Path) -> pd.DataFrame:
+    """Per encoder: model-only fp32 batch-32 inference, the paper's eval-loop method with JPEG decoding
+    (4 and 16 DataLoader workers) and from the uint8 cache, all in images/s, and each relative to
+    CLIP(ViT) in percent (the paper's Table 2 compares against CLIP(ViT))."""
+    model = model_throughput(h200_dir)
+    inference = model[(model["part"] == "paper") & (model["mode"] == "inference")].set_index("encoder")
+    loop = eval_loop(h200_dir)
+    out = pd.DataFrame({"model only, fp32 batch 32": inference["images_per_s"].astype(float)})
+    for (source, workers), label in {("jpeg", 4): "paper's way, JPEG, 4 workers",
+                                     ("jpeg", 16): "paper's way, JPEG, 16 workers",
+                                     ("uint8_cache", 0): "paper's way, uint8 cache"}.items():
+        rows = loop[(loop["source"] == source) & (loop["num_workers"] == workers)].set_index("encoder")
+        out[label] = rows["images_per_s"].astype(float)
+    out.index.name = "encoder"
+    return out
+
+
+def relative_to(frame: pd.DataFrame, base: str = "vit") -> pd.DataFrame:
+    """Each column of an encoder-indexed frame as percent above (+) or below (-) row ``base``."""
+    return (frame / frame.loc[base] - 1.0) * 100.0
+
+
+def throughput_verdicts(h200_dir: str | Path) -> pd.DataFrame:
+    """The paper's throughput claims (MVLIP +33.5% over CLIP(ViT), +41% over CLIP(Swin), Table 2) against
+    the H200: model-only fp32 batch 32 (the model's own speed) and the paper's eval-loop method with JPEG
+    decoding in 4 workers. MVLIP's throughput as a share of the other tower's, and a verdict."""
+    table = paper_conditions(h200_dir)
+    rows = []
+    for other, claimed in PAPER_TABLE2_CLAIMS.items():
+        for column, level in (("model only, fp32 batch 32", "at the model level"),
+                              ("paper's way, JPEG, 4 workers", "in the paper's eval loop (JPEG, 4 workers)")):
+            share = table.loc["mambavision", column] / table.loc[other, column]
+            change = (share - 1) * 100
+            if change >= claimed:
+                verdict = f"supported {level}"
+            elif change > 0:
+                verdict = f"partly {level}: faster, but by less than claimed"
+            else:
+                verdict = f"refuted {level}: MVLIP is slower"
+            rows.append({"claim": f"MVLIP's throughput is >= {claimed:.0f}% above {ENCODER_LABELS[other]}'s",
+                         "measured": column, "MVLIP images/s": table.loc["mambavision", column],
+                         "other images/s": table.loc[other, column], "MVLIP / other": share,
+                         "MVLIP vs other (%)": change, "verdict": verdict})
+    return pd.DataFrame(rows)
+
+
+def study_minutes(epochs: pd.DataFrame) -> pd.DataFrame:
+    """Projected 20-epoch study minutes: one row per setting, one column per encoder, and their total
+    (the three encoders one after another on one GPU)."""
+    table = epochs.pivot_table(index="setting", columns="encoder", values="projected_study_minutes", sort=False)
+    table = table[[e for e in ENCODER_LABELS if e in table.columns]]
+    table["total"] = table.sum(axis=1)
+    table["total (h)"] = table["total"] / 60
+    table.columns.name = None
+    return table

@@ -51,3 +51,53 @@ def test_epoch_and_eval_loop_tables_read_back():
 def test_a_missing_measurement_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="scan_ratios.json"):
         measurements.scan_ratios(tmp_path)
+
+
+def test_resolve_h200_dir_finds_the_repository_folder_from_anywhere(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert measurements.resolve_h200_dir(None) == H200
+    (tmp_path / "results" / "h200" / "benchmark").mkdir(parents=True)
+    assert measurements.resolve_h200_dir(None) == tmp_path / "results" / "h200"
+    assert measurements.resolve_h200_dir(H200) == H200
+    with pytest.raises(FileNotFoundError, match="h200_dir='nowhere'"):
+        measurements.resolve_h200_dir("nowhere")
+
+
+def test_hardware_note_names_gpu_torch_date_and_random_weights():
+    note = measurements.hardware_note(H200)
+    assert note.startswith("NVIDIA H200, torch 2.11") and "random weights" in note
+    assert measurements.provenance(H200)["date"][:10] in note
+
+
+def test_encoder_first_moves_only_that_encoders_rows():
+    frame = pd.DataFrame({"encoder": ["a", "b", "c", "b"], "x": [1, 2, 3, 4]})
+    assert measurements.encoder_first(frame, "b")["x"].tolist() == [2, 4, 1, 3]
+    assert measurements.encoder_first(frame, None)["x"].tolist() == [1, 2, 3, 4]
+
+
+def test_paper_conditions_and_throughput_verdicts_follow_the_measurements():
+    table = measurements.paper_conditions(H200)
+    model = measurements.model_throughput(H200)
+    vit = model[(model.part == "paper") & (model["mode"] == "inference") & (model.encoder == "vit")]
+    assert table.loc["vit", "model only, fp32 batch 32"] == pytest.approx(float(vit.images_per_s.iloc[0]))
+    relative = measurements.relative_to(table)
+    assert (relative.loc["vit"] == 0).all()
+    verdicts = measurements.throughput_verdicts(H200)
+    assert len(verdicts) == 4
+    share = verdicts["MVLIP images/s"] / verdicts["other images/s"]
+    assert verdicts["MVLIP / other"].tolist() == pytest.approx(share.tolist())
+    for _, row in verdicts.iterrows():
+        expected = ("supported" if row["MVLIP vs other (%)"] >= 33 and "ViT" in row.claim else
+                    "refuted" if row["MVLIP vs other (%)"] <= 0 else None)
+        if expected:
+            assert row.verdict.startswith(expected)
+
+
+def test_study_minutes_sums_the_encoders_per_setting():
+    epochs = pd.DataFrame({"setting": ["s"] * 3 + ["t"] * 3, "encoder": ["vit", "mambavision", "swin"] * 2,
+                           "projected_study_minutes": [1.0, 2.0, 3.0, 10.0, 20.0, 30.0]})
+    table = measurements.study_minutes(epochs)
+    assert list(table.index) == ["s", "t"]
+    assert list(table.columns[:3]) == ["mambavision", "swin", "vit"]
+    assert table["total"].tolist() == [6.0, 60.0]
+    assert table["total (h)"].tolist() == pytest.approx([0.1, 1.0])
