@@ -419,7 +419,7 @@ def parameter_names() -> list[str]:
 
 def reusable_run(config) -> bool:
     """True when the run folder of ``config`` holds a finished run made with the same parameters
-    (profiles.RUN_IRRELEVANT aside) and the same number of epochs: the train notebook then loads
+    (profiles.RUN_IRRELEVANT aside), the same tower architecture and the same number of epochs: the train notebook then loads
     it instead of training."""
     from . import results
 
@@ -427,9 +427,12 @@ def reusable_run(config) -> bool:
     if not results.is_finished(run) or not (run / "config.json").is_file():
         return False
     from .profiles import changed_parameters
+    from .towers import architecture
 
-    same = not changed_parameters(results.load_config(run), config)
-    return same and results.load_metrics(run).get("epochs") == config.epochs
+    saved = results.load_config(run)
+    same = not changed_parameters(saved, config)
+    same_tower = saved.get("architecture") == architecture(config.encoder, config.model_size, config.image_size)
+    return same and same_tower and results.load_metrics(run).get("epochs") == config.epochs
 
 
 def show_markdown(text: str) -> None:

@@ -40,7 +40,7 @@ from . import results
 from .evaluate import autocast_context, progress_iter, to_model_input, zero_shot_evaluate
 from .model import MVLIP, PromptBank, create_text_tower
 from .profiles import StudyConfig, changed_parameters, resolve_device
-from .towers import SSM_BACKEND, count_parameters, create_image_tower
+from .towers import SSM_BACKEND, architecture, count_parameters, create_image_tower
 
 logger = logging.getLogger("mvlip_utils.train")
 
@@ -256,6 +256,7 @@ def save_checkpoint(experiment: Experiment, optimizer, scheduler, epoch: int, hi
         "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         "config": experiment.config.to_dict(),
+        "architecture": _architecture(experiment.config),
         "history": history,
     }
     buffer = io.BytesIO()
@@ -275,7 +276,16 @@ def load_checkpoint(experiment: Experiment, optimizer, scheduler) -> tuple[int, 
     if changed:
         raise ValueError(f"checkpoint {path} was written with other parameters {changed} (saved, now); "
                          f"use another results_dir, or start again (train_run(..., resume=False); the study's --force)")
-    missing, unexpected = experiment.model.load_state_dict(state["model"], strict=False)
+    saved_tower, tower = state.get("architecture"), _architecture(experiment.config)
+    if saved_tower is not None and saved_tower != tower:
+        raise ValueError(f"checkpoint {path} was written for another {experiment.config.encoder} tower "
+                         f"({saved_tower}) than the one built now ({tower}); use another results_dir, or "
+                         f"start again (train_run(..., resume=False); the study's --force)")
+    try:
+        missing, unexpected = experiment.model.load_state_dict(state["model"], strict=False)
+    except RuntimeError as exc:  # shapes differ: a checkpoint of another architecture
+        raise ValueError(f"checkpoint {path} does not fit the model built now ({exc}); use another "
+                         f"results_dir, or start again (the study's --force)") from exc
     if unexpected or any(not k.startswith("text.") for k in missing):
         raise ValueError(f"checkpoint {path} does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
     optimizer.load_state_dict(state["optimizer"])
@@ -287,6 +297,10 @@ def load_checkpoint(experiment: Experiment, optimizer, scheduler) -> tuple[int, 
     if rng.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
     return int(state["epoch"]), list(state["history"])
+
+
+def _architecture(config: StudyConfig) -> dict[str, Any]:
+    return architecture(config.encoder, config.model_size, config.image_size)
 
 
 def write_run_config(experiment: Experiment) -> None:
@@ -304,6 +318,7 @@ def write_run_config(experiment: Experiment) -> None:
         "classnames": experiment.classnames,
         "parameters": {"image_tower": count_parameters(model.visual), "text_tower": count_parameters(model.text)},
         "timm_name": model.visual.timm_name,
+        "architecture": _architecture(experiment.config),
     })
 
 

@@ -241,11 +241,19 @@ def test_reusable_run_needs_same_parameters_and_epochs(tmp_path):
     config = get_config("smoke", encoder="vit", results_dir=str(tmp_path), epochs=2)
     run = results.run_dir(config)
     assert not study.reusable_run(config)
-    results.write_json(run / "config.json", {**config.to_dict(), "device": "cuda", "note": "other"})
+    from mvlip_utils.towers import architecture
+
+    tower = architecture("vit", "smoke", config.image_size)
+    results.write_json(run / "config.json", {**config.to_dict(), "device": "cuda", "note": "other",
+                                             "architecture": tower})
     results.write_json(run / "metrics.json", {"accuracy": 0.3, "epochs": 2})
     assert study.reusable_run(config)  # device and note do not matter
     assert not study.reusable_run(config.replace(lr=3e-4))
     assert not study.reusable_run(config.replace(epochs=3))
+    # a run made with another smoke architecture of the same encoder (the code changed) is not reused
+    other = {**tower, "overrides": {**tower["overrides"], "depth": 3}}
+    results.write_json(run / "config.json", {**config.to_dict(), "architecture": other})
+    assert not study.reusable_run(config)
 
 
 # ------------------------------------------------------------------------- discussion: the claims

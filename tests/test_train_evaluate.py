@@ -8,7 +8,7 @@ import pytest
 import torch
 from sklearn.metrics import f1_score, precision_score, recall_score
 
-from mvlip_utils import results, train
+from mvlip_utils import results, towers, train
 from mvlip_utils.evaluate import classification_metrics
 from mvlip_utils.profiles import get_config
 
@@ -127,6 +127,14 @@ def test_resume_refuses_a_checkpoint_from_other_parameters(tmp_path):
     train.train_run(config, progress=False, stop_after_epoch=1)
     with pytest.raises(ValueError, match="'lr'"):
         train.train_run(config.replace(lr=5e-4), progress=False)
+
+
+def test_resume_refuses_a_checkpoint_of_another_tower_architecture(tmp_path, monkeypatch):
+    config = tiny_config(tmp_path, epochs=2)
+    train.train_run(config, progress=False, stop_after_epoch=1)
+    monkeypatch.setitem(towers.SMOKE_OVERRIDES, "vit", {**towers.SMOKE_OVERRIDES["vit"], "depth": 1})
+    with pytest.raises(ValueError, match="another vit tower"):
+        train.train_run(config, progress=False)
 
 
 def test_resume_accepts_a_checkpoint_written_before_a_parameter_existed(tmp_path):
