@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mvlip_utils import study
+from mvlip_utils import discussion, study
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -92,15 +92,15 @@ def test_smoke_book_discussion_in_headless_chromium(tmp_path):
         header = table1["head"][0]
         column = header.index("ours CLIP(ViT)")
         rows = {r[0]: r for r in table1["body"]}
-        for key, label in study.TABLE1_METRICS.items():
+        for key, label in discussion.TABLE1_METRICS.items():
             assert rows[label][column] == f"{metrics[key]:.4f}", key
         assert rows["Accuracy"][header.index("paper MVLIP")] == "0.7466"
         # Table 2: our throughput measured the paper's way, from benchmark.json
-        bench = study.benchmark_numbers(json.loads((root / "results" / "smoke" / "vit" / "benchmark.json").read_text()))
+        bench = discussion.benchmark_numbers(json.loads((root / "results" / "smoke" / "vit" / "benchmark.json").read_text()))
         header2 = table2["head"][0]
-        vit_row = next(r for r in table2["body"] if r[0] == study.ENCODER_LABELS["vit"])
-        assert vit_row[header2.index(f"ours, {study.BENCH_METHODS['eval_loop']}: images/s")] == f"{bench['eval_loop']:.1f}"
-        assert vit_row[header2.index(f"ours, {study.BENCH_METHODS['model_only']}: images/s")] == f"{bench['model_only']:.1f}"
+        vit_row = next(r for r in table2["body"] if r[0] == discussion.ENCODER_LABELS["vit"])
+        assert vit_row[header2.index(f"ours, {discussion.BENCH_METHODS['eval_loop']}: images/s")] == f"{bench['eval_loop']:.1f}"
+        assert vit_row[header2.index(f"ours, {discussion.BENCH_METHODS['model_only']}: images/s")] == f"{bench['model_only']:.1f}"
         # the smoke profile says plainly that it proves nothing about the paper
         assert all(r[-1].startswith(("no verdict", "not measured")) for r in verdicts["body"])
         body_text = driver.find_element("tag name", "body").text

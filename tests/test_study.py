@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from mvlip_utils import results, study
+from mvlip_utils import discussion, report, results, study
 from mvlip_utils.profiles import ENCODERS, get_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +43,7 @@ def test_one_parameters_cell_first_with_every_parameter(path):
     assert tagged[0] == first_code, f"{path.name}: the parameters cell is not the first code cell"
     names = study.notebook_parameters(path)
     assert len(names) == len(set(names)), f"{path.name}: a parameter is assigned twice"
-    missing = set(study.parameter_names()) - set(names)
+    missing = set(report.parameter_names()) - set(names)
     per_encoder = path.stem in study.PER_ENCODER
     missing -= {"encoder"} if not per_encoder else set()
     assert not missing, f"{path.name}: parameters cell lacks {sorted(missing)}"
@@ -53,7 +53,7 @@ def test_one_parameters_cell_first_with_every_parameter(path):
     values = {t.id: ast.literal_eval(n.value) for n in ast.parse(cell).body if isinstance(n, ast.Assign)
               for t in n.targets}
     assert values["profile"] == "smoke"
-    assert all(values[f] is None for f in study.parameter_names() if f not in ("profile", "encoder"))
+    assert all(values[f] is None for f in report.parameter_names() if f not in ("profile", "encoder"))
 
 
 @pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=lambda p: p.stem)
@@ -240,20 +240,20 @@ def test_cli_reports_a_failing_step_and_exits_nonzero(tmp_path, capsys):
 def test_reusable_run_needs_same_parameters_and_epochs(tmp_path):
     config = get_config("smoke", encoder="vit", results_dir=str(tmp_path), epochs=2)
     run = results.run_dir(config)
-    assert not study.reusable_run(config)
+    assert not report.reusable_run(config)
     from mvlip_utils.towers import architecture
 
     tower = architecture("vit", "smoke", config.image_size)
     results.write_json(run / "config.json", {**config.to_dict(), "device": "cuda", "note": "other",
                                              "architecture": tower})
     results.write_json(run / "metrics.json", {"accuracy": 0.3, "epochs": 2})
-    assert study.reusable_run(config)  # device and note do not matter
-    assert not study.reusable_run(config.replace(lr=3e-4))
-    assert not study.reusable_run(config.replace(epochs=3))
+    assert report.reusable_run(config)  # device and note do not matter
+    assert not report.reusable_run(config.replace(lr=3e-4))
+    assert not report.reusable_run(config.replace(epochs=3))
     # a run made with another smoke architecture of the same encoder (the code changed) is not reused
     other = {**tower, "overrides": {**tower["overrides"], "depth": 3}}
     results.write_json(run / "config.json", {**config.to_dict(), "architecture": other})
-    assert not study.reusable_run(config)
+    assert not report.reusable_run(config)
 
 
 # ------------------------------------------------------------------------- discussion: the claims
@@ -275,7 +275,7 @@ def _bench(**ips):
 
 def test_table1_puts_paper_and_ours_side_by_side():
     ref = results.paper_reference()
-    t1 = study.table1(_runs(0.55, 0.50, 0.40), ref)
+    t1 = discussion.table1(_runs(0.55, 0.50, 0.40), ref)
     paper = t1["paper: MVLIP vs CLIP(Swin) (%)"]
     # the paper's own improvements (Table 1) follow from its numbers
     for metric, claimed in (("Accuracy", 9.83), ("Precision (weighted)", 9.42), ("Recall (weighted)", 9.83),
@@ -291,30 +291,30 @@ def test_table1_puts_paper_and_ours_side_by_side():
 def test_table1_without_swin_has_no_relative_difference():
     runs = _runs(0.5, 0.5, 0.5)
     del runs["swin"]
-    t1 = study.table1(runs, results.paper_reference())
+    t1 = discussion.table1(runs, results.paper_reference())
     assert "ours CLIP(Swin)" not in t1.columns
     assert t1["ours: MVLIP vs CLIP(Swin) (%)"].isna().all()
 
 
 def test_table2_relative_to_vit_both_ways():
-    t2 = study.table2(_bench(mambavision=(120, 300), swin=(100, 200), vit=(150, 600)), results.paper_reference())
-    mv = study.ENCODER_LABELS["mambavision"]
+    t2 = discussion.table2(_bench(mambavision=(120, 300), swin=(100, 200), vit=(150, 600)), results.paper_reference())
+    mv = report.ENCODER_LABELS["mambavision"]
     assert t2.loc[mv, "paper images/s"] == 626.35
     assert t2.loc[mv, "paper vs CLIP(ViT) (%)"] == pytest.approx(33.49, abs=0.01)
     assert t2.loc[mv, "ours, paper's way (whole eval loop): images/s"] == 120
     assert t2.loc[mv, "ours, paper's way (whole eval loop): vs CLIP(ViT) (%)"] == pytest.approx(-20.0)
     assert t2.loc[mv, "ours, model only: vs CLIP(ViT) (%)"] == pytest.approx(-50.0)
-    assert math.isnan(t2.loc[study.ENCODER_LABELS["vit"], "ours, model only: vs CLIP(ViT) (%)"])
+    assert math.isnan(t2.loc[report.ENCODER_LABELS["vit"], "ours, model only: vs CLIP(ViT) (%)"])
 
 
 @pytest.mark.parametrize("mv, expected", [(0.56, "supported"), (0.52, "partly"), (0.49, "not supported")])
 def test_verdicts_follow_the_data(mv, expected):
     ref = results.paper_reference()
     runs = _runs(mv, 0.50, 0.40, loss=(1.0, 2.0, 1.5), pretrained=True, size="paper")
-    t1 = study.table1(runs, ref)
-    t2 = study.table2(_bench(mambavision=(150, 300), swin=(100, 200), vit=(100, 600)), ref)
-    assert study.runs_are_evidence(runs)
-    verdicts = study.claim_verdicts(t1, t2, evidence=True).set_index("claim").verdict
+    t1 = discussion.table1(runs, ref)
+    t2 = discussion.table2(_bench(mambavision=(150, 300), swin=(100, 200), vit=(100, 600)), ref)
+    assert discussion.runs_are_evidence(runs)
+    verdicts = discussion.claim_verdicts(t1, t2, evidence=True).set_index("claim").verdict
     assert verdicts.iloc[0].startswith(expected)           # 9-10% on the metrics
     assert verdicts.iloc[1] == "supported"                  # 50% lower loss >= 37%
     assert verdicts.iloc[2] == "supported"                  # eval loop +50% vs ViT
@@ -326,10 +326,10 @@ def test_verdicts_follow_the_data(mv, expected):
 def test_smoke_runs_get_no_verdict():
     ref = results.paper_reference()
     runs = _runs(0.9, 0.1, 0.1)
-    assert not study.runs_are_evidence(runs)
-    t1 = study.table1(runs, ref)
-    t2 = study.table2(_bench(mambavision=(150, 300), swin=(100, 200), vit=(100, 600)), ref)
-    verdicts = study.claim_verdicts(t1, t2, evidence=False)
+    assert not discussion.runs_are_evidence(runs)
+    t1 = discussion.table1(runs, ref)
+    t2 = discussion.table2(_bench(mambavision=(150, 300), swin=(100, 200), vit=(100, 600)), ref)
+    verdicts = discussion.claim_verdicts(t1, t2, evidence=False)
     assert verdicts.verdict.str.startswith("no verdict").all()
     assert verdicts.loc[0, "ours"] == "+800.00% to +800.00%"
 
@@ -338,7 +338,7 @@ def test_missing_runs_are_not_measured():
     ref = results.paper_reference()
     runs = _runs(0.5, 0.5, 0.5, pretrained=True, size="paper")
     del runs["swin"]
-    verdicts = study.claim_verdicts(study.table1(runs, ref), study.table2({}, ref), evidence=True)
+    verdicts = discussion.claim_verdicts(discussion.table1(runs, ref), discussion.table2({}, ref), evidence=True)
     assert verdicts.verdict.str.startswith("not measured").all()
 
 
@@ -350,16 +350,16 @@ def test_benchmark_records_round_trip_through_benchmark_json(tmp_path):
     loop = benchmark.eval_loop_throughput(lambda: {"n_val": 40}, repeats=1)
     alone = benchmark.model_throughput(nn.Conv2d(3, 4, 3), batch_size=2, image_size=16, warmup=1, repeats=2)
     sweep = pd.DataFrame([{"resolution": 16, "images_per_s": 5.0}])
-    path = benchmark.write_benchmark(tmp_path / "benchmark.json", study.benchmark_records(loop, alone, sweep))
-    got = study.benchmark_numbers(benchmark.read_benchmark(path))
+    path = benchmark.write_benchmark(tmp_path / "benchmark.json", discussion.benchmark_records(loop, alone, sweep))
+    got = discussion.benchmark_numbers(benchmark.read_benchmark(path))
     assert got == pytest.approx({"eval_loop": loop["images_per_s"], "model_only": alone["images_per_s"]})
 
 
 def test_relative_change():
-    assert study.relative_change(110, 100) == pytest.approx(10.0)
-    assert math.isnan(study.relative_change(1, 0))
-    assert math.isnan(study.relative_change(None, 1))
-    assert math.isnan(study.relative_change(float("nan"), 1))
+    assert discussion.relative_change(110, 100) == pytest.approx(10.0)
+    assert math.isnan(discussion.relative_change(1, 0))
+    assert math.isnan(discussion.relative_change(None, 1))
+    assert math.isnan(discussion.relative_change(float("nan"), 1))
 
 
 # ------------------------------------------------------------------------------------ book build
