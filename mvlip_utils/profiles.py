@@ -10,7 +10,7 @@ are never the paper's.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 ENCODERS = ("mambavision", "swin", "vit")
