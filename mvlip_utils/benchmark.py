@@ -18,7 +18,6 @@ factory callable (``lambda r: create_image_tower("swin", "paper", image_size=r)`
 """
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import gc
 import json
@@ -39,7 +38,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-PRECISIONS = ("fp32", "tf32", "bf16")
+from .precision import PRECISIONS, precision_context
+from .precision import autocast_region as _autocast
+
 MODES = ("inference", "train")
 FORMAT = "mvlip-benchmark-v1"
 
@@ -137,42 +138,6 @@ def time_callable(fn: Callable[[], Any], device="cpu", warmup: int = 5, repeats:
                 p90_s=float(np.percentile(arr, 90)), mean_s=float(arr.mean()), min_s=float(arr.min()),
                 max_s=float(arr.max()), repeats=repeats, warmup=warmup,
                 timer="cuda_event" if use_events else "perf_counter", times_s=[float(t) for t in arr])
-
-
-# --------------------------------------------------------------------------------------- precision
-@contextlib.contextmanager
-def precision_context(precision: str, device="cpu", autocast: bool = True):
-    """Set the float32 matmul mode for ``precision`` and (``autocast=True``) enter autocast for bf16;
-    restore the previous settings on exit.
-
-    fp32: TF32 explicitly off (cuBLAS and cuDNN), ``float32_matmul_precision("highest")``.
-    tf32: TF32 on (cuBLAS and cuDNN), ``float32_matmul_precision("high")``, no autocast.
-    bf16: TF32 off for any float32 work left, ``torch.autocast(device.type, dtype=torch.bfloat16)``.
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"parameter precision={precision!r} is not one of {list(PRECISIONS)}")
-    dev = _device(device)
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-             torch.get_float32_matmul_precision())
-    tf32 = precision == "tf32"
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
-    torch.set_float32_matmul_precision("high" if tf32 else "highest")
-    try:
-        if precision == "bf16" and autocast:
-            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16):
-                yield
-        else:
-            yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[0], saved[1]
-        torch.set_float32_matmul_precision(saved[2])
-
-
-def _autocast(precision: str, dev: torch.device):
-    if precision == "bf16":
-        return torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def _first_tensor(out) -> torch.Tensor:

@@ -7,7 +7,6 @@ the cross-entropy of the zero-shot logits (scaled by the model's logit scale) ag
 
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Any, Sequence
 
@@ -17,16 +16,7 @@ import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support, top_k_accuracy_score
 from tqdm.auto import tqdm
 
-
-def autocast_context(device: str, precision: str):
-    """fp32 (TF32 off), tf32 (TF32 matmuls on CUDA) or bf16 autocast."""
-    if str(device).startswith("cuda"):
-        allow = precision == "tf32"
-        torch.backends.cuda.matmul.allow_tf32 = allow
-        torch.backends.cudnn.allow_tf32 = allow
-    if precision == "bf16":
-        return torch.autocast(device_type=str(device).split(":")[0], dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+from .precision import autocast_region, precision_context
 
 
 def progress_iter(loader, desc: str, enabled: bool = True, bar_out: list | None = None):
@@ -89,12 +79,13 @@ def zero_shot_logits(model, loader, classifier: torch.Tensor, device: str, preci
     scale = model.logit_scale.exp().float()
     classifier = classifier.to(device).float()
     start = time.perf_counter()
-    for images, target in progress_iter(loader, desc, progress):
-        images = to_model_input(images, device)
-        with autocast_context(device, precision):
-            features = model.encode_image(images, normalize=True)
-        logits.append((scale * features.float() @ classifier).cpu())
-        labels.append(target)
+    with precision_context(precision, device, autocast=False):
+        for images, target in progress_iter(loader, desc, progress):
+            images = to_model_input(images, device)
+            with autocast_region(precision, device):
+                features = model.encode_image(images, normalize=True)
+            logits.append((scale * features.float() @ classifier).cpu())
+            labels.append(target)
     if str(device).startswith("cuda"):
         torch.cuda.synchronize()
     wall = time.perf_counter() - start

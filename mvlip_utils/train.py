@@ -37,8 +37,9 @@ from open_clip import ClipLoss
 from . import data as data_mod
 from . import distributed as dist_mod
 from . import results
-from .evaluate import autocast_context, progress_iter, to_model_input, zero_shot_evaluate
+from .evaluate import progress_iter, to_model_input, zero_shot_evaluate
 from .model import MVLIP, PromptBank, create_text_tower
+from .precision import autocast_region, precision_context
 from .profiles import StudyConfig, changed_parameters, resolve_device
 from .towers import SSM_BACKEND, architecture, count_parameters, create_image_tower
 
@@ -150,7 +151,7 @@ def contrastive_loss(experiment: Experiment, loss_fn: ClipLoss, images: torch.Te
                      templates: torch.Tensor) -> torch.Tensor:
     model = experiment.model
     images = to_model_input(images, experiment.device)
-    with autocast_context(experiment.device, experiment.config.precision):
+    with autocast_region(experiment.config.precision, experiment.device):
         if experiment.ddp_visual is not None and model.training:  # DDP: gradients are all-reduced
             image_features = F.normalize(experiment.ddp_visual(images), dim=-1)
         else:
@@ -161,6 +162,13 @@ def contrastive_loss(experiment: Experiment, loss_fn: ClipLoss, images: torch.Te
 
 def train_one_epoch(experiment: Experiment, optimizer, scheduler, loss_fn: ClipLoss, epoch: int,
                     progress: bool = True) -> float:
+    """One epoch under the run's precision (the TF32 mode holds for the backward pass too)."""
+    with precision_context(experiment.config.precision, experiment.device, autocast=False):
+        return _train_one_epoch(experiment, optimizer, scheduler, loss_fn, epoch, progress)
+
+
+def _train_one_epoch(experiment: Experiment, optimizer, scheduler, loss_fn: ClipLoss, epoch: int,
+                     progress: bool) -> float:
     config = experiment.config
     model = experiment.model
     model.train()
@@ -217,10 +225,11 @@ def validation_loss(experiment: Experiment, loss_fn: ClipLoss, progress: bool = 
                                   num_workers=config.num_workers, seed=config.seed)
     draws = _epoch_generator(config.seed, 0, stream=2)
     losses, sizes = [], []
-    for images, labels in progress_iter(loader, "val loss", progress):
-        templates = torch.randint(len(experiment.bank.templates), (len(labels),), generator=draws)
-        losses.append(contrastive_loss(experiment, loss_fn, images, labels, templates).item())
-        sizes.append(len(labels))
+    with precision_context(config.precision, experiment.device, autocast=False):
+        for images, labels in progress_iter(loader, "val loss", progress):
+            templates = torch.randint(len(experiment.bank.templates), (len(labels),), generator=draws)
+            losses.append(contrastive_loss(experiment, loss_fn, images, labels, templates).item())
+            sizes.append(len(labels))
     return float(np.average(losses, weights=sizes))
 
 

@@ -1,0 +1,37 @@
+"""One place for numerical precision: TF32 mode for a whole region, bf16 autocast for a forward pass."""
+
+import pytest
+import torch
+
+from mvlip_utils.precision import autocast_region, precision_context
+
+
+def _flags():
+    return (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+            torch.get_float32_matmul_precision())
+
+
+@pytest.mark.parametrize("precision, tf32", [("fp32", False), ("tf32", True), ("bf16", False)])
+def test_precision_context_sets_the_tf32_mode_and_restores_it(precision, tf32):
+    before = _flags()
+    with precision_context(precision, "cpu", autocast=False):
+        assert _flags() == (tf32, tf32, "high" if tf32 else "highest")
+        assert not torch.is_autocast_enabled("cpu")
+    assert _flags() == before
+
+
+def test_bf16_autocast_covers_the_forward_only_where_asked():
+    layer = torch.nn.Linear(4, 4)
+    x = torch.randn(2, 4)
+    with autocast_region("bf16", "cpu"):
+        assert layer(x).dtype == torch.bfloat16
+    with autocast_region("fp32", "cpu"):
+        assert layer(x).dtype == torch.float32
+    with precision_context("bf16", torch.device("cpu")):
+        assert layer(x).dtype == torch.bfloat16
+
+
+def test_unknown_precision_is_named():
+    with pytest.raises(ValueError, match="precision='fp16'"):
+        with precision_context("fp16"):
+            pass
