@@ -29,7 +29,6 @@ import socket
 import subprocess
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -39,6 +38,7 @@ import torch
 from torch import nn
 
 from .precision import PRECISIONS, precision_context
+from .results import package_version
 from .precision import autocast_region as _autocast
 
 MODES = ("inference", "train")
@@ -158,11 +158,7 @@ def _model_bytes(module: nn.Module) -> int:
 
 def _versions() -> dict:
     out = {"torch": torch.__version__}
-    for pkg in ("timm", "triton", "mambavision", "open_clip_torch", "numpy"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
+    out.update({pkg: package_version(pkg) for pkg in ("timm", "triton", "mambavision", "open_clip_torch", "numpy")})
     return out
 
 

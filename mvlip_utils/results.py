@@ -90,15 +90,20 @@ def is_finished(run: str | os.PathLike) -> bool:
     return (Path(run) / "metrics.json").is_file()
 
 
+def package_version(name: str) -> str | None:
+    """The installed version of distribution ``name``; None when it is not installed."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def versions() -> dict[str, str]:
     import torch
 
     out = {"python": platform.python_version(), "torch_build": torch.__version__}
     for name in ("torch", "torchvision", "timm", "open_clip_torch", "mambavision", "numpy", "scikit-learn"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
+        out[name] = package_version(name) or "not installed"
     return out
 
 

@@ -37,7 +37,7 @@ from open_clip import ClipLoss
 from . import data as data_mod
 from . import distributed as dist_mod
 from . import results
-from .evaluate import progress_iter, to_model_input, zero_shot_evaluate
+from .evaluate import progress_iter, synchronize, to_model_input, zero_shot_evaluate
 from .model import MVLIP, PromptBank, create_text_tower
 from .precision import autocast_region, precision_context
 from .profiles import StudyConfig, changed_parameters, resolve_device
@@ -384,7 +384,7 @@ def train_run(config: StudyConfig, resume: bool = True, progress: bool = True,
     for epoch in range(start_epoch + 1, config.epochs + 1):
         started = time.perf_counter()
         train_loss = train_one_epoch(experiment, optimizer, scheduler, loss_fn, epoch, progress)
-        _sync(experiment.device)
+        synchronize(experiment.device)
         train_seconds = time.perf_counter() - started
         row = timings = None
         if main:
@@ -420,11 +420,6 @@ def train_run(config: StudyConfig, resume: bool = True, progress: bool = True,
         write_final_results(experiment, evaluation, len(history))
     dist_mod.barrier()
     return pd.DataFrame(history, columns=results.HISTORY_COLUMNS)
-
-
-def _sync(device: str) -> None:
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 # ------------------------------------------------------------------------------------------- CLI
