@@ -515,6 +515,30 @@ def make_loader(dataset, batch_size: int, shuffle: bool, drop_last: bool, num_wo
                       pin_memory=pin_memory, persistent_workers=False)
 
 
+# ------------------------------------------------------------------------------ synthetic JPEG files
+def write_random_jpeg(job: tuple[str, int, int, int]) -> int:
+    """Write one JPEG (smooth colour field plus noise, sides drawn in lo..hi px) from ``(path, seed, lo,
+    hi)``; returns its size in bytes. For timing JPEG decoding at ImageNet-like file sizes."""
+    path, seed, lo, hi = job
+    rng = np.random.default_rng(seed)
+    w, h = (int(v) for v in rng.integers(lo, hi + 1, size=2))
+    low = rng.integers(0, 256, size=(int(rng.integers(3, 9)), int(rng.integers(3, 9)), 3), dtype=np.uint8)
+    img = np.asarray(Image.fromarray(low).resize((w, h), Image.BICUBIC), dtype=np.int16)
+    img = np.clip(img + rng.integers(-14, 15, size=img.shape), 0, 255).astype(np.uint8)  # texture
+    Image.fromarray(img).save(path, format="JPEG", quality=90)
+    return os.path.getsize(path)
+
+
+def write_random_jpegs(jobs: Sequence[tuple[str, int, int, int]], workers: int = 1, chunksize: int = 16) -> list[int]:
+    """``write_random_jpeg`` for every job, over ``workers`` forked processes; the files' sizes."""
+    if workers > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("fork").Pool(workers) as pool:
+            return pool.map(write_random_jpeg, jobs, chunksize=chunksize)
+    return [write_random_jpeg(job) for job in jobs]
+
+
 # ------------------------------------------------------------------------------ preprocessed cache
 CACHE_FORMAT = "mvlip-uint8-v1"
 

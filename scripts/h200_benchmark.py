@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import signal
 import subprocess
@@ -46,6 +45,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from mvlip_utils import benchmark as B  # noqa: E402
+from mvlip_utils.data import write_random_jpegs  # noqa: E402
 
 ENCODERS = ("mambavision", "swin", "vit")
 
@@ -210,18 +210,6 @@ def part_sweep(run: Run, s: dict, encoders) -> None:
 
 
 # ------------------------------------------------------------------------------------ end-to-end
-def _write_jpeg(job):
-    from PIL import Image
-    path, seed, lo, hi = job
-    rng = np.random.default_rng(seed)
-    w, h = (int(v) for v in rng.integers(lo, hi + 1, size=2))
-    low = rng.integers(0, 256, size=(int(rng.integers(3, 9)), int(rng.integers(3, 9)), 3), dtype=np.uint8)
-    img = np.asarray(Image.fromarray(low).resize((w, h), Image.BICUBIC), dtype=np.int16)
-    img = np.clip(img + rng.integers(-14, 15, size=img.shape), 0, 255).astype(np.uint8)  # texture
-    Image.fromarray(img).save(path, format="JPEG", quality=90)
-    return os.path.getsize(path)
-
-
 def make_jpeg_folder(root: Path, n_images: int, n_classes: int, lo: int, hi: int, workers: int) -> dict:
     """``root/c0000/*.jpg`` ...: n_images random-ish JPEGs (smooth colour fields plus noise) of
     lo..hi px per side, spread round-robin over n_classes folders (like ImageNet-mini's val split)."""
@@ -231,11 +219,7 @@ def make_jpeg_folder(root: Path, n_images: int, n_classes: int, lo: int, hi: int
         folder.mkdir(parents=True, exist_ok=True)
         jobs.append((str(folder / f"img_{i:05d}.jpg"), 1000 + i, lo, hi))
     t = time.perf_counter()
-    if workers > 1:
-        with mp.get_context("fork").Pool(workers) as pool:
-            sizes = pool.map(_write_jpeg, jobs, chunksize=32)
-    else:
-        sizes = [_write_jpeg(j) for j in jobs]
+    sizes = write_random_jpegs(jobs, workers, chunksize=32)
     return dict(n_images=n_images, n_classes=n_classes, min_side=lo, max_side=hi,
                 mean_file_bytes=float(np.mean(sizes)), seconds=time.perf_counter() - t)
 

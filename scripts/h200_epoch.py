@@ -20,11 +20,8 @@ projection is on the slow side.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
-import multiprocessing as mp
 import os
-import shlex
 import sys
 import tempfile
 import time
@@ -49,19 +46,6 @@ SETTINGS = {
 
 
 # ------------------------------------------------------------------------------------------- data
-def _write_jpeg(job) -> int:
-    from PIL import Image
-
-    path, seed, lo, hi = job
-    rng = np.random.default_rng(seed)
-    w, h = (int(v) for v in rng.integers(lo, hi + 1, size=2))
-    low = rng.integers(0, 256, size=(int(rng.integers(3, 9)), int(rng.integers(3, 9)), 3), dtype=np.uint8)
-    img = np.asarray(Image.fromarray(low).resize((w, h), Image.BICUBIC), dtype=np.int16)
-    img = np.clip(img + rng.integers(-14, 15, size=img.shape), 0, 255).astype(np.uint8)
-    Image.fromarray(img).save(path, format="JPEG", quality=90)
-    return os.path.getsize(path)
-
-
 def make_imagenet_mini_like(root: Path, classes: int, train_per_class: int, val_per_class: int,
                             lo: int, hi: int, workers: int | None = None) -> dict:
     """root/train/<wnid>/*.JPEG and root/val/<wnid>/*.JPEG for the first ``classes`` ImageNet wnids.
@@ -83,11 +67,9 @@ def make_imagenet_mini_like(root: Path, classes: int, train_per_class: int, val_
                 jobs.append((str(folder / f"{wnid}_{split}_{i:03d}.JPEG"), (0 if split == "train" else 10**7) + c * 1000 + i, lo, hi))
     t = time.perf_counter()
     workers = workers or max(1, min(32, os.cpu_count() or 1))
-    if workers > 1:
-        with mp.get_context("fork").Pool(workers) as pool:
-            sizes = pool.map(_write_jpeg, jobs, chunksize=16)
-    else:
-        sizes = [_write_jpeg(j) for j in jobs]
+    from mvlip_utils.data import write_random_jpegs
+
+    sizes = write_random_jpegs(jobs, workers, chunksize=16)
     out = dict(params=params, n_train=classes * train_per_class, n_val=classes * val_per_class,
                mean_file_kb=round(float(np.mean(sizes)) / 1024, 1), seconds=round(time.perf_counter() - t, 1))
     manifest.write_text(json.dumps(out, indent=2))
@@ -96,26 +78,11 @@ def make_imagenet_mini_like(root: Path, classes: int, train_per_class: int, val_
 
 # ------------------------------------------------------------------------------------- measuring
 def provenance(device: str, world_size: int) -> dict:
-    import open_clip
-    import timm
-
+    from mvlip_utils.benchmark import collect_provenance
     from mvlip_utils.towers import SSM_BACKEND
 
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
-    try:
-        import subprocess
-
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                timeout=5).stdout.strip() or None
-    except Exception:  # noqa: BLE001 - provenance only
-        commit = None
-    return dict(date_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                command=shlex.join([Path(sys.argv[0]).name] + sys.argv[1:]),
-                launcher="torchrun" if world_size > 1 else "python", world_size=world_size,
-                gpus=gpus, gpu_name=gpus[0] if gpus else None, device=device, cuda=torch.version.cuda,
-                cpu_count=os.cpu_count(), python=sys.version.split()[0],
-                versions=dict(torch=torch.__version__, timm=timm.__version__, open_clip=open_clip.__version__),
-                ssm_backend=SSM_BACKEND, git_commit=commit)
+    return collect_provenance(device, launcher="torchrun" if world_size > 1 else "python",
+                              world_size=world_size, ssm_backend=SSM_BACKEND)
 
 
 def run_encoder(encoder: str, s: dict, data: Path, results_dir: Path, device: str) -> dict:

@@ -337,3 +337,18 @@ def test_cache_matches_transform(tmp_path, generated):
         D.CachedImageDataset(tmp_path / "nope.pt")
     with pytest.raises(ValueError, match="batch_uint8"):
         D.normalize_on_device(xb.float(), "cpu")
+
+
+def test_random_jpegs_are_real_deterministic_files_within_the_size_range(tmp_path):
+    from PIL import Image as PILImage
+
+    from mvlip_utils.data import write_random_jpegs
+
+    jobs = [(str(tmp_path / f"{i}.jpg"), 7 + i, 40, 60) for i in range(3)]
+    sizes = write_random_jpegs(jobs, workers=2, chunksize=1)
+    first = [(tmp_path / f"{i}.jpg").read_bytes() for i in range(3)]
+    assert sizes == [len(b) for b in first]
+    assert write_random_jpegs(jobs[:1]) == sizes[:1] and (tmp_path / "0.jpg").read_bytes() == first[0]
+    for i in range(3):
+        with PILImage.open(tmp_path / f"{i}.jpg") as img:
+            assert img.format == "JPEG" and all(40 <= side <= 60 for side in img.size)
