@@ -1,12 +1,14 @@
 """Zero-shot classification on the validation split, and its metrics.
 
 Metrics are scikit-learn's: the paper's Table 1 uses the *weighted* precision, recall and F1 (FACTS.md);
-macro averages, top-5, per-class accuracy and the confusion matrix come alongside. The zero-shot loss is
-the cross-entropy of the zero-shot logits (scaled by the model's logit scale) against the labels.
+macro averages, top-5 (NaN with five classes or fewer), per-class accuracy and the confusion matrix come
+alongside. The zero-shot loss is the cross-entropy of the zero-shot logits (scaled by the model's logit
+scale) against the labels.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Sequence
 
@@ -51,15 +53,19 @@ def synchronize(device) -> None:
 
 
 def classification_metrics(labels: np.ndarray, logits: np.ndarray, n_classes: int | None = None) -> dict[str, Any]:
-    """Top-1/top-5 accuracy and weighted/macro precision, recall, F1 (scikit-learn) from logits."""
+    """Top-1/top-5 accuracy and weighted/macro precision, recall, F1 (scikit-learn) from logits.
+
+    ``top5`` is NaN with five classes or fewer: top-5 accuracy is then 1 by definition and a top-k of
+    a smaller k would be another metric under the same name (metrics.json holds it as null).
+    """
     labels = np.asarray(labels)
     logits = np.asarray(logits, dtype=np.float64)
     n_classes = n_classes or logits.shape[1]
     classes = np.arange(n_classes)
     predictions = logits.argmax(axis=1)
     out: dict[str, Any] = {"accuracy": float(accuracy_score(labels, predictions))}
-    k = min(5, n_classes - 1) if n_classes > 2 else 1
-    out["top5"] = float(top_k_accuracy_score(labels, logits, k=k, labels=classes)) if n_classes > 2 else out["accuracy"]
+    out["top5"] = (float(top_k_accuracy_score(labels, logits, k=5, labels=classes)) if n_classes > 5
+                   else math.nan)
     for average in ("weighted", "macro"):
         # scikit-learn's default label set (classes in labels or predictions), as the authors' call used
         p, r, f, _ = precision_recall_fscore_support(labels, predictions, average=average, zero_division=0)

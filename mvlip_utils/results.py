@@ -3,12 +3,15 @@
 One folder per run, fixed by the parameters: ``<results_dir>/<profile>/<encoder>/`` holding
 ``config.json``, ``history.csv`` (a row per epoch), ``metrics.json`` (final epoch),
 ``per_class.csv``, ``confusion.csv``, ``benchmark.json`` and the git-ignored ``checkpoint.pt``.
-The paper's reference numbers live in ``mvlip_utils/paper_reference/``.
+The paper's reference numbers live in ``mvlip_utils/paper_reference/``. JSON is written strictly: a
+number that is not defined (NaN, such as ``top5`` with five classes or fewer) is null there, an empty
+field in ``history.csv``, and NaN again once read back with :func:`load_metrics` / :func:`load_history`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import tempfile
@@ -46,7 +49,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n").encode())
+    """``obj`` as strict JSON: NaN and infinities are written as null (as benchmark.write_benchmark does)."""
+    text = json.dumps(_finite_or_none(obj), indent=2, sort_keys=False, default=_jsonable, allow_nan=False)
+    atomic_write_bytes(path, (text + "\n").encode())
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -56,11 +61,22 @@ def read_json(path: str | os.PathLike) -> Any:
     return json.loads(path.read_text())
 
 
+def _finite_or_none(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, +-inf), also inside dicts, lists and tuples, as None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(item) for item in value]
+    return value
+
+
 def _jsonable(value: Any) -> Any:
     if hasattr(value, "item"):
-        return value.item()
+        return _finite_or_none(value.item())
     if hasattr(value, "tolist"):
-        return value.tolist()
+        return _finite_or_none(value.tolist())
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
@@ -79,7 +95,10 @@ def load_history(run: str | os.PathLike) -> pd.DataFrame:
 
 
 def load_metrics(run: str | os.PathLike) -> dict[str, Any]:
-    return read_json(Path(run) / "metrics.json")
+    """The run's metrics.json; a metric written as null (not defined for the run, such as ``top5`` with
+    five classes or fewer) comes back as NaN, as in the history."""
+    return {key: math.nan if value is None else value
+            for key, value in read_json(Path(run) / "metrics.json").items()}
 
 
 def load_config(run: str | os.PathLike) -> dict[str, Any]:

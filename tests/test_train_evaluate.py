@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from sklearn.metrics import f1_score, precision_score, recall_score
+from sklearn.metrics import f1_score, precision_score, recall_score, top_k_accuracy_score
 
 from mvlip_utils import results, towers, train
 from mvlip_utils.evaluate import classification_metrics
@@ -53,6 +53,35 @@ def test_classification_metrics_are_sklearns_weighted_and_macro():
     assert metrics["top5"] >= metrics["accuracy"]
 
 
+def test_top5_is_top5_with_ten_classes_and_not_reported_with_five_or_fewer():
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 10, 300)
+    logits = rng.normal(size=(300, 10)) + 1.5 * np.eye(10)[labels] * rng.random((300, 1))
+    top5 = classification_metrics(labels, logits)["top5"]
+    assert top5 == pytest.approx(top_k_accuracy_score(labels, logits, k=5, labels=np.arange(10)))
+    assert top5 == pytest.approx(np.mean([label in np.argsort(-row)[:5] for row, label in zip(logits, labels)]))
+    assert top5 != pytest.approx(top_k_accuracy_score(labels, logits, k=3, labels=np.arange(10)))
+    for n_classes in (2, 4, 5):  # top-5 of five classes or fewer is 1 by definition: not a number to report
+        labels = rng.integers(0, n_classes, 50)
+        metrics = classification_metrics(labels, rng.normal(size=(50, n_classes)))
+        assert np.isnan(metrics["top5"]) and np.isfinite(metrics["accuracy"])
+        assert set(metrics) == {"accuracy", "top5", "precision_weighted", "recall_weighted", "f1_weighted",
+                                "precision_macro", "recall_macro", "f1_macro"}  # no top-k under another name
+    assert np.isnan(classification_metrics([0, 1, 2], np.eye(4)[[0, 1, 2]], n_classes=4)["top5"])
+
+
+def test_json_is_strict_and_nan_comes_back_from_metrics_and_history(tmp_path):
+    results.write_json(tmp_path / "metrics.json", {"accuracy": 0.25, "top5": float("nan"), "n_classes": 4,
+                                                   "loss": np.float32("inf"), "nested": [np.nan, 1.0]})
+    text = (tmp_path / "metrics.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"accuracy": 0.25, "top5": None, "n_classes": 4, "loss": None, "nested": [None, 1.0]}
+    metrics = results.load_metrics(tmp_path)
+    assert np.isnan(metrics["top5"]) and np.isnan(metrics["loss"]) and metrics["accuracy"] == 0.25
+    results.write_history(tmp_path, [{"epoch": 1, "accuracy": 0.5, "top5": float("nan")}])
+    assert np.isnan(results.load_history(tmp_path).top5.iloc[0])
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("run")
@@ -72,6 +101,9 @@ def test_a_run_writes_every_results_file_with_the_documented_keys(finished_run):
     assert set(results.METRIC_KEYS) <= set(metrics)
     assert metrics["n_val"] == 16 and metrics["n_classes"] == 4 and metrics["epochs"] == 2
     assert metrics["accuracy"] == pytest.approx(history.accuracy.iloc[-1])
+    # four classes: no top-5 (null in metrics.json, NaN when read back and in the history)
+    assert json.loads((run / "metrics.json").read_text())["top5"] is None
+    assert np.isnan(metrics["top5"]) and history.top5.isna().all() and on_disk.top5.isna().all()
     saved = results.load_config(run)
     assert saved["encoder"] == "vit" and saved["seed"] == 0 and saved["versions"]["torch_build"] == torch.__version__
     assert saved["parameters"]["text_tower"]["trainable"] == 0
@@ -119,7 +151,7 @@ def test_an_interrupted_run_resumes_to_the_same_metrics(tmp_path):
     timing = {"eval_images_per_s"}
     resumed_metrics = {k: v for k, v in results.load_metrics(run).items() if k not in timing}
     expected_metrics = {k: v for k, v in results.load_metrics(results.run_dir(straight)).items() if k not in timing}
-    assert resumed_metrics == pytest.approx(expected_metrics, rel=1e-6)
+    assert resumed_metrics == pytest.approx(expected_metrics, rel=1e-6, nan_ok=True)  # top5: NaN (4 classes)
 
 
 def test_resume_refuses_a_checkpoint_from_other_parameters(tmp_path):
