@@ -1,15 +1,18 @@
 # The MVLIP study in two commands (README):
 #   make book   set-up, then the whole smoke study through papermill, then the HTML book
 #   make test   set-up, then the test suite (CI runs this through .ci/run)
+#   make lab    set-up, then JupyterLab at the repository root (notebooks/, kernel "Python (mvlip)")
 # Options: make book PROFILE=paper ENCODERS="mambavision swin" STUDY_ARGS="--force -p epochs=2"
+#          make lab LAB_ARGS="--no-browser --ServerApp.port=8890"
 SHELL := /bin/bash
 PYTHON := .venv/bin/python
 PROFILE ?= smoke
 ENCODERS ?= mambavision swin vit
 STUDY_ARGS ?=
 PYTEST_ARGS ?=
+LAB_ARGS ?=
 
-.PHONY: all setup book study test clean
+.PHONY: all setup book study test lab clean
 
 all: book
 
@@ -26,6 +29,11 @@ study: setup
 
 test: setup
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+# JupyterLab (installed by the set-up) serving the repository root; the notebooks ask for the kernel
+# "mvlip" that the set-up registers. Jupyter refuses to run as root without --allow-root.
+lab: setup
+	.venv/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 # removes what the smoke study and the book build wrote; keeps .venv, the paper profile's results and any
 # dataset of your own under data/

@@ -4,7 +4,7 @@
 #
 #   1. a virtual environment in .venv (created if missing)
 #   2. torch==2.14.1 and torchvision==0.29.1 (pip takes them from this machine's local wheel store)
-#   3. the project itself, editable, with its test extras:  pip install -e .[test]
+#   3. the project itself, editable, with its test and JupyterLab extras:  pip install -e .[test,lab]
 #   4. mambavision==1.2.0 without its dependencies (they pin old timm/transformers and a CUDA-only mamba-ssm;
 #      mvlip_utils.ssm supplies the selective scan instead)
 #   5. a Jupyter kernel named "mvlip" that runs this venv's python (for JupyterLab and papermill)
@@ -57,16 +57,16 @@ else
     pip_install "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
 fi
 
-# 3. the project, editable, with test extras ----------------------------------------------------------
+# 3. the project, editable, with the test and lab (JupyterLab) extras ----------------------------------
 # The stamp records the hash of pyproject.toml and where the package is installed from; a change to
 # either (a new dependency, a fresh clone in another folder) triggers a reinstall.
 want="$(sha256sum pyproject.toml | cut -d' ' -f1) $ROOT"
 have="$(cat "$STAMP" 2>/dev/null || true)"
-if [ "$want" = "$have" ] && "$VPY" -c "import mvlip_utils, selenium, pytest, papermill" 2>/dev/null; then
+if [ "$want" = "$have" ] && "$VPY" -c "import mvlip_utils, selenium, pytest, papermill, jupyterlab" 2>/dev/null; then
     step "mvlip_utils (editable) and its dependencies already installed"
 else
-    step "installing the project: pip install -e .[test]"
-    pip_install -e ".[test]"
+    step "installing the project: pip install -e .[test,lab]"
+    pip_install -e ".[test,lab]"
     echo "$want" > "$STAMP"
 fi
 
