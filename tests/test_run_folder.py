@@ -3,19 +3,23 @@
 A finished or checkpointed run is only ever continued or returned for the very parameters it was made
 with, ``epochs`` included; anything else is refused with a RunMismatchError that changes nothing. After each
 case the folder's config.json, history.csv and metrics.json agree (results.check_run_consistency).
-Three entry points: train_run, the train CLI, and the 02_train notebook through papermill.
+Entry points: train_run and the train CLI.
 """
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
-from mvlip_utils import results
+from mvlip_utils import report, results, train
 from mvlip_utils.profiles import get_config
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(encoder="vit", epochs=2, generated_classes=4, generated_train_per_class=8, generated_val_per_class=4,
-            batch_size=16, eval_batch_size=16, image_size=32, device="cpu")
+TINY = {"encoder": "vit", "epochs": 2, "generated_classes": 4, "generated_train_per_class": 8,
+        "generated_val_per_class": 4, "batch_size": 16, "eval_batch_size": 16, "image_size": 32, "device": "cpu"}
 WAYS_ON = ("resume=False", "--no-resume", "--force", "another results_dir")
 
 
@@ -34,6 +38,114 @@ def assert_consistent(run: Path, epochs: int | None = None) -> None:
     if epochs is not None:
         assert results.load_config(run)["epochs"] == epochs == len(results.load_history(run))
         assert results.load_metrics(run)["epochs"] == epochs
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished 2-epoch run; the tests using it must leave it as it is (that is what they check)."""
+    tmp_path = tmp_path_factory.mktemp("finished")
+    config = tiny_config(tmp_path)
+    history = train.train_run(config, progress=False)
+    return config, history, snapshot(results.run_dir(config))
+
+
+# ------------------------------------------------------------------------------------- train_run
+@pytest.mark.parametrize("epochs", [1, 3])
+def test_another_number_of_epochs_on_a_finished_run_is_refused_and_changes_nothing(finished, epochs):
+    config, _, before = finished
+    run = results.run_dir(config)
+    with pytest.raises(train.RunMismatchError) as info:
+        train.train_run(config.replace(epochs=epochs), progress=False)
+    message = str(info.value)
+    assert str(run) in message and "a finished 2-epoch run" in message
+    assert f"epochs 2 (saved) vs {epochs} (now)" in message
+    assert "never extended" in message and all(way in message for way in WAYS_ON)
+    assert isinstance(info.value, ValueError) and info.value.changed == {"epochs": (2, epochs)}
+    assert snapshot(run) == before
+    assert_consistent(run, epochs=2)
+
+
+def test_a_finished_run_of_the_same_parameters_is_returned_without_writing_anything(finished):
+    config, history, before = finished
+    run = results.run_dir(config)
+    again = train.train_run(config.replace(note="read back", num_workers=0), progress=False)
+    pd.testing.assert_frame_equal(again, history, check_dtype=False)
+    assert snapshot(run) == before
+    assert_consistent(run, epochs=2)
+
+
+def test_an_interrupted_run_resumes_only_with_its_own_epochs(tmp_path):
+    config = tiny_config(tmp_path)
+    run = results.run_dir(config)
+    train.train_run(config, progress=False, stop_after_epoch=1)
+    assert results.check_run_consistency(run) == [] and not results.is_finished(run)
+    before = snapshot(run)
+    with pytest.raises(train.RunMismatchError) as info:
+        train.train_run(config.replace(epochs=3), progress=False)
+    assert "a checkpoint after epoch 1 of a 2-epoch run" in str(info.value)
+    assert "epochs 2 (saved) vs 3 (now)" in str(info.value)
+    assert snapshot(run) == before
+
+    history = train.train_run(config, progress=False)  # the interrupted run itself resumes, as it always did
+    assert list(history.epoch) == [1, 2]
+    assert_consistent(run, epochs=2)
+    finished_metrics = results.load_metrics(run)
+
+    # interrupted between the last checkpoint and the final files: the call completes the run
+    for name in ("metrics.json", "per_class.csv", "confusion.csv", "predictions.csv"):
+        (run / name).unlink()
+    config_bytes = (run / "config.json").read_bytes()
+    completed = train.train_run(config, progress=False)
+    pd.testing.assert_frame_equal(completed, history)
+    assert (run / "config.json").read_bytes() == config_bytes
+    assert_consistent(run, epochs=2)
+    timing = {"eval_images_per_s"}
+    assert {k: v for k, v in results.load_metrics(run).items() if k not in timing} == pytest.approx(
+        {k: v for k, v in finished_metrics.items() if k not in timing})
+
+
+def test_resume_false_retrains_with_the_new_epochs_and_leaves_nothing_of_the_old_run(tmp_path):
+    config = tiny_config(tmp_path)
+    run = results.run_dir(config)
+    train.train_run(config, progress=False)
+    history = train.train_run(config.replace(epochs=1), resume=False, progress=False)
+    assert list(history.epoch) == [1]
+    assert_consistent(run, epochs=1)
+    assert train.torch.load(run / train.CHECKPOINT, weights_only=False)["epoch"] == 1
+    assert report.reusable_run(config.replace(epochs=1))
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def run_cli(config, *extra: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "mvlip_utils.train", "--profile", "smoke", "--quiet",
+               "--results-dir", config.results_dir, "--data-dir", config.data_dir, *extra]
+    for key, value in TINY.items():
+        if key != "epochs":
+            command += [f"--{key.replace('_', '-')}", str(value)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+                          check=False)
+
+
+def test_the_train_cli_refuses_other_epochs_with_the_message_and_a_nonzero_exit(finished):
+    config, _, before = finished
+    run = results.run_dir(config)
+    done = run_cli(config, "--epochs", "3")
+    assert done.returncode != 0
+    assert "RunMismatchError" in done.stderr and str(run) in done.stderr
+    assert "a finished 2-epoch run" in done.stderr and "--no-resume" in done.stderr
+    assert snapshot(run) == before
+    same = run_cli(config, "--epochs", "2")
+    assert same.returncode == 0, same.stderr[-2000:]
+    assert snapshot(run) == before
+
+
+def test_the_train_cli_no_resume_retrains_with_the_new_epochs(tmp_path):
+    config = tiny_config(tmp_path)
+    train.train_run(config, progress=False, stop_after_epoch=1)
+    done = run_cli(config, "--epochs", "1", "--no-resume")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert_consistent(results.run_dir(config), epochs=1)
 
 
 # ------------------------------------------------------------------------- check_run_consistency
