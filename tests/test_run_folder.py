@@ -3,7 +3,7 @@
 A finished or checkpointed run is only ever continued or returned for the very parameters it was made
 with, ``epochs`` included; anything else is refused with a RunMismatchError that changes nothing. After each
 case the folder's config.json, history.csv and metrics.json agree (results.check_run_consistency).
-Entry points: train_run and the train CLI.
+Three entry points: train_run, the train CLI, and the 02_train notebook through papermill.
 """
 
 import os
@@ -11,10 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nbformat
 import pandas as pd
 import pytest
 
-from mvlip_utils import report, results, train
+from mvlip_utils import report, results, study, train
 from mvlip_utils.profiles import get_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,6 +73,17 @@ def test_a_finished_run_of_the_same_parameters_is_returned_without_writing_anyth
     pd.testing.assert_frame_equal(again, history, check_dtype=False)
     assert snapshot(run) == before
     assert_consistent(run, epochs=2)
+
+
+def test_reusable_run_loads_the_same_run_and_refuses_another(finished):
+    config, _, before = finished
+    assert report.reusable_run(config)
+    with pytest.raises(train.RunMismatchError, match="a finished 2-epoch run.*epochs 2 \\(saved\\) vs 6 \\(now\\)"):
+        report.reusable_run(config.replace(epochs=6))
+    with pytest.raises(train.RunMismatchError, match="lr 0.001 \\(saved\\) vs 0.0003 \\(now\\)"):
+        report.reusable_run(config.replace(lr=3e-4))
+    assert not report.reusable_run(config.replace(results_dir=config.results_dir + "-elsewhere"))
+    assert snapshot(results.run_dir(config)) == before
 
 
 def test_an_interrupted_run_resumes_only_with_its_own_epochs(tmp_path):
@@ -148,6 +160,50 @@ def test_the_train_cli_no_resume_retrains_with_the_new_epochs(tmp_path):
     assert_consistent(results.run_dir(config), epochs=1)
 
 
+# ------------------------------------------------------------------------------ the 02_train notebook
+def execute_train_notebook(tmp_path, config, name: str, **parameters):
+    import papermill
+
+    params = {"profile": "smoke", **TINY, "results_dir": config.results_dir, "data_dir": config.data_dir,
+              **parameters}
+    output = tmp_path / f"{name}.ipynb"
+    papermill.execute_notebook(str(ROOT / "notebooks" / "02_train.ipynb"), str(output), parameters=params,
+                               kernel_name=study.kernel_for_this_python(), cwd=str(tmp_path),
+                               progress_bar=False, log_output=False)
+    return output
+
+
+def markdown_outputs(path: Path) -> str:
+    nb = nbformat.read(path, as_version=4)
+    return "\n".join(out.get("data", {}).get("text/markdown", "") for cell in nb.cells
+                     for out in cell.get("outputs", []))
+
+
+@pytest.mark.slow
+def test_the_train_notebook_refuses_other_epochs_loads_the_same_and_retrains_with_resume_false(tmp_path, monkeypatch):
+    from papermill.exceptions import PapermillExecutionError
+
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the kernel imports this checkout's mvlip_utils
+    config = tiny_config(tmp_path)
+    run = results.run_dir(config)
+    train.train_run(config, progress=False)
+    before = snapshot(run)
+
+    with pytest.raises(PapermillExecutionError) as info:
+        execute_train_notebook(tmp_path, config, "other_epochs", epochs=3)
+    assert info.value.ename == "RunMismatchError"
+    assert "a finished 2-epoch run" in info.value.evalue and "epochs 2 (saved) vs 3 (now)" in info.value.evalue
+    assert snapshot(run) == before
+
+    loaded = markdown_outputs(execute_train_notebook(tmp_path, config, "same"))
+    assert f"We loaded the finished run in `{run}`" in loaded and "2 epoch(s)" in loaded
+    assert snapshot(run) == before
+
+    retrained = markdown_outputs(execute_train_notebook(tmp_path, config, "again", epochs=1, resume=False))
+    assert f"We trained the run in `{run}` from scratch" in retrained and "1 epoch(s)" in retrained
+    assert_consistent(run, epochs=1)
+
+
 # ------------------------------------------------------------------------- check_run_consistency
 def fake_finished_run(run: Path, epochs: int = 2, n_classes: int = 2, **config) -> None:
     """The files of a finished run, written by hand (no training)."""
@@ -179,3 +235,15 @@ def test_check_run_consistency_names_what_disagrees(tmp_path):
     assert "predictions.csv has 4 row(s), metrics.json says n_val=5" in problems
     (run / "config.json").unlink()
     assert results.check_run_consistency(run)[0].startswith("config.json is missing")
+
+
+def test_a_finished_run_whose_files_disagree_is_refused(tmp_path):
+    config = tiny_config(tmp_path)
+    run = results.run_dir(config)
+    fake_finished_run(run, **config.to_dict())
+    results.write_json(run / "config.json", {**results.load_config(run), "epochs": 6})  # relabelled
+    before = snapshot(run)
+    for call in (report.reusable_run, lambda c: train.train_run(c, progress=False)):
+        with pytest.raises(train.RunMismatchError, match="whose files disagree: epochs disagree"):
+            call(config.replace(epochs=6))
+    assert snapshot(run) == before

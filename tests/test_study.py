@@ -237,23 +237,32 @@ def test_cli_reports_a_failing_step_and_exits_nonzero(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------ reusable runs
-def test_reusable_run_needs_same_parameters_and_epochs(tmp_path):
+def test_reusable_run_needs_same_parameters_and_epochs_and_refuses_another_finished_run(tmp_path):
+    from mvlip_utils.towers import architecture
+    from mvlip_utils.train import RunMismatchError
+
     config = get_config("smoke", encoder="vit", results_dir=str(tmp_path), epochs=2)
     run = results.run_dir(config)
-    assert not report.reusable_run(config)
-    from mvlip_utils.towers import architecture
-
+    assert not report.reusable_run(config)  # nothing there: train
     tower = architecture("vit", "smoke", config.image_size)
+    counts = {"n_val": 2, "n_classes": 2}
+    results.write_history(run, [{c: 0.5 for c in results.HISTORY_COLUMNS} | {"epoch": e} for e in (1, 2)])
+    results.write_json(run / "metrics.json", {"accuracy": 0.5, "epochs": 2, **counts})
+    for name in ("predictions.csv", "per_class.csv", "confusion.csv"):
+        pd.DataFrame({"x": [0, 1]}).to_csv(run / name, index=False)
     results.write_json(run / "config.json", {**config.to_dict(), "device": "cuda", "note": "other",
-                                             "architecture": tower})
-    results.write_json(run / "metrics.json", {"accuracy": 0.3, "epochs": 2})
+                                             "architecture": tower, **counts})
     assert report.reusable_run(config)  # device and note do not matter
-    assert not report.reusable_run(config.replace(lr=3e-4))
-    assert not report.reusable_run(config.replace(epochs=3))
-    # a run made with another smoke architecture of the same encoder (the code changed) is not reused
+    # a finished run of other parameters, epochs included, is refused (never retrained, extended or relabelled)
+    with pytest.raises(RunMismatchError, match=r"lr 0.001 \(saved\) vs 0.0003 \(now\)"):
+        report.reusable_run(config.replace(lr=3e-4))
+    with pytest.raises(RunMismatchError, match=r"a finished 2-epoch run.*epochs 2 \(saved\) vs 3 \(now\)"):
+        report.reusable_run(config.replace(epochs=3))
+    # a run made with another smoke architecture of the same encoder (the code changed) is refused too
     other = {**tower, "overrides": {**tower["overrides"], "depth": 3}}
-    results.write_json(run / "config.json", {**config.to_dict(), "architecture": other})
-    assert not report.reusable_run(config)
+    results.write_json(run / "config.json", {**config.to_dict(), "architecture": other, **counts})
+    with pytest.raises(RunMismatchError, match="another vit tower"):
+        report.reusable_run(config)
 
 
 # ------------------------------------------------------------------------- discussion: the claims
