@@ -98,6 +98,9 @@ def test_check_overrides_names_the_bad_parameter():
     with pytest.raises(ValueError, match="unknown encoder"):
         study.check_overrides("smoke", ["resnet"], {})
     study.check_overrides("smoke", ["vit"], {"epochs": 1, "repeats": 2}, notebook_names={"repeats"})
+    # resume would only act where a step runs anyway (it is no part of the fingerprint): --force is the way
+    with pytest.raises(ValueError, match="use --force"):
+        study.check_overrides("smoke", ["vit"], {"resume": False}, notebook_names={"resume"})
 
 
 def test_step_parameters_pass_only_what_the_notebook_defines():
@@ -201,6 +204,13 @@ def test_second_run_reuses_and_a_missing_result_reruns_from_there(tmp_path):
     third = study.run_study(**kwargs)
     assert [s[1] for s in third["steps"]] == ["reused"] * 4 + ["executed"] * 4
     assert (tmp_path / "results" / "smoke" / "vit" / "metrics.json").is_file()
+
+    # vit's run was retrained outside the study (its files changed): what shows it runs again
+    history = tmp_path / "results" / "smoke" / "vit" / "history.csv"
+    history.write_text(history.read_text() + "2,0.9\n")
+    fourth = study.run_study(**kwargs)
+    assert [s[1] for s in fourth["steps"]] == ["reused"] * 4 + ["executed"] * 4
+    assert [s[1] for s in study.run_study(**kwargs)["steps"]] == ["reused"] * 8
 
 
 def test_fingerprint_follows_notebook_parameters_and_library(tmp_path):
