@@ -92,10 +92,15 @@ def seed_everything(seed: int) -> None:
 
 
 def dataset_root(config: StudyConfig, progress: bool = True) -> Path:
-    """The folder with train/ and val/: the generated offline dataset, or the user's data."""
+    """The folder with train/ and val/: the generated offline dataset, or the user's data.
+
+    The generated dataset's folder is named by everything that decides its images, the generator's version
+    too: a new generator writes a new folder instead of redrawing the images that finished runs (their
+    predictions.csv) point at."""
     if config.data == "generated":
         name = (f"generated-c{config.generated_classes}-n{config.generated_train_per_class}"
-                f"-v{config.generated_val_per_class}-s{config.image_size}-seed{config.seed}")
+                f"-v{config.generated_val_per_class}-s{config.image_size}-seed{config.seed}"
+                f"-gen{data_mod.GENERATOR_VERSION}")
         return data_mod.make_generated_dataset(
             Path(config.data_dir) / name, n_classes=config.generated_classes,
             train_per_class=config.generated_train_per_class, val_per_class=config.generated_val_per_class,

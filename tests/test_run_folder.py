@@ -247,3 +247,15 @@ def test_a_finished_run_whose_files_disagree_is_refused(tmp_path):
         with pytest.raises(train.RunMismatchError, match="whose files disagree: epochs disagree"):
             call(config.replace(epochs=6))
     assert snapshot(run) == before
+
+
+# ----------------------------------------------------------------------------- the same pattern elsewhere
+def test_a_new_dataset_generator_writes_a_new_folder_instead_of_redrawing_a_finished_runs_images(tmp_path,
+                                                                                                  monkeypatch):
+    config = tiny_config(tmp_path)
+    old = train.dataset_root(config, progress=False)
+    before = {p: p.read_bytes() for p in sorted(old.rglob("*.png"))}
+    monkeypatch.setattr(train.data_mod, "GENERATOR_VERSION", train.data_mod.GENERATOR_VERSION + 1)
+    new = train.dataset_root(config, progress=False)
+    assert new != old and new.name.endswith(f"-gen{train.data_mod.GENERATOR_VERSION}")
+    assert {p: p.read_bytes() for p in sorted(old.rglob("*.png"))} == before
