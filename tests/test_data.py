@@ -327,8 +327,7 @@ def test_cache_matches_transform(tmp_path, generated):
     xb = torch.stack([cached[i][0] for i in range(len(cached))])
     got = D.normalize_on_device(xb, "cpu")
     want = torch.stack([train[i][0] for i in range(len(train))])
-    max_std = max(open_clip.OPENAI_DATASET_STD)
-    assert (got - want).abs().max() < 1e-5 < 1 / 255 / max_std
+    assert torch.equal(got, want)  # bit-identical inputs: why data_cache is in profiles.RUN_IRRELEVANT
     # reused when nothing changed; rebuilt when the size changes
     mtime = path.stat().st_mtime_ns
     assert D.cache_preprocessed(train, path, image_size=20, progress=False) == path
