@@ -33,6 +33,7 @@ Decisions (documented here because callers depend on them)
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -557,20 +558,33 @@ class _UInt8View(Dataset):
         return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous(), label
 
 
+def _files_signature(paths: Sequence[str]) -> str:
+    """Digest of each file's size and modification time: changes when a file is rewritten in place."""
+    digest = hashlib.sha256()
+    for p in paths:
+        stat = os.stat(p)
+        digest.update(f"{p}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
 def cache_preprocessed(dataset: ImageFolderSplit, path, image_size: int = 224, num_workers: int = 0,
                        overwrite: bool = False, progress: bool = True) -> Path:
     """Preprocess ``dataset`` once: open_clip's Resize(bicubic) + CenterCrop + RGB, kept as uint8, and
-    save ``{"images": uint8 (N,3,H,W), "labels": int64 (N,), "paths", "classes", "image_size",
-    "format"}`` with torch.save. Reuses an existing file with the same image_size and file list unless
-    ``overwrite``. Serve with ``CachedImageDataset`` and finish with ``normalize_on_device``."""
+    save ``{"images": uint8 (N,3,H,W), "labels": int64 (N,), "paths", "files", "classes", "image_size",
+    "format"}`` with torch.save. Reuses an existing file with the same image_size, file list and files
+    (``files``: their sizes and modification times, so images rewritten at the same paths, e.g. a
+    regenerated dataset, are cached again) unless ``overwrite``. Serve with ``CachedImageDataset`` and
+    finish with ``normalize_on_device``."""
     path = Path(path)
     if not hasattr(dataset, "samples"):
         raise TypeError(f"dataset must be an ImageFolderSplit (with .samples), got {type(dataset).__name__}")
     paths = [p for p, _ in dataset.samples]
+    files = _files_signature(paths)
     if path.is_file() and not overwrite:
         try:
             old = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-            if old.get("format") == CACHE_FORMAT and old.get("image_size") == image_size and old.get("paths") == paths:
+            if (old.get("format") == CACHE_FORMAT and old.get("image_size") == image_size
+                    and old.get("paths") == paths and old.get("files") == files):
                 return path
         except Exception:  # noqa: BLE001 - unreadable cache: rebuild it
             pass
@@ -585,7 +599,7 @@ def cache_preprocessed(dataset: ImageFolderSplit, path, image_size: int = 224, n
         i += len(x)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": CACHE_FORMAT, "images": images, "labels": labels, "paths": paths,
+    torch.save({"format": CACHE_FORMAT, "images": images, "labels": labels, "paths": paths, "files": files,
                 "classes": list(getattr(dataset, "classes", [])), "image_size": image_size}, tmp)
     os.replace(tmp, path)
     return path

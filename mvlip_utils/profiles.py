@@ -118,8 +118,12 @@ def get_config(profile: str = "smoke", **overrides: Any) -> StudyConfig:
     return validate(StudyConfig(**values))
 
 
-# Parameters that do not change what a run computes (data_cache serves the very same input tensors; a test
-# shows identical histories), so a finished or checkpointed run made with other values is still the same run.
+# Parameters that do not change what a run computes, so a finished or checkpointed run made with other values
+# is still the same run: device (the same protocol on other hardware, which rounds differently as two GPUs
+# do; the precision mode is its own parameter; config.json records the resolved device), num_workers (the
+# shuffle order and every seed come from seeded generators in the main process; the transforms draw nothing
+# at random), note (free text), data_cache (bit-identical input tensors; tests compare the inputs and the
+# histories). Everything else, epochs included, decides the run (train.RunMismatchError).
 RUN_IRRELEVANT = ("device", "num_workers", "note", "data_cache")
 
 

@@ -1,8 +1,9 @@
 """Helpers the notebooks call to turn their parameters into a run and to show what it produced.
 
 Parameters -> StudyConfig (``config_from_parameters``), whether a finished run can be loaded instead of
-trained (``reusable_run``), and presentation: computed prose (``show_markdown``), figures with captions that
-name profile, encoder and hardware (``figure_caption``, ``show_figure``) and tables (``show_table``).
+trained (``reusable_run``) and how it was got (``describe_training``), and presentation: computed prose
+(``show_markdown``), figures with captions that name profile, encoder and hardware (``figure_caption``,
+``show_figure``) and tables (``show_table``).
 """
 
 from __future__ import annotations
@@ -35,21 +36,28 @@ def parameter_names() -> list[str]:
 
 
 def reusable_run(config) -> bool:
-    """True when the run folder of ``config`` holds a finished run made with the same parameters
-    (profiles.RUN_IRRELEVANT aside), the same tower architecture and the same number of epochs: the train notebook then loads
-    it instead of training."""
-    from . import results
+    """True when the run folder of ``config`` holds its finished run (the same parameters, ``epochs``
+    included, profiles.RUN_IRRELEVANT aside; the same tower architecture; files that agree): the train
+    notebook then loads it instead of training. False when the folder holds no finished run. A finished
+    run of other parameters raises train.RunMismatchError (naming the folder, the run, the parameters
+    and the ways on), as train_run would: it is never retrained, extended or relabelled silently."""
+    from .train import finished_run_history
 
-    run = results.run_dir(config)
-    if not results.is_finished(run) or not (run / "config.json").is_file():
-        return False
-    from .profiles import changed_parameters
-    from .towers import architecture
+    return finished_run_history(config) is not None
 
-    saved = results.load_config(run)
-    same = not changed_parameters(saved, config)
-    same_tower = saved.get("architecture") == architecture(config.encoder, config.model_size, config.image_size)
-    return same and same_tower and results.load_metrics(run).get("epochs") == config.epochs
+
+def describe_training(run, epochs: int, trained_now: int, seconds: float, loaded: bool = False) -> str:
+    """How a train notebook got its run, for "We ...": loaded, trained from scratch, resumed, or completed
+    (the checkpoint held every epoch, only the final evaluation was missing)."""
+    if loaded:
+        return f"loaded the finished run in `{run}` (nothing retrained)"
+    if trained_now == epochs:
+        return f"trained the run in `{run}` from scratch in {seconds:.1f} s"
+    if trained_now:
+        return (f"resumed the run in `{run}` after epoch {epochs - trained_now} and trained {trained_now} "
+                f"more epoch(s) in {seconds:.1f} s")
+    return (f"completed the run in `{run}`: its checkpoint held all {epochs} epoch(s), the final evaluation "
+            f"was written in {seconds:.1f} s")
 
 
 def show_markdown(text: str) -> None:

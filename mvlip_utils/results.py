@@ -2,7 +2,8 @@
 
 One folder per run, fixed by the parameters: ``<results_dir>/<profile>/<encoder>/`` holding
 ``config.json``, ``history.csv`` (a row per epoch), ``metrics.json`` (final epoch),
-``per_class.csv``, ``confusion.csv``, ``benchmark.json`` and the git-ignored ``checkpoint.pt``.
+``per_class.csv``, ``confusion.csv``, ``predictions.csv``, ``benchmark.json`` and the git-ignored
+``checkpoint.pt``. ``check_run_consistency`` says where a folder's files disagree.
 The paper's reference numbers live in ``mvlip_utils/paper_reference/``. JSON is written strictly: a
 number that is not defined (NaN, such as ``top5`` with five classes or fewer) is null there, an empty
 field in ``history.csv``, and NaN again once read back with :func:`load_metrics` / :func:`load_history`.
@@ -107,6 +108,69 @@ def load_config(run: str | os.PathLike) -> dict[str, Any]:
 
 def is_finished(run: str | os.PathLike) -> bool:
     return (Path(run) / "metrics.json").is_file()
+
+
+# The files a training run writes into its folder (checkpoint.pt aside); benchmark.json is 04_benchmark's
+RUN_FILES = ("config.json", "history.csv", "metrics.json", "per_class.csv", "confusion.csv", "predictions.csv")
+
+
+def check_run_consistency(run: str | os.PathLike) -> list[str]:
+    """What in the run folder ``run`` contradicts itself, as readable problems ([] when nothing does).
+
+    A run that has started has a ``config.json``; its ``history.csv`` numbers its epochs 1..n with no more
+    rows than ``config.json``'s ``epochs``. A finished run (``metrics.json``) has exactly that many rows,
+    ``metrics.json``'s ``epochs`` and accuracy are those of the last row, and ``per_class.csv``,
+    ``predictions.csv`` and ``config.json`` count the same classes and validation images. Only reads."""
+    run = Path(run)
+    present = {name: (run / name).is_file() for name in RUN_FILES}
+    if not any(present.values()):
+        return []
+    if not present["config.json"]:
+        return [f"config.json is missing beside {sorted(n for n, there in present.items() if there)}"]
+    try:
+        config = load_config(run)
+        history = load_history(run) if present["history.csv"] else None
+        metrics = load_metrics(run) if present["metrics.json"] else None
+    except (OSError, ValueError, pd.errors.ParserError) as exc:  # JSONDecodeError is a ValueError
+        return [f"unreadable run file: {type(exc).__name__}: {exc}"]
+    problems = _history_problems(config, history)
+    if metrics is not None:
+        problems += _finished_problems(run, config, history, metrics)
+    return problems
+
+
+def _history_problems(config: dict[str, Any], history: pd.DataFrame | None) -> list[str]:
+    if history is None:
+        return []
+    epochs = list(history["epoch"]) if "epoch" in history else None
+    if epochs != list(range(1, len(history) + 1)):
+        return [f"history.csv's epochs are {epochs}, not 1..{len(history)}"]
+    if len(history) > config.get("epochs", 0):
+        return [f"history.csv has {len(history)} epoch(s) but config.json says epochs={config.get('epochs')}"]
+    return []
+
+
+def _finished_problems(run: Path, config: dict[str, Any], history: pd.DataFrame | None,
+                       metrics: dict[str, Any]) -> list[str]:
+    if history is None:
+        return ["metrics.json is there but history.csv is missing"]
+    problems = []
+    if not config.get("epochs") == len(history) == metrics.get("epochs"):
+        problems.append(f"epochs disagree: config.json says {config.get('epochs')}, history.csv has "
+                        f"{len(history)} row(s), metrics.json says {metrics.get('epochs')}")
+    elif "accuracy" in metrics and len(history) and not abs(history["accuracy"].iloc[-1] - metrics["accuracy"]) <= 1e-6:
+        problems.append(f"metrics.json's accuracy {metrics['accuracy']} is not that of history.csv's last epoch "
+                        f"({history['accuracy'].iloc[-1]})")
+    for name, key in (("predictions.csv", "n_val"), ("per_class.csv", "n_classes"), ("confusion.csv", "n_classes")):
+        if not (run / name).is_file():
+            problems.append(f"metrics.json is there but {name} is missing")
+            continue
+        rows = len(pd.read_csv(run / name))
+        if key in metrics and rows != metrics[key]:
+            problems.append(f"{name} has {rows} row(s), metrics.json says {key}={metrics[key]}")
+    problems += [f"metrics.json says {key}={metrics[key]}, config.json {key}={config[key]}"
+                 for key in ("n_val", "n_classes") if key in metrics and key in config and metrics[key] != config[key]]
+    return problems
 
 
 def package_version(name: str) -> str | None:

@@ -9,10 +9,11 @@ Order: ``01_setup`` once, then ``02_train``, ``03_evaluate``, ``04_benchmark`` f
 jupyter-book (1.x) with warnings treated as errors, into ``book/_build/html``.
 
 Reuse: the expensive state lives in the run folders (``results/<profile>/<encoder>/``): the train notebook
-loads a finished run and resumes an unfinished one. On top of that, a notebook whose executed copy is
-complete and was made from the same notebook, the same parameters and the same ``mvlip_utils`` sources
-(and whose run files are still there) is not executed again. ``--force`` executes everything again and
-retrains from scratch.
+loads a finished run and resumes an unfinished one (a run of other parameters stops it, named). On top of
+that, a notebook whose executed copy is complete and was made from the same notebook, the same parameters
+and the same ``mvlip_utils`` sources, and whose run files are still there and unchanged since, is not
+executed again. ``--force`` executes everything again and retrains from scratch (``-p resume=...`` is
+refused: it would only act on the steps that run anyway).
 
 A notebook that fails stops the study with a ``StudyStepError`` whose message names the notebook, the
 encoder and the failing cell (its index, the head of its source, the exception), and where the partly
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from .report import ENCODER_LABELS, parameter_names
+from .results import RUN_FILES
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -56,6 +58,9 @@ CHAPTER_TITLES = {SETUP: "Set-up: environment, data, models", TRAIN: "training",
 # The run files a step leaves behind; its executed notebook is reused only while they exist.
 STEP_OUTPUTS = {TRAIN: ("metrics.json", "history.csv"), EVALUATE: ("metrics.json",),
                 BENCHMARK: ("benchmark.json",)}
+# The run files an executed notebook shows (those that exist are digested into its metadata when it runs):
+# it is reused only while they are unchanged, e.g. not after the run was retrained outside the study.
+STEP_FILES = {TRAIN: RUN_FILES, EVALUATE: RUN_FILES, BENCHMARK: ("benchmark.json",)}
 FINGERPRINT_IGNORES = ("resume",)  # parameters that change how a step runs, not what it produces
 
 
@@ -158,6 +163,8 @@ def check_overrides(profile: str, encoders: Sequence[str], overrides: dict[str, 
     for key in ("profile", "encoder", "encoders"):
         if key in overrides:
             raise ValueError(f"-p {key}=...: choose profile and encoders with --profile and --encoders")
+    if "resume" in overrides:  # it would be ignored wherever a step is reused (FINGERPRINT_IGNORES)
+        raise ValueError("-p resume=...: use --force to retrain from scratch (the study sets resume itself)")
     fields_ = set(parameter_names())
     unknown = sorted(set(overrides) - fields_ - set(notebook_names))
     if unknown:
@@ -214,8 +221,9 @@ def fingerprint(source: Path, parameters: dict[str, Any], library: str) -> str:
     return digest.hexdigest()
 
 
-def executed_fingerprint(path: Path) -> str | None:
-    """The fingerprint of an executed notebook that completed without error, else None."""
+def executed_fingerprint(path: Path, key: str = "fingerprint") -> str | None:
+    """The fingerprint of an executed notebook that completed without error, else None (``key="run_files"``:
+    the digest of the run files it showed)."""
     import nbformat
 
     if not Path(path).is_file():
@@ -227,7 +235,15 @@ def executed_fingerprint(path: Path) -> str | None:
     pm = nb.metadata.get("papermill", {})
     if pm.get("exception") or not pm.get("end_time"):
         return None
-    return nb.metadata.get("mvlip", {}).get("fingerprint")
+    return nb.metadata.get("mvlip", {}).get(key)
+
+
+def run_files_digest(step: Step, run: Path | None) -> str | None:
+    """Digest of the files of ``run`` that ``step`` shows (STEP_FILES; those that exist); None for the
+    steps of no encoder."""
+    if not step.encoder or run is None:
+        return None
+    return _sha256_files(p for p in (Path(run) / name for name in STEP_FILES.get(step.notebook, ())) if p.is_file())
 
 
 def run_folder(root: Path, profile: str, encoder: str, overrides: dict[str, Any]) -> Path:
@@ -266,8 +282,9 @@ def _indent(text: str, prefix: str) -> str:
 
 
 def execute_step(step: Step, source: Path, output: Path, parameters: dict[str, Any], kernel_name: str,
-                 cwd: Path, fp: str, timeout: int | None = None) -> float:
-    """Execute one notebook with papermill; returns seconds. Raises StudyStepError on failure."""
+                 cwd: Path, fp: str, timeout: int | None = None, run: Path | None = None) -> float:
+    """Execute one notebook with papermill; returns seconds. Raises StudyStepError on failure. Its
+    metadata gets ``fp`` and the digest of the files of the run folder ``run`` it shows."""
     import nbformat
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -289,7 +306,8 @@ def execute_step(step: Step, source: Path, output: Path, parameters: dict[str, A
                              f"{type(exc).__name__}: {exc}", step.notebook, step.encoder) from exc
     seconds = time.perf_counter() - start
     nb = nbformat.read(output, as_version=4)
-    nb.metadata["mvlip"] = {"fingerprint": fp, "seconds": round(seconds, 2), "step": step.label}
+    nb.metadata["mvlip"] = {"fingerprint": fp, "seconds": round(seconds, 2), "step": step.label,
+                            "run_files": run_files_digest(step, run)}
     nbformat.write(nb, output)
     return seconds
 
@@ -327,15 +345,16 @@ def run_study(profile: str = "smoke", encoders: Sequence[str] | None = None,
         output = step.output(book_dir, profile)
         params = step_parameters(step, profile, encoders, overrides, accepted[step.notebook], force)
         fp = fingerprint(source, params, library)
-        outputs_there = all((run_folder(root, profile, step.encoder, overrides) / name).is_file()
-                            for name in STEP_OUTPUTS.get(step.notebook, ())) if step.encoder else True
+        run = run_folder(root, profile, step.encoder, overrides) if step.encoder else None
+        outputs_there = all((run / name).is_file() for name in STEP_OUTPUTS.get(step.notebook, ())) if run else True
         stale = force or step.encoder in dirty or (step.notebook == DISCUSSION and bool(dirty))
-        if not stale and outputs_there and executed_fingerprint(output) == fp:
+        if (not stale and outputs_there and executed_fingerprint(output) == fp
+                and executed_fingerprint(output, "run_files") == run_files_digest(step, run)):
             log(f"[study {i:2d}/{len(steps)}] {step.label:<28} reused (unchanged)")
             report.append((step.label, "reused", 0.0))
             continue
         log(f"[study {i:2d}/{len(steps)}] {step.label:<28} running ...")
-        seconds = execute_step(step, source, output, params, kernel_name, root, fp, timeout)
+        seconds = execute_step(step, source, output, params, kernel_name, root, fp, timeout, run)
         dirty.add(step.encoder)
         log(f"[study {i:2d}/{len(steps)}] {step.label:<28} done in {seconds:6.1f} s  "
             f"({time.perf_counter() - t0:6.1f} s so far)")

@@ -13,6 +13,10 @@ stays identical to one process); ``batch_size`` is the global batch, rank 0 alon
 Per epoch the run folder gets a row in ``history.csv`` and an atomically written ``checkpoint.pt``
 (model, optimiser, scheduler, RNG states, epoch, configuration, history). Shuffling and caption draws are
 seeded per epoch, so a resumed run ends with the same metrics as an uninterrupted one.
+
+A run folder holds one run and says which: a finished run or a checkpoint made with other parameters
+(``epochs`` included) or another tower architecture is refused with a ``RunMismatchError``, never reused,
+extended or relabelled; a finished run of the same parameters is returned as it is, nothing rewritten.
 """
 
 from __future__ import annotations
@@ -52,6 +56,35 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+WAYS_ON = ("To train this run from scratch in that folder, pass resume=False (train_run(..., resume=False), "
+           "the 02_train notebook's `-p resume False`, the train CLI's --no-resume, the study's --force); "
+           "to keep the run that is there, use another results_dir.")
+
+
+class RunMismatchError(ValueError):
+    """The run folder holds another run than the one asked for: a finished run or a checkpoint made with
+    other parameters (``epochs`` included) or another tower architecture, or files that disagree. Nothing
+    in the folder was changed. ``run_dir``, ``holds`` (e.g. "a finished 6-epoch run") and ``changed``
+    ({name: (saved, now)}) say what was found; the message also names the ways on (``WAYS_ON``)."""
+
+    def __init__(self, run_dir: Path, holds: str, reason: str, changed: dict[str, Any] | None = None):
+        self.run_dir, self.holds, self.changed = Path(run_dir), holds, dict(changed or {})
+        extend = (" A run is never extended to more epochs (nor cut to fewer): its cosine schedule would not be "
+                  "that of a run trained for the new number from the start." if "epochs" in self.changed else "")
+        super().__init__(f"run folder {self.run_dir} holds {holds}, {reason}; it is not reused, extended or "
+                         f"relabelled.{extend} {WAYS_ON}")
+
+    @classmethod
+    def other_parameters(cls, run_dir: Path, holds: str, changed: dict[str, Any]) -> RunMismatchError:
+        listed = ", ".join(f"{name} {saved!r} (saved) vs {now!r} (now)" for name, (saved, now) in changed.items())
+        return cls(run_dir, holds, f"made with other parameters: {listed}", changed)
+
+    @classmethod
+    def other_tower(cls, run_dir: Path, holds: str, encoder: str, saved: Any, now: Any) -> RunMismatchError:
+        return cls(run_dir, holds, f"made for another {encoder} tower ({saved}) than the one built now ({now})",
+                   {"architecture": (saved, now)})
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -59,10 +92,15 @@ def seed_everything(seed: int) -> None:
 
 
 def dataset_root(config: StudyConfig, progress: bool = True) -> Path:
-    """The folder with train/ and val/: the generated offline dataset, or the user's data."""
+    """The folder with train/ and val/: the generated offline dataset, or the user's data.
+
+    The generated dataset's folder is named by everything that decides its images, the generator's version
+    too: a new generator writes a new folder instead of redrawing the images that finished runs (their
+    predictions.csv) point at."""
     if config.data == "generated":
         name = (f"generated-c{config.generated_classes}-n{config.generated_train_per_class}"
-                f"-v{config.generated_val_per_class}-s{config.image_size}-seed{config.seed}")
+                f"-v{config.generated_val_per_class}-s{config.image_size}-seed{config.seed}"
+                f"-gen{data_mod.GENERATOR_VERSION}")
         return data_mod.make_generated_dataset(
             Path(config.data_dir) / name, n_classes=config.generated_classes,
             train_per_class=config.generated_train_per_class, val_per_class=config.generated_val_per_class,
@@ -276,20 +314,21 @@ def save_checkpoint(experiment: Experiment, optimizer, scheduler, epoch: int, hi
 
 
 def load_checkpoint(experiment: Experiment, optimizer, scheduler) -> tuple[int, list[dict]]:
-    """Restore a run from its checkpoint; returns (last complete epoch, history). (0, []) when none."""
+    """Restore a run from its checkpoint; returns (last complete epoch, history). (0, []) when none.
+
+    A checkpoint of other parameters (``epochs`` too) or of another tower architecture raises
+    RunMismatchError."""
     path = experiment.run_dir / CHECKPOINT
     if not path.is_file():
         return 0, []
     state = torch.load(path, map_location="cpu", weights_only=False)
-    changed = changed_parameters(state["config"], experiment.config, ignore=("epochs",))
+    holds = f"a checkpoint after epoch {state['epoch']} of a {state['config'].get('epochs')}-epoch run"
+    changed = changed_parameters(state["config"], experiment.config)
     if changed:
-        raise ValueError(f"checkpoint {path} was written with other parameters {changed} (saved, now); "
-                         f"use another results_dir, or start again (train_run(..., resume=False); the study's --force)")
+        raise RunMismatchError.other_parameters(experiment.run_dir, holds, changed)
     saved_tower, tower = state.get("architecture"), _architecture(experiment.config)
     if saved_tower is not None and saved_tower != tower:
-        raise ValueError(f"checkpoint {path} was written for another {experiment.config.encoder} tower "
-                         f"({saved_tower}) than the one built now ({tower}); use another results_dir, or "
-                         f"start again (train_run(..., resume=False); the study's --force)")
+        raise RunMismatchError.other_tower(experiment.run_dir, holds, experiment.config.encoder, saved_tower, tower)
     try:
         missing, unexpected = experiment.model.load_state_dict(state["model"], strict=False)
     except RuntimeError as exc:  # shapes differ: a checkpoint of another architecture
@@ -346,11 +385,59 @@ def write_final_results(experiment: Experiment, evaluation: dict[str, Any], epoc
     return metrics
 
 
+def finished_run_history(config: StudyConfig) -> pd.DataFrame | None:
+    """The history of the finished run in the run folder of ``config`` when it is that run: the same
+    parameters (``epochs`` included; profiles.RUN_IRRELEVANT aside), the same tower architecture and files
+    that agree (results.check_run_consistency). None when the folder holds no finished run (no
+    metrics.json); RunMismatchError when it holds another one. Reads only."""
+    run = results.run_dir(config)
+    if not results.is_finished(run):
+        return None
+    holds = _finished_description(run)
+    problems = results.check_run_consistency(run)
+    if problems:
+        raise RunMismatchError(run, holds, "whose files disagree: " + "; ".join(problems))
+    saved = results.load_config(run)
+    changed = changed_parameters(saved, config)
+    if changed:
+        raise RunMismatchError.other_parameters(run, holds, changed)
+    saved_tower, tower = saved.get("architecture"), _architecture(config)
+    if saved_tower != tower:
+        raise RunMismatchError.other_tower(run, holds, config.encoder, saved_tower, tower)
+    return results.load_history(run)
+
+
+def _finished_description(run: Path) -> str:
+    try:
+        epochs = results.load_metrics(run).get("epochs")
+    except (OSError, ValueError):
+        epochs = None
+    return f"a finished {epochs}-epoch run" if epochs else "a finished run"
+
+
+def clear_run(run: Path) -> None:
+    """Delete what a training run wrote into ``run`` (its checkpoint and results files; benchmark.json,
+    04_benchmark's measurement of the tower, stays): the start of a run from scratch."""
+    for name in (CHECKPOINT, *results.RUN_FILES):
+        (Path(run) / name).unlink(missing_ok=True)
+
+
 def train_run(config: StudyConfig, resume: bool = True, progress: bool = True,
               stop_after_epoch: int | None = None,
               on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> pd.DataFrame:
     """Train (or resume) the run of ``config``; returns its history. ``stop_after_epoch`` ends early
     (as an interruption would) after that epoch's checkpoint, without writing metrics.json.
+
+    What the run folder already holds decides (``resume=True``):
+    - a finished run of the same parameters: its history is returned as it is; nothing is built, trained
+      or written;
+    - a checkpoint of the same parameters after epoch k: training resumes at epoch k + 1 (k = epochs: the
+      run was interrupted before its final files, which are now evaluated and written);
+    - a finished run or a checkpoint made with other parameters, ``epochs`` included, or another tower
+      architecture: RunMismatchError, nothing changed. There is deliberately no way to extend a run to more
+      epochs: the cosine schedule spans the epochs of the run, so an extended run would not be the run
+      trained for the new number from the start (its learning rate would climb again after the old end).
+    ``resume=False`` deletes the folder's checkpoint and results first and trains from scratch.
 
     Under torchrun (WORLD_SIZE > 1) every rank calls this; the process group is started if it is not yet.
     ``on_epoch_end`` (rank 0 only) gets the history row plus timings: train_seconds, train_images,
@@ -358,8 +445,15 @@ def train_run(config: StudyConfig, resume: bool = True, progress: bool = True,
     info = dist_mod.init_from_env(config.device)
     main = info.is_main
     progress = progress and main
+    run = results.run_dir(config)
+    if main and not resume:
+        clear_run(run)
+    dist_mod.barrier()
+    finished = finished_run_history(config)
+    if finished is not None:
+        logger.info("%s holds the finished run of these parameters; nothing to train", run)
+        return finished
     experiment = build_experiment(config, progress)
-    run = experiment.run_dir
     if info.enabled:
         dist_mod.local_batch_size(config.batch_size, info.world_size)  # names batch_size if not divisible
         experiment.ddp_visual = dist_mod.wrap_ddp(experiment.model.visual, experiment.device)
@@ -370,15 +464,13 @@ def train_run(config: StudyConfig, resume: bool = True, progress: bool = True,
     optimizer, scheduler = make_optimizer(experiment)
     if main:
         run.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            for name in (CHECKPOINT, "metrics.json"):
-                (run / name).unlink(missing_ok=True)
-    dist_mod.barrier()
     start_epoch, history = load_checkpoint(experiment, optimizer, scheduler)
     if start_epoch:
         logger.info("resuming %s from epoch %d", run, start_epoch)
-    if main:
-        write_run_config(experiment)
+    elif main:
+        clear_run(run)  # nothing to resume: what an earlier start left (a config.json, no checkpoint) goes
+    if main and (start_epoch < config.epochs or not (run / "config.json").is_file()):
+        write_run_config(experiment)  # not when the run only needs its final files (then it is there)
     evaluation = None
     steps_per_epoch = len(experiment.train_set) // config.batch_size
     for epoch in range(start_epoch + 1, config.epochs + 1):
@@ -413,8 +505,9 @@ def train_run(config: StudyConfig, resume: bool = True, progress: bool = True,
         if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < config.epochs:
             return pd.DataFrame(history, columns=results.HISTORY_COLUMNS)
     if main:
-        if evaluation is None:  # everything was already trained: evaluate the restored model
+        if evaluation is None:  # the checkpoint holds the last epoch but the final files are missing
             evaluation = evaluate_experiment(experiment, progress)
+            results.write_history(run, history)
         if not math.isfinite(evaluation["zeroshot_loss"]):
             raise NonFiniteLossError(f"non-finite zero-shot loss at the end of {run}")
         write_final_results(experiment, evaluation, len(history))
@@ -448,7 +541,9 @@ def build_parser() -> argparse.ArgumentParser:
                "--data data/imagenet-mini",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="smoke", help="smoke or paper (the defaults every other option overrides)")
-    parser.add_argument("--no-resume", action="store_true", help="start again even if a checkpoint exists")
+    parser.add_argument("--no-resume", action="store_true",
+                        help="train from scratch: delete the run folder's checkpoint and results first (the way "
+                             "on when it holds a run of other parameters, e.g. another --epochs)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     for field in dataclasses.fields(StudyConfig):
         if field.name == "profile":

@@ -98,6 +98,9 @@ def test_check_overrides_names_the_bad_parameter():
     with pytest.raises(ValueError, match="unknown encoder"):
         study.check_overrides("smoke", ["resnet"], {})
     study.check_overrides("smoke", ["vit"], {"epochs": 1, "repeats": 2}, notebook_names={"repeats"})
+    # resume would only act where a step runs anyway (it is no part of the fingerprint): --force is the way
+    with pytest.raises(ValueError, match="use --force"):
+        study.check_overrides("smoke", ["vit"], {"resume": False}, notebook_names={"resume"})
 
 
 def test_step_parameters_pass_only_what_the_notebook_defines():
@@ -202,6 +205,13 @@ def test_second_run_reuses_and_a_missing_result_reruns_from_there(tmp_path):
     assert [s[1] for s in third["steps"]] == ["reused"] * 4 + ["executed"] * 4
     assert (tmp_path / "results" / "smoke" / "vit" / "metrics.json").is_file()
 
+    # vit's run was retrained outside the study (its files changed): what shows it runs again
+    history = tmp_path / "results" / "smoke" / "vit" / "history.csv"
+    history.write_text(history.read_text() + "2,0.9\n")
+    fourth = study.run_study(**kwargs)
+    assert [s[1] for s in fourth["steps"]] == ["reused"] * 4 + ["executed"] * 4
+    assert [s[1] for s in study.run_study(**kwargs)["steps"]] == ["reused"] * 8
+
 
 def test_fingerprint_follows_notebook_parameters_and_library(tmp_path):
     source = _notebook(tmp_path / "02_train.ipynb", "x = 1")
@@ -237,23 +247,32 @@ def test_cli_reports_a_failing_step_and_exits_nonzero(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------ reusable runs
-def test_reusable_run_needs_same_parameters_and_epochs(tmp_path):
+def test_reusable_run_needs_same_parameters_and_epochs_and_refuses_another_finished_run(tmp_path):
+    from mvlip_utils.towers import architecture
+    from mvlip_utils.train import RunMismatchError
+
     config = get_config("smoke", encoder="vit", results_dir=str(tmp_path), epochs=2)
     run = results.run_dir(config)
-    assert not report.reusable_run(config)
-    from mvlip_utils.towers import architecture
-
+    assert not report.reusable_run(config)  # nothing there: train
     tower = architecture("vit", "smoke", config.image_size)
+    counts = {"n_val": 2, "n_classes": 2}
+    results.write_history(run, [{c: 0.5 for c in results.HISTORY_COLUMNS} | {"epoch": e} for e in (1, 2)])
+    results.write_json(run / "metrics.json", {"accuracy": 0.5, "epochs": 2, **counts})
+    for name in ("predictions.csv", "per_class.csv", "confusion.csv"):
+        pd.DataFrame({"x": [0, 1]}).to_csv(run / name, index=False)
     results.write_json(run / "config.json", {**config.to_dict(), "device": "cuda", "note": "other",
-                                             "architecture": tower})
-    results.write_json(run / "metrics.json", {"accuracy": 0.3, "epochs": 2})
+                                             "architecture": tower, **counts})
     assert report.reusable_run(config)  # device and note do not matter
-    assert not report.reusable_run(config.replace(lr=3e-4))
-    assert not report.reusable_run(config.replace(epochs=3))
-    # a run made with another smoke architecture of the same encoder (the code changed) is not reused
+    # a finished run of other parameters, epochs included, is refused (never retrained, extended or relabelled)
+    with pytest.raises(RunMismatchError, match=r"lr 0.001 \(saved\) vs 0.0003 \(now\)"):
+        report.reusable_run(config.replace(lr=3e-4))
+    with pytest.raises(RunMismatchError, match=r"a finished 2-epoch run.*epochs 2 \(saved\) vs 3 \(now\)"):
+        report.reusable_run(config.replace(epochs=3))
+    # a run made with another smoke architecture of the same encoder (the code changed) is refused too
     other = {**tower, "overrides": {**tower["overrides"], "depth": 3}}
-    results.write_json(run / "config.json", {**config.to_dict(), "architecture": other})
-    assert not report.reusable_run(config)
+    results.write_json(run / "config.json", {**config.to_dict(), "architecture": other, **counts})
+    with pytest.raises(RunMismatchError, match="another vit tower"):
+        report.reusable_run(config)
 
 
 # ------------------------------------------------------------------------- discussion: the claims

@@ -157,7 +157,7 @@ def test_an_interrupted_run_resumes_to_the_same_metrics(tmp_path):
 def test_resume_refuses_a_checkpoint_from_other_parameters(tmp_path):
     config = tiny_config(tmp_path, epochs=2)
     train.train_run(config, progress=False, stop_after_epoch=1)
-    with pytest.raises(ValueError, match="'lr'"):
+    with pytest.raises(train.RunMismatchError, match=r"lr 0.001 \(saved\) vs 0.0005 \(now\)"):
         train.train_run(config.replace(lr=5e-4), progress=False)
 
 
