@@ -55,6 +55,10 @@ class StudyConfig:
     pretrained: bool = False
     image_weights: str | None = None
     text_weights: str | None = None
+    # True: a pickled weights file (or an old run checkpoint) that needs more than tensors and the allowed types
+    # is loaded in full, which can run code from it; only for files you trust (mvlip_utils/weights.py). Off:
+    # such a file is refused. MVLIP_TRUST_PICKLED_WEIGHTS=1 does the same.
+    trust_pickled_weights: bool = False
     # free-form note carried into config.json
     note: str = ""
 
@@ -119,8 +123,9 @@ def get_config(profile: str = "smoke", **overrides: Any) -> StudyConfig:
 
 
 # Parameters that do not change what a run computes (data_cache serves the very same input tensors; a test
-# shows identical histories), so a finished or checkpointed run made with other values is still the same run.
-RUN_IRRELEVANT = ("device", "num_workers", "note", "data_cache")
+# shows identical histories; trust_pickled_weights only decides whether a file may be loaded, not what it
+# holds), so a finished or checkpointed run made with other values is still the same run.
+RUN_IRRELEVANT = ("device", "num_workers", "note", "data_cache", "trust_pickled_weights")
 
 
 def changed_parameters(saved: dict[str, Any], config: StudyConfig, ignore: tuple[str, ...] = ()) -> dict[str, Any]:
