@@ -1,8 +1,7 @@
 """Reading weight files and checkpoints without running code from them.
 
-A torch file (``.pth``, ``.pth.tar``, ``.bin``, ``.pt``) is a pickle, and loading a pickle with
-``torch.load(..., weights_only=False)`` calls whatever functions the file names: a downloaded file could run
-any code. Every file the study reads, the pretrained weights a user points it at and its own run checkpoints,
+A torch file (``.pth``, ``.pth.tar``, ``.bin``, ``.pt``) is a pickle, and unpickling it in full calls
+whatever functions the file names: a downloaded file could run any code. Every file the study reads, the pretrained weights a user points it at and its own run checkpoints,
 goes through ``load_torch_file``: ``torch.load(..., weights_only=True)``, which builds only tensors and plain
 Python containers, plus the few types a real format needs, allowed by name (``WEIGHTS_GLOBALS``). A file that
 needs anything else is refused with ``UnsafeWeightsError``, naming the file and the types. ``.safetensors``
@@ -36,9 +35,9 @@ WEIGHTS_GLOBALS: tuple[type, ...] = (argparse.Namespace,)
 
 # How to go on when a pretrained-weight file is refused.
 WEIGHTS_REMEDY = (
-    "To go on: prefer the .safetensors file where the hub offers one, or convert this file to safetensors on "
-    "a machine where you trust it (safetensors.torch.save_file(state_dict, 'model.safetensors')); or, only if "
-    f"you trust this file, set trust_pickled_weights=True (or {TRUST_ENV}=1) to load it in full.")
+    "To go on: use the .safetensors file where the hub offers one; or, only if you trust this file, convert it "
+    "once (load it in full, then safetensors.torch.save_file(state_dict, 'model.safetensors')) and point the "
+    f"study at the .safetensors file, or set trust_pickled_weights=True (or {TRUST_ENV}=1) to load it in full.")
 
 
 class UnsafeWeightsError(ValueError):
@@ -63,10 +62,10 @@ def load_torch_file(path: str | os.PathLike, allowed: Sequence[type] = (), trust
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if not trusts_pickles(trust):
+            besides = "".join(f", {_name(t)}" for t in allowed)
             raise UnsafeWeightsError(
-                f"{what} {str(path)!r} was not loaded: it needs {_needed_types(path, exc, allowed)}, which "
-                f"loading only tensors does not allow, and a pickled type can run code when it is loaded.\n"
-                f"{remedy}") from None
+                f"{what} {str(path)!r} was not loaded: besides tensors{besides} and plain Python values it needs "
+                f"{_needed_types(path, exc, allowed)}, and unpickling such types can run code.\n{remedy}") from None
     logger.warning("loading %s in full (trust_pickled_weights / %s): it can run code", path, TRUST_ENV)
     return _load_trusted(path)
 
@@ -78,7 +77,7 @@ def _load_trusted(path: Path) -> Any:
 
 def _needed_types(path: Path, exc: pickle.UnpicklingError, allowed: Sequence[type]) -> str:
     """The types the file names beyond torch's defaults and ``allowed``, as a readable list."""
-    allowed_names = {f"{t.__module__}.{t.__qualname__}" for t in allowed}
+    allowed_names = {_name(t) for t in allowed}
     try:
         names = [n for n in torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
                  if n not in allowed_names]
@@ -87,9 +86,14 @@ def _needed_types(path: Path, exc: pickle.UnpicklingError, allowed: Sequence[typ
     if not names:
         match = re.search(r"GLOBAL (\S+) was not an allowed global", str(exc))
         names = [match.group(1)] if match else []
-    if not names:
-        return f"something torch refuses ({str(exc).strip().splitlines()[-1]})"
-    return ", ".join(f"the type {n}" for n in names)
+    if not names:  # not a type: an operation torch's weights-only unpickler does not perform (or not a pickle)
+        detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(exc))
+        return f"something torch's weights-only loader refuses ({detail.group(1) if detail else exc})"
+    return ", ".join(names)
+
+
+def _name(kind: type) -> str:
+    return f"{kind.__module__}.{kind.__qualname__}"
 
 
 def read_state_dict(path: str | os.PathLike, trust: bool | None = False) -> dict[str, torch.Tensor]:
@@ -106,7 +110,7 @@ def read_state_dict(path: str | os.PathLike, trust: bool | None = False) -> dict
 
         state = load_file(str(path))
     else:
-        state = load_torch_file(path, allowed=WEIGHTS_GLOBALS, trust=trust, what="checkpoint file")
+        state = load_torch_file(path, allowed=WEIGHTS_GLOBALS, trust=trust, what="weights file")
     for key in ("state_dict", "model", "module"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
