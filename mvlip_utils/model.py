@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .weights import read_state_dict
+
 TEXT_MODEL = "ViT-B-32"
 TEXT_PRETRAINED_TAG = "openai"
 TEXT_WEIGHTS_ENV = "MVLIP_TEXT_WEIGHTS"
@@ -48,17 +50,23 @@ class TextTower(nn.Module):
         return self.eval()
 
 
-def create_text_tower(pretrained: bool = False, weights_path: str | None = None) -> TextTower:
-    """The ViT-B-32 text tower; ``openai`` weights from a local file or open_clip's cache/hub when asked."""
+def create_text_tower(pretrained: bool = False, weights_path: str | None = None,
+                      trust_pickled_weights: bool = False) -> TextTower:
+    """The ViT-B-32 text tower; ``openai`` weights from a local file or open_clip's cache/hub when asked.
+
+    A torch weights file is loaded without running code from it; one that needs more is refused unless
+    ``trust_pickled_weights`` (or MVLIP_TRUST_PICKLED_WEIGHTS=1)."""
     weights_path = weights_path or (os.environ.get(TEXT_WEIGHTS_ENV) if pretrained else None)
     if pretrained and weights_path and not Path(weights_path).is_file():
         raise FileNotFoundError(f"parameter text_weights={weights_path!r}: no such file")
-    tag = (weights_path or TEXT_PRETRAINED_TAG) if pretrained else None
+    if pretrained and weights_path:
+        return TextTower(_clip_from_file(weights_path, trust_pickled_weights), open_clip.get_tokenizer(TEXT_MODEL))
+    tag = TEXT_PRETRAINED_TAG if pretrained else None
     try:
         # the OpenAI weights need QuickGELU; open_clip's plain ViT-B-32 config has GELU and only warns
         clip_model = open_clip.create_model(TEXT_MODEL, pretrained=tag, force_quick_gelu=pretrained)
     except Exception as exc:
-        if not pretrained or weights_path:
+        if not pretrained:
             raise
         from .towers import WeightsUnavailableError
 
@@ -69,6 +77,20 @@ def create_text_tower(pretrained: bool = False, weights_path: str | None = None)
             f"open_clip_pytorch_model.bin (or set {TEXT_WEIGHTS_ENV}), or run with pretrained=False.\n"
             f"Cause: {type(exc).__name__}: {exc}") from exc
     return TextTower(clip_model, open_clip.get_tokenizer(TEXT_MODEL))
+
+
+def _clip_from_file(path: str | os.PathLike, trust_pickled_weights: bool = False) -> nn.Module:
+    """open_clip's ViT-B-32 with QuickGELU (as the OpenAI weights need) holding the tensors of a local CLIP file
+    (open_clip_pytorch_model.bin / .safetensors). The file is read by ``weights.read_state_dict`` (weights
+    only), not by open_clip's own loader, so what runs does not depend on the installed open_clip."""
+    state = read_state_dict(path, trust=trust_pickled_weights)
+    clip_model = open_clip.create_model(TEXT_MODEL, pretrained=None, force_quick_gelu=True)
+    try:
+        clip_model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:  # other keys or shapes: not an open_clip ViT-B-32 file
+        raise ValueError(f"parameter text_weights={str(path)!r}: the file does not fit open_clip {TEXT_MODEL!r} "
+                         f"({exc})") from exc
+    return clip_model
 
 
 class PromptBank:

@@ -55,6 +55,10 @@ class StudyConfig:
     pretrained: bool = False
     image_weights: str | None = None
     text_weights: str | None = None
+    # True: a pickled weights file (or an old run checkpoint) that needs more than tensors and the allowed types
+    # is loaded in full, which can run code from it; only for files you trust (mvlip_utils/weights.py). Off:
+    # such a file is refused. MVLIP_TRUST_PICKLED_WEIGHTS=1 does the same.
+    trust_pickled_weights: bool = False
     # free-form note carried into config.json
     note: str = ""
 
@@ -123,8 +127,9 @@ def get_config(profile: str = "smoke", **overrides: Any) -> StudyConfig:
 # do; the precision mode is its own parameter; config.json records the resolved device), num_workers (the
 # shuffle order and every seed come from seeded generators in the main process; the transforms draw nothing
 # at random), note (free text), data_cache (bit-identical input tensors; tests compare the inputs and the
-# histories). Everything else, epochs included, decides the run (train.RunMismatchError).
-RUN_IRRELEVANT = ("device", "num_workers", "note", "data_cache")
+# histories), trust_pickled_weights (decides whether a file may be loaded, not what it holds). Everything
+# else, epochs included, decides the run (train.RunMismatchError).
+RUN_IRRELEVANT = ("device", "num_workers", "note", "data_cache", "trust_pickled_weights")
 
 
 def changed_parameters(saved: dict[str, Any], config: StudyConfig, ignore: tuple[str, ...] = ()) -> dict[str, Any]:

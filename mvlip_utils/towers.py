@@ -7,7 +7,8 @@
 Two sizes: ``paper`` (exactly these architectures) and ``smoke`` (the same families at tiny widths and
 depths). Pretrained weights come from a local file when ``weights_path`` is given, else from the usual
 caches/hubs; when they cannot be had the error names the weight, where it looked and how to go on.
-There is never a silent fall-back to random weights.
+There is never a silent fall-back to random weights. Weight files are read without running code from them
+(``weights.read_state_dict``; ``trust_pickled_weights`` is the opt-in for a pickled file the user trusts).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from .ssm import install_mamba_ssm_shim
+from .weights import read_state_dict
 
 SSM_BACKEND = install_mamba_ssm_shim()  # must precede `import mambavision`
 
@@ -101,33 +103,8 @@ def _unavailable(encoder: str, what: str, looked: list[str], cause: BaseExceptio
     return WeightsUnavailableError(msg)
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The tensors of a checkpoint file: .pth/.pth.tar/.bin (torch) or .safetensors.
-
-    Accepts the wrappers the model zoos use ({'state_dict': ...}, {'model': ...}) and strips 'module.'.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file {str(path)!r} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    for key in ("state_dict", "model", "module"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-            break
-    if not isinstance(state, dict) or not state:
-        raise ValueError(f"checkpoint file {str(path)!r} holds no state dict")
-    if all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return state
-
-
-def _load_mambavision_weights(backbone: nn.Module, path: str) -> None:
-    state = read_state_dict(path)
+def _load_mambavision_weights(backbone: nn.Module, path: str, trust: bool = False) -> None:
+    state = read_state_dict(path, trust=trust)
     state = {k: v for k, v in state.items() if not k.startswith("head.")}  # the classifier is replaced
     result = backbone.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
@@ -135,18 +112,18 @@ def _load_mambavision_weights(backbone: nn.Module, path: str) -> None:
                          f"missing {result.missing_keys[:5]}..., unexpected {result.unexpected_keys[:5]}...")
 
 
-def _mambavision_pretrained(backbone: nn.Module, weights_path: str | None) -> None:
+def _mambavision_pretrained(backbone: nn.Module, weights_path: str | None, trust: bool = False) -> None:
     looked = [f"environment variable {WEIGHTS_ENV['mambavision']} (unset)"]
     if weights_path:
         if not Path(weights_path).is_file():
             raise FileNotFoundError(f"parameter image_weights={weights_path!r}: no such file")
-        _load_mambavision_weights(backbone, weights_path)
+        _load_mambavision_weights(backbone, weights_path, trust)
         return
     target = str(Path(torch.hub.get_dir()) / "checkpoints" / "mamba_vision_B_21k.pth.tar")
     for candidate in (target, "/tmp/mamba_vision_B_21k.pth.tar"):  # ours, then mambavision's own place
         looked.append(candidate)
         if Path(candidate).is_file():
-            _load_mambavision_weights(backbone, candidate)
+            _load_mambavision_weights(backbone, candidate, trust)
             return
     url = backbone.default_cfg.get("url")
     looked.append(f"{url} (download to {target})")
@@ -156,7 +133,7 @@ def _mambavision_pretrained(backbone: nn.Module, weights_path: str | None) -> No
     except Exception as exc:  # offline: no route to the hub
         Path(target).unlink(missing_ok=True)
         raise _unavailable("mambavision", TIMM_NAMES["mambavision"], looked, exc) from exc
-    _load_mambavision_weights(backbone, target)
+    _load_mambavision_weights(backbone, target, trust)
 
 
 def architecture(encoder: str, size: str = "paper", image_size: int = 224) -> dict[str, Any]:
@@ -167,10 +144,27 @@ def architecture(encoder: str, size: str = "paper", image_size: int = 224) -> di
             "overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()}}
 
 
+def _file_overlay(weights_path: str, trust_pickled_weights: bool) -> dict[str, Any]:
+    """timm's ``pretrained_cfg_overlay`` for a local weights file: its tensors, read by ``read_state_dict``
+    (weights only, whatever the installed timm's own file loading does), and the path for the record.
+    timm then filters them (key conversions, classifier dropped) as it does for its own files."""
+    return dict(state_dict=read_state_dict(weights_path, trust=trust_pickled_weights), file=str(weights_path))
+
+
+def _forget_overlay_tensors(backbone: nn.Module) -> None:
+    # timm keeps the overlay in the model's pretrained_cfg (default_cfg is the same dict): drop the tensors' copy
+    for cfg in (getattr(backbone, "pretrained_cfg", None), getattr(backbone, "default_cfg", None)):
+        if isinstance(cfg, dict):
+            cfg.pop("state_dict", None)
+
+
 def create_image_tower(encoder: str, size: str = "paper", pretrained: bool = False,
                        weights_path: str | None = None, image_size: int = 224,
-                       embed_dim: int = EMBED_DIM) -> ImageTower:
-    """The image tower ``encoder`` at ``size``, with a new ``embed_dim`` projection."""
+                       embed_dim: int = EMBED_DIM, trust_pickled_weights: bool = False) -> ImageTower:
+    """The image tower ``encoder`` at ``size``, with a new ``embed_dim`` projection.
+
+    A torch weights file is loaded without running code from it (``weights.read_state_dict``); one that
+    needs more is refused unless ``trust_pickled_weights`` (or MVLIP_TRUST_PICKLED_WEIGHTS=1)."""
     if encoder not in TIMM_NAMES:
         raise ValueError(f"parameter encoder={encoder!r} is not one of {list(TIMM_NAMES)}")
     if size not in ("paper", "smoke"):
@@ -190,14 +184,15 @@ def create_image_tower(encoder: str, size: str = "paper", pretrained: bool = Fal
     if encoder == "mambavision":
         backbone = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
         if pretrained:
-            _mambavision_pretrained(backbone, weights_path)
+            _mambavision_pretrained(backbone, weights_path, trust_pickled_weights)
     else:
         if pretrained and weights_path and not Path(weights_path).is_file():
             raise FileNotFoundError(f"parameter image_weights={weights_path!r}: no such file")
-        overlay = dict(file=str(weights_path)) if (pretrained and weights_path) else None
+        overlay = _file_overlay(weights_path, trust_pickled_weights) if (pretrained and weights_path) else None
         try:
             backbone = timm.create_model(name, pretrained=pretrained, num_classes=0,
                                          pretrained_cfg_overlay=overlay, **kwargs)
+            _forget_overlay_tensors(backbone)
         except Exception as exc:
             if not pretrained or weights_path:
                 raise

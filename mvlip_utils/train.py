@@ -16,7 +16,8 @@ seeded per epoch, so a resumed run ends with the same metrics as an uninterrupte
 
 A run folder holds one run and says which: a finished run or a checkpoint made with other parameters
 (``epochs`` included) or another tower architecture is refused with a ``RunMismatchError``, never reused,
-extended or relabelled; a finished run of the same parameters is returned as it is, nothing rewritten.
+extended or relabelled; a finished run of the same parameters is returned as it is, nothing rewritten. The checkpoint holds
+tensors and plain Python values only, and is read back with ``weights_only=True`` (``weights.load_torch_file``).
 """
 
 from __future__ import annotations
@@ -46,10 +47,17 @@ from .model import MVLIP, PromptBank, create_text_tower
 from .precision import autocast_region, precision_context
 from .profiles import StudyConfig, changed_parameters, resolve_device
 from .towers import SSM_BACKEND, architecture, count_parameters, create_image_tower
+from .weights import TRUST_ENV, load_torch_file
 
 logger = logging.getLogger("mvlip_utils.train")
 
 CHECKPOINT = "checkpoint.pt"
+
+# How to go on when a run checkpoint needs more than tensors and plain values to load.
+CHECKPOINT_REMEDY = (
+    "To go on: start the run again (train_run(..., resume=False); the study's --force) or use another "
+    "results_dir; or, if this is a checkpoint the study wrote for you (versions before weights-only loading "
+    f"stored numpy's RNG state), resume it with trust_pickled_weights=True (or {TRUST_ENV}=1).")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -147,8 +155,10 @@ def build_experiment(config: StudyConfig, progress: bool = True) -> Experiment:
                               for split, dataset in (("train", train_set), ("val", val_set)))
     seed_everything(config.seed)  # the towers' random initialisation is part of the run's definition
     image_tower = create_image_tower(config.encoder, size=config.model_size, pretrained=config.pretrained,
-                                     weights_path=config.image_weights, image_size=config.image_size)
-    text_tower = create_text_tower(pretrained=config.pretrained, weights_path=config.text_weights)
+                                     weights_path=config.image_weights, image_size=config.image_size,
+                                     trust_pickled_weights=config.trust_pickled_weights)
+    text_tower = create_text_tower(pretrained=config.pretrained, weights_path=config.text_weights,
+                                   trust_pickled_weights=config.trust_pickled_weights)
     model = MVLIP(image_tower, text_tower, temperature=config.temperature,
                   learn_temperature=config.learn_temperature, train_text=config.train_text).to(device)
     bank = PromptBank(model.text, classnames, data_mod.TEMPLATES, device=device, progress=progress)
@@ -294,17 +304,39 @@ def _model_state(model: MVLIP, train_text: bool) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if train_text or not k.startswith("text.")}
 
 
+def _numpy_rng_state() -> dict[str, Any]:
+    """numpy's global RNG state as plain values and a tensor (np.random.get_state() holds an ndarray)."""
+    name, key, pos, has_gauss, cached_gaussian = np.random.get_state()
+    return {"bit_generator": name, "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)}
+
+
+def _set_numpy_rng_state(state: dict[str, Any] | tuple) -> None:
+    """Restore ``_numpy_rng_state()``; a tuple is np.random.get_state() as checkpoints before it stored it."""
+    if isinstance(state, dict):
+        state = (state["bit_generator"], state["key"].numpy().astype(np.uint32), state["pos"],
+                 state["has_gauss"], state["cached_gaussian"])
+    np.random.set_state(state)
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the Python number it holds (exactly); anything else unchanged."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def save_checkpoint(experiment: Experiment, optimizer, scheduler, epoch: int, history: list[dict]) -> Path:
+    """Write the run's state after ``epoch``: tensors and plain Python values only, so that it loads with
+    ``weights_only=True`` and no allowed types."""
     state = {
         "epoch": epoch,
         "model": _model_state(experiment.model, experiment.config.train_text),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
-        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+        "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_rng_state(), "python": random.getstate(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         "config": experiment.config.to_dict(),
         "architecture": _architecture(experiment.config),
-        "history": history,
+        "history": [{k: _plain(v) for k, v in row.items()} for row in history],
     }
     buffer = io.BytesIO()
     torch.save(state, buffer)
@@ -314,14 +346,16 @@ def save_checkpoint(experiment: Experiment, optimizer, scheduler, epoch: int, hi
 
 
 def load_checkpoint(experiment: Experiment, optimizer, scheduler) -> tuple[int, list[dict]]:
-    """Restore a run from its checkpoint; returns (last complete epoch, history). (0, []) when none.
+    """Restore a run from its checkpoint (read with weights_only=True: a checkpoint that needs more is refused
+    unless trust_pickled_weights); returns (last complete epoch, history). (0, []) when none.
 
     A checkpoint of other parameters (``epochs`` too) or of another tower architecture raises
     RunMismatchError."""
     path = experiment.run_dir / CHECKPOINT
     if not path.is_file():
         return 0, []
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = load_torch_file(path, trust=experiment.config.trust_pickled_weights, what="run checkpoint",
+                            remedy=CHECKPOINT_REMEDY)
     holds = f"a checkpoint after epoch {state['epoch']} of a {state['config'].get('epochs')}-epoch run"
     changed = changed_parameters(state["config"], experiment.config)
     if changed:
@@ -340,7 +374,7 @@ def load_checkpoint(experiment: Experiment, optimizer, scheduler) -> tuple[int, 
     scheduler.load_state_dict(state["scheduler"])
     rng = state["rng"]
     torch.set_rng_state(rng["torch"])
-    np.random.set_state(rng["numpy"])
+    _set_numpy_rng_state(rng["numpy"])
     random.setstate(rng["python"])
     if rng.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])

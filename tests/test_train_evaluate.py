@@ -173,7 +173,7 @@ def test_resume_accepts_a_checkpoint_written_before_a_parameter_existed(tmp_path
     config = tiny_config(tmp_path, epochs=2)
     train.train_run(config, progress=False, stop_after_epoch=1)
     path = results.run_dir(config) / train.CHECKPOINT
-    state = torch.load(path, weights_only=False)
+    state = torch.load(path, weights_only=True)
     del state["config"]["data_cache"]  # as saved by a version without that parameter (its default)
     torch.save(state, path)
     history = train.train_run(config, progress=False)
@@ -184,7 +184,7 @@ def test_a_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_good_chec
     config = tiny_config(tmp_path, epochs=2)
     train.train_run(config, progress=False, stop_after_epoch=1)
     run = results.run_dir(config)
-    good = torch.load(run / train.CHECKPOINT, weights_only=False)
+    good = torch.load(run / train.CHECKPOINT, weights_only=True)
     original = train.contrastive_loss
 
     def exploding(*args, **kwargs):
@@ -194,7 +194,7 @@ def test_a_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_good_chec
     with pytest.raises(train.NonFiniteLossError, match="epoch 2, step 0") as info:
         train.train_run(config, progress=False)
     assert str(run / train.CHECKPOINT) in str(info.value)
-    kept = torch.load(run / train.CHECKPOINT, weights_only=False)
+    kept = torch.load(run / train.CHECKPOINT, weights_only=True)
     assert kept["epoch"] == 1
     assert all(torch.equal(v, kept["model"][k]) for k, v in good["model"].items())
     assert not results.is_finished(run)
