@@ -1,12 +1,12 @@
-"""Data for the MVLIP study: caption templates, datasets, the generated offline dataset, loaders.
+"""Reading image data for the study: caption templates, class names, CLIP preprocessing, ImageFolder splits,
+seeded loaders and the uint8 cache. (The generated datasets of the offline profiles are ``generated``'s.)
 
 What lives here
-- ``TEMPLATES``: the paper's 10 caption templates (FACTS.md), and ``sample_captions``.
-- ``make_generated_dataset``: a small deterministic coloured-shapes ImageFolder, the offline default.
+- ``TEMPLATES``: the paper's 10 caption templates (the authors' code), and ``sample_captions``.
 - ``class_names_for_folders``: ImageNet wnid folders -> CLIP's curated ImageNet class names; any other
   folder name -> the name with "_" replaced by " ".
 - ``clip_transform``: open_clip's own CLIP preprocessing (Resize bicubic, CenterCrop, RGB, CLIP mean/std).
-- ``ImageFolderSplit`` (alias ``ImageFolderDataset``) and ``load_splits``: ImageNet-mini
+- ``ImageFolderSplit`` and ``load_splits``: ImageNet-mini
   (``ROOT/train/<wnid>/*.JPEG``, ``ROOT/val/<wnid>/*.JPEG``) or any ImageFolder with class-name folders.
   Layout problems raise at once with the path named; unreadable images are found when the split is
   scanned and skipped (logged, and listed in ``ds.skipped``), never deep inside a DataLoader worker.
@@ -25,29 +25,22 @@ Decisions (documented here because callers depend on them)
   (ImageFolder and the authors' code do none).
 - Files are recognised by extension, case-insensitively (``IMG_EXTENSIONS``); other files and hidden
   files (``.DS_Store``, ``._x.jpg``) are ignored. Class folders are walked recursively, like ImageFolder.
-- ``make_generated_dataset``: an identical complete manifest -> nothing is written. A manifest written by
-  this generator with other parameters (or an unfinished one) -> train/, val/ and the manifest are
-  removed and the dataset is regenerated in place. A non-empty folder without our manifest -> ValueError
-  naming the folder (we never delete files we did not write).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import math
 import os
 import random
 import re
-import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -82,168 +75,6 @@ def sample_captions(labels, classnames: Sequence[str], generator: torch.Generato
     picks = torch.randint(len(templates), (len(labels),), generator=generator)
     return [templates[int(t)].format(classnames[int(y)]) for t, y in zip(picks, labels)]
 
-
-# ------------------------------------------------------------------------------ generated dataset
-GENERATOR_NAME = "mvlip_utils.data.make_generated_dataset"
-GENERATOR_VERSION = 1
-
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (215, 40, 40),
-    "blue": (40, 80, 225),
-    "green": (35, 165, 60),
-    "yellow": (235, 215, 40),
-    "purple": (135, 55, 190),
-    "orange": (245, 135, 25),
-    "pink": (245, 125, 185),
-    "cyan": (40, 205, 215),
-}
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "diamond", "hexagon", "ring")
-
-
-def generated_class_combos(n_classes: int) -> list[tuple[str, str]]:
-    """The first ``n_classes`` (colour, shape) pairs, in an order where neighbouring classes differ in
-    both colour and shape (diagonals of the colour x shape grid): red circle, blue square,
-    green triangle, ... Every pair appears once; at most len(COLOURS) * len(SHAPES) classes."""
-    colours, n_s = list(COLOURS), len(SHAPES)
-    limit = len(colours) * n_s
-    if not isinstance(n_classes, int) or not 1 <= n_classes <= limit:
-        raise ValueError(f"n_classes must be an int in [1, {limit}] (colours x shapes), got {n_classes!r}")
-    pairs = [(colours[c], SHAPES[(c + d) % n_s]) for d in range(n_s) for c in range(len(colours))]
-    return pairs[:n_classes]
-
-
-def _shape_polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
-    def rot(points):
-        ca, sa = math.cos(angle), math.sin(angle)
-        return [(cx + x * ca - y * sa, cy + x * sa + y * ca) for x, y in points]
-
-    if shape == "square":
-        s = r / math.sqrt(2) * 1.15
-        return rot([(-s, -s), (s, -s), (s, s), (-s, s)])
-    if shape == "triangle":
-        return rot([(r * math.cos(a), r * math.sin(a)) for a in (-math.pi / 2 + k * 2 * math.pi / 3 for k in range(3))])
-    if shape == "diamond":
-        return rot([(0, -r), (0.62 * r, 0), (0, r), (-0.62 * r, 0)])
-    if shape == "hexagon":
-        return rot([(r * math.cos(k * math.pi / 3), r * math.sin(k * math.pi / 3)) for k in range(6)])
-    if shape == "star":
-        pts = []
-        for k in range(10):
-            rr = r if k % 2 == 0 else 0.42 * r
-            a = -math.pi / 2 + k * math.pi / 5
-            pts.append((rr * math.cos(a), rr * math.sin(a)))
-        return rot(pts)
-    if shape == "cross":
-        w = 0.33 * r
-        return rot([(-w, -r), (w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r), (-w, w),
-                    (-r, w), (-r, -w), (-w, -w)])
-    raise ValueError(f"shape: unknown polygon shape {shape!r}")
-
-
-def _draw_sample(colour: str, shape: str, image_size: int, rng: np.random.Generator) -> Image.Image:
-    """One image: a jittered coloured shape on a shaded, slightly tinted background, plus noise.
-    Drawn at 4x and downsampled (anti-aliased edges)."""
-    ss = 4
-    big = image_size * ss
-    shade = rng.uniform(70, 190)
-    tint = rng.uniform(-12, 12, size=3)
-    bg = tuple(int(np.clip(shade + t, 0, 255)) for t in tint)
-    img = Image.new("RGB", (big, big), bg)
-    draw = ImageDraw.Draw(img)
-    fill = tuple(int(np.clip(c + j, 0, 255)) for c, j in zip(COLOURS[colour], rng.uniform(-25, 25, size=3)))
-    r = rng.uniform(0.16, 0.32) * big
-    cx = rng.uniform(r, big - r)
-    cy = rng.uniform(r, big - r)
-    angle = rng.uniform(0, 2 * math.pi)
-    if shape == "circle":
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
-    elif shape == "ring":
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=fill, width=max(1, int(0.3 * r)))
-    else:
-        draw.polygon(_shape_polygon(shape, cx, cy, r, angle), fill=fill)
-    img = img.resize((image_size, image_size), Image.Resampling.BOX)
-    arr = np.asarray(img, dtype=np.float32) + rng.normal(0.0, 8.0, size=(image_size, image_size, 3))
-    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
-
-
-def _expected_manifest(n_classes, train_per_class, val_per_class, image_size, seed) -> dict:
-    classes = [f"{c} {s}" for c, s in generated_class_combos(n_classes)]
-    return {
-        "generator": GENERATOR_NAME,
-        "version": GENERATOR_VERSION,
-        "params": {"n_classes": n_classes, "train_per_class": train_per_class,
-                   "val_per_class": val_per_class, "image_size": image_size, "seed": seed},
-        "classes": classes,
-        "counts": {"train": {c: train_per_class for c in classes}, "val": {c: val_per_class for c in classes},
-                   "train_total": train_per_class * n_classes, "val_total": val_per_class * n_classes},
-        "complete": True,
-    }
-
-
-def _files_match(root: Path, manifest: dict) -> bool:
-    for split in ("train", "val"):
-        for cls, n in manifest["counts"][split].items():
-            d = root / split / cls
-            if not d.is_dir() or len([p for p in os.listdir(d) if p.endswith(".png")]) != n:
-                return False
-    return True
-
-
-def make_generated_dataset(root, n_classes: int = 10, train_per_class: int = 40, val_per_class: int = 10,
-                           image_size: int = 64, seed: int = 0, progress: bool = True) -> Path:
-    """Write (or reuse) the offline coloured-shapes dataset at ``root`` and return ``Path(root)``.
-
-    Layout: root/train/<class name>/NNNN.png, root/val/<class name>/NNNN.png, root/manifest.json
-    (parameters, class list, counts). Class names are "<colour> <shape>" ("red circle", ...). Each image
-    is drawn from its own RNG stream (seed, split, class, index), so the same parameters give
-    byte-identical files. Shape position, size, rotation, colour, background shade/tint and pixel noise
-    vary per image. See the module docstring for what happens when ``root`` already holds something.
-    """
-    for name, value, lo in (("train_per_class", train_per_class, 1), ("val_per_class", val_per_class, 0),
-                            ("image_size", image_size, 16), ("seed", seed, 0)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < lo:
-            raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
-    root = Path(root)
-    manifest = _expected_manifest(n_classes, int(train_per_class), int(val_per_class), int(image_size), int(seed))
-    mpath = root / "manifest.json"
-    if mpath.is_file():
-        try:
-            old = json.loads(mpath.read_text())
-        except (OSError, json.JSONDecodeError):
-            old = None
-        if not isinstance(old, dict) or old.get("generator") != GENERATOR_NAME:
-            raise ValueError(f"{root}: manifest.json was not written by {GENERATOR_NAME}; "
-                             "refusing to overwrite it (pick another root)")
-        if old == manifest and _files_match(root, manifest):
-            logger.info("generated dataset at %s is up to date; not regenerating", root)
-            return root
-        logger.info("generated dataset at %s has other parameters or is incomplete; regenerating", root)
-        for sub in ("train", "val"):
-            if (root / sub).exists():
-                shutil.rmtree(root / sub)
-        mpath.unlink()
-    elif root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise ValueError(f"{root}: exists and is not empty but has no manifest.json from {GENERATOR_NAME}; "
-                         "refusing to write into it (pick an empty or new folder)")
-
-    root.mkdir(parents=True, exist_ok=True)
-    # an unfinished manifest first: an interrupted run is recognised and regenerated next time
-    mpath.write_text(json.dumps({**manifest, "complete": False}, indent=2))
-    combos = generated_class_combos(n_classes)
-    jobs = [(split, si, ci, i) for si, (split, n) in enumerate((("train", train_per_class), ("val", val_per_class)))
-            for ci in range(n_classes) for i in range(n)]
-    for split in ("train", "val"):
-        for cls in manifest["classes"]:
-            (root / split / cls).mkdir(parents=True, exist_ok=True)
-    for split, si, ci, i in tqdm(jobs, desc=f"generating {root.name}", disable=not progress, leave=False):
-        colour, shape = combos[ci]
-        rng = np.random.default_rng([int(seed), si, ci, i])
-        img = _draw_sample(colour, shape, int(image_size), rng)
-        img.save(root / split / f"{colour} {shape}" / f"{i:04d}.png", format="PNG", optimize=False)
-    tmp = root / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, mpath)
-    return root
 
 
 # ----------------------------------------------------------------------------------- class names
@@ -449,9 +280,6 @@ class ImageFolderSplit(Dataset):
                 f"skipped={len(self.skipped)})")
 
 
-ImageFolderDataset = ImageFolderSplit  # the name API.md uses
-
-
 def load_splits(root, transform: Callable | None = None, image_size: int = 224, *, check: str = "verify",
                 progress: bool = True):
     """``root/train`` and ``root/val`` -> (train_ds, val_ds, classnames).
@@ -515,29 +343,6 @@ def make_loader(dataset, batch_size: int, shuffle: bool, drop_last: bool, num_wo
                       num_workers=num_workers, generator=g, worker_init_fn=_seed_worker,
                       pin_memory=pin_memory, persistent_workers=False)
 
-
-# ------------------------------------------------------------------------------ synthetic JPEG files
-def write_random_jpeg(job: tuple[str, int, int, int]) -> int:
-    """Write one JPEG (smooth colour field plus noise, sides drawn in lo..hi px) from ``(path, seed, lo,
-    hi)``; returns its size in bytes. For timing JPEG decoding at ImageNet-like file sizes."""
-    path, seed, lo, hi = job
-    rng = np.random.default_rng(seed)
-    w, h = (int(v) for v in rng.integers(lo, hi + 1, size=2))
-    low = rng.integers(0, 256, size=(int(rng.integers(3, 9)), int(rng.integers(3, 9)), 3), dtype=np.uint8)
-    img = np.asarray(Image.fromarray(low).resize((w, h), Image.BICUBIC), dtype=np.int16)
-    img = np.clip(img + rng.integers(-14, 15, size=img.shape), 0, 255).astype(np.uint8)  # texture
-    Image.fromarray(img).save(path, format="JPEG", quality=90)
-    return os.path.getsize(path)
-
-
-def write_random_jpegs(jobs: Sequence[tuple[str, int, int, int]], workers: int = 1, chunksize: int = 16) -> list[int]:
-    """``write_random_jpeg`` for every job, over ``workers`` forked processes; the files' sizes."""
-    if workers > 1:
-        import multiprocessing as mp
-
-        with mp.get_context("fork").Pool(workers) as pool:
-            return pool.map(write_random_jpeg, jobs, chunksize=chunksize)
-    return [write_random_jpeg(job) for job in jobs]
 
 
 # ------------------------------------------------------------------------------ preprocessed cache

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
@@ -17,6 +16,7 @@ import torch
 from PIL import Image
 
 from mvlip_utils import data as D
+from mvlip_utils import generated as G
 
 
 def _digest(root: Path) -> dict[str, str]:
@@ -43,7 +43,7 @@ def _make_folder(root: Path, spec: dict[str, dict[str, int]], ext=".png", seed=0
 
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory) -> Path:
-    return D.make_generated_dataset(tmp_path_factory.mktemp("gen") / "shapes", n_classes=4, train_per_class=5,
+    return G.make_generated_dataset(tmp_path_factory.mktemp("gen") / "shapes", n_classes=4, train_per_class=5,
                                     val_per_class=2, image_size=32, seed=3, progress=False)
 
 
@@ -66,76 +66,6 @@ def test_sample_captions_reproducible_and_use_templates():
     assert len(set(a)) > 5  # templates actually vary
     with pytest.raises(ValueError, match="labels"):
         D.sample_captions(torch.tensor([2]), names)
-
-
-# --------------------------------------------------------------------------- generated dataset
-def test_generated_layout_counts_and_manifest(generated):
-    m = json.loads((generated / "manifest.json").read_text())
-    assert m["classes"] == ["red circle", "blue square", "green triangle", "yellow star"]
-    assert m["params"] == {"n_classes": 4, "train_per_class": 5, "val_per_class": 2, "image_size": 32, "seed": 3}
-    assert m["counts"]["train_total"] == 20 and m["counts"]["val_total"] == 8
-    for split, n in (("train", 5), ("val", 2)):
-        assert sorted(p.name for p in (generated / split).iterdir()) == sorted(m["classes"])
-        for cls in m["classes"]:
-            files = sorted((generated / split / cls).iterdir())
-            assert [f.name for f in files] == [f"{i:04d}.png" for i in range(n)]
-            with Image.open(files[0]) as im:
-                assert im.size == (32, 32) and im.mode == "RGB"
-    # images within a class differ (position/size/rotation/noise vary)
-    a, b = (np.asarray(Image.open(generated / "train" / "red circle" / f"000{i}.png")) for i in (0, 1))
-    assert not np.array_equal(a, b)
-
-
-def test_generated_is_deterministic_and_seed_dependent(tmp_path, generated):
-    again = D.make_generated_dataset(tmp_path / "again", n_classes=4, train_per_class=5, val_per_class=2,
-                                     image_size=32, seed=3, progress=False)
-    assert _digest(again) == _digest(generated)
-    other = D.make_generated_dataset(tmp_path / "other", n_classes=4, train_per_class=5, val_per_class=2,
-                                     image_size=32, seed=4, progress=False)
-    da, db = _digest(other), _digest(generated)
-    assert da.keys() == db.keys()
-    assert sum(da[k] != db[k] for k in da if k.endswith(".png")) == 28
-
-
-def test_generated_colour_is_the_class_colour(generated):
-    """The shape's pixels carry the class colour: the most saturated pixels of a 'red' image are red."""
-    for cls, channel in (("red circle", 0), ("green triangle", 1), ("blue square", 2)):
-        arr = np.asarray(Image.open(generated / "train" / cls / "0000.png")).astype(float)
-        sat = arr.max(-1) - arr.min(-1)
-        top = arr[sat > np.quantile(sat, 0.9)].mean(0)
-        assert top.argmax() == channel, (cls, top)
-
-
-def test_generated_skips_identical_and_regenerates_changed(tmp_path):
-    root = tmp_path / "g"
-    D.make_generated_dataset(root, n_classes=2, train_per_class=2, val_per_class=1, image_size=16, progress=False)
-    marker = root / "train" / "red circle" / "0000.png"
-    mtime = marker.stat().st_mtime_ns
-    D.make_generated_dataset(root, n_classes=2, train_per_class=2, val_per_class=1, image_size=16, progress=False)
-    assert marker.stat().st_mtime_ns == mtime  # identical manifest: nothing rewritten
-    D.make_generated_dataset(root, n_classes=3, train_per_class=1, val_per_class=1, image_size=16, progress=False)
-    assert sorted(p.name for p in (root / "train").iterdir()) == ["blue square", "green triangle", "red circle"]
-    assert len(list((root / "train" / "red circle").iterdir())) == 1  # old files removed, not mixed
-    assert json.loads((root / "manifest.json").read_text())["params"]["n_classes"] == 3
-    # a deleted file makes the identical manifest insufficient: regenerated
-    marker = root / "train" / "red circle" / "0000.png"
-    marker.unlink()
-    D.make_generated_dataset(root, n_classes=3, train_per_class=1, val_per_class=1, image_size=16, progress=False)
-    assert marker.is_file()
-
-
-def test_generated_refuses_foreign_folder_and_bad_params(tmp_path):
-    foreign = tmp_path / "mine"
-    foreign.mkdir()
-    (foreign / "notes.txt").write_text("precious")
-    with pytest.raises(ValueError, match=re.escape(str(foreign))):
-        D.make_generated_dataset(foreign, progress=False)
-    assert (foreign / "notes.txt").read_text() == "precious"
-    with pytest.raises(ValueError, match="n_classes"):
-        D.make_generated_dataset(tmp_path / "x", n_classes=65, progress=False)
-    with pytest.raises(ValueError, match="train_per_class"):
-        D.make_generated_dataset(tmp_path / "x", train_per_class=0, progress=False)
-    assert len(D.generated_class_combos(64)) == len(set(D.generated_class_combos(64))) == 64
 
 
 # ---------------------------------------------------------------------------------- class names
@@ -345,18 +275,3 @@ def test_cache_matches_transform(tmp_path, generated):
         D.CachedImageDataset(tmp_path / "nope.pt")
     with pytest.raises(ValueError, match="batch_uint8"):
         D.normalize_on_device(xb.float(), "cpu")
-
-
-def test_random_jpegs_are_real_deterministic_files_within_the_size_range(tmp_path):
-    from PIL import Image as PILImage
-
-    from mvlip_utils.data import write_random_jpegs
-
-    jobs = [(str(tmp_path / f"{i}.jpg"), 7 + i, 40, 60) for i in range(3)]
-    sizes = write_random_jpegs(jobs, workers=2, chunksize=1)
-    first = [(tmp_path / f"{i}.jpg").read_bytes() for i in range(3)]
-    assert sizes == [len(b) for b in first]
-    assert write_random_jpegs(jobs[:1]) == sizes[:1] and (tmp_path / "0.jpg").read_bytes() == first[0]
-    for i in range(3):
-        with PILImage.open(tmp_path / f"{i}.jpg") as img:
-            assert img.format == "JPEG" and all(40 <= side <= 60 for side in img.size)

@@ -1,0 +1,300 @@
+"""The generated datasets of the offline profiles: coloured shapes (smoke) and ImageNet-mini-shaped JPEGs (speed).
+
+- ``make_generated_dataset``: a small deterministic coloured-shapes ImageFolder ("red circle", ...), the
+  ``smoke`` profile's data: small PNGs that a tiny tower learns to tell apart in a few CPU epochs.
+- ``make_imagenet_like_dataset``: ImageNet-mini's layout (``train/<wnid>/*.JPEG``, ``val/<wnid>/*.JPEG``, the
+  first N of ImageNet-1k's wnids) filled with real JPEG files of random content at ImageNet-like sizes
+  (300-500 px a side), the ``speed`` profile's data: JPEG decoding, resizing and the 1,000-class zero-shot
+  head cost what they cost on ImageNet-mini, while the images mean nothing.
+- ``write_random_jpeg(s)``: the JPEG files themselves (smooth colour fields plus noise).
+
+Both datasets are written once and reused: a complete ``manifest.json`` with the same parameters means
+nothing is written; a manifest of this module with other parameters (or an unfinished one) means the
+dataset is removed and written again in place; a non-empty folder without our manifest is refused with a
+ValueError naming it (we never delete files we did not write).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
+
+logger = logging.getLogger("mvlip_utils.generated")
+
+# ------------------------------------------------------------------------------ coloured shapes (smoke)
+# the name stays the one written into earlier manifests, so that existing datasets are still recognised
+GENERATOR_NAME = "mvlip_utils.data.make_generated_dataset"
+GENERATOR_VERSION = 1
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (215, 40, 40),
+    "blue": (40, 80, 225),
+    "green": (35, 165, 60),
+    "yellow": (235, 215, 40),
+    "purple": (135, 55, 190),
+    "orange": (245, 135, 25),
+    "pink": (245, 125, 185),
+    "cyan": (40, 205, 215),
+}
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "diamond", "hexagon", "ring")
+
+
+def generated_class_combos(n_classes: int) -> list[tuple[str, str]]:
+    """The first ``n_classes`` (colour, shape) pairs, in an order where neighbouring classes differ in
+    both colour and shape (diagonals of the colour x shape grid): red circle, blue square,
+    green triangle, ... Every pair appears once; at most len(COLOURS) * len(SHAPES) classes."""
+    colours, n_s = list(COLOURS), len(SHAPES)
+    limit = len(colours) * n_s
+    if not isinstance(n_classes, int) or not 1 <= n_classes <= limit:
+        raise ValueError(f"n_classes must be an int in [1, {limit}] (colours x shapes), got {n_classes!r}")
+    pairs = [(colours[c], SHAPES[(c + d) % n_s]) for d in range(n_s) for c in range(len(colours))]
+    return pairs[:n_classes]
+
+
+def _shape_polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
+    def rot(points):
+        ca, sa = math.cos(angle), math.sin(angle)
+        return [(cx + x * ca - y * sa, cy + x * sa + y * ca) for x, y in points]
+
+    if shape == "square":
+        s = r / math.sqrt(2) * 1.15
+        return rot([(-s, -s), (s, -s), (s, s), (-s, s)])
+    if shape == "triangle":
+        return rot([(r * math.cos(a), r * math.sin(a)) for a in (-math.pi / 2 + k * 2 * math.pi / 3 for k in range(3))])
+    if shape == "diamond":
+        return rot([(0, -r), (0.62 * r, 0), (0, r), (-0.62 * r, 0)])
+    if shape == "hexagon":
+        return rot([(r * math.cos(k * math.pi / 3), r * math.sin(k * math.pi / 3)) for k in range(6)])
+    if shape == "star":
+        pts = []
+        for k in range(10):
+            rr = r if k % 2 == 0 else 0.42 * r
+            a = -math.pi / 2 + k * math.pi / 5
+            pts.append((rr * math.cos(a), rr * math.sin(a)))
+        return rot(pts)
+    if shape == "cross":
+        w = 0.33 * r
+        return rot([(-w, -r), (w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r), (-w, w),
+                    (-r, w), (-r, -w), (-w, -w)])
+    raise ValueError(f"shape: unknown polygon shape {shape!r}")
+
+
+def _draw_sample(colour: str, shape: str, image_size: int, rng: np.random.Generator) -> Image.Image:
+    """One image: a jittered coloured shape on a shaded, slightly tinted background, plus noise.
+    Drawn at 4x and downsampled (anti-aliased edges)."""
+    ss = 4
+    big = image_size * ss
+    shade = rng.uniform(70, 190)
+    tint = rng.uniform(-12, 12, size=3)
+    bg = tuple(int(np.clip(shade + t, 0, 255)) for t in tint)
+    img = Image.new("RGB", (big, big), bg)
+    draw = ImageDraw.Draw(img)
+    fill = tuple(int(np.clip(c + j, 0, 255)) for c, j in zip(COLOURS[colour], rng.uniform(-25, 25, size=3)))
+    r = rng.uniform(0.16, 0.32) * big
+    cx = rng.uniform(r, big - r)
+    cy = rng.uniform(r, big - r)
+    angle = rng.uniform(0, 2 * math.pi)
+    if shape == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    elif shape == "ring":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=fill, width=max(1, int(0.3 * r)))
+    else:
+        draw.polygon(_shape_polygon(shape, cx, cy, r, angle), fill=fill)
+    img = img.resize((image_size, image_size), Image.Resampling.BOX)
+    arr = np.asarray(img, dtype=np.float32) + rng.normal(0.0, 8.0, size=(image_size, image_size, 3))
+    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
+
+
+def _expected_manifest(n_classes, train_per_class, val_per_class, image_size, seed) -> dict:
+    classes = [f"{c} {s}" for c, s in generated_class_combos(n_classes)]
+    return {
+        "generator": GENERATOR_NAME,
+        "version": GENERATOR_VERSION,
+        "params": {"n_classes": n_classes, "train_per_class": train_per_class,
+                   "val_per_class": val_per_class, "image_size": image_size, "seed": seed},
+        "classes": classes,
+        "counts": {"train": {c: train_per_class for c in classes}, "val": {c: val_per_class for c in classes},
+                   "train_total": train_per_class * n_classes, "val_total": val_per_class * n_classes},
+        "complete": True,
+    }
+
+
+def make_generated_dataset(root, n_classes: int = 10, train_per_class: int = 40, val_per_class: int = 10,
+                           image_size: int = 64, seed: int = 0, progress: bool = True) -> Path:
+    """Write (or reuse) the offline coloured-shapes dataset at ``root`` and return ``Path(root)``.
+
+    Layout: root/train/<class name>/NNNN.png, root/val/<class name>/NNNN.png, root/manifest.json
+    (parameters, class list, counts). Class names are "<colour> <shape>" ("red circle", ...). Each image
+    is drawn from its own RNG stream (seed, split, class, index), so the same parameters give
+    byte-identical files. Shape position, size, rotation, colour, background shade/tint and pixel noise
+    vary per image. See the module docstring for what happens when ``root`` already holds something.
+    """
+    for name, value, lo in (("train_per_class", train_per_class, 1), ("val_per_class", val_per_class, 0),
+                            ("image_size", image_size, 16), ("seed", seed, 0)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < lo:
+            raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
+    root = Path(root)
+    manifest = _expected_manifest(n_classes, int(train_per_class), int(val_per_class), int(image_size), int(seed))
+    if _reuse_or_prepare(root, manifest, GENERATOR_NAME, ".png"):
+        return root
+    combos = generated_class_combos(n_classes)
+    jobs = [(split, si, ci, i) for si, (split, n) in enumerate((("train", train_per_class), ("val", val_per_class)))
+            for ci in range(n_classes) for i in range(n)]
+    for split in ("train", "val"):
+        for cls in manifest["classes"]:
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+    for split, si, ci, i in tqdm(jobs, desc=f"generating {root.name}", disable=not progress, leave=False):
+        colour, shape = combos[ci]
+        rng = np.random.default_rng([int(seed), si, ci, i])
+        img = _draw_sample(colour, shape, int(image_size), rng)
+        img.save(root / split / f"{colour} {shape}" / f"{i:04d}.png", format="PNG", optimize=False)
+    _finish_manifest(root, manifest)
+    return root
+
+
+def _files_match(root: Path, manifest: dict, suffix: str) -> bool:
+    for split in ("train", "val"):
+        for cls, n in manifest["counts"][split].items():
+            d = root / split / cls
+            if not d.is_dir() or len([p for p in os.listdir(d) if p.endswith(suffix)]) != n:
+                return False
+    return True
+
+
+def _reuse_or_prepare(root: Path, manifest: dict, generator: str, suffix: str) -> bool:
+    """True when ``root`` already holds this very dataset (nothing to write); else ``root`` is made ready for
+    writing it (an older dataset of this generator removed) and an unfinished manifest is written first, so
+    that an interrupted run is recognised and written again next time."""
+    mpath = root / "manifest.json"
+    if mpath.is_file():
+        try:
+            old = json.loads(mpath.read_text())
+        except (OSError, json.JSONDecodeError):
+            old = None
+        if not isinstance(old, dict) or old.get("generator") != generator:
+            raise ValueError(f"{root}: manifest.json was not written by {generator}; "
+                             "refusing to overwrite it (pick another root)")
+        if old == manifest and _files_match(root, manifest, suffix):
+            logger.info("generated dataset at %s is up to date; not regenerating", root)
+            return True
+        logger.info("generated dataset at %s has other parameters or is incomplete; regenerating", root)
+        for sub in ("train", "val"):
+            if (root / sub).exists():
+                shutil.rmtree(root / sub)
+        mpath.unlink()
+    elif root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise ValueError(f"{root}: exists and is not empty but has no manifest.json from {generator}; "
+                         "refusing to write into it (pick an empty or new folder)")
+    root.mkdir(parents=True, exist_ok=True)
+    mpath.write_text(json.dumps({**manifest, "complete": False}, indent=2))
+    return False
+
+
+def _finish_manifest(root: Path, manifest: dict) -> None:
+    tmp = root / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2))
+    os.replace(tmp, root / "manifest.json")
+
+
+# ------------------------------------------------------------------------------ random JPEG files
+def write_random_jpeg(job: tuple[str, int, int, int]) -> int:
+    """Write one JPEG (smooth colour field plus noise, sides drawn in lo..hi px) from ``(path, seed, lo,
+    hi)``; returns its size in bytes. For timing JPEG decoding at ImageNet-like file sizes."""
+    path, seed, lo, hi = job
+    rng = np.random.default_rng(seed)
+    w, h = (int(v) for v in rng.integers(lo, hi + 1, size=2))
+    low = rng.integers(0, 256, size=(int(rng.integers(3, 9)), int(rng.integers(3, 9)), 3), dtype=np.uint8)
+    img = np.asarray(Image.fromarray(low).resize((w, h), Image.BICUBIC), dtype=np.int16)
+    img = np.clip(img + rng.integers(-14, 15, size=img.shape), 0, 255).astype(np.uint8)  # texture
+    Image.fromarray(img).save(path, format="JPEG", quality=90)
+    return os.path.getsize(path)
+
+
+def write_random_jpegs(jobs: Sequence[tuple[str, int, int, int]], workers: int = 1, chunksize: int = 16,
+                       progress: bool = False, desc: str = "writing JPEGs") -> list[int]:
+    """``write_random_jpeg`` for every job, over ``workers`` forked processes; the files' sizes."""
+    bar = tqdm(total=len(jobs), desc=desc, disable=not progress, leave=False)
+    if workers > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("fork").Pool(workers) as pool, bar:
+            sizes = []
+            for size in pool.imap(write_random_jpeg, jobs, chunksize=chunksize):
+                sizes.append(size)
+                bar.update(1)
+            return sizes
+    with bar:
+        return [(write_random_jpeg(job), bar.update(1))[0] for job in jobs]
+
+
+# ------------------------------------------------------------------------------ ImageNet-mini-shaped JPEGs
+IMAGENET_LIKE_NAME = "mvlip_utils.generated.make_imagenet_like_dataset"
+IMAGENET_LIKE_VERSION = 1
+
+
+def imagenet_wnids(n_classes: int) -> list[str]:
+    """The first ``n_classes`` of ImageNet-1k's wnids in sorted order (timm's ImageNetInfo)."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    if not isinstance(n_classes, int) or not 1 <= n_classes <= info.num_classes():
+        raise ValueError(f"n_classes must be an int in [1, {info.num_classes()}] (ImageNet-1k's wnids), "
+                         f"got {n_classes!r}")
+    return [info.index_to_label_name(i) for i in range(n_classes)]
+
+
+def _jpeg_seed(seed: int, split: int, cls: int, index: int) -> int:
+    return int(np.random.SeedSequence([int(seed), split, cls, index]).generate_state(1)[0])
+
+
+def make_imagenet_like_dataset(root, n_classes: int = 1000, train_per_class: int = 4, val_per_class: int = 4,
+                               seed: int = 0, min_side: int = 300, max_side: int = 500,
+                               workers: int | None = None, progress: bool = True) -> Path:
+    """Write (or reuse) an ImageNet-mini-shaped JPEG folder at ``root`` and return ``Path(root)``.
+
+    Layout: root/train/<wnid>/<wnid>_NNNN.JPEG, root/val/<wnid>/<wnid>_NNNN.JPEG, root/manifest.json. The
+    wnids are ImageNet-1k's first ``n_classes`` (so class names come from open_clip's CLIP ImageNet names,
+    as for the real ImageNet-mini). Each file is a JPEG (quality 90) of ``min_side``..``max_side`` px a side
+    drawn from its own seed (seed, split, class, index): the same parameters give the same files. Written by
+    ``workers`` processes (default: the CPU count, at most 32).
+    """
+    for name, value, lo in (("train_per_class", train_per_class, 1), ("val_per_class", val_per_class, 1),
+                            ("min_side", min_side, 16), ("seed", seed, 0)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < lo:
+            raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
+    if not isinstance(max_side, int) or max_side < min_side:
+        raise ValueError(f"max_side must be an int >= min_side={min_side}, got {max_side!r}")
+    root = Path(root)
+    wnids = imagenet_wnids(n_classes)
+    manifest = {
+        "generator": IMAGENET_LIKE_NAME, "version": IMAGENET_LIKE_VERSION,
+        "params": {"n_classes": n_classes, "train_per_class": int(train_per_class),
+                   "val_per_class": int(val_per_class), "seed": int(seed), "min_side": int(min_side),
+                   "max_side": int(max_side)},
+        "classes": wnids,
+        "counts": {"train": {w: int(train_per_class) for w in wnids}, "val": {w: int(val_per_class) for w in wnids},
+                   "train_total": int(train_per_class) * n_classes, "val_total": int(val_per_class) * n_classes},
+        "complete": True,
+    }
+    if _reuse_or_prepare(root, manifest, IMAGENET_LIKE_NAME, ".JPEG"):
+        return root
+    jobs = []
+    for si, (split, n) in enumerate((("train", train_per_class), ("val", val_per_class))):
+        for ci, wnid in enumerate(wnids):
+            folder = root / split / wnid
+            folder.mkdir(parents=True, exist_ok=True)
+            jobs += [(str(folder / f"{wnid}_{i:04d}.JPEG"), _jpeg_seed(seed, si, ci, i), min_side, max_side)
+                     for i in range(int(n))]
+    workers = workers or max(1, min(32, os.cpu_count() or 1))
+    write_random_jpegs(jobs, workers, progress=progress, desc=f"generating {root.name}")
+    _finish_manifest(root, manifest)
+    return root
