@@ -1,4 +1,4 @@
-"""Numerical precision of a run, in one place: fp32 (TF32 off), tf32, or bf16 autocast.
+"""Numerical precision of a run, in one place: fp32 (TF32 off), fp32-tf32conv (PyTorch's default), tf32, bf16.
 
 ``precision_context`` sets the float32 matmul mode (cuBLAS and cuDNN TF32 flags and
 ``torch.set_float32_matmul_precision``) for everything inside it, forward and backward, and restores the
@@ -24,6 +24,8 @@ def precision_context(precision: str, device="cpu", autocast: bool = True):
     restore the previous settings on exit.
 
     fp32: TF32 explicitly off (cuBLAS and cuDNN), ``float32_matmul_precision("highest")``.
+    fp32-tf32conv: PyTorch's defaults: matmuls in fp32 (cuBLAS TF32 off, "highest"), cuDNN convolutions in
+    TF32 (``torch.backends.cudnn.allow_tf32`` is True unless changed): what the paper's "FP32" ran as.
     tf32: TF32 on (cuBLAS and cuDNN), ``float32_matmul_precision("high")``, no autocast.
     bf16: TF32 off for any float32 work left, ``torch.autocast(device.type, dtype=torch.bfloat16)``.
     """
@@ -33,7 +35,7 @@ def precision_context(precision: str, device="cpu", autocast: bool = True):
              torch.get_float32_matmul_precision())
     tf32 = precision == "tf32"
     torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32 or precision == "fp32-tf32conv"
     torch.set_float32_matmul_precision("high" if tf32 else "highest")
     try:
         with autocast_region(precision, device) if autocast else contextlib.nullcontext():

@@ -1,63 +1,14 @@
-"""Helpers the notebooks call to turn their parameters into a run and to show what it produced.
-
-Parameters -> StudyConfig (``config_from_parameters``), whether a finished run can be loaded instead of
-trained (``reusable_run``) and how it was got (``describe_training``), and presentation: computed prose
-(``show_markdown``), figures with captions that name profile, encoder and hardware (``figure_caption``,
-``show_figure``) and tables (``show_table``).
+"""How the notebooks show what they computed: prose (``show_markdown``), admonitions built from data
+(``show_admonition``, ``edition_warning``), figures with captions that name profile, encoder and hardware
+(``figure_caption``, ``show_figure``) and tables that fit the page (``show_table``).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import fields
 from typing import Any, Mapping, Sequence
 
-# What the book calls each image tower (the paper's names)
-ENCODER_LABELS = {"mambavision": "MVLIP", "swin": "CLIP(Swin)", "vit": "CLIP(ViT)"}
-
-
-def config_from_parameters(namespace: Mapping[str, Any], **fixed: Any):
-    """The StudyConfig of a notebook's parameters: ``namespace`` holds ``profile`` and any StudyConfig
-    field (None = the profile's value); ``fixed`` overrides (e.g. encoder=...)."""
-    from .profiles import StudyConfig, get_config
-
-    if "profile" not in namespace:
-        raise ValueError("the notebook's parameters must define 'profile'")
-    values = {f.name: namespace[f.name] for f in fields(StudyConfig) if f.name != "profile" and f.name in namespace}
-    values.update(fixed)
-    return get_config(namespace["profile"], **values)
-
-
-def parameter_names() -> list[str]:
-    """Every StudyConfig field: each notebook's parameters cell defines all of them."""
-    from .profiles import StudyConfig
-
-    return [f.name for f in fields(StudyConfig)]
-
-
-def reusable_run(config) -> bool:
-    """True when the run folder of ``config`` holds its finished run (the same parameters, ``epochs``
-    included, profiles.RUN_IRRELEVANT aside; the same tower architecture; files that agree): the train
-    notebook then loads it instead of training. False when the folder holds no finished run. A finished
-    run of other parameters raises train.RunMismatchError (naming the folder, the run, the parameters
-    and the ways on), as train_run would: it is never retrained, extended or relabelled silently."""
-    from .train import finished_run_history
-
-    return finished_run_history(config) is not None
-
-
-def describe_training(run, epochs: int, trained_now: int, seconds: float, loaded: bool = False) -> str:
-    """How a train notebook got its run, for "We ...": loaded, trained from scratch, resumed, or completed
-    (the checkpoint held every epoch, only the final evaluation was missing)."""
-    if loaded:
-        return f"loaded the finished run in `{run}` (nothing retrained)"
-    if trained_now == epochs:
-        return f"trained the run in `{run}` from scratch in {seconds:.1f} s"
-    if trained_now:
-        return (f"resumed the run in `{run}` after epoch {epochs - trained_now} and trained {trained_now} "
-                f"more epoch(s) in {seconds:.1f} s")
-    return (f"completed the run in `{run}`: its checkpoint held all {epochs} epoch(s), the final evaluation "
-            f"was written in {seconds:.1f} s")
+from .profiles import ENCODER_LABELS, PROFILE_MEANING
 
 
 def show_markdown(text: str) -> None:
@@ -87,9 +38,11 @@ def show_figure(fig, caption: str) -> None:
 
 
 def show_table(frame, table_id: str, caption: str, formats: Mapping[str, str] | None = None,
-               default: str = "{:.4f}") -> None:
+               default: str = "{:.4f}", wide: bool = False) -> None:
     """A caption line, then ``frame`` as an HTML table with id ``table_id``; numbers formatted per column
-    (``formats``: column -> format string), missing values as an en dash."""
+    (``formats``: column -> format string), missing values as an en dash. ``wide``: a table of long text
+    cells, laid out to the width of the page with wrapping cells (book/_static/mvlip.css)."""
+    import pandas as pd
     from IPython.display import HTML, Markdown, display
 
     formats = dict(formats or {})
@@ -102,5 +55,35 @@ def show_table(frame, table_id: str, caption: str, formats: Mapping[str, str] | 
     shown = frame.copy()
     for column in shown.columns:
         shown[column] = shown[column].map(fmt(column))
+    classes = "mvlip-table mvlip-wide" if wide else "mvlip-table"
     display(Markdown(f"**{caption}**"))
-    display(HTML(shown.to_html(table_id=table_id, escape=True, border=0, classes="mvlip-table")))
+    plain_index = isinstance(shown.index, pd.RangeIndex)  # 0, 1, 2, ... says nothing: left out
+    display(HTML(shown.to_html(table_id=table_id, escape=True, border=0, classes=classes, index=not plain_index)))
+
+
+def show_admonition(kind: str, title: str, text: str) -> None:
+    """A Jupyter Book admonition (``warning``, ``note``, ...) built from data: the book renders it as a
+    box (MyST Markdown output), JupyterLab shows the same text."""
+    from IPython.display import Markdown, display
+
+    display(Markdown(f":::{{admonition}} {title}\n:class: {kind}\n{text}\n:::"))
+
+
+def edition_warning(config: Mapping[str, Any] | Any, what: str = "this chapter") -> None:
+    """The box every chapter of a random-weight run opens with: what its numbers can and cannot mean,
+    naming profile, towers and hardware (``config``: a StudyConfig or a run's config.json)."""
+    get = config.get if isinstance(config, Mapping) else (lambda k, d=None: getattr(config, k, d))
+    profile = get("profile")
+    hardware = get("device_name")
+    if not hardware:
+        from .profiles import resolve_device
+        from .results import device_description
+
+        hardware = device_description(resolve_device(get("device")))
+    if get("pretrained") and get("model_size") == "paper":
+        show_admonition("note", f"Profile `{profile}`", f"{PROFILE_MEANING.get(profile, '')} Hardware of "
+                        f"{what}: {hardware}.")
+        return
+    show_admonition("warning", f"Profile `{profile}`: random weights",
+                    f"{PROFILE_MEANING.get(profile, 'Random weights: accuracy and loss mean nothing here.')} "
+                    f"Towers: {get('model_size')} size; data: `{get('data')}`; hardware of {what}: {hardware}.")

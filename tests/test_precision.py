@@ -11,11 +11,12 @@ def _flags():
             torch.get_float32_matmul_precision())
 
 
-@pytest.mark.parametrize("precision, tf32", [("fp32", False), ("tf32", True), ("bf16", False)])
-def test_precision_context_sets_the_tf32_mode_and_restores_it(precision, tf32):
+@pytest.mark.parametrize("precision, matmul_tf32, conv_tf32", [
+    ("fp32", False, False), ("fp32-tf32conv", False, True), ("tf32", True, True), ("bf16", False, False)])
+def test_precision_context_sets_the_tf32_mode_and_restores_it(precision, matmul_tf32, conv_tf32):
     before = _flags()
     with precision_context(precision, "cpu", autocast=False):
-        assert _flags() == (tf32, tf32, "high" if tf32 else "highest")
+        assert _flags() == (matmul_tf32, conv_tf32, "high" if matmul_tf32 else "highest")
         assert not torch.is_autocast_enabled("cpu")
     assert _flags() == before
 
