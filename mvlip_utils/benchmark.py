@@ -1,35 +1,34 @@
-"""Timing method for the MVLIP study: one way to time, used by every sweep.
+"""How the study times things: one timing method, and the measurements built on it.
 
 Follows timm's ``benchmark.py`` habit: warm up, synchronise the device, time many steps, report the
-median together with every condition that produced it (batch, precision, resolution, mode, device,
-memory format, compilation, peak memory, versions), so a number never travels alone.
+median and the spread together with every condition that produced it (batch, precision, resolution, mode,
+device, memory format, optimiser, compilation, peak memory, FLOPs), so a number never travels alone.
 
 - ``time_callable``: warm-up, then ``repeats`` timed calls; CUDA events on CUDA, ``perf_counter``
   on the CPU; median, 10th and 90th percentile.
 - ``model_throughput``: images/s of a module alone on random inputs (inference, or a real training
-  step: forward, scalar loss, backward, AdamW step).
+  step: forward, scalar loss, backward, AdamW step, default or fused).
 - ``eval_loop_throughput``: the paper's Table 2 method, n_images / wall time of the whole zero-shot
   evaluation loop, data loading included.
 - ``resolution_sweep`` + ``fit_growth_exponent``: cost against pixel count, and the fitted exponent.
-- ``write_benchmark`` / ``read_benchmark``: JSON with provenance (no host name).
+- ``interleaved_ratio``: two variants of one step timed in alternating rounds in one process, so drifts
+  of clock and temperature hit both alike (the selective scan's cost).
+- ``flops_per_image`` + ``peak_flops`` + ``utilisation``: FLOPs counted by PyTorch's ``FlopCounterMode``,
+  and achieved FLOP/s as a fraction of the GPU's peak for the precision (model FLOP utilisation).
+- ``python -m mvlip_utils.benchmark``: one ``model_throughput`` of a study tower from the command line
+  (JSON out); also how ``benchmark_suite`` runs torch.compile in a time-limited child process.
 
-This module does not import ``mvlip_utils.towers``: sweeps that need a model per resolution take a
-factory callable (``lambda r: create_image_tower("swin", "paper", image_size=r)``).
+This module does not import ``mvlip_utils.towers`` at import time: sweeps that need a model per resolution
+take a factory callable (``lambda r: create_image_tower("swin", "paper", image_size=r)``).
 """
 from __future__ import annotations
 
-import datetime as _dt
+import argparse
 import gc
 import json
 import math
-import os
-import platform
-import shlex
-import socket
-import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -38,17 +37,11 @@ import torch
 from torch import nn
 
 from .precision import PRECISIONS, precision_context
-from .results import package_version
 from .precision import autocast_region as _autocast
+from .results import device_description
 
 MODES = ("inference", "train")
-FORMAT = "mvlip-benchmark-v1"
-
-__all__ = [
-    "time_callable", "model_throughput", "eval_loop_throughput", "resolution_sweep",
-    "fit_growth_exponent", "marginal_memory_per_image", "scaled_batch_size", "is_oom_error", "device_name", "collect_provenance",
-    "write_benchmark", "read_benchmark", "precision_context", "PRECISIONS", "MODES",
-]
+OPTIMIZERS = ("foreach", "fused")  # torch.optim.AdamW's default (foreach on CUDA) and fused=True
 
 
 # ------------------------------------------------------------------------------------------ basics
@@ -60,15 +53,6 @@ def _device(device) -> torch.device:
         if dev.index is None:
             dev = torch.device("cuda", torch.cuda.current_device())
     return dev
-
-
-def device_name(device="cpu") -> str:
-    """'NVIDIA H200' on CUDA; on the CPU the processor description and core count (no host name)."""
-    dev = _device(device)
-    if dev.type == "cuda":
-        return torch.cuda.get_device_name(dev)
-    proc = platform.processor() or platform.machine() or "cpu"
-    return f"cpu {proc} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
 
 
 def _sync(dev: torch.device) -> None:
@@ -84,7 +68,8 @@ def is_oom_error(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and ("out of memory" in msg or "not enough memory" in msg)
 
 
-def _free_memory(dev: torch.device | None = None) -> None:
+def free_memory(dev: torch.device | None = None) -> None:
+    """Collect garbage and return cached CUDA blocks (between measurements)."""
     gc.collect()
     if torch.cuda.is_available() and (dev is None or dev.type == "cuda"):
         torch.cuda.empty_cache()
@@ -156,12 +141,6 @@ def _model_bytes(module: nn.Module) -> int:
     return int(sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers())))
 
 
-def _versions() -> dict:
-    out = {"torch": torch.__version__}
-    out.update({pkg: package_version(pkg) for pkg in ("timm", "triton", "mambavision", "open_clip_torch", "numpy")})
-    return out
-
-
 def _model_name(module: nn.Module) -> str:
     for attr in ("timm_name", "encoder_name"):
         if isinstance(getattr(module, attr, None), str):
@@ -173,27 +152,76 @@ def _model_name(module: nn.Module) -> str:
 
 
 # ---------------------------------------------------------------------------------- model-only speed
+def make_adamw(parameters, lr: float = 1e-4, weight_decay: float = 0.01, optimizer: str = "foreach"):
+    """AdamW as the study trains with it: ``foreach`` is PyTorch's default implementation (what the
+    authors' code ran), ``fused`` its single-kernel one (``fused=True``; CUDA and CPU float tensors)."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"parameter optimizer={optimizer!r} is not one of {list(OPTIMIZERS)}")
+    params = [p for p in parameters if p.requires_grad]
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True if optimizer == "fused" else None)
+
+
+def make_step(module: nn.Module, batch_size: int, image_size: int, precision: str = "fp32", mode: str = "inference",
+              device="cpu", channels_last: bool = False, compile: bool = False, *, in_chans: int = 3,
+              lr: float = 1e-4, weight_decay: float = 0.01, optimizer: str = "foreach", seed: int = 0,
+              compile_kwargs: Mapping | None = None):
+    """(step, optimizer) for ``model_throughput``'s measurement: ``step()`` runs one inference forward or one
+    training step (forward, float32 loss, backward, AdamW step) of ``module`` on a fixed batch of random
+    images on ``device``; the optimizer is None for inference. Call it under ``precision_context``."""
+    dev = _device(device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    module.to(device=dev, memory_format=fmt)
+    gen = torch.Generator(device=dev)
+    gen.manual_seed(seed)
+    x = torch.randn((batch_size, in_chans, image_size, image_size), generator=gen, device=dev)
+    x = x.contiguous(memory_format=fmt)
+    run_module = torch.compile(module, **dict(compile_kwargs or {})) if compile else module
+    if mode == "train":
+        module.train()
+        opt = make_adamw(module.parameters(), lr, weight_decay, optimizer)
+
+        def train_step():
+            opt.zero_grad(set_to_none=True)
+            with _autocast(precision, dev):
+                out = _first_tensor(run_module(x))
+            loss = out.float().pow(2).mean()
+            loss.backward()
+            opt.step()
+            return loss
+        return train_step, opt
+    module.eval()
+
+    def inference_step():
+        with torch.no_grad(), _autocast(precision, dev):
+            return run_module(x)
+    return inference_step, None
+
+
 def model_throughput(module: nn.Module, batch_size: int, image_size: int = 224, precision: str = "fp32",
                      mode: str = "inference", device="cpu", channels_last: bool = False,
                      compile: bool = False, warmup: int = 5, repeats: int = 20, *, in_chans: int = 3,
-                     lr: float = 1e-4, weight_decay: float = 0.01, cudnn_benchmark: bool = True,
-                     seed: int = 0, compile_kwargs: Mapping | None = None) -> dict:
+                     lr: float = 1e-4, weight_decay: float = 0.01, optimizer: str = "foreach",
+                     cudnn_benchmark: bool = True, seed: int = 0, compile_kwargs: Mapping | None = None,
+                     flops_per_image: float | None = None) -> dict:
     """Images/s of ``module`` alone on random (never zero) inputs, with every condition recorded.
 
     ``mode="inference"``: ``module.eval()``, ``torch.no_grad()``, forward only.
     ``mode="train"``: ``module.train()``; each step is forward, scalar loss (mean of squared outputs,
-    in float32), backward and an AdamW(lr, weight_decay) step, so the module's weights change.
+    in float32), backward and an AdamW(lr, weight_decay) step (``optimizer``: ``make_adamw``), so the
+    module's weights change.
     ``precision``: see ``precision_context`` (fp32 = TF32 off; bf16 = autocast, weights stay fp32).
     ``channels_last``: module and inputs in channels_last memory format. ``compile``: ``torch.compile``
     (compilation happens in the warm-up calls, so ``warmup`` must be >= 1; the first call's time is
     reported as ``first_call_s``). Errors (compilation, OOM) propagate; ``resolution_sweep`` records OOM.
     ``peak_memory_bytes`` (CUDA only) is ``torch.cuda.max_memory_allocated`` after a reset taken once
     the module is on the device, so it includes weights, optimizer state and activations.
+    ``flops_per_image`` (from ``flops_per_image`` for this mode): adds achieved ``tflops_per_s`` and
+    ``utilisation`` (of the GPU's peak for the precision; None where the peak is not known).
 
-    Returns dict(images_per_s, seconds_per_image, median_s, p10_s, p90_s, repeats, warmup, timer,
-    batch_size, image_size, pixels, precision, mode, device, device_name, channels_last, compile,
-    cudnn_benchmark, peak_memory_bytes, model_bytes, model, n_params, first_call_s, torch_version,
-    versions).
+    Returns dict(images_per_s, images_per_s_p10, images_per_s_p90, seconds_per_image, median_s, p10_s,
+    p90_s, repeats, warmup, timer, batch_size, image_size, pixels, precision, mode, optimizer, device,
+    device_name, channels_last, compile, cudnn_benchmark, peak_memory_bytes, model_bytes, model, n_params,
+    first_call_s, flops_per_image, tflops_per_s, utilisation, torch_version).
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"parameter module must be a torch.nn.Module, got {type(module).__name__}")
@@ -208,40 +236,14 @@ def model_throughput(module: nn.Module, batch_size: int, image_size: int = 224, 
     if compile and warmup < 1:
         raise ValueError("parameter warmup must be >= 1 with compile=True (compilation happens in warm-up)")
     dev = _device(device)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    module.to(device=dev, memory_format=fmt)
-    gen = torch.Generator(device=dev)
-    gen.manual_seed(seed)
-    x = torch.randn((batch_size, in_chans, image_size, image_size), generator=gen, device=dev)
-    x = x.contiguous(memory_format=fmt)
-    run_module = torch.compile(module, **dict(compile_kwargs or {})) if compile else module
-
-    opt = None
-    if mode == "train":
-        module.train()
-        opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=lr,
-                                weight_decay=weight_decay)
-
-        def step():
-            opt.zero_grad(set_to_none=True)
-            with _autocast(precision, dev):
-                out = _first_tensor(run_module(x))
-            loss = out.float().pow(2).mean()
-            loss.backward()
-            opt.step()
-            return loss
-    else:
-        module.eval()
-
-        def step():
-            with torch.no_grad(), _autocast(precision, dev):
-                return run_module(x)
-
+    step, opt = make_step(module, batch_size, image_size, precision, mode, dev, channels_last, compile,
+                          in_chans=in_chans, lr=lr, weight_decay=weight_decay, optimizer=optimizer, seed=seed,
+                          compile_kwargs=compile_kwargs)
     saved_bench = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = bool(cudnn_benchmark) and dev.type == "cuda"
     try:
         with precision_context(precision, dev, autocast=False):  # TF32 mode for forward and backward
-            _free_memory(dev)
+            free_memory(dev)
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
             first_call_s = None
@@ -257,22 +259,26 @@ def model_throughput(module: nn.Module, batch_size: int, image_size: int = 224, 
         torch.backends.cudnn.benchmark = saved_bench
         if opt is not None:
             opt.zero_grad(set_to_none=True)
-        del opt
-        _free_memory(dev)
+        opt = None
+        free_memory(dev)
 
     med = timing["median_s"]
-    versions = _versions()
-    return dict(
-        images_per_s=batch_size / med, seconds_per_image=med / batch_size,
+    name = device_description(dev)
+    out = dict(
+        images_per_s=batch_size / med, images_per_s_p10=batch_size / timing["p90_s"],
+        images_per_s_p90=batch_size / timing["p10_s"], seconds_per_image=med / batch_size,
         median_s=med, p10_s=timing["p10_s"], p90_s=timing["p90_s"], repeats=repeats, warmup=warmup,
         timer=timing["timer"], batch_size=batch_size, image_size=image_size,
-        pixels=image_size * image_size, precision=precision, mode=mode, device=str(dev),
-        device_name=device_name(dev), channels_last=bool(channels_last), compile=bool(compile),
+        pixels=image_size * image_size, precision=precision, mode=mode,
+        optimizer=optimizer if mode == "train" else None, device=str(dev), device_name=name,
+        channels_last=bool(channels_last), compile=bool(compile),
         cudnn_benchmark=bool(cudnn_benchmark) and dev.type == "cuda", peak_memory_bytes=peak,
         model_bytes=_model_bytes(module), model=_model_name(module),
         n_params=int(sum(p.numel() for p in module.parameters())), first_call_s=first_call_s,
-        torch_version=torch.__version__, versions=versions,
+        torch_version=torch.__version__,
     )
+    out.update(utilisation_fields(flops_per_image, out["images_per_s"], name, precision))
+    return out
 
 
 # --------------------------------------------------------------------------------- the paper's way
@@ -286,7 +292,8 @@ def eval_loop_throughput(evaluate_fn: Callable[[], Any], n_images: int | None = 
     the clock). ``n_images`` defaults to what the loop reports: ``result["n_images"]``, ``["n_val"]``
     or ``len(result["predictions"])``. If the result carries its own ``wall_time_s`` (as
     ``evaluate.zero_shot_evaluate`` does), it is kept as ``inner_wall_time_s`` / ``inner_images_per_s``.
-    With ``repeats > 1`` the median wall time is reported (all are in ``wall_times_s``).
+    With ``repeats > 1`` the median wall time is reported (all are in ``wall_times_s``; the slowest and
+    fastest pass give ``images_per_s_min`` / ``images_per_s_max``).
     """
     if not callable(evaluate_fn):
         raise TypeError(f"parameter evaluate_fn must be callable, got {type(evaluate_fn).__name__}")
@@ -316,6 +323,7 @@ def eval_loop_throughput(evaluate_fn: Callable[[], Any], n_images: int | None = 
         raise ValueError(f"parameter n_images must be a positive int (or reported by evaluate_fn), got {n_images!r}")
     wall = float(np.median(walls))
     out = dict(n_images=int(n_images), wall_time_s=wall, images_per_s=n_images / wall,
+               images_per_s_min=n_images / max(walls), images_per_s_max=n_images / min(walls),
                wall_times_s=walls, repeats=repeats, warmup=warmup,
                method="n_images / wall time of the whole evaluation loop (data loading included)")
     if isinstance(result, Mapping) and isinstance(result.get("wall_time_s"), (int, float)):
@@ -360,7 +368,7 @@ def marginal_memory_per_image(module: nn.Module, image_size: int, batch_size: in
     with precision_context(precision, dev, autocast=False):
         for b in (1, n):
             x = torch.randn((b, in_chans, image_size, image_size), device=dev).contiguous(memory_format=fmt)
-            _free_memory(dev)
+            free_memory(dev)
             torch.cuda.synchronize(dev)
             torch.cuda.reset_peak_memory_stats(dev)
             base = torch.cuda.memory_allocated(dev)
@@ -406,7 +414,7 @@ def resolution_sweep(model_or_factory: nn.Module | Callable[[int], nn.Module], r
                                    p90_s=math.nan, peak_memory_bytes=None, model_bytes=None,
                                    memory_per_image_bytes=None, marginal_memory_per_image_bytes=None,
                                    memory_probe_error=None, oom=False, error=None, precision=precision,
-                                   mode=mode, device_name=device_name(dev), channels_last=bool(channels_last),
+                                   mode=mode, device_name=device_description(dev), channels_last=bool(channels_last),
                                    compile=bool(compile))
         failure = None
         try:
@@ -437,7 +445,7 @@ def resolution_sweep(model_or_factory: nn.Module | Callable[[int], nn.Module], r
         finally:
             if is_factory:
                 module = None  # noqa: F841 - drop the per-resolution model before the next one
-        _free_memory(dev)  # outside the except block, so the traceback's tensors are gone too
+        free_memory(dev)  # outside the except block, so the traceback's tensors are gone too
         rows.append(row)
         if log is not None:
             log(f"  {res:>5d} px  batch {batch:>4d}  " + (f"{row['images_per_s']:10.1f} img/s" if failure is None
@@ -468,86 +476,128 @@ def fit_growth_exponent(pixels: Sequence[float], cost: Sequence[float]) -> float
     return float(slope)
 
 
-# ------------------------------------------------------------------------------------------ files
-def _git_commit() -> str | None:
+# ------------------------------------------------------------------------------ two variants, one process
+def interleaved_ratio(step_a: Callable[[], Any], step_b: Callable[[], Any], device="cpu", rounds: int = 5,
+                      warmup: int = 3, repeats: int = 10) -> dict:
+    """Time two variants of a step in alternating rounds (a, b, a, b, ...) in one process; each round is a
+    ``time_callable`` of ``repeats`` calls after ``warmup``. Returns the per-round medians of both, the
+    median of the per-round ratios ``a / b`` in throughput (``b_seconds / a_seconds``) and their spread
+    (min, max over rounds): a drift of clocks or temperature during the run hits both variants alike."""
+    if not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"parameter rounds must be an int >= 1, got {rounds!r}")
+    a_s, b_s = [], []
+    for _ in range(rounds):
+        a_s.append(time_callable(step_a, device, warmup=warmup, repeats=repeats)["median_s"])
+        b_s.append(time_callable(step_b, device, warmup=warmup, repeats=repeats)["median_s"])
+    ratios = [b / a for a, b in zip(a_s, b_s)]
+    return dict(a_median_s=float(np.median(a_s)), b_median_s=float(np.median(b_s)), a_round_s=a_s,
+                b_round_s=b_s, ratio=float(np.median(ratios)), ratio_min=float(min(ratios)),
+                ratio_max=float(max(ratios)), rounds=rounds, warmup=warmup, repeats=repeats)
+
+
+# ------------------------------------------------------------------------------------ FLOPs, peak, MFU
+# Dense peak rates in FLOP/s by the vendor's datasheets (leads, not measurements): fp32 on the CUDA cores,
+# tf32 and bf16 on the tensor cores. fp32-tf32conv runs its matmuls in fp32, so fp32's peak bounds it.
+PEAK_FLOPS = {
+    "NVIDIA H200": {"fp32": 66.9e12, "tf32": 494.7e12, "bf16": 989.4e12},
+    "NVIDIA H100 80GB HBM3": {"fp32": 66.9e12, "tf32": 494.7e12, "bf16": 989.4e12},
+    "NVIDIA A100-SXM4-80GB": {"fp32": 19.5e12, "tf32": 156e12, "bf16": 312e12},
+    "NVIDIA GeForce RTX 4070 Ti SUPER": {"fp32": 44.1e12, "tf32": 44.1e12, "bf16": 88.2e12},
+}
+_PEAK_OF_PRECISION = {"fp32": "fp32", "fp32-tf32conv": "fp32", "tf32": "tf32", "bf16": "bf16"}
+
+
+def peak_flops(device_name: str | None, precision: str) -> float | None:
+    """The datasheet peak FLOP/s of ``device_name`` for ``precision``; None when not in ``PEAK_FLOPS``."""
+    if precision not in _PEAK_OF_PRECISION:
+        raise ValueError(f"parameter precision={precision!r} is not one of {list(_PEAK_OF_PRECISION)}")
+    return PEAK_FLOPS.get(device_name or "", {}).get(_PEAK_OF_PRECISION[precision])
+
+
+def utilisation_fields(flops_per_image: float | None, images_per_s: float, device_name: str | None,
+                       precision: str) -> dict:
+    """{flops_per_image, tflops_per_s, peak_tflops_per_s, utilisation} of a throughput (None where unknown)."""
+    if not flops_per_image or not math.isfinite(images_per_s):
+        return dict(flops_per_image=flops_per_image, tflops_per_s=None, peak_tflops_per_s=None, utilisation=None)
+    achieved = flops_per_image * images_per_s
+    peak = peak_flops(device_name, precision)
+    return dict(flops_per_image=float(flops_per_image), tflops_per_s=achieved / 1e12,
+                peak_tflops_per_s=peak / 1e12 if peak else None, utilisation=achieved / peak if peak else None)
+
+
+def flops_per_image(module: nn.Module, image_size: int, mode: str = "inference", device="cpu",
+                    batch_size: int = 2, in_chans: int = 3) -> float:
+    """FLOPs per image of a forward pass (``inference``) or of a training step's forward and backward
+    (``train``; the optimizer step is left out), counted by ``torch.utils.flop_counter.FlopCounterMode``
+    on a batch of random images. It counts the ops PyTorch has formulas for (matmuls, convolutions,
+    attention); elementwise work, including a selective scan's recurrence, is not counted, so this is the
+    usual "model FLOPs" of MFU. One multiply-add counts as 2 FLOPs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if mode not in MODES:
+        raise ValueError(f"parameter mode={mode!r} is not one of {list(MODES)}")
+    dev = _device(device)
+    module = module.to(dev)
+    was_training = module.training
+    module.train(mode == "train")
+    x = torch.randn((batch_size, in_chans, image_size, image_size), device=dev)
+    counter = FlopCounterMode(display=False)
     try:
-        here = Path(__file__).resolve().parent
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except Exception:  # noqa: BLE001 - no git, no commit
-        return None
+        with counter:
+            if mode == "train":
+                _first_tensor(module(x)).float().pow(2).mean().backward()
+            else:
+                with torch.no_grad():
+                    module(x)
+    finally:
+        module.zero_grad(set_to_none=True)
+        module.train(was_training)
+    return counter.get_total_flops() / batch_size
 
 
-def collect_provenance(device=None, command: Sequence[str] | str | None = None, **extra) -> dict:
-    """Conditions of a benchmark run, free of the host name: date (UTC), command line, Python,
-    OS, CPU count, GPU name(s) and CUDA version, torch/timm/triton/mambavision/open_clip versions,
-    the repository commit if known, plus ``extra``."""
-    if command is None:
-        command = [Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"] + sys.argv[1:]
-    cmd = command if isinstance(command, str) else shlex.join(str(c) for c in command)
-    host = socket.gethostname()
-    if host and len(host) > 2:
-        cmd = cmd.replace(host, "<host>")
-    gpus = ([torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-            if torch.cuda.is_available() else [])
-    out = dict(date_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), command=cmd,
-               python=platform.python_version(), os=f"{platform.system()} {platform.release()}",
-               machine=platform.machine(), cpu_count=os.cpu_count(), gpus=gpus,
-               gpu_name=gpus[0] if gpus else None, cuda=torch.version.cuda,
-               device_name=device_name(device) if device is not None else None,
-               versions=_versions(), git_commit=_git_commit())
-    out.update(extra)
-    return out
+# ------------------------------------------------------------------------------------- command line
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m mvlip_utils.benchmark",
+        description="Images/s of one study image tower alone (mvlip_utils.benchmark.model_throughput), "
+                    "printed as one JSON record.",
+        epilog="example: python -m mvlip_utils.benchmark --encoder swin --size paper --precision bf16 "
+               "--batch-size 256 --channels-last --mode train")
+    parser.add_argument("--encoder", required=True, help="mambavision, swin or vit")
+    parser.add_argument("--size", default="paper", help="paper or smoke (the tower's size)")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS))
+    parser.add_argument("--mode", default="inference", choices=list(MODES))
+    parser.add_argument("--optimizer", default="foreach", choices=list(OPTIMIZERS))
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the tower (compiled in warm-up)")
+    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (eager: a quick test)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--flops", action="store_true", help="count FLOPs per image and report utilisation")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
 
 
-def _jsonable(obj):
-    if isinstance(obj, pd.DataFrame):
-        return [_jsonable(r) for r in obj.to_dict(orient="records")]
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        return None if not math.isfinite(float(obj)) else float(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (torch.device, torch.dtype, Path)):
-        return str(obj)
-    return obj
+def main(argv: Sequence[str] | None = None) -> int:
+    from .profiles import resolve_device
+    from .towers import create_image_tower
+
+    args = build_parser().parse_args(argv)
+    device = resolve_device(args.device)
+    torch.manual_seed(args.seed)
+    tower = create_image_tower(args.encoder, size=args.size, image_size=args.image_size)
+    flops = flops_per_image(tower, args.image_size, args.mode, device) if args.flops else None
+    record = model_throughput(tower, args.batch_size, args.image_size, args.precision, args.mode, device,
+                              channels_last=args.channels_last, compile=args.compile, warmup=args.warmup,
+                              repeats=args.repeats, optimizer=args.optimizer, flops_per_image=flops,
+                              compile_kwargs={"backend": args.compile_backend} if args.compile else None)
+    record.update(encoder=args.encoder, size=args.size, compile_backend=args.compile_backend if args.compile else None)
+    print(json.dumps(record))
+    return 0
 
 
-def write_benchmark(path, records, provenance: Mapping | None = None) -> Path:
-    """Write ``{"format", "provenance", "records"}`` as strict JSON (NaN -> null) to ``path``.
-
-    ``records``: a list of dicts, a DataFrame, or one dict (stored as a one-element list).
-    ``provenance`` is merged over ``collect_provenance()`` (date, command, versions, GPU).
-    """
-    if isinstance(records, Mapping):
-        records = [records]
-    if not isinstance(records, (list, tuple, pd.DataFrame)):
-        raise TypeError(f"parameter records must be a list of dicts, a dict or a DataFrame, got {type(records).__name__}")
-    prov = collect_provenance()
-    prov.update(dict(provenance or {}))
-    blob = {"format": FORMAT, "provenance": _jsonable(prov), "records": _jsonable(records)}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(blob, indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def read_benchmark(path) -> dict:
-    """Read a ``write_benchmark`` file -> dict(format, provenance, records, frame=DataFrame of records)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"benchmark file not found: {path}")
-    blob = json.loads(path.read_text())
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT or "records" not in blob:
-        raise ValueError(f"{path}: not a {FORMAT} benchmark file")
-    blob["frame"] = pd.DataFrame(blob["records"])
-    return blob
+if __name__ == "__main__":
+    sys.exit(main())

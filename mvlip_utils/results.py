@@ -1,9 +1,12 @@
-"""Where a run writes, and reading results back.
+"""Where a run writes, how results are written (JSON with provenance), and reading them back.
 
 One folder per run, fixed by the parameters: ``<results_dir>/<profile>/<encoder>/`` holding
-``config.json``, ``history.csv`` (a row per epoch), ``metrics.json`` (final epoch),
-``per_class.csv``, ``confusion.csv``, ``predictions.csv``, ``benchmark.json`` and the git-ignored
-``checkpoint.pt``. ``check_run_consistency`` says where a folder's files disagree.
+``config.json``, ``history.csv`` (a row per epoch), ``timings.csv`` (seconds per epoch and stage),
+``metrics.json`` (final epoch), ``per_class.csv``, ``confusion.csv``, ``predictions.csv``,
+``step_check.json`` (the faster training step against the eager one), ``benchmark.json`` and the
+git-ignored ``checkpoint.pt``. Measurement files carry their provenance (``collect_provenance``: date,
+command, code commit, GPU, driver, versions), so a number never travels without what produced it. ``check_run_consistency`` says where a
+folder's files disagree.
 The paper's reference numbers live in ``mvlip_utils/paper_reference/``. JSON is written strictly: a
 number that is not defined (NaN, such as ``top5`` with five classes or fewer) is null there, an empty
 field in ``history.csv``, and NaN again once read back with :func:`load_metrics` / :func:`load_history`.
@@ -11,15 +14,22 @@ field in ``history.csv``, and NaN again once read back with :func:`load_metrics`
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as _dt
 import json
 import math
 import os
 import platform
+import shlex
+import socket
+import subprocess
+import sys
 import tempfile
 from importlib import metadata, resources
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
+import numpy as np
 import pandas as pd
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_zeroshot_loss", "accuracy", "top5",
@@ -31,6 +41,11 @@ METRIC_KEYS = ["accuracy", "top5", "precision_weighted", "recall_weighted", "f1_
 def run_dir(config: Any) -> Path:
     """``results_dir/profile/encoder`` for a StudyConfig (or anything with those attributes)."""
     return Path(config.results_dir) / config.profile / config.encoder
+
+
+def edition_dir(config: Any) -> Path:
+    """``results_dir/profile``: the folder of one edition's runs (and its study_projection.json)."""
+    return Path(config.results_dir) / config.profile
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -50,8 +65,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """``obj`` as strict JSON: NaN and infinities are written as null (as benchmark.write_benchmark does)."""
-    text = json.dumps(_finite_or_none(obj), indent=2, sort_keys=False, default=_jsonable, allow_nan=False)
+    """Strict JSON (NaN and infinities become null; numpy and torch scalars, arrays, paths converted),
+    written atomically."""
+    text = json.dumps(jsonable(obj), indent=2, sort_keys=False, allow_nan=False)
     atomic_write_bytes(path, (text + "\n").encode())
 
 
@@ -62,25 +78,40 @@ def read_json(path: str | os.PathLike) -> Any:
     return json.loads(path.read_text())
 
 
-def _finite_or_none(value: Any) -> Any:
-    """``value`` with every non-finite float (NaN, +-inf), also inside dicts, lists and tuples, as None."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: _finite_or_none(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_or_none(item) for item in value]
-    return value
+def jsonable(obj: Any) -> Any:
+    """``obj`` with every value JSON can hold: DataFrames as lists of records, dataclasses as dicts, numpy/torch scalars and
+    arrays as numbers and lists, non-finite floats as None, paths, devices and dtypes as strings."""
+    if isinstance(obj, pd.DataFrame):
+        return [jsonable(r) for r in obj.to_dict(orient="records")]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return jsonable(dataclasses.asdict(obj))
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(float(obj)) else None
+    if isinstance(obj, np.ndarray) or (hasattr(obj, "tolist") and hasattr(obj, "dtype")):
+        return jsonable(obj.tolist())
+    if obj is None or isinstance(obj, str):
+        return obj
+    if isinstance(obj, Path) or type(obj).__name__ in ("device", "dtype"):
+        return str(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
 
 
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return _finite_or_none(value.item())
-    if hasattr(value, "tolist"):
-        return _finite_or_none(value.tolist())
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+TIMING_COLUMNS = ["epoch", "train_seconds", "train_images", "validation_seconds", "val_images", "checkpoint_seconds",
+                  "epoch_seconds", "setup_seconds", "world_size", "peak_memory_gib"]
+
+
+def write_timings(run: Path, rows: Iterable[dict[str, Any]]) -> None:
+    """timings.csv: the seconds of each epoch's stages (train.train_run writes a row per epoch trained)."""
+    frame = pd.DataFrame(list(rows), columns=TIMING_COLUMNS)
+    atomic_write_bytes(Path(run) / "timings.csv", frame.to_csv(index=False).encode())
 
 
 def write_history(run: Path, rows: Iterable[dict[str, Any]]) -> None:
@@ -111,7 +142,8 @@ def is_finished(run: str | os.PathLike) -> bool:
 
 
 # The files a training run writes into its folder (checkpoint.pt aside); benchmark.json is 04_benchmark's
-RUN_FILES = ("config.json", "history.csv", "metrics.json", "per_class.csv", "confusion.csv", "predictions.csv")
+RUN_FILES = ("config.json", "history.csv", "timings.csv", "metrics.json", "per_class.csv", "confusion.csv",
+             "predictions.csv", "step_check.json")
 
 
 def check_run_consistency(run: str | os.PathLike) -> list[str]:
@@ -182,31 +214,139 @@ def package_version(name: str) -> str | None:
 
 
 def versions() -> dict[str, str]:
+    """Python, torch (and its CUDA), triton and the study's libraries, as installed."""
     import torch
 
-    out = {"python": platform.python_version(), "torch_build": torch.__version__}
-    for name in ("torch", "torchvision", "timm", "open_clip_torch", "mambavision", "numpy", "scikit-learn"):
+    out = {"python": platform.python_version(), "torch_build": torch.__version__, "cuda": torch.version.cuda}
+    for name in ("torch", "torchvision", "triton", "timm", "open_clip_torch", "mambavision", "numpy",
+                 "scikit-learn"):
         out[name] = package_version(name) or "not installed"
     return out
 
 
-def device_description(device: str) -> str:
+def device_description(device: Any) -> str:
+    """'NVIDIA H200' for a CUDA device; 'CPU (x86_64, 2 cores)' otherwise (never the host name)."""
     import torch
 
     if str(device).startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.get_device_name(torch.device(device))
+        dev = torch.device(device)
+        return torch.cuda.get_device_name(dev if dev.index is not None else torch.cuda.current_device())
     return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
+# ------------------------------------------------------------------------------------- provenance
+def git_state() -> dict[str, Any]:
+    """{commit, dirty} of the repository this package lives in, from git; where there is no git (a copy of
+    the working tree on a GPU machine), from the environment variables MVLIP_GIT_COMMIT and
+    MVLIP_GIT_DIRTY ("0"/"1") that the command running it set; None where neither is known."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        if head.returncode == 0 and head.stdout.strip():
+            status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                    capture_output=True, text=True, timeout=30)
+            return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip()) if status.returncode == 0
+                    else None, "source": "git"}
+    except (OSError, subprocess.SubprocessError):
+        pass
+    commit = os.environ.get("MVLIP_GIT_COMMIT") or None
+    dirty = os.environ.get("MVLIP_GIT_DIRTY")
+    return {"commit": commit, "dirty": None if dirty is None else dirty not in ("0", "false", ""),
+            "source": "environment" if commit else None}
+
+
+def gpu_driver() -> str | None:
+    """The NVIDIA driver version (nvidia-smi), None where there is none."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def run_command() -> str:
+    """The command that produced a result: MVLIP_COMMAND (set by the study runner for its notebooks), else
+    this process's command line; the host name is masked."""
+    command = os.environ.get("MVLIP_COMMAND") or shlex.join(
+        [Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"] + sys.argv[1:])
+    host = socket.gethostname()
+    return command.replace(host, "<host>") if host and len(host) > 2 else command
+
+
+def collect_provenance(device: Any = None, **extra: Any) -> dict[str, Any]:
+    """Everything that produced a measurement, free of the host name: date (UTC), command, code commit and
+    whether the tree had changes, OS, CPU count, GPU name(s), NVIDIA driver, CUDA and library versions,
+    plus ``extra``."""
+    import torch
+
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    git = git_state()
+    out = dict(date_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), command=run_command(),
+               git_commit=git["commit"], git_dirty=git["dirty"], python=platform.python_version(),
+               os=f"{platform.system()} {platform.release()}", machine=platform.machine(), cpu_count=os.cpu_count(),
+               gpus=gpus, gpu_name=gpus[0] if gpus else None, driver=gpu_driver() if gpus else None,
+               device_name=device_description(device) if device is not None else None, versions=versions())
+    out.update(extra)
+    return out
+
+
+BENCHMARK_FORMAT = "mvlip-benchmark-v1"
+
+
+def write_benchmark(path: str | os.PathLike, records: Any, provenance: Mapping[str, Any] | None = None) -> Path:
+    """Write ``{"format", "provenance", "records"}`` as strict JSON to ``path``: ``records`` a list of dicts,
+    a DataFrame or one dict; ``provenance`` merged over ``collect_provenance()``."""
+    if isinstance(records, Mapping):
+        records = [records]
+    if not isinstance(records, (list, tuple, pd.DataFrame)):
+        raise TypeError(f"parameter records must be a list of dicts, a dict or a DataFrame, got {type(records).__name__}")
+    prov = collect_provenance()
+    prov.update(dict(provenance or {}))
+    write_json(path, {"format": BENCHMARK_FORMAT, "provenance": prov, "records": records})
+    return Path(path)
+
+
+def read_benchmark(path: str | os.PathLike) -> dict[str, Any]:
+    """A ``write_benchmark`` file -> dict(format, provenance, records, frame=DataFrame of the records)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"benchmark file not found: {path}")
+    blob = json.loads(path.read_text())
+    if not isinstance(blob, dict) or blob.get("format") != BENCHMARK_FORMAT or "records" not in blob:
+        raise ValueError(f"{path}: not a {BENCHMARK_FORMAT} benchmark file")
+    blob["frame"] = pd.DataFrame(blob["records"])
+    return blob
+
+
 def load_all_runs(results_dir: str | os.PathLike, profile: str, encoders: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """Every finished run of ``profile``: {encoder: {config, history, metrics, run_dir}}; missing runs are left out."""
+    """Every finished run of ``profile``: {encoder: {run_dir, config, history, metrics, and where they exist
+    timings (DataFrame), step_check (dict), benchmark (DataFrame of records), benchmark_provenance}};
+    missing runs are left out."""
     runs = {}
     for encoder in encoders:
         run = Path(results_dir) / profile / encoder
-        if is_finished(run):
-            runs[encoder] = {"run_dir": run, "config": load_config(run), "history": load_history(run),
-                             "metrics": load_metrics(run)}
+        if not is_finished(run):
+            continue
+        entry: dict[str, Any] = {"run_dir": run, "config": load_config(run), "history": load_history(run),
+                                 "metrics": load_metrics(run), "timings": None, "step_check": None,
+                                 "benchmark": None, "benchmark_provenance": None}
+        if (run / "timings.csv").is_file():
+            entry["timings"] = pd.read_csv(run / "timings.csv")
+        if (run / "step_check.json").is_file():
+            entry["step_check"] = read_json(run / "step_check.json")
+        if (run / "benchmark.json").is_file():
+            blob = read_benchmark(run / "benchmark.json")
+            entry["benchmark"], entry["benchmark_provenance"] = blob["frame"], blob["provenance"]
+        runs[encoder] = entry
     return runs
+
+
+def run_files(run: str | os.PathLike) -> list[Path]:
+    """The small files of a run folder that later notebooks read (what the book's reuse check hashes and
+    what a recorded edition commits); checkpoints and per-image files are left out."""
+    return [Path(run) / name for name in ("config.json", "history.csv", "timings.csv", "metrics.json",
+                                          "per_class.csv", "step_check.json", "flops.json", "benchmark.json")]
 
 
 def paper_reference() -> dict[str, Any]:

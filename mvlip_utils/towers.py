@@ -13,9 +13,10 @@ There is never a silent fall-back to random weights. Weight files are read witho
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -201,3 +202,25 @@ def create_image_tower(encoder: str, size: str = "paper", pretrained: bool = Fal
                       f"the Hugging Face hub cache and hub, id {getattr(hub, 'hf_hub_id', None)!r}"]
             raise _unavailable(encoder, name, looked, exc) from exc
     return ImageTower(backbone, encoder, name, embed_dim)
+
+
+# ------------------------------------------------------------------------- what the selective scan costs
+def scan_skip_only(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   return_last_state=False):
+    """A stand-in for MambaVision's selective scan that keeps only its skip term ``u * D``: the same model
+    without the recurrence, an upper bound on what any scan implementation could reach."""
+    return (u * D[:, None]).to(u.dtype)
+
+
+@contextlib.contextmanager
+def selective_scan_replaced(fn: Callable = scan_skip_only):
+    """Inside the block, MambaVision's mixers call ``fn`` instead of the selective scan (mambavision binds
+    ``selective_scan_fn`` at import, so the module attribute is swapped and restored on exit)."""
+    from mambavision.models import mamba_vision as mv
+
+    saved = mv.selective_scan_fn
+    mv.selective_scan_fn = fn
+    try:
+        yield
+    finally:
+        mv.selective_scan_fn = saved

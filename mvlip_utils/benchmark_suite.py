@@ -1,0 +1,290 @@
+"""What the benchmark chapter measures for one run, part by part, with ``benchmark``'s one timing method.
+
+Each part returns records (dicts) tagged by ``kind`` and ``setting`` for the run's ``benchmark.json``:
+
+- ``eval_loop_records``: the paper's Table 2 method (validation images over the wall time of the whole
+  zero-shot loop) with JPEG decoding in ``eval_workers`` DataLoader workers, and from the uint8 cache.
+- ``model_only_records``: the image tower alone on random inputs: the paper's conditions (the run's
+  precision, batch 32, inference and a training step with the authors' AdamW and with fused AdamW),
+  strict fp32 beside them where the run's precision is another, and the best settings (bf16,
+  channels_last, a large batch); FLOPs per image and the fraction of the GPU's peak.
+- ``compiled_record``: the best inference settings under torch.compile, in a child process with a time
+  limit (compilation can take minutes, or fail; either is recorded, never fatal).
+- ``sweep_records``: cost and memory against input resolution.
+- ``scan_cost_records``: MambaVision only: the same tower with its selective scan and with the scan
+  replaced by its skip term ``u * D``, timed in alternating rounds in one process.
+- ``flops_records``: FLOPs per image of a forward pass and of a training step.
+
+The settings (repeats, batch sizes, resolutions, time limits) are the profile's ``BenchSettings``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+import torch
+
+from . import benchmark as B
+from .precision import precision_context
+from .profiles import BenchSettings, StudyConfig
+
+# Labels of the settings, as the tables show them
+PAPER, PAPER_FUSED, STRICT, BEST, COMPILED = (
+    "paper's conditions", "paper's conditions, fused AdamW", "strict fp32", "best: bf16, channels_last",
+    "best + torch.compile")
+
+
+def _tag(record: dict, kind: str, setting: str | None = None, **extra: Any) -> dict:
+    out = {**record, "kind": kind, **extra}
+    if setting is not None:
+        out["setting"] = setting
+    return out
+
+
+# ----------------------------------------------------------------------------------- the paper's way
+def eval_loop_records(experiment, bench: BenchSettings) -> list[dict]:
+    """The paper's method with JPEG decoding in ``bench.eval_workers`` workers and from the uint8 cache:
+    n_images / wall time of the whole zero-shot loop, ``bench.eval_repeats`` passes each (median, and the
+    slowest and fastest pass), after one untimed pass."""
+    from .train import eval_loader, evaluate_experiment
+
+    out = []
+    for source, workers in (("files", bench.eval_workers), ("cache", 0)):
+        loader = eval_loader(experiment, source, workers)
+        record = B.eval_loop_throughput(lambda: evaluate_experiment(experiment, progress=False, loader=loader),
+                                        device=experiment.device, warmup=1, repeats=bench.eval_repeats)
+        out.append(_tag(record, "eval_loop", None, source="jpeg" if source == "files" else "uint8_cache",
+                        num_workers=workers, batch_size=experiment.config.eval_batch_size,
+                        precision=experiment.config.precision, image_size=experiment.config.image_size))
+    return out
+
+
+# ------------------------------------------------------------------------------------ the model alone
+def run_flops(config: StudyConfig, device) -> dict[str, float]:
+    """FLOPs per image of the run's tower, {"inference": forward, "train": forward + backward}, counted once
+    (``benchmark.flops_per_image`` on a freshly built tower: FLOPs do not depend on the weights) and kept in
+    the run folder's ``flops.json`` for the training and benchmark chapters."""
+    from .results import read_json, run_dir, write_json
+    from .towers import architecture, create_image_tower
+
+    path = run_dir(config) / "flops.json"
+    tower_id = architecture(config.encoder, config.model_size, config.image_size)
+    if path.is_file():
+        saved = read_json(path)
+        if saved.get("architecture") == tower_id:
+            return {mode: float(saved[mode]) for mode in B.MODES}
+    tower = create_image_tower(config.encoder, size=config.model_size, image_size=config.image_size)
+    counted = {mode: B.flops_per_image(tower, config.image_size, mode, device) for mode in B.MODES}
+    write_json(path, {**counted, "image_size": config.image_size, "architecture": tower_id,
+                      "counted_by": "torch.utils.flop_counter.FlopCounterMode (matmuls, convolutions, attention)"})
+    return counted
+
+
+def flops_records(flops: dict[str, float], config: StudyConfig) -> list[dict]:
+    """``run_flops``' counts as benchmark records (kind ``flops``)."""
+    return [_tag({"mode": mode, "image_size": config.image_size, "flops_per_image": flops[mode]}, "flops")
+            for mode in B.MODES]
+
+
+def model_only_records(tower, config: StudyConfig, bench: BenchSettings, device,
+                       flops: dict[str, float] | None = None) -> list[dict]:
+    """The image tower alone: the paper's conditions, strict fp32 (if the run uses another precision) and
+    the best settings; ``flops``: {mode: FLOPs per image} for the utilisation columns."""
+    flops = flops or {}
+    plan = [(PAPER, "inference", config.precision, config.eval_batch_size, False, "foreach"),
+            (PAPER, "train", config.precision, config.batch_size, False, "foreach"),
+            (PAPER_FUSED, "train", config.precision, config.batch_size, False, "fused")]
+    if config.precision != "fp32":
+        plan += [(STRICT, "inference", "fp32", config.eval_batch_size, False, "foreach"),
+                 (STRICT, "train", "fp32", config.batch_size, False, "foreach")]
+    plan += [(BEST, "inference", "bf16", bench.best_batch, True, "foreach"),
+             (BEST, "train", "bf16", bench.best_batch, True, "fused")]
+    out = []
+    for setting, mode, precision, batch, channels_last, optimizer in plan:
+        try:
+            record = B.model_throughput(tower, batch, config.image_size, precision, mode, device,
+                                        channels_last=channels_last, warmup=bench.warmup, repeats=bench.repeats,
+                                        optimizer=optimizer, lr=config.lr, weight_decay=config.weight_decay,
+                                        flops_per_image=flops.get(mode))
+        except Exception as exc:  # noqa: BLE001 - an OOM at the large batch must not lose the rest
+            if not B.is_oom_error(exc):
+                raise
+            record = dict(mode=mode, precision=precision, batch_size=batch, images_per_s=None,
+                          error=f"out of memory: {str(exc)[:200]}")
+        out.append(_tag(record, "model_only", setting))
+    tower.to(memory_format=torch.contiguous_format)
+    return out
+
+
+def compiled_record(config: StudyConfig, bench: BenchSettings, device: str, flops: float | None = None,
+                    backend: str = "inductor", python: str = sys.executable) -> dict:
+    """The best inference settings under torch.compile, measured by ``python -m mvlip_utils.benchmark`` in a
+    child process given ``bench.compile_timeout_s`` seconds (its whole process group is killed after that).
+    A time-out or failure is a record with ``error``; ``bench.compile_timeout_s == 0`` skips it."""
+    base = dict(mode="inference", precision="bf16", batch_size=bench.best_batch, channels_last=True,
+                compile=True, compile_backend=backend, images_per_s=None, timeout_s=bench.compile_timeout_s)
+    if bench.compile_timeout_s <= 0:
+        return _tag({**base, "error": "skipped (compile_timeout_s=0)"}, "model_only", COMPILED)
+    cmd = [python, "-m", "mvlip_utils.benchmark", "--encoder", config.encoder, "--size", config.model_size,
+           "--image-size", str(config.image_size), "--batch-size", str(bench.best_batch), "--precision", "bf16",
+           "--channels-last", "--compile", "--compile-backend", backend, "--device", str(device),
+           "--warmup", str(max(2, bench.warmup)), "--repeats", str(bench.repeats), "--seed", str(config.seed)]
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        stdout, stderr = proc.communicate(timeout=bench.compile_timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the child and inductor's compile workers
+        proc.communicate()
+        return _tag({**base, "error": f"timed out after {bench.compile_timeout_s} s"}, "model_only", COMPILED)
+    wall = time.perf_counter() - started
+    record = _last_json_line(stdout)
+    if proc.returncode != 0 or record is None:
+        tail = (stderr or stdout or "").strip().splitlines()[-3:]
+        return _tag({**base, "error": f"exit {proc.returncode}: {' | '.join(tail)[-400:]}",
+                     "process_wall_s": wall}, "model_only", COMPILED)
+    record.update(process_wall_s=wall, **B.utilisation_fields(flops, record["images_per_s"], record["device_name"],
+                                                             "bf16"))
+    return _tag(record, "model_only", COMPILED)
+
+
+def _last_json_line(text: str) -> dict | None:
+    for line in reversed((text or "").strip().splitlines()):
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return None
+
+
+# ---------------------------------------------------------------------------------- against resolution
+def sweep_resolutions(config: StudyConfig, bench: BenchSettings) -> list[int]:
+    return [int(r) for r in (bench.resolutions or [config.image_size * k for k in (1, 2, 3)])]
+
+
+def sweep_records(factory: Callable[[int], Any], config: StudyConfig, bench: BenchSettings, device,
+                  log: Callable[[str], Any] | None = None) -> list[dict]:
+    """``benchmark.resolution_sweep`` over the profile's resolutions, inference, the pixels per batch held
+    about constant (``bench.sweep_batch`` images at the first resolution); bf16 runs channels_last."""
+    resolutions = sweep_resolutions(config, bench)
+    precision = bench.sweep_precision or config.precision
+    frame = B.resolution_sweep(factory, resolutions,
+                               lambda r: B.scaled_batch_size(bench.sweep_batch, resolutions[0], r),
+                               precision=precision, device=device, channels_last=precision == "bf16",
+                               warmup=bench.warmup, repeats=bench.repeats, catch_errors=True, log=log)
+    return [_tag(row, "resolution_sweep") for row in frame.to_dict(orient="records")]
+
+
+# --------------------------------------------------------------------------------- the scan's cost
+def scan_cost_records(tower, config: StudyConfig, bench: BenchSettings, device, rounds: int = 3) -> list[dict]:
+    """MambaVision's tower with its selective scan against the same tower with the scan replaced by its
+    skip term (``towers.selective_scan_replaced``), alternating rounds in one process, at the paper's
+    inference and training conditions and at the best inference settings. ``ratio`` is the throughput with
+    the scan as a fraction of the throughput without it."""
+    from .towers import selective_scan_replaced
+
+    plan = [("inference", config.precision, config.eval_batch_size, False),
+            ("train", config.precision, config.batch_size, False),
+            ("inference", "bf16", bench.best_batch, True)]
+    out = []
+    dev = B._device(device)
+    for mode, precision, batch, channels_last in plan:
+        step, _ = B.make_step(tower, batch, config.image_size, precision, mode, dev, channels_last,
+                              optimizer="fused" if mode == "train" else "foreach", lr=config.lr)
+
+        def without_scan(step=step):
+            with selective_scan_replaced():
+                return step()
+
+        with precision_context(precision, dev, autocast=False):
+            r = B.interleaved_ratio(step, without_scan, dev, rounds=rounds, warmup=bench.warmup,
+                                    repeats=bench.repeats)
+        out.append(_tag({"mode": mode, "precision": precision, "batch_size": batch, "channels_last": channels_last,
+                         "images_per_s_with_scan": batch / r["a_median_s"],
+                         "images_per_s_without_scan": batch / r["b_median_s"], **r}, "scan_cost"))
+        del step
+        B.free_memory(dev)
+    tower.to(memory_format=torch.contiguous_format)
+    return out
+
+
+# ------------------------------------------------------------------------ a faster step, the same run?
+STEP_CHECK_TOLERANCE = 1e-4  # relative difference of per-epoch mean losses that counts as the same numerics
+
+
+def train_step_check(config: StudyConfig, images: int, epochs: int = 2, steps: tuple[str, ...] = ("eager", "fused"),
+                     progress: bool = False) -> dict[str, Any]:
+    """Train ``epochs`` short epochs on the first ``images`` training images from the same start (seed,
+    data order, caption draws) once per training step (``profiles.TRAIN_STEPS``: the eager one the authors
+    ran, fused AdamW, and on a GPU torch.compile too) and compare the per-epoch mean losses with the eager
+    step's (largest relative difference, against ``STEP_CHECK_TOLERANCE``) and the training images/s of
+    the last epoch. A step that fails (torch.compile can) is recorded with its error. Written to the run
+    folder's step_check.json."""
+
+    from . import train
+    from .results import device_description, run_dir, write_json
+
+    if not steps or steps[0] != "eager":
+        raise ValueError(f"parameter steps={steps!r} must start with 'eager' (the reference)")
+    base = train.build_experiment(config.replace(epochs=epochs), progress=False)
+    subset = torch.utils.data.Subset(base.train_set, range(min(images, len(base.train_set))))
+    if len(subset) < config.batch_size:
+        raise ValueError(f"parameter step_check_images={images} gives fewer images than one batch ({config.batch_size})")
+    loss_fn = train.ClipLoss()
+    variants = []
+    for step in steps:
+        try:
+            variants.append(_train_short(base, config, subset, step, epochs, loss_fn, progress))
+        except Exception as exc:  # noqa: BLE001 - a failing step (compilation) is a result, not the end
+            if step == "eager":
+                raise
+            variants.append({"train_step": step, "error": f"{type(exc).__name__}: {str(exc)[:300]}", "losses": [],
+                             "images_per_s": None})
+        B.free_memory()
+    reference = variants[0]
+    for v in variants:
+        if v.get("error"):
+            v.update(max_rel_loss_difference=None, within_tolerance=None, speedup=None)
+            continue
+        diffs = [abs(a - b) / abs(b) for a, b in zip(v["losses"], reference["losses"])]
+        v.update(max_rel_loss_difference=max(diffs), within_tolerance=max(diffs) <= STEP_CHECK_TOLERANCE,
+                 speedup=v["images_per_s"] / reference["images_per_s"])
+    out = {"images": len(subset), "epochs": epochs, "batch_size": config.batch_size, "precision": config.precision,
+           "tolerance": STEP_CHECK_TOLERANCE, "device_name": device_description(base.device), "variants": variants}
+    write_json(run_dir(config) / "step_check.json", out)
+    return out
+
+
+def _train_short(base, config: StudyConfig, subset, step: str, epochs: int, loss_fn, progress: bool) -> dict[str, Any]:
+    """``epochs`` epochs of ``subset`` with training step ``step`` from the run's initial tower (its seed)."""
+    import dataclasses
+
+    from . import train
+
+    run_config = config.replace(train_step=step, epochs=epochs)
+    train.seed_everything(config.seed)
+    tower = train.create_image_tower(config.encoder, size=config.model_size, pretrained=config.pretrained,
+                                     weights_path=config.image_weights, image_size=config.image_size,
+                                     trust_pickled_weights=config.trust_pickled_weights)
+    model = train.MVLIP(tower, base.model.text, temperature=config.temperature,
+                        learn_temperature=config.learn_temperature, train_text=config.train_text).to(base.device)
+    experiment = dataclasses.replace(base, config=run_config, model=model, train_set=subset,
+                                     compiled_visual=train.compile_tower(model.visual) if step == "compiled" else None)
+    optimizer, scheduler = train.make_optimizer(experiment)
+    losses, seconds = [], []
+    for epoch in range(1, epochs + 1):
+        started = time.perf_counter()
+        losses.append(train.train_one_epoch(experiment, optimizer, scheduler, loss_fn, epoch, progress))
+        train.synchronize(base.device)
+        seconds.append(time.perf_counter() - started)
+    rate = (len(subset) // config.batch_size * config.batch_size) / seconds[-1]
+    return {"train_step": step, "losses": losses, "epoch_seconds": seconds, "images_per_s": rate}
