@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -84,8 +84,12 @@ def per_class_accuracy(labels: np.ndarray, predictions: np.ndarray, classnames: 
 
 @torch.no_grad()
 def zero_shot_logits(model, loader, classifier: torch.Tensor, device: str, precision: str = "fp32",
-                     progress: bool = True, desc: str = "zero-shot") -> tuple[np.ndarray, np.ndarray, float]:
-    """(labels, logits, wall seconds) of the whole loop, data loading included."""
+                     progress: bool = True, desc: str = "zero-shot",
+                     on_features: Callable[[torch.Tensor, torch.Tensor], None] | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, float]:
+    """(labels, logits, wall seconds) of the whole loop, data loading included. ``on_features(features,
+    labels)``, if given, gets each batch's normalised image features (so that another quantity of the same
+    forward pass, the validation contrastive loss, needs no second pass)."""
     model.eval()
     labels, logits = [], []
     scale = model.logit_scale.exp().float()
@@ -96,6 +100,8 @@ def zero_shot_logits(model, loader, classifier: torch.Tensor, device: str, preci
             images = to_model_input(images, device)
             with autocast_region(precision, device):
                 features = model.encode_image(images, normalize=True)
+            if on_features is not None:
+                on_features(features, target)
             logits.append((scale * features.float() @ classifier).cpu())
             labels.append(target)
     synchronize(device)
@@ -104,9 +110,12 @@ def zero_shot_logits(model, loader, classifier: torch.Tensor, device: str, preci
 
 
 def zero_shot_evaluate(model, loader, classifier: torch.Tensor, classnames: Sequence[str], device: str,
-                       precision: str = "fp32", progress: bool = True) -> dict[str, Any]:
-    """Everything Table 1 and the evaluate notebook need, for one pass over ``loader``."""
-    labels, logits, wall = zero_shot_logits(model, loader, classifier, device, precision, progress)
+                       precision: str = "fp32", progress: bool = True,
+                       on_features: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> dict[str, Any]:
+    """Everything Table 1 and the evaluate notebook need, for one pass over ``loader`` (``on_features``:
+    see ``zero_shot_logits``)."""
+    labels, logits, wall = zero_shot_logits(model, loader, classifier, device, precision, progress,
+                                            on_features=on_features)
     metrics = classification_metrics(labels, logits, n_classes=len(classnames))
     predictions = logits.argmax(axis=1)
     metrics["zeroshot_loss"] = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)).item())

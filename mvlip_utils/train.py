@@ -41,7 +41,9 @@ from open_clip import ClipLoss
 
 from . import data as data_mod
 from . import distributed as dist_mod
+from . import generated
 from . import results
+from .benchmark import make_adamw
 from .evaluate import progress_iter, synchronize, to_model_input, zero_shot_evaluate
 from .model import MVLIP, PromptBank, create_text_tower
 from .precision import autocast_region, precision_context
@@ -100,23 +102,31 @@ def seed_everything(seed: int) -> None:
 
 
 def dataset_root(config: StudyConfig, progress: bool = True) -> Path:
-    """The folder with train/ and val/: the generated offline dataset, or the user's data.
+    """The folder with train/ and val/: a generated dataset (written once under ``data_dir``), or the user's.
 
-    The generated dataset's folder is named by everything that decides its images, the generator's version
+    A generated dataset's folder is named by everything that decides its images, the generator's version
     too: a new generator writes a new folder instead of redrawing the images that finished runs (their
     predictions.csv) point at."""
     if config.data == "generated":
         name = (f"generated-c{config.generated_classes}-n{config.generated_train_per_class}"
                 f"-v{config.generated_val_per_class}-s{config.image_size}-seed{config.seed}"
-                f"-gen{data_mod.GENERATOR_VERSION}")
-        return data_mod.make_generated_dataset(
+                f"-gen{generated.GENERATOR_VERSION}")
+        return generated.make_generated_dataset(
             Path(config.data_dir) / name, n_classes=config.generated_classes,
             train_per_class=config.generated_train_per_class, val_per_class=config.generated_val_per_class,
             image_size=config.image_size, seed=config.seed, progress=progress)
+    if config.data == "generated-imagenet":
+        name = (f"generated-imagenet-c{config.generated_classes}-n{config.generated_train_per_class}"
+                f"-v{config.generated_val_per_class}-seed{config.seed}-gen{generated.IMAGENET_LIKE_VERSION}")
+        return generated.make_imagenet_like_dataset(
+            Path(config.data_dir) / name, n_classes=config.generated_classes,
+            train_per_class=config.generated_train_per_class, val_per_class=config.generated_val_per_class,
+            seed=config.seed, progress=progress)
     root = Path(config.data)
     if not root.is_dir():
         raise FileNotFoundError(f"parameter data={config.data!r}: no such folder (expected a folder with "
-                                f"train/<class>/ and val/<class>/, or data='generated' for the offline dataset)")
+                                f"train/<class>/ and val/<class>/, or data='generated' / 'generated-imagenet' "
+                                f"for a generated dataset)")
     return root
 
 
@@ -132,7 +142,9 @@ class Experiment:
     val_set: Any
     classnames: list[str]
     data_root: Path
+    val_files: Any = None  # the validation split as image files (val_set may be its uint8 cache)
     ddp_visual: Any = None  # the DDP-wrapped image tower under torchrun (trains); None in one process
+    compiled_visual: Any = None  # torch.compile of the image tower for training (train_step="compiled")
 
     @property
     def dist(self) -> dist_mod.DistInfo:
@@ -150,6 +162,7 @@ def build_experiment(config: StudyConfig, progress: bool = True) -> Experiment:
     transform = data_mod.clip_transform(config.image_size)
     train_set, val_set, classnames = data_mod.load_splits(root, transform=transform, image_size=config.image_size,
                                                           progress=progress)
+    val_files = val_set
     if config.data_cache:
         train_set, val_set = (cached_split(config, root, split, dataset, progress)
                               for split, dataset in (("train", train_set), ("val", val_set)))
@@ -162,7 +175,7 @@ def build_experiment(config: StudyConfig, progress: bool = True) -> Experiment:
     model = MVLIP(image_tower, text_tower, temperature=config.temperature,
                   learn_temperature=config.learn_temperature, train_text=config.train_text).to(device)
     bank = PromptBank(model.text, classnames, data_mod.TEMPLATES, device=device, progress=progress)
-    return Experiment(config, device, model, bank, train_set, val_set, list(classnames), Path(root))
+    return Experiment(config, device, model, bank, train_set, val_set, list(classnames), Path(root), val_files)
 
 
 def cached_split(config: StudyConfig, root: Path, split: str, dataset, progress: bool = True):
@@ -200,12 +213,23 @@ def contrastive_loss(experiment: Experiment, loss_fn: ClipLoss, images: torch.Te
     model = experiment.model
     images = to_model_input(images, experiment.device)
     with autocast_region(experiment.config.precision, experiment.device):
-        if experiment.ddp_visual is not None and model.training:  # DDP: gradients are all-reduced
-            image_features = F.normalize(experiment.ddp_visual(images), dim=-1)
-        else:
-            image_features = model.encode_image(images, normalize=True)
+        visual = training_visual(experiment) if model.training else None
+        image_features = (F.normalize(visual(images), dim=-1) if visual is not None
+                          else model.encode_image(images, normalize=True))
+    return image_text_loss(experiment, loss_fn, image_features, labels, templates)
+
+
+def image_text_loss(experiment: Experiment, loss_fn: ClipLoss, image_features: torch.Tensor, labels: torch.Tensor,
+                    templates: torch.Tensor) -> torch.Tensor:
+    """The symmetric contrastive loss of normalised image features against their captions' text features."""
     text_features = caption_features(experiment, labels, templates)
-    return loss_fn(image_features.float(), text_features.float(), model.logit_scale.exp())
+    return loss_fn(image_features.float(), text_features.float(), experiment.model.logit_scale.exp())
+
+
+def training_visual(experiment: Experiment):
+    """The image tower that training calls: the DDP wrapper under torchrun (its gradients are all-reduced),
+    the compiled tower (train_step="compiled"), else None (the model's own)."""
+    return experiment.ddp_visual if experiment.ddp_visual is not None else experiment.compiled_visual
 
 
 def train_one_epoch(experiment: Experiment, optimizer, scheduler, loss_fn: ClipLoss, epoch: int,
@@ -265,35 +289,75 @@ def _train_one_epoch(experiment: Experiment, optimizer, scheduler, loss_fn: Clip
 
 
 @torch.no_grad()
-def validation_loss(experiment: Experiment, loss_fn: ClipLoss, progress: bool = True) -> float:
-    """Mean contrastive loss over val batches, captions drawn with a fixed seed (the same every epoch)."""
-    config = experiment.config
-    experiment.model.eval()
-    loader = data_mod.make_loader(experiment.val_set, config.eval_batch_size, shuffle=False, drop_last=False,
-                                  num_workers=config.num_workers, seed=config.seed)
-    draws = _epoch_generator(config.seed, 0, stream=2)
+def validate(experiment: Experiment, loss_fn: ClipLoss, progress: bool = True) -> tuple[float, dict[str, Any]]:
+    """One pass over the validation set giving both the validation contrastive loss (captions drawn with a
+    fixed seed, the same every epoch; the mean over batches weighted by their size) and the zero-shot
+    evaluation, from the same image features."""
+    draws = _epoch_generator(experiment.config.seed, 0, stream=2)
     losses, sizes = [], []
-    with precision_context(config.precision, experiment.device, autocast=False):
-        for images, labels in progress_iter(loader, "val loss", progress):
-            templates = torch.randint(len(experiment.bank.templates), (len(labels),), generator=draws)
-            losses.append(contrastive_loss(experiment, loss_fn, images, labels, templates).item())
-            sizes.append(len(labels))
-    return float(np.average(losses, weights=sizes))
+
+    def contrastive(features: torch.Tensor, labels: torch.Tensor) -> None:
+        templates = torch.randint(len(experiment.bank.templates), (len(labels),), generator=draws)
+        losses.append(image_text_loss(experiment, loss_fn, features, labels, templates).item())
+        sizes.append(len(labels))
+
+    evaluation = evaluate_experiment(experiment, progress, on_features=contrastive)
+    return float(np.average(losses, weights=sizes)), evaluation
 
 
-def evaluate_experiment(experiment: Experiment, progress: bool = True) -> dict[str, Any]:
+def eval_loader(experiment: Experiment, source: str = "run", num_workers: int | None = None):
+    """The validation loader: ``source`` "run" (the run's val_set: its uint8 cache when data_cache, else
+    the files), "files" (JPEG/PNG decoding in the workers, the paper's way) or "cache" (the uint8 cache,
+    built once if the run does not use it); ``num_workers`` defaults to the run's."""
     config = experiment.config
-    loader = data_mod.make_loader(experiment.val_set, config.eval_batch_size, shuffle=False, drop_last=False,
-                                  num_workers=config.num_workers, seed=config.seed,
-                                  pin_memory=experiment.device.startswith("cuda"))
+    if source == "run":
+        dataset = experiment.val_set
+    elif source == "files":
+        dataset = experiment.val_files
+    elif source == "cache":
+        dataset = (experiment.val_set if isinstance(experiment.val_set, data_mod.CachedImageDataset) else
+                   cached_split(config, experiment.data_root, "val", experiment.val_files, progress=False))
+    else:
+        raise ValueError(f"parameter source={source!r} is not one of ['run', 'files', 'cache']")
+    return data_mod.make_loader(dataset, config.eval_batch_size, shuffle=False, drop_last=False,
+                                num_workers=config.num_workers if num_workers is None else num_workers,
+                                seed=config.seed, pin_memory=experiment.device.startswith("cuda"))
+
+
+def evaluate_experiment(experiment: Experiment, progress: bool = True, loader=None,
+                        on_features=None) -> dict[str, Any]:
+    """Zero-shot evaluation of the run's model over the validation set (``loader``: ``eval_loader``'s;
+    ``on_features``: see ``evaluate.zero_shot_logits``)."""
+    loader = loader if loader is not None else eval_loader(experiment)
     return zero_shot_evaluate(experiment.model, loader, experiment.bank.classifier, experiment.classnames,
-                              experiment.device, config.precision, progress)
+                              experiment.device, experiment.config.precision, progress, on_features=on_features)
+
+
+def compile_tower(tower: torch.nn.Module):
+    """``torch.compile`` of the image tower for training. MambaVision's blocks break the graph at the
+    selective scan and differ in their drop-path rate, which dynamo guards on: one recompile per block,
+    so its recompile limit is raised to the tower's number of modules (the default of 8 would leave most
+    blocks eager)."""
+    import torch._dynamo
+    import torch._inductor.config
+
+    blocks = sum(1 for _ in tower.modules())
+    config = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(config, name):
+            setattr(config, name, max(getattr(config, name), blocks))
+    # random ops (drop path) draw from PyTorch's own generator, as in eager mode, so that the compiled step
+    # trains on the same stochastic-depth masks (inductor's own random numbers would differ)
+    torch._inductor.config.fallback_random = True
+    return torch.compile(tower)
 
 
 def make_optimizer(experiment: Experiment):
+    """AdamW over the trainable parameters (``train_step``: PyTorch's default implementation, or fused) and
+    the cosine schedule over every step of the run."""
     config = experiment.config
-    optimizer = torch.optim.AdamW(experiment.model.trainable_parameters(), lr=config.lr,
-                                  weight_decay=config.weight_decay)
+    optimizer = make_adamw(experiment.model.trainable_parameters(), config.lr, config.weight_decay,
+                           "foreach" if config.train_step == "eager" else "fused")
     steps_per_epoch = len(experiment.train_set) // config.batch_size
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.epochs * steps_per_epoch))
     return optimizer, scheduler
@@ -449,6 +513,15 @@ def _finished_description(run: Path) -> str:
     return f"a finished {epochs}-epoch run" if epochs else "a finished run"
 
 
+def read_timings(run: Path, through_epoch: int) -> list[dict[str, Any]]:
+    """The timings.csv rows of the epochs a resumed run already trained (1..through_epoch)."""
+    path = Path(run) / "timings.csv"
+    if through_epoch == 0 or not path.is_file():
+        return []
+    frame = pd.read_csv(path)
+    return frame[frame["epoch"] <= through_epoch].to_dict(orient="records")
+
+
 def clear_run(run: Path) -> None:
     """Delete what a training run wrote into ``run`` (its checkpoint and results files; benchmark.json,
     04_benchmark's measurement of the tower, stays): the start of a run from scratch."""
@@ -474,8 +547,9 @@ def train_run(config: StudyConfig, resume: bool = True, progress: bool = True,
     ``resume=False`` deletes the folder's checkpoint and results first and trains from scratch.
 
     Under torchrun (WORLD_SIZE > 1) every rank calls this; the process group is started if it is not yet.
-    ``on_epoch_end`` (rank 0 only) gets the history row plus timings: train_seconds, train_images,
-    val_loss_seconds, eval_seconds, eval_images_per_s, world_size, epoch_seconds."""
+    Each epoch's seconds go to the run's ``timings.csv`` (``results.TIMING_COLUMNS``: training, the one
+    validation pass, the checkpoint write, the set-up before the first epoch of this process, peak GPU
+    memory); ``on_epoch_end`` (rank 0 only) gets the history row plus that epoch's timings."""
     info = dist_mod.init_from_env(config.device)
     main = info.is_main
     progress = progress and main
@@ -487,6 +561,7 @@ def train_run(config: StudyConfig, resume: bool = True, progress: bool = True,
     if finished is not None:
         logger.info("%s holds the finished run of these parameters; nothing to train", run)
         return finished
+    setup_started = time.perf_counter()
     experiment = build_experiment(config, progress)
     if info.enabled:
         dist_mod.local_batch_size(config.batch_size, info.world_size)  # names batch_size if not divisible
@@ -494,6 +569,8 @@ def train_run(config: StudyConfig, resume: bool = True, progress: bool = True,
         loss_fn = ClipLoss(local_loss=False, gather_with_grad=True, rank=info.rank, world_size=info.world_size)
     else:
         loss_fn = ClipLoss()
+        if config.train_step == "compiled":
+            experiment.compiled_visual = compile_tower(experiment.model.visual)
     eval_loss_fn = ClipLoss()  # validation runs on rank 0 alone, over its own batches
     optimizer, scheduler = make_optimizer(experiment)
     if main:
@@ -505,29 +582,37 @@ def train_run(config: StudyConfig, resume: bool = True, progress: bool = True,
         clear_run(run)  # nothing to resume: what an earlier start left (a config.json, no checkpoint) goes
     if main and (start_epoch < config.epochs or not (run / "config.json").is_file()):
         write_run_config(experiment)  # not when the run only needs its final files (then it is there)
+    timings = read_timings(run, start_epoch) if main else []
+    setup_seconds = time.perf_counter() - setup_started
     evaluation = None
     steps_per_epoch = len(experiment.train_set) // config.batch_size
     for epoch in range(start_epoch + 1, config.epochs + 1):
+        if experiment.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats(experiment.device)
         started = time.perf_counter()
         train_loss = train_one_epoch(experiment, optimizer, scheduler, loss_fn, epoch, progress)
         synchronize(experiment.device)
         train_seconds = time.perf_counter() - started
-        row = timings = None
+        row = timing = None
         if main:
             t = time.perf_counter()
-            val_loss = validation_loss(experiment, eval_loss_fn, progress)
-            val_seconds = time.perf_counter() - t
-            evaluation = evaluate_experiment(experiment, progress)
+            val_loss, evaluation = validate(experiment, eval_loss_fn, progress)
+            validation_seconds = time.perf_counter() - t
             row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                    "val_zeroshot_loss": evaluation["zeroshot_loss"],
                    **{k: evaluation[k] for k in results.HISTORY_COLUMNS[4:]}}
             history.append(row)
             results.write_history(run, history)
+            t = time.perf_counter()
             save_checkpoint(experiment, optimizer, scheduler, epoch, history)
-            timings = {"train_seconds": train_seconds, "train_images": steps_per_epoch * config.batch_size,
-                       "val_loss_seconds": val_seconds, "eval_seconds": evaluation["wall_time_s"],
-                       "eval_images_per_s": evaluation["images_per_s"], "world_size": info.world_size,
-                       "epoch_seconds": time.perf_counter() - started}  # with the checkpoint write
+            timing = {"epoch": epoch, "train_seconds": train_seconds, "train_images": steps_per_epoch * config.batch_size,
+                      "validation_seconds": validation_seconds, "val_images": evaluation["n_val"],
+                      "checkpoint_seconds": time.perf_counter() - t, "epoch_seconds": time.perf_counter() - started,
+                      "setup_seconds": setup_seconds, "world_size": info.world_size,
+                      "peak_memory_gib": (torch.cuda.max_memory_allocated(experiment.device) / 2**30
+                                          if experiment.device.startswith("cuda") else math.nan)}
+            timings.append(timing)
+            results.write_timings(run, timings)
             logger.info("epoch %d: %s (%.1fs)", epoch, {k: round(v, 4) for k, v in row.items()},
                         time.perf_counter() - started)
         if info.enabled:  # the others wait here while rank 0 evaluates, then share its row
@@ -535,7 +620,7 @@ def train_run(config: StudyConfig, resume: bool = True, progress: bool = True,
             if not main:
                 history.append(row)
         if on_epoch_end and main:
-            on_epoch_end({**row, **timings})
+            on_epoch_end({**row, **timing})
         if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < config.epochs:
             return pd.DataFrame(history, columns=results.HISTORY_COLUMNS)
     if main:

@@ -23,10 +23,18 @@ def tiny_config(tmp_path, **overrides):
 
 def test_profiles_hold_the_papers_protocol_and_name_bad_parameters():
     paper = get_config("paper")
+    # "fp32-tf32conv" is PyTorch's default float32 mode, what the paper's "FP32" ran as
     assert (paper.epochs, paper.batch_size, paper.lr, paper.weight_decay, paper.grad_clip, paper.temperature,
             paper.precision, paper.image_size, paper.model_size, paper.pretrained) == \
-        (20, 32, 1e-4, 0.01, 1.0, 0.07, "fp32", 224, "paper", True)
+        (20, 32, 1e-4, 0.01, 1.0, 0.07, "fp32-tf32conv", 224, "paper", True)
     assert not paper.train_text and not paper.learn_temperature
+    # speed: the paper's architectures, protocol and 224 px, random weights, generated JPEGs, a GPU
+    speed = get_config("speed")
+    assert (speed.model_size, speed.image_size, speed.batch_size, speed.lr, speed.precision, speed.pretrained,
+            speed.data, speed.generated_classes, speed.device) == \
+        ("paper", 224, 32, 1e-4, "fp32-tf32conv", False, "generated-imagenet", 1000, "cuda")
+    with pytest.raises(ValueError, match="train_step='jit'"):
+        get_config("smoke", train_step="jit")
     with pytest.raises(ValueError, match="encoder='resnet'"):
         get_config("smoke", encoder="resnet")
     with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['epoch'\]"):
@@ -114,6 +122,50 @@ def test_a_run_writes_every_results_file_with_the_documented_keys(finished_run):
     assert confusion.values.sum() == 16 and np.trace(confusion.values) / 16 == pytest.approx(metrics["accuracy"])
     assert (run / train.CHECKPOINT).is_file()
     assert np.isfinite(history[["train_loss", "val_loss", "val_zeroshot_loss"]].values).all()
+    timings = pd.read_csv(run / "timings.csv")
+    assert list(timings.columns) == results.TIMING_COLUMNS and list(timings.epoch) == [1, 2]
+    assert (timings.train_images == 64).all() and (timings.val_images == 16).all()  # 4 batches of 16, 16 val
+    assert (timings[["train_seconds", "validation_seconds", "checkpoint_seconds", "setup_seconds"]] > 0).all().all()
+    assert (timings.epoch_seconds >= timings.train_seconds + timings.validation_seconds).all()
+
+
+def test_one_validation_pass_gives_the_loss_and_the_metrics_of_two(finished_run):
+    """train.validate computes the validation contrastive loss from the zero-shot pass's own image features:
+    the same numbers as a separate contrastive pass and a separate zero-shot evaluation."""
+    _, config, _ = finished_run
+    experiment = train.build_experiment(config, progress=False)
+    loss_fn = train.ClipLoss()
+    val_loss, evaluation = train.validate(experiment, loss_fn, progress=False)
+    separate = train.evaluate_experiment(experiment, progress=False)
+    np.testing.assert_allclose(evaluation["logits"], separate["logits"], rtol=1e-6, atol=1e-6)
+    draws = train._epoch_generator(config.seed, 0, stream=2)
+    losses, sizes = [], []
+    experiment.model.eval()
+    with torch.no_grad():
+        for images, labels in train.eval_loader(experiment):
+            templates = torch.randint(len(experiment.bank.templates), (len(labels),), generator=draws)
+            losses.append(train.contrastive_loss(experiment, loss_fn, images, labels, templates).item())
+            sizes.append(len(labels))
+    assert val_loss == pytest.approx(np.average(losses, weights=sizes), rel=1e-6)
+
+
+def test_the_fused_training_step_gives_the_eager_steps_losses(tmp_path):
+    """benchmark_suite.train_step_check: two short epochs from the same start with each step; fused AdamW
+    changes only the order of floating-point work, so the per-epoch losses agree within 1e-4."""
+    from mvlip_utils import benchmark_suite
+
+    config = tiny_config(tmp_path, encoder="mambavision", generated_train_per_class=8)
+    check = benchmark_suite.train_step_check(config, images=32, epochs=2)
+    assert [v["train_step"] for v in check["variants"]] == ["eager", "fused"]
+    eager, fused = check["variants"]
+    assert len(eager["losses"]) == 2 and eager["losses"] != fused["losses"][::-1]
+    assert fused["max_rel_loss_difference"] <= benchmark_suite.STEP_CHECK_TOLERANCE and fused["within_tolerance"]
+    assert eager["speedup"] == 1.0 and fused["images_per_s"] > 0
+    assert results.read_json(results.run_dir(config) / "step_check.json")["variants"][1]["train_step"] == "fused"
+    # a run trained with the fused step ends where the eager run ends
+    runs = [train.train_run(tiny_config(tmp_path / step, epochs=1, train_step=step), progress=False)
+            for step in ("eager", "fused")]
+    np.testing.assert_allclose(runs[0].train_loss, runs[1].train_loss, rtol=1e-4)
 
 
 def test_only_the_image_tower_learns(tmp_path):
