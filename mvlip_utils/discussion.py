@@ -1,38 +1,30 @@
-"""The discussion's tables and verdicts: the paper's Table 1 and Table 2 beside our runs, and a verdict for
-each of the paper's claims (9-10% better metrics, 37% lower validation loss, 33-41% higher throughput),
-computed from the results files.
+"""The discussion's tables for one edition of the study (one profile's runs): the paper's Table 1 and Table 2
+beside ours, and the throughput, resolution, scan, training-step and paper-scale tables, each built from the
+run folders (``results.load_all_runs``). The verdicts on the paper's claims are ``findings``'.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
-from .report import ENCODER_LABELS
+import pandas as pd
+
+from .findings import eval_loop_record, relative_change, speed_record
+from .profiles import ENCODER_LABELS, TOWER_NAMES
 
 TABLE1_METRICS = {"accuracy": "Accuracy", "precision_weighted": "Precision (weighted)",
                   "recall_weighted": "Recall (weighted)", "f1_weighted": "F1 (weighted)",
                   "precision_macro": "Precision (macro)", "recall_macro": "Recall (macro)",
                   "f1_macro": "F1 (macro)", "top5": "Top-5 accuracy",
                   "zeroshot_loss": "Validation loss (zero-shot CE)"}
-HEADLINE = ("accuracy", "precision_weighted", "recall_weighted", "f1_weighted")  # the paper's Table 1
-BENCH_METHODS = {"eval_loop": "paper's way (whole eval loop)", "model_only": "model only"}
-
-
-def relative_change(value: float, base: float) -> float:
-    """(value - base) / base in percent; NaN when either is missing or base is 0."""
-    try:
-        value, base = float(value), float(base)
-    except (TypeError, ValueError):
-        return math.nan
-    if not (math.isfinite(value) and math.isfinite(base)) or base == 0:
-        return math.nan
-    return (value - base) / base * 100.0
+VIT_PRETRAINED = "vit_pretrained_not_finetuned_fp16"
 
 
 def paper_final_metrics(ref: Mapping[str, Any]) -> dict[str, dict[str, float]]:
-    """The paper's final-epoch numbers per encoder: Table 1, completed (macro averages, zero-shot loss)
-    from the last epoch of the authors' logs."""
+    """The paper's final-epoch numbers: Table 1 for MVLIP and CLIP(Swin), completed (macro averages,
+    zero-shot loss) from the last epoch of the authors' logs, and the authors' pretrained, not fine-tuned
+    CLIP(ViT) evaluated in fp16."""
     logs = ref["authors_logs"]
     out: dict[str, dict[str, float]] = {}
     for encoder in ("mambavision", "swin"):
@@ -41,23 +33,26 @@ def paper_final_metrics(ref: Mapping[str, Any]) -> dict[str, dict[str, float]]:
         row["zeroshot_loss"] = float(last["val_zeroshot_loss"])
         row.update({k: float(v) for k, v in ref["table1_final_epoch"][encoder].items()})
         out[encoder] = row
+    vit = dict(ref["table1_final_epoch"][VIT_PRETRAINED])
+    vit["zeroshot_loss"] = vit.pop("val_zeroshot_loss")
+    out[VIT_PRETRAINED] = {k: float(v) for k, v in vit.items()}
     return out
 
 
-def table1(runs: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any]):
-    """Table 1: the paper's final-epoch metrics beside ours (from each run's metrics.json), with the
-    relative difference MVLIP vs CLIP(Swin) in percent for both."""
-    import pandas as pd
-
+def table1(runs: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any]) -> pd.DataFrame:
+    """Table 1: the paper's final-epoch metrics (with the authors' pretrained CLIP(ViT), not fine-tuned, fp16)
+    beside ours (each run's metrics.json), and MVLIP against CLIP(Swin) in percent for both."""
     paper = paper_final_metrics(ref)
     frame = pd.DataFrame(index=list(TABLE1_METRICS.values()))
     for encoder in ("mambavision", "swin"):
         frame[f"paper {ENCODER_LABELS[encoder]}"] = [paper[encoder].get(k, math.nan) for k in TABLE1_METRICS]
+    frame["paper CLIP(ViT), pretrained, fp16"] = [paper[VIT_PRETRAINED].get(k, math.nan) for k in TABLE1_METRICS]
     frame["paper: MVLIP vs CLIP(Swin) (%)"] = [
         relative_change(paper["mambavision"].get(k), paper["swin"].get(k)) for k in TABLE1_METRICS]
     for encoder, run in runs.items():
         frame[f"ours {ENCODER_LABELS.get(encoder, encoder)}"] = [
-            float(run["metrics"].get(k, math.nan)) for k in TABLE1_METRICS]
+            float(run["metrics"].get(k, math.nan) if run["metrics"].get(k) is not None else math.nan)
+            for k in TABLE1_METRICS]
     ours = {e: runs[e]["metrics"] for e in ("mambavision", "swin") if e in runs}
     frame["ours: MVLIP vs CLIP(Swin) (%)"] = [
         relative_change(ours["mambavision"].get(k), ours["swin"].get(k)) if len(ours) == 2 else math.nan
@@ -66,96 +61,285 @@ def table1(runs: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any]):
     return frame
 
 
-def benchmark_records(eval_loop: Mapping[str, Any], model_only: Mapping[str, Any], sweep=None) -> list[dict]:
-    """The records 04_benchmark writes to benchmark.json, each tagged with its ``kind``: the paper's way
-    (``benchmark.eval_loop_throughput``), the model alone (``benchmark.model_throughput``) and the rows
-    of a ``benchmark.resolution_sweep``."""
-    rows = [] if sweep is None else sweep.to_dict(orient="records")
-    return ([{**eval_loop, "kind": "eval_loop"}, {**model_only, "kind": "model_only"}]
-            + [{**row, "kind": "resolution_sweep"} for row in rows])
-
-
-def benchmark_numbers(blob: Mapping[str, Any]) -> dict[str, float]:
-    """images/s of a benchmark.json (written by 04_benchmark) per record kind ('eval_loop', 'model_only')."""
-    out = {}
-    for record in blob.get("records", []):
-        if record.get("kind") in BENCH_METHODS and record.get("images_per_s") is not None:
-            out[record["kind"]] = float(record["images_per_s"])
-    return out
-
-
-def table2(benchmarks: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any]):
-    """Table 2: the paper's throughput beside ours measured both ways, each relative to CLIP(ViT)."""
-    import pandas as pd
-
+def table2(runs: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any]) -> pd.DataFrame:
+    """Table 2: the paper's throughput beside ours, the model alone at the paper's conditions and the
+    paper's method (the whole evaluation loop, JPEG decoding), each also relative to CLIP(ViT) in percent."""
     paper = ref["table2_throughput_images_per_s"]
-    encoders = [e for e in ENCODER_LABELS if e in paper or e in benchmarks]
-    ours = {e: benchmark_numbers(benchmarks[e]) for e in encoders if e in benchmarks}
+    encoders = [e for e in ENCODER_LABELS if e in paper or e in runs]
+
+    def rate(encoder: str, pick) -> float:
+        record = pick(runs[encoder]) if encoder in runs else None
+        return float(record["images_per_s"]) if record and record.get("images_per_s") is not None else math.nan
+
+    alone = {e: rate(e, speed_record) for e in encoders}
+    loop = {e: rate(e, eval_loop_record) for e in encoders}
     frame = pd.DataFrame(index=[ENCODER_LABELS[e] for e in encoders])
-    frame["paper images/s"] = [paper.get(e, math.nan) for e in encoders]
-    frame["paper vs CLIP(ViT) (%)"] = [relative_change(paper.get(e), paper.get("vit")) if e != "vit" else math.nan
-                                       for e in encoders]
-    for method, label in BENCH_METHODS.items():
-        values = {e: ours.get(e, {}).get(method, math.nan) for e in encoders}
-        frame[f"ours, {label}: images/s"] = [values[e] for e in encoders]
-        frame[f"ours, {label}: vs CLIP(ViT) (%)"] = [
-            relative_change(values[e], values.get("vit")) if e != "vit" else math.nan for e in encoders]
+    for label, values in (("paper", {e: paper.get(e, math.nan) for e in encoders}),
+                          ("ours, model only", alone), ("ours, paper's method", loop)):
+        frame[f"{label} (images/s)"] = [values[e] for e in encoders]
+        frame[f"{label}: vs CLIP(ViT) (%)"] = [relative_change(values[e], values.get("vit")) if e != "vit"
+                                               else math.nan for e in encoders]
     frame.index.name = "model"
     return frame
 
 
-def judge(value: float, claimed: float, evidence: bool) -> str:
-    """The verdict on one claim: ``value`` is our relative change where the paper claims >= ``claimed``
-    percent (in the direction the paper says is better)."""
-    if value is None or not math.isfinite(value):
-        return "not measured (a run is missing)"
-    if not evidence:
-        return "no verdict: random-weight smoke run, neither confirms nor refutes the paper"
-    if value >= claimed:
-        return "supported"
-    if value > 0:
-        return "partly: same direction, smaller than claimed"
-    return "not supported: the opposite direction"
+def benchmark_frame(runs: Mapping[str, Mapping[str, Any]], kind: str) -> pd.DataFrame:
+    """The benchmark records of one ``kind`` of every run, with an ``encoder`` column."""
+    frames = [run["benchmark"][run["benchmark"]["kind"] == kind].assign(encoder=encoder)
+              for encoder, run in runs.items() if run.get("benchmark") is not None and "kind" in run["benchmark"]]
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def claim_verdicts(t1, t2, evidence: bool):
-    """One row per claim of the paper: what it says, what our data show, and the verdict.
-    ``evidence``: whether the runs can speak to the paper at all (pretrained towers, paper protocol)."""
-    import pandas as pd
+def model_only_table(runs: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """Model-only throughput: one row per tower and setting (median images/s with the 10th-90th percentile
+    range, peak memory, fraction of the GPU's peak)."""
+    frame = benchmark_frame(runs, "model_only")
+    if frame.empty:
+        return frame
+    out = pd.DataFrame({
+        "tower": frame.encoder.map(TOWER_NAMES), "setting": frame.setting, "mode": frame["mode"],
+        "precision": frame.precision, "batch": frame.batch_size, "images/s": frame.images_per_s,
+        "p10-p90": [f"{lo:.0f}-{hi:.0f}" if pd.notna(lo) and pd.notna(hi) else "–"
+                    for lo, hi in zip(frame.get("images_per_s_p10", pd.Series(math.nan, index=frame.index)),
+                                      frame.get("images_per_s_p90", pd.Series(math.nan, index=frame.index)))],
+        "peak GiB": frame.get("peak_memory_bytes", pd.Series(math.nan, index=frame.index)) / 2**30,
+        "of peak FLOP/s": frame.get("utilisation", pd.Series(math.nan, index=frame.index)),
+    })
+    return out.sort_values(["setting", "mode", "tower"], kind="stable").reset_index(drop=True)
 
-    claims = []
-    ours_col, paper_col = "ours: MVLIP vs CLIP(Swin) (%)", "paper: MVLIP vs CLIP(Swin) (%)"
-    headline = [t1.loc[TABLE1_METRICS[k], ours_col] for k in HEADLINE]
-    worst = min(headline) if all(math.isfinite(v) for v in headline) else math.nan
-    claims.append(("MVLIP beats CLIP(Swin) by 9-10% on accuracy, precision, recall and F1 (Table 1)",
-                   "{:+.2f}% to {:+.2f}%".format(*_span([t1.loc[TABLE1_METRICS[k], paper_col] for k in HEADLINE])),
-                   "{:+.2f}% to {:+.2f}%".format(*_span(headline)) if math.isfinite(worst) else "–",
-                   worst, 9.0))
-    loss = t1.loc[TABLE1_METRICS["zeroshot_loss"], ours_col]
-    claims.append(("MVLIP's validation loss is 37% lower than CLIP(Swin)'s",
-                   "{:.1f}% lower".format(-t1.loc[TABLE1_METRICS["zeroshot_loss"], paper_col]),
-                   "{:.1f}% lower".format(-loss) if math.isfinite(loss) else "–", -loss, 37.0))
-    mv = ENCODER_LABELS["mambavision"]
-    for method, label in BENCH_METHODS.items():
-        vs_vit = t2.loc[mv, f"ours, {label}: vs CLIP(ViT) (%)"]
-        claims.append((f"MVLIP's throughput is 33.5% higher than CLIP(ViT)'s (Table 2); ours measured {label}",
-                       "{:+.2f}%".format(t2.loc[mv, "paper vs CLIP(ViT) (%)"]),
-                       "{:+.2f}%".format(vs_vit) if math.isfinite(vs_vit) else "–", vs_vit, 33.0))
-        swin_col = f"ours, {label}: images/s"
-        vs_swin = relative_change(t2.loc[mv, swin_col], t2.loc[ENCODER_LABELS["swin"], swin_col])
-        paper_vs_swin = relative_change(t2.loc[mv, "paper images/s"], t2.loc[ENCODER_LABELS["swin"], "paper images/s"])
-        claims.append((f"MVLIP's throughput is 41% higher than CLIP(Swin)'s (Table 2); ours measured {label}",
-                       "{:+.2f}%".format(paper_vs_swin),
-                       "{:+.2f}%".format(vs_swin) if math.isfinite(vs_swin) else "–", vs_swin, 41.0))
-    rows = [{"claim": c, "paper": p, "ours": o, "verdict": judge(v, lo, evidence)} for c, p, o, v, lo in claims]
+
+def eval_loop_table(runs: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """The paper's method (whole evaluation loop) against the model alone at the paper's inference
+    conditions, per tower and data source."""
+    frame = benchmark_frame(runs, "eval_loop")
+    if frame.empty:
+        return frame
+    alone = {e: (speed_record(run) or {}).get("images_per_s") for e, run in runs.items()}
+    out = pd.DataFrame({
+        "tower": frame.encoder.map(TOWER_NAMES),
+        "data": frame.source.map({"jpeg": "JPEG decoding", "uint8_cache": "uint8 cache"}),
+        "workers": frame.num_workers, "images/s": frame.images_per_s,
+        "slowest-fastest pass": [f"{lo:.0f}-{hi:.0f}" for lo, hi in zip(frame.images_per_s_min, frame.images_per_s_max)],
+        "model only images/s": frame.encoder.map(alone)})
+    out["loop / model only"] = out["images/s"] / out["model only images/s"]
+    return out
+
+
+def scan_cost_table(runs: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """MambaVision with its selective scan against the scan replaced by its skip term."""
+    frame = benchmark_frame(runs, "scan_cost")
+    if frame.empty:
+        return frame
+    return pd.DataFrame({"mode": frame["mode"], "precision": frame.precision, "batch": frame.batch_size,
+                         "with scan (images/s)": frame.images_per_s_with_scan,
+                         "scan removed (images/s)": frame.images_per_s_without_scan,
+                         "ratio": frame.ratio, "ratio range over rounds": [
+                             f"{lo:.3f}-{hi:.3f}" for lo, hi in zip(frame.ratio_min, frame.ratio_max)]})
+
+
+def step_check_table(runs: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """The faster training steps against the eager one (02_train's check): per tower and step, the training
+    images/s of the second epoch and the largest relative difference of the per-epoch losses."""
+    rows = []
+    for encoder, run in runs.items():
+        check = run.get("step_check")
+        if not check:
+            continue
+        for variant in check["variants"]:
+            rows.append({"tower": TOWER_NAMES[encoder], "step": variant["train_step"],
+                         "images/s": variant.get("images_per_s"),
+                         "speed-up": variant.get("speedup"),
+                         "largest loss difference (rel.)": variant.get("max_rel_loss_difference"),
+                         "within tolerance": variant.get("within_tolerance")})
     return pd.DataFrame(rows)
 
 
-def _span(values: Sequence[float]) -> tuple[float, float]:
-    return min(values), max(values)
+def projection_table(projection: Mapping[str, Any]) -> pd.DataFrame:
+    """Minutes of the paper's study per encoder: measured projection by stage and the two floors."""
+    rows = []
+    for p in projection["per_encoder"]:
+        rows.append({"tower": TOWER_NAMES[p["encoder"]], "training": p["train_minutes"],
+                     "validation": p["validation_minutes"], "checkpoints": p["checkpoint_minutes"],
+                     "set-up": p["setup_minutes"], "projected total": p["projected_minutes"],
+                     "model-only floor": p.get("model_only_minutes", math.nan),
+                     "FLOP floor (fp32 peak)": p.get("fp32_floor_minutes", math.nan)})
+    return pd.DataFrame(rows).set_index("tower") if rows else pd.DataFrame()
 
 
-def runs_are_evidence(runs: Mapping[str, Mapping[str, Any]]) -> bool:
-    """Only paper-size towers from pretrained weights can confirm or refute the paper."""
-    return bool(runs) and all(run["config"].get("pretrained") and run["config"].get("model_size") == "paper"
-                              for run in runs.values())
+# ----------------------------------------------------------------------- one run's records, as a run
+def single_run(encoder: str, records: list[dict]) -> dict[str, dict[str, Any]]:
+    """Records measured in a notebook (before benchmark.json is written) in the shape ``load_all_runs``
+    gives, so that the edition's table and sentence builders serve one tower too."""
+    return {encoder: {"benchmark": pd.DataFrame(records), "config": {"encoder": encoder}}}
+
+
+def find(records: list[dict], **match: Any) -> dict | None:
+    """The first record whose fields equal ``match``."""
+    return next((r for r in records if all(r.get(k) == v for k, v in match.items())), None)
+
+
+def is_gpu_edition(runs: Mapping[str, Mapping[str, Any]]) -> bool:
+    return any(str(run["config"].get("resolved_device", "")).startswith("cuda") for run in runs.values())
+
+
+MODEL_ONLY_FORMATS = {"batch": "{:.0f}", "images/s": "{:.1f}", "p10-p90": "{}", "peak GiB": "{:.2f}",
+                      "of peak FLOP/s": "{:.1%}", "mode": "{}", "setting": "{}", "precision": "{}", "tower": "{}"}
+EVAL_LOOP_FORMATS = {"workers": "{:.0f}", "images/s": "{:.1f}", "slowest-fastest pass": "{}",
+                     "model only images/s": "{:.1f}", "loop / model only": "{:.2f}"}
+SCAN_FORMATS = {"batch": "{:.0f}", "with scan (images/s)": "{:.1f}", "scan removed (images/s)": "{:.1f}",
+                "ratio": "{:.3f}", "ratio range over rounds": "{}"}
+
+
+# ------------------------------------------------------------------------------ computed sentences
+def _pct(value: float) -> str:
+    return f"{value:+.1f}%" if math.isfinite(value) else "–"
+
+
+def table1_sentence(t1: pd.DataFrame, runs: Mapping[str, Mapping[str, Any]]) -> str:
+    """What Table 1 shows, paper and ours, with absolute points beside the percentages, and whether these
+    runs can test it (``findings.accuracy_evidence_gaps``)."""
+    from .findings import accuracy_evidence_gaps
+    from .results import paper_reference
+
+    paper_pct = t1.loc["Accuracy", "paper: MVLIP vs CLIP(Swin) (%)"]
+    points = (t1.loc["Accuracy", "paper MVLIP"] - t1.loc["Accuracy", "paper CLIP(Swin)"]) * 100
+    text = f"The paper reports MVLIP {paper_pct:+.2f}% ({points:+.2f} points) above CLIP(Swin) in accuracy. "
+    if {"mambavision", "swin"} <= set(runs):
+        ours = t1.loc["Accuracy", "ours: MVLIP vs CLIP(Swin) (%)"]
+        a, b = t1.loc["Accuracy", "ours MVLIP"], t1.loc["Accuracy", "ours CLIP(Swin)"]
+        text += f"In these runs MVLIP is {ours:+.2f}% ({(a - b) * 100:+.2f} points) relative to CLIP(Swin) ({a:.4f} vs {b:.4f}). "
+        gaps = accuracy_evidence_gaps(runs["mambavision"], paper_reference())
+        text += ("These runs meet the paper's conditions, so they test its Table 1." if not gaps else
+                 "They cannot test the paper's Table 1: " + "; ".join(gaps) + ".")
+    else:
+        text += "This edition lacks a MVLIP or CLIP(Swin) run to compare."
+    return text
+
+
+def table2_sentence(runs: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any]) -> str:
+    """The throughput claims judged on this edition (``findings.judge``: the same rule as the findings)."""
+    from .findings import judge, paper_claims
+
+    parts = []
+    for claim in (c for c in paper_claims(ref) if c["kind"] == "throughput"):
+        result = judge(claim, runs, ref)
+        parts.append(f"*{claim['claim']}* (paper {claim['paper']}): here **{result['verdict']}**"
+                     + (f", {result['ours']}" if result["ours"] != "–" else "") + f"; {result['reason']}.")
+    return " ".join(parts)
+
+
+def eval_loop_sentence(runs: Mapping[str, Mapping[str, Any]]) -> str:
+    """How the paper's method (whole loop) compares with the towers alone, and whether it hides their
+    differences (computed: the spread of the loop rates across towers against that of the towers alone)."""
+    loop, alone = {}, {}
+    for encoder, run in runs.items():
+        a, b = eval_loop_record(run, "jpeg"), speed_record(run)
+        if a and b and b.get("images_per_s"):
+            loop[encoder], alone[encoder] = a, b
+    if not loop:
+        return "No measurement of the paper's method in this edition."
+    shares = {e: loop[e]["images_per_s"] / alone[e]["images_per_s"] for e in loop}
+    cache = {e: eval_loop_record(runs[e], "uint8_cache") for e in loop}
+    cache_shares = {e: r["images_per_s"] / alone[e]["images_per_s"] for e, r in cache.items() if r}
+    workers = int(next(iter(loop.values()))["num_workers"])
+    text = (f"With JPEG decoding in {workers} workers the whole loop runs at "
+            + ", ".join(f"{shares[e]:.2f}x ({TOWER_NAMES[e]})" for e in shares) + " of the tower's own speed")
+    text += ("; from the uint8 cache at " + ", ".join(f"{cache_shares[e]:.2f}x" for e in cache_shares) + "." if cache_shares
+             else ".")
+    if len(loop) >= 2:
+        rates = [r["images_per_s"] for r in loop.values()]
+        models = [r["images_per_s"] for r in alone.values()]
+        loop_spread, model_spread = max(rates) / min(rates), max(models) / min(models)
+        if math.log(loop_spread) < 0.5 * math.log(model_spread):  # the loop keeps under half of the gap
+            text += (f" Across towers the loop's rates differ by {loop_spread:.2f}x where the towers alone differ by "
+                     f"{model_spread:.2f}x: with JPEG decoding, the paper's method measures the input pipeline as much "
+                     "as the models.")
+        else:
+            text += (f" Across towers the loop's rates differ by {loop_spread:.2f}x, as much as the towers alone "
+                     f"({model_spread:.2f}x): here the paper's method follows the models.")
+    return text
+
+
+def model_only_sentence(run: Mapping[str, Any], tower: str) -> str:
+    """What the model-only settings of one tower show: fused AdamW, strict fp32, the best settings, compile."""
+    frame = run["benchmark"]
+    records = frame.to_dict(orient="records") if frame is not None else []
+
+    def rate(**match) -> float:
+        r = find(records, kind="model_only", **match)
+        return float(r["images_per_s"]) if r and r.get("images_per_s") is not None else math.nan
+
+    paper_inf, paper_train = rate(setting="paper's conditions", mode="inference"), rate(setting="paper's conditions", mode="train")
+    fused = rate(setting="paper's conditions, fused AdamW", mode="train")
+    strict_inf, strict_train = rate(setting="strict fp32", mode="inference"), rate(setting="strict fp32", mode="train")
+    best_inf, best_train = rate(setting="best: bf16, channels_last", mode="inference"), rate(setting="best: bf16, channels_last", mode="train")
+    compiled = find(records, kind="model_only", setting="best + torch.compile")
+    parts = [f"At the paper's conditions {tower} infers {paper_inf:.1f} images/s and trains {paper_train:.1f}; fused AdamW "
+             f"changes the training step by {_pct(relative_change(fused, paper_train))}."]
+    if math.isfinite(strict_inf):
+        parts.append(f"Strict fp32 (TF32 off for convolutions too) changes inference by "
+                     f"{_pct(relative_change(strict_inf, paper_inf))} and training by {_pct(relative_change(strict_train, paper_train))} "
+                     "against PyTorch's default, the paper's 'FP32'.")
+    if math.isfinite(best_inf):
+        parts.append(f"The best settings reach {best_inf / paper_inf:.1f}x the paper's inference rate and "
+                     f"{best_train / paper_train:.1f}x its training rate.")
+    if compiled:
+        parts.append(f"torch.compile gives {compiled['images_per_s'] / best_inf:.2f}x the best inference rate "
+                     f"(compiled in {compiled.get('first_call_s') or 0:.0f} s)." if compiled.get("images_per_s")
+                     else f"torch.compile: {compiled.get('error')}.")
+    return " ".join(parts)
+
+
+def sweep_sentence(runs: Mapping[str, Mapping[str, Any]], model_size: str) -> str:
+    """The fitted growth exponents of the towers' resolution sweeps, classified as linear or quadratic."""
+    from .findings import LINEAR_MAX, QUADRATIC_MIN, growth_exponents
+
+    exps = growth_exponents(runs)
+    if exps.empty:
+        return "Too few resolutions ran to fit an exponent."
+
+    def kind(b: float) -> str:
+        if b < 0.8:
+            return "below linear: fixed costs per call, or a device not yet full, dominate at the small sizes"
+        return ("about linear" if b <= LINEAR_MAX else "about quadratic" if b >= QUADRATIC_MIN
+                else "between linear and quadratic")
+
+    parts = [f"{TOWER_NAMES[r.encoder]}: time per image grows with exponent b = {r._2:.2f} ({kind(r._2)}) up to "
+             f"{r._4} px" + (f", memory per image with b = {r._3:.2f}" if math.isfinite(r._3) else "")
+             for r in exps.itertuples()]
+    frame = benchmark_frame(runs, "resolution_sweep")
+    failed = frame[frame["images_per_s"].isna()] if len(frame) else frame
+    text = "; ".join(parts) + "."
+    if len(failed):
+        text += " Failed: " + ", ".join(f"{r.resolution} px ({'out of memory' if r.oom else r.error})"
+                                        for r in failed.itertuples()) + "."
+    if model_size == "smoke":
+        text += " At the tiny smoke sizes fixed per-call costs weigh heavily, so these exponents say little about the paper's towers."
+    return text
+
+
+def scan_cost_sentence(runs: Mapping[str, Mapping[str, Any]]) -> str:
+    table = scan_cost_table(runs)
+    if table.empty:
+        return "No measurement of the selective scan's cost."
+    return ("With its selective scan the tower keeps " + ", ".join(
+        f"{r.ratio:.1%} ({r.mode}, {r.precision}, batch {int(r.batch)})" for r in table.itertuples())
+        + " of the throughput it has with the scan replaced by its skip term: the scan costs "
+        f"{1 - table.ratio.max():.1%} to {1 - table.ratio.min():.1%}.")
+
+
+def steps_sentence(runs: Mapping[str, Mapping[str, Any]]) -> str:
+    table = step_check_table(runs)
+    if table.empty:
+        return "No training-step check in this edition."
+    faster = table[(table.step != "eager") & table["speed-up"].notna()]
+    failed = table[(table.step != "eager") & table["speed-up"].isna()]
+    ok = bool(faster["within tolerance"].astype(bool).all())
+    best = faster.loc[faster.groupby("tower")["speed-up"].idxmax()] if len(faster) else faster
+    text = ("The faster training steps " + ("all give" if ok else "do not all give")
+            + " the eager step's per-epoch losses within the tolerance; the fastest per tower: "
+            + ", ".join(f"{r.tower} {r.step} x{r._4:.2f}" for r in best.itertuples()) + ".")
+    if len(failed):
+        text += " Failed: " + ", ".join(f"{r.tower} {r.step}" for r in failed.itertuples()) + " (see the training chapters)."
+    return text

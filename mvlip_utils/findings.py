@@ -1,0 +1,393 @@
+"""The paper's claims, one verdict each, computed from the run folders of every edition of the study.
+
+Vocabulary (one for every claim): **supported** (our measurement reaches the paper's claim), **partly** (the
+same direction, smaller than claimed), **not supported** (no difference, or the opposite direction),
+**no verdict** (no run of the conditions the claim needs; the reason names the missing condition).
+
+Rules (the findings chapter prints them):
+- Accuracy, precision, recall, F1 (Table 1) and the validation loss: only runs with the paper's
+  architectures, pretrained weights, a 1,000-class ImageNet-like validation set (not a generated one), 224 px
+  and the paper's number of epochs can give a verdict. A difference smaller than twice its standard error
+  (binomial, over the validation images) is "no difference".
+- Throughput (Table 2): the paper-size towers at 224 px on a GPU (the weights' values do not change the
+  speed, so random weights qualify). The verdict compares the image towers alone at the paper's
+  conditions (the run's float32 mode, batch 32, inference), each the median of repeated batches; a gap
+  smaller than ``MIN_SPEED_GAP_PERCENT`` or inside the two measurements' 10th-90th percentile ranges is
+  "no difference". The paper's own method (the whole evaluation loop with JPEG decoding) is given beside it.
+- Linear versus quadratic scaling: the fitted exponent b of time per image against the pixel count
+  (1 linear, 2 quadratic) of the paper-size towers on a GPU; supported when MambaVision is about linear
+  (b <= ``LINEAR_MAX``), ViT about quadratic (b >= ``QUADRATIC_MIN``) and MVLIP faster than CLIP(ViT) at the
+  largest resolution measured.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import pandas as pd
+
+from .benchmark import fit_growth_exponent
+from .profiles import ENCODER_LABELS
+
+VERDICTS = ("supported", "partly", "not supported", "no verdict")
+MIN_SPEED_GAP_PERCENT = 3.0
+LINEAR_MAX, QUADRATIC_MIN = 1.2, 1.8
+TABLE1_CLAIM_METRICS = {"accuracy": "accuracy", "precision_weighted": "precision (weighted)",
+                        "recall_weighted": "recall (weighted)", "f1_weighted": "F1 (weighted)"}
+PAPER_SPEED_SETTING = "paper's conditions"  # benchmark_suite.PAPER
+
+
+def relative_change(value: float, base: float) -> float:
+    """(value - base) / base in percent; NaN when either is missing or base is 0."""
+    try:
+        value, base = float(value), float(base)
+    except (TypeError, ValueError):
+        return math.nan
+    if not (math.isfinite(value) and math.isfinite(base)) or base == 0:
+        return math.nan
+    return (value - base) / base * 100.0
+
+
+# ------------------------------------------------------------------------------------------ the claims
+def paper_claims(ref: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The paper's claims with its numbers, computed from ``paper_tables.json``: one per Table 1 metric,
+    the validation loss, throughput against CLIP(ViT) and against CLIP(Swin), and the scaling argument."""
+    t1, claims, t2 = ref["table1_final_epoch"], ref["claims"], ref["table2_throughput_images_per_s"]
+    low_metrics = float(min(claims["metrics_improvement_percent"]))
+    out = []
+    for key, name in TABLE1_CLAIM_METRICS.items():
+        mv, swin = t1["mambavision"][key], t1["swin"][key]
+        out.append(dict(id=key, kind="table1", metric=key, threshold=low_metrics,
+                        claim=f"MVLIP's {name} is {low_metrics:.0f}-{max(claims['metrics_improvement_percent']):.0f}% "
+                              f"above CLIP(Swin)'s (Table 1)",
+                        paper=f"{relative_change(mv, swin):+.2f}% ({mv:.4f} vs {swin:.4f}, "
+                              f"{(mv - swin) * 100:+.2f} points)"))
+    loss = claims["val_zeroshot_loss_final"]
+    reduction = -relative_change(loss["mambavision"], loss["swin"])
+    out.append(dict(id="val_loss", kind="loss", threshold=float(claims["val_loss_reduction_percent"]),
+                    claim=f"MVLIP's validation loss is {claims['val_loss_reduction_percent']}% lower than CLIP(Swin)'s",
+                    paper=f"{reduction:.1f}% lower ({loss['mambavision']:.4f} vs {loss['swin']:.4f})"))
+    for other in ("vit", "swin"):
+        gain = relative_change(t2["mambavision"], t2[other])
+        out.append(dict(id=f"throughput_{other}", kind="throughput", other=other, threshold=math.floor(gain),
+                        claim=f"MVLIP's throughput is {math.floor(gain):.0f}% above {ENCODER_LABELS[other]}'s (Table 2)",
+                        paper=f"{gain:+.1f}% ({t2['mambavision']:.1f} vs {t2[other]:.1f} images/s)"))
+    out.append(dict(id="scaling", kind="scaling", threshold=None,
+                    claim="MambaVision's cost grows linearly with the image size, ViT's quadratically (self-"
+                          "attention), so MVLIP is the more efficient at high resolution",
+                    paper="argued, not measured"))
+    return out
+
+
+# ----------------------------------------------------------------------------------- evidence rules
+def accuracy_evidence_gaps(run: Mapping[str, Any], ref: Mapping[str, Any]) -> list[str]:
+    """What a run lacks to speak to Table 1 and the loss claim (empty: it can)."""
+    config, metrics, protocol = run["config"], run["metrics"], ref["protocol"]
+    gaps = []
+    if config.get("model_size") != "paper":
+        gaps.append(f"tiny towers (model_size={config.get('model_size')!r})")
+    if not config.get("pretrained"):
+        gaps.append("random weights (pretrained=False)")
+    if str(config.get("data", "")).startswith("generated"):
+        gaps.append(f"generated data (data={config.get('data')!r})")
+    if metrics.get("n_classes") != protocol["n_classes"]:
+        gaps.append(f"{metrics.get('n_classes')} classes, not {protocol['n_classes']}")
+    if config.get("image_size") != protocol["image_size"]:
+        gaps.append(f"{config.get('image_size')} px, not {protocol['image_size']}")
+    if metrics.get("epochs") != protocol["epochs"]:
+        gaps.append(f"{metrics.get('epochs')} epochs, not {protocol['epochs']}")
+    return gaps
+
+
+def speed_evidence_gaps(run: Mapping[str, Any], ref: Mapping[str, Any]) -> list[str]:
+    """What a run lacks to speak to the throughput and scaling claims (empty: it can)."""
+    config = run["config"]
+    gaps = []
+    if config.get("model_size") != "paper":
+        gaps.append(f"tiny towers (model_size={config.get('model_size')!r})")
+    if config.get("image_size") != ref["protocol"]["image_size"]:
+        gaps.append(f"{config.get('image_size')} px, not {ref['protocol']['image_size']}")
+    if not str(config.get("resolved_device", "")).startswith("cuda"):
+        gaps.append(f"measured on {config.get('device_name', 'a CPU')}, not a GPU")
+    if run.get("benchmark") is None:
+        gaps.append("no benchmark.json")
+    return gaps
+
+
+def _gaps(runs: Mapping[str, Mapping[str, Any]], encoders, rule, ref) -> list[str]:
+    missing = [ENCODER_LABELS[e] for e in encoders if e not in runs]
+    if missing:
+        return [f"no finished run of {', '.join(missing)}"]
+    gaps: list[str] = []
+    for e in encoders:
+        gaps += [g for g in rule(runs[e], ref) if g not in gaps]
+    return gaps
+
+
+# ----------------------------------------------------------------------------------------- verdicts
+def _verdict(gain: float, threshold: float, no_difference: bool) -> str:
+    if no_difference or not math.isfinite(gain):
+        return "not supported"
+    if gain >= threshold:
+        return "supported"
+    return "partly" if gain > 0 else "not supported"
+
+
+def _direction(gain: float, no_difference: bool, better: str, worse: str) -> str:
+    return "no difference" if no_difference else (better if gain > 0 else worse)
+
+
+def judge_table1(claim: Mapping[str, Any], runs: Mapping[str, Any], ref: Mapping[str, Any]) -> dict[str, Any]:
+    gaps = _gaps(runs, ("mambavision", "swin"), accuracy_evidence_gaps, ref)
+    mv, sw = (runs[e]["metrics"] if e in runs else {} for e in ("mambavision", "swin"))
+    key = claim["metric"]
+    a, b = float(mv.get(key, math.nan)), float(sw.get(key, math.nan))
+    gain = relative_change(a, b)
+    ours = f"{gain:+.2f}% ({a:.4f} vs {b:.4f})" if math.isfinite(gain) else "–"
+    if gaps:
+        return dict(ours=ours, verdict="no verdict", reason="; ".join(gaps))
+    n = int(mv.get("n_val", 0)) or 1
+    se = math.sqrt(max(a * (1 - a), 0) / n + max(b * (1 - b), 0) / n)
+    same = abs(a - b) < 2 * se
+    return dict(ours=ours, verdict=_verdict(gain, claim["threshold"], same),
+                reason=f"{_direction(gain, same, 'higher', 'lower')}: {(a - b) * 100:+.2f} points, twice the "
+                       f"standard error is {2 * se * 100:.2f} points over {n} images")
+
+
+def judge_loss(claim, runs, ref) -> dict[str, Any]:
+    gaps = _gaps(runs, ("mambavision", "swin"), accuracy_evidence_gaps, ref)
+    a, b = (float(runs[e]["metrics"].get("zeroshot_loss", math.nan)) if e in runs else math.nan
+            for e in ("mambavision", "swin"))
+    reduction = -relative_change(a, b)
+    ours = f"{reduction:.1f}% lower ({a:.4f} vs {b:.4f})" if math.isfinite(reduction) else "–"
+    if gaps:
+        return dict(ours=ours, verdict="no verdict", reason="; ".join(gaps))
+    return dict(ours=ours, verdict=_verdict(reduction, claim["threshold"], False),
+                reason=f"MVLIP's zero-shot cross-entropy is {'lower' if reduction > 0 else 'not lower'}")
+
+
+def speed_record(run: Mapping[str, Any], mode: str = "inference", setting: str = PAPER_SPEED_SETTING) -> dict | None:
+    """The model-only record of a run's benchmark at ``setting`` and ``mode`` (None if absent)."""
+    frame = run.get("benchmark")
+    if frame is None or "kind" not in frame:
+        return None
+    rows = frame[(frame["kind"] == "model_only") & (frame.get("setting") == setting) & (frame["mode"] == mode)]
+    return None if rows.empty else rows.iloc[0].to_dict()
+
+
+def eval_loop_record(run: Mapping[str, Any], source: str = "jpeg") -> dict | None:
+    frame = run.get("benchmark")
+    if frame is None or "kind" not in frame:
+        return None
+    rows = frame[(frame["kind"] == "eval_loop") & (frame.get("source") == source)]
+    return None if rows.empty else rows.iloc[0].to_dict()
+
+
+def speed_gap(a: Mapping[str, Any], b: Mapping[str, Any], spread_low: str = "images_per_s_p10",
+              spread_high: str = "images_per_s_p90") -> tuple[float, bool]:
+    """(gain of a over b in percent, whether that is no difference): under MIN_SPEED_GAP_PERCENT, or the two
+    spreads (10th-90th percentile, or slowest-fastest pass) overlap."""
+    gain = relative_change(a["images_per_s"], b["images_per_s"])
+    overlap = False
+    if all(isinstance(r.get(k), (int, float)) for r in (a, b) for k in (spread_low, spread_high)):
+        overlap = a[spread_low] <= b[spread_high] and b[spread_low] <= a[spread_high]
+    return gain, (not math.isfinite(gain)) or abs(gain) < MIN_SPEED_GAP_PERCENT or overlap
+
+
+def judge_throughput(claim, runs, ref) -> dict[str, Any]:
+    other = claim["other"]
+    gaps = _gaps(runs, ("mambavision", other), speed_evidence_gaps, ref)
+    if gaps:
+        return dict(ours="–", verdict="no verdict", reason="; ".join(gaps))
+    a, b = speed_record(runs["mambavision"]), speed_record(runs[other])
+    if a is None or b is None:
+        return dict(ours="–", verdict="no verdict", reason="no model-only record at the paper's conditions")
+    gain, same = speed_gap(a, b)
+    la, lb = eval_loop_record(runs["mambavision"]), eval_loop_record(runs[other])
+    loop = ""
+    if la and lb:
+        loop_gain, loop_same = speed_gap(la, lb, "images_per_s_min", "images_per_s_max")
+        loop = (f"; the paper's method (whole loop, JPEG in {int(la['num_workers'])} workers): {loop_gain:+.1f}% "
+                f"({_direction(loop_gain, loop_same, 'faster', 'slower')})")
+    ours = f"{gain:+.1f}% ({a['images_per_s']:.0f} vs {b['images_per_s']:.0f} images/s, model only)"
+    return dict(ours=ours, verdict=_verdict(gain, claim["threshold"], same),
+                reason=f"MVLIP is {_direction(gain, same, 'faster', 'slower')} than {ENCODER_LABELS[other]} at "
+                       f"{a['precision']}, batch {int(a['batch_size'])}, on {a.get('device_name')}" + loop)
+
+
+def growth_exponents(runs: Mapping[str, Any]) -> pd.DataFrame:
+    """Per encoder with a resolution sweep: the time and memory exponents (cost ~ pixels^b), the largest
+    resolution measured and the ms per image there."""
+    rows = []
+    for encoder, run in runs.items():
+        frame = run.get("benchmark")
+        if frame is None or "kind" not in frame:
+            continue
+        sweep = frame[(frame["kind"] == "resolution_sweep") & frame["images_per_s"].notna()]
+        if len(sweep) < 2:
+            continue
+        memory = sweep["marginal_memory_per_image_bytes"] if "marginal_memory_per_image_bytes" in sweep else None
+        top = sweep.loc[sweep["pixels"].idxmax()]
+        rows.append({"encoder": encoder,
+                     "time exponent": fit_growth_exponent(sweep["pixels"], sweep["seconds_per_image"]),
+                     "memory exponent": (fit_growth_exponent(sweep["pixels"], memory)
+                                         if memory is not None and memory.notna().sum() >= 2 else math.nan),
+                     "largest resolution": int(top["resolution"]),
+                     "ms per image there": float(top["seconds_per_image"]) * 1e3})
+    return pd.DataFrame(rows)
+
+
+def judge_scaling(claim, runs, ref) -> dict[str, Any]:
+    gaps = _gaps(runs, ("mambavision", "vit"), speed_evidence_gaps, ref)
+    exps = growth_exponents({e: runs[e] for e in ("mambavision", "vit") if e in runs})
+    if gaps or len(exps) < 2:
+        return dict(ours="–", verdict="no verdict", reason="; ".join(gaps) or "no resolution sweep")
+    exps = exps.set_index("encoder")
+    mv, vit = exps.loc["mambavision"], exps.loc["vit"]
+    ours = (f"b = {mv['time exponent']:.2f} (MambaVision-B), {vit['time exponent']:.2f} (ViT-B/32) up to "
+            f"{int(mv['largest resolution'])} px")
+    linear, quadratic = mv["time exponent"] <= LINEAR_MAX, vit["time exponent"] >= QUADRATIC_MIN
+    faster = mv["ms per image there"] < vit["ms per image there"]
+    if linear and quadratic and faster:
+        verdict = "supported"
+    elif mv["time exponent"] < vit["time exponent"] and (faster or quadratic):
+        verdict = "partly"
+    else:
+        verdict = "not supported"
+    return dict(ours=ours, verdict=verdict,
+                reason=(f"MambaVision-B {'is' if linear else 'is not'} about linear, ViT-B/32 "
+                        f"{'is' if quadratic else 'is not'} quadratic in this range; at "
+                        f"{int(mv['largest resolution'])} px MVLIP takes {mv['ms per image there']:.2f} ms per image "
+                        f"against CLIP(ViT)'s {vit['ms per image there']:.2f}"))
+
+
+JUDGES = {"table1": judge_table1, "loss": judge_loss, "throughput": judge_throughput, "scaling": judge_scaling}
+
+
+def judge(claim: Mapping[str, Any], runs: Mapping[str, Any], ref: Mapping[str, Any]) -> dict[str, Any]:
+    """The verdict on one claim from one edition's runs: {ours, verdict, reason}."""
+    out = JUDGES[claim["kind"]](claim, runs, ref)
+    assert out["verdict"] in VERDICTS, out
+    return out
+
+
+# ------------------------------------------------------------------------------------------ tables
+def verdicts_by_edition(editions: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per (claim, edition): what that edition's runs say (``editions``: {profile: runs})."""
+    rows = []
+    for claim in paper_claims(ref):
+        for profile, runs in editions.items():
+            rows.append({"claim id": claim["id"], "claim": claim["claim"], "edition": profile,
+                         **judge(claim, runs, ref)})
+    return pd.DataFrame(rows)
+
+
+def findings_table(editions: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per claim: the paper's number, ours from the edition with evidence (the last such in
+    ``editions``' order, so list them from the least to the most faithful), the verdict and the reason."""
+    detail = verdicts_by_edition(editions, ref)
+    rows = []
+    for claim in paper_claims(ref):
+        mine = detail[detail["claim id"] == claim["id"]]
+        with_evidence = mine[mine["verdict"] != "no verdict"]
+        pick = (with_evidence if len(with_evidence) else mine).iloc[-1]
+        reason = pick["reason"] if len(with_evidence) else (
+            "no edition has the conditions: " + "; ".join(f"{r.edition}: {r.reason}" for r in mine.itertuples()))
+        rows.append({"claim": claim["claim"], "paper": claim["paper"],
+                     "ours": f"{pick['ours']} [{pick['edition']}]" if len(with_evidence) else "–",
+                     "verdict": pick["verdict"], "reason": reason})
+    return pd.DataFrame(rows)
+
+
+def rules_text() -> list[str]:
+    """The verdict rules as the findings chapter prints them (from this module's constants)."""
+    return [
+        "**supported**: our measurement reaches the paper's claim; **partly**: the same direction, smaller "
+        "than claimed; **not supported**: no difference, or the opposite direction; **no verdict**: no "
+        "edition has the conditions the claim needs (the reason names what is missing).",
+        "Table 1 and the validation loss need runs with the paper's architectures, pretrained weights, a "
+        "1,000-class ImageNet-like validation set, 224 px and the paper's number of epochs. A difference "
+        "smaller than twice its binomial standard error over the validation images is no difference.",
+        "Throughput needs the paper-size towers at 224 px on a GPU (random weights do not change speed). The "
+        "verdict compares the image towers alone at the paper's conditions (its float32 mode, batch 32, "
+        f"inference), each the median of repeated batches; a gap under {MIN_SPEED_GAP_PERCENT:.0f}% or inside "
+        "the two measurements' 10th-90th percentile ranges is no difference. The paper's own method (the "
+        "whole evaluation loop with JPEG decoding) is reported beside it.",
+        f"Scaling: supported when MambaVision's time per image grows about linearly with the pixel count "
+        f"(fitted exponent b <= {LINEAR_MAX}), ViT's about quadratically (b >= {QUADRATIC_MIN}) and MVLIP is "
+        "faster than CLIP(ViT) at the largest resolution measured; partly when MambaVision's exponent is the "
+        "lower one and one of the other two holds.",
+    ]
+
+
+def disclosures(ref: Mapping[str, Any], editions: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """What a reader of the paper's numbers and of ours should know, from ``paper_tables.json`` and the
+    runs' config.json: the authors' code, the pretrained CLIP(ViT) row, parameter counts, absolute gaps."""
+    code, t1 = ref["authors_code"], ref["table1_final_epoch"]
+    vit = t1["vit_pretrained_not_finetuned_fp16"]
+    out = [f"The authors' released code optimised {code['optimised_parameters']}, and chose its \"best\" "
+           f"checkpoint by {code['best_checkpoint_by']}; {code['curves_from']} come from that code. Our runs "
+           "follow the paper (frozen text tower) and report the final epoch, so the paper's numbers and ours "
+           "differ in protocol where a paper-profile run is compared with them.",
+           f"Table 2's CLIP(ViT) row is {code['table2_vit_row']} ({vit['accuracy']:.2f} accuracy, weighted "
+           f"P/R/F1 {vit['precision_weighted']:.2f}/{vit['recall_weighted']:.2f}/{vit['f1_weighted']:.2f}, "
+           f"zero-shot loss {vit['val_zeroshot_loss']:.4f}), not the fine-tuned CLIP(ViT) that Table 1's protocol "
+           f"would give; its throughput was measured as {code['table2_method']}."]
+    gain = relative_change(t1["mambavision"]["accuracy"], t1["swin"]["accuracy"])
+    out.append(f"The paper's \"{gain:+.2f}%\" accuracy gain is {(t1['mambavision']['accuracy'] - t1['swin']['accuracy']) * 100:.2f} "
+               f"points ({t1['mambavision']['accuracy']:.4f} against {t1['swin']['accuracy']:.4f}); relative "
+               "percentages of small numbers look larger than the absolute gap.")
+    counts = ref["model_params_millions"]
+    ours = {}
+    for runs in editions.values():
+        for encoder, run in runs.items():
+            if run["config"].get("model_size") == "paper" and "parameters" in run["config"]:
+                ours[encoder] = run["config"]["parameters"]["image_tower"]["total"] / 1e6
+    if ours:
+        pairs = [f"{ENCODER_LABELS[e]} {counts[e]:.1f} M in the paper, {ours[e]:.1f} M here" for e in counts
+                 if e in ours and e != "note"]
+        out.append("Parameter counts of the image towers with their 512-d projection: " + "; ".join(pairs) +
+                   " (the paper's counts include its classifier head or another projection).")
+    return out
+
+
+def summary_sentence(table: pd.DataFrame) -> str:
+    """Which claims have a verdict, and which wait for runs (computed from the findings table)."""
+    waiting = table[table.verdict == "no verdict"]
+    judged = table[table.verdict != "no verdict"]
+    parts = []
+    if len(judged):
+        parts.append("Judged: " + "; ".join(f"{r.claim.split(' (')[0]}: *{r.verdict}*" for r in judged.itertuples()) + ".")
+    if len(waiting):
+        parts.append(f"{len(waiting)} claim(s) wait for runs that meet their conditions (a paper-profile run, with "
+                     "the pretrained towers on ImageNet-mini, is what can judge Table 1 and the loss).")
+    return " ".join(parts)
+
+
+def throughput_overview(runs: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per tower and condition for ``plots.throughput_by_condition``: the towers alone at the paper's
+    conditions (inference, training step) and at the best settings, the paper's method with JPEG decoding
+    and from the uint8 cache, with their spreads."""
+    conditions = [("model_only", {"setting": "paper's conditions", "mode": "inference"}, "alone, paper's conditions, inference"),
+                  ("model_only", {"setting": "paper's conditions", "mode": "train"}, "alone, paper's conditions, training step"),
+                  ("model_only", {"setting": "best: bf16, channels_last", "mode": "inference"}, "alone, bf16 large batch, inference"),
+                  ("eval_loop", {"source": "jpeg"}, "paper's method, JPEG decoding"),
+                  ("eval_loop", {"source": "uint8_cache"}, "paper's method, uint8 cache")]
+    rows = []
+    for encoder, run in runs.items():
+        frame = run.get("benchmark")
+        if frame is None or "kind" not in frame:
+            continue
+        for kind, match, label in conditions:
+            sel = frame[frame["kind"] == kind]
+            for key, value in match.items():
+                sel = sel[sel[key] == value] if key in sel else sel.iloc[0:0]
+            if sel.empty or pd.isna(sel.iloc[0].get("images_per_s")):
+                continue
+            r = sel.iloc[0]
+            low, high = (r.get("images_per_s_p10"), r.get("images_per_s_p90")) if kind == "model_only" else (
+                r.get("images_per_s_min"), r.get("images_per_s_max"))
+            rows.append({"tower": ENCODER_LABELS[encoder], "condition": label, "images/s": float(r["images_per_s"]),
+                         "low": low, "high": high})
+    return pd.DataFrame(rows)

@@ -1,0 +1,185 @@
+"""Paper scale: how long the paper's whole study takes, projected from measured epochs, and its floors.
+
+The paper's study is three encoders x 20 epochs over ImageNet-mini (34,745 training images in steps of 32
+with drop_last, 3,923 validation images evaluated every epoch); the numbers come from ``paper_tables.json``.
+A run's ``timings.csv`` (written by ``train.train_run``, one row per epoch trained) gives the measured
+seconds of each stage; the projection scales the per-image times of the last epoch measured (steady state:
+the first epoch carries warm-up and compilation) to the paper's counts, adds the checkpoint write per epoch
+and the measured set-up. Two floors sit beside it:
+- the FLOP floor: the counted FLOPs of every training step and validation forward pass over the GPU's
+  datasheet fp32 peak (``benchmark.peak_flops``), the time no implementation at this precision can beat;
+- the model-only floor: every image at the model-only rates of the run's benchmark (training step with
+  fused AdamW and inference at the paper's conditions), the time without data loading, evaluation
+  bookkeeping or launch gaps between steps.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+from .benchmark import peak_flops
+
+ASSUMPTIONS = (
+    "per-image times of the last epoch measured, scaled to the paper's counts; one validation pass "
+    "(validation loss and zero-shot metrics from the same forward pass) per epoch; the checkpoint written "
+    "every epoch; the measured set-up once per encoder; one GPU runs the encoders one after another; with one "
+    "GPU per encoder the study takes the slowest encoder's time (three GPUs used, no interference assumed)")
+
+
+def study_size(ref: Mapping[str, Any]) -> dict[str, int]:
+    """The paper's study in numbers: epochs, training images per epoch (whole batches), validation images."""
+    p = ref["protocol"]
+    return {"epochs": int(p["epochs"]), "train_images": int(p["n_train"]) // int(p["batch_size"]) * int(p["batch_size"]),
+            "val_images": int(p["n_val"]), "batch_size": int(p["batch_size"])}
+
+
+def _record(run: Mapping[str, Any], **match: Any) -> dict | None:
+    frame = run.get("benchmark")
+    if frame is None or "kind" not in frame:
+        return None
+    rows = frame
+    for key, value in match.items():
+        if key not in rows:
+            return None
+        rows = rows[rows[key] == value]
+    return None if rows.empty else rows.iloc[0].to_dict()
+
+
+def encoder_projection(run: Mapping[str, Any], ref: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The paper's study for one encoder, projected from the run's last measured epoch, with its floors
+    (None when the run has no timings)."""
+    timings = run.get("timings")
+    if timings is None or timings.empty:
+        return None
+    size = study_size(ref)
+    last = timings.iloc[-1]
+    train_rate = last["train_images"] / last["train_seconds"]
+    val_per_image = last["validation_seconds"] / last["val_images"]
+    epoch = size["train_images"] / train_rate + size["val_images"] * val_per_image + last["checkpoint_seconds"]
+    setup = float(timings["setup_seconds"].iloc[0])
+    out = {"encoder": run["config"]["encoder"], "device_name": run["config"].get("device_name"),
+           "precision": run["config"].get("precision"), "train_step": run["config"].get("train_step"),
+           "measured_epoch": int(last["epoch"]), "train_images_per_s": float(train_rate),
+           "validation_images_per_s": float(1 / val_per_image), "checkpoint_seconds": float(last["checkpoint_seconds"]),
+           "setup_seconds": setup,
+           "train_minutes": size["epochs"] * size["train_images"] / train_rate / 60,
+           "validation_minutes": size["epochs"] * size["val_images"] * val_per_image / 60,
+           "checkpoint_minutes": size["epochs"] * float(last["checkpoint_seconds"]) / 60,
+           "setup_minutes": setup / 60, "projected_minutes": (size["epochs"] * epoch + setup) / 60}
+    train_flops = _record(run, kind="flops", mode="train")
+    forward_flops = _record(run, kind="flops", mode="inference")
+    peak = peak_flops(out["device_name"], "fp32")
+    if train_flops and forward_flops and peak:
+        flops = size["epochs"] * (size["train_images"] * train_flops["flops_per_image"]
+                                  + size["val_images"] * forward_flops["flops_per_image"])
+        out.update(study_flops=flops, fp32_floor_minutes=flops / peak / 60,
+                   fp32_peak_tflops_per_s=peak / 1e12,
+                   utilisation=flops / (out["projected_minutes"] * 60) / peak)
+    trains = _record(run, kind="model_only", setting="paper's conditions, fused AdamW", mode="train")
+    infers = _record(run, kind="model_only", setting="paper's conditions", mode="inference")
+    if trains and infers and trains.get("images_per_s") and infers.get("images_per_s"):
+        out["model_only_minutes"] = size["epochs"] * (size["train_images"] / trains["images_per_s"]
+                                                      + size["val_images"] / infers["images_per_s"]) / 60
+    return out
+
+
+def study_projection(runs: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any]) -> dict[str, Any]:
+    """The whole study on one GPU and with one GPU per encoder, projected from ``runs`` (one edition), with
+    the FLOP and model-only floors and the provenance of the runs behind them."""
+    per = [p for p in (encoder_projection(run, ref) for run in runs.values()) if p is not None]
+
+    def total(key: str, how=sum) -> float | None:
+        values = [p.get(key) for p in per]
+        return float(how(values)) if per and all(isinstance(v, (int, float)) for v in values) else None
+
+    provenance = {}
+    for encoder, run in runs.items():
+        prov = run.get("benchmark_provenance") or {}
+        provenance[encoder] = {"run_dir": str(run["run_dir"]), "device_name": run["config"].get("device_name"),
+                               "benchmark_date_utc": prov.get("date_utc"), "git_commit": prov.get("git_commit"),
+                               "git_dirty": prov.get("git_dirty"), "command": prov.get("command"),
+                               "driver": prov.get("driver"), "versions": prov.get("versions")}
+    return {"study": study_size(ref), "encoders": [p["encoder"] for p in per],
+            "one_gpu_minutes": total("projected_minutes"), "four_gpu_minutes": total("projected_minutes", max),
+            "fp32_floor_minutes": total("fp32_floor_minutes"),
+            "fp32_floor_minutes_one_gpu_per_encoder": total("fp32_floor_minutes", max),
+            "model_only_minutes": total("model_only_minutes"),
+            "model_only_minutes_one_gpu_per_encoder": total("model_only_minutes", max),
+            "assumptions": ASSUMPTIONS, "per_encoder": per, "provenance": provenance}
+
+
+
+# The targets the project set itself for the paper's study on H200s (issue "Fast at paper scale")
+TARGET_MINUTES = {"one_gpu": 60.0, "one_gpu_per_encoder": 35.0}
+
+
+def training_utilisation(projection: Mapping[str, Any] | None, flops: Mapping[str, float], device_name: str,
+                         precision: str) -> dict[str, Any]:
+    """Achieved FLOP/s of a run's measured training epoch (the training step's counted FLOPs times the
+    training images/s) and its fraction of the device's peak for ``precision`` (None where unknown)."""
+    if not projection:
+        return {"tflops_per_s": None, "utilisation": None}
+    achieved = flops["train"] * projection["train_images_per_s"]
+    peak = peak_flops(device_name, precision)
+    return {"tflops_per_s": achieved / 1e12, "utilisation": achieved / peak if peak else None}
+
+
+def projection_sentence(projection: Mapping[str, Any]) -> str:
+    """The projected study against the project's targets and the floors, in one paragraph."""
+    one, per = projection["one_gpu_minutes"], projection["four_gpu_minutes"]
+    slowest = max(projection["per_encoder"], key=lambda p: p["projected_minutes"])
+    text = (f"Projected from the measured epochs, the paper's whole study takes **{one:.0f} minutes** on one GPU "
+            f"(the encoders one after another) and **{per:.0f} minutes** with one GPU per encoder (the slowest, "
+            f"{slowest['encoder']}, bounds it), against the targets of {TARGET_MINUTES['one_gpu']:.0f} and "
+            f"{TARGET_MINUTES['one_gpu_per_encoder']:.0f} minutes: the first is "
+            f"{'met' if one <= TARGET_MINUTES['one_gpu'] else 'missed'}, the second "
+            f"{'met' if per <= TARGET_MINUTES['one_gpu_per_encoder'] else 'missed'}.")
+    floors = []
+    if projection.get("model_only_minutes"):
+        floors.append(f"the towers alone (every image at the model-only rates) would need "
+                      f"{projection['model_only_minutes']:.0f} minutes on one GPU and "
+                      f"{projection['model_only_minutes_one_gpu_per_encoder']:.0f} with one per encoder")
+    if projection.get("fp32_floor_minutes"):
+        reached = ", ".join(f"{p['utilisation']:.0%} ({p['encoder']})" for p in projection["per_encoder"]
+                            if p.get("utilisation"))
+        floors.append(f"the counted FLOPs at the GPU's fp32 peak {projection['fp32_floor_minutes']:.0f} and "
+                      f"{projection['fp32_floor_minutes_one_gpu_per_encoder']:.0f} minutes (the runs reach {reached} "
+                      "of that peak over the whole study)")
+    if floors:
+        text += " For comparison, " + "; ".join(floors) + "."
+    return text + f" Assumed: {ASSUMPTIONS}."
+
+
+LEGACY_DDP = Path(__file__).resolve().parents[1] / "results" / "h200-ddp" / "speedup.json"
+
+
+def read_ddp_speedup(path: str | Path = LEGACY_DDP) -> dict[str, Any] | None:
+    """The committed two-GPU DDP measurement (results/h200-ddp, made with the former scripts/h200_ddp.sh
+    before the study ran on GPUs through its notebooks), None if absent."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def ddp_sentence(blob: Mapping[str, Any] | None) -> str:
+    """What DDP over several GPUs gave at the paper's global batch, and what it keeps equal, from the
+    committed measurement."""
+    if not blob:
+        return "No multi-GPU measurement is committed."
+    rows, prov = blob["rows"], blob["ddp"]
+    speed = ", ".join(f"x{r['train_speedup']:.2f} ({r['encoder']})" for r in rows)
+    losses = "; ".join(f"{r['encoder']} {r['train_loss_1gpu']:.4f} on one GPU, {r['train_loss_ddp']:.4f} under DDP"
+                       for r in rows)
+    world = rows[0]["world_size"]
+    return (f"Training through torchrun (DDP) on {world} {prov.get('gpu_name')}s at the paper's global batch of 32 "
+            f"({32 // world} images per GPU) ran at {speed} the training speed of one GPU (one epoch, measured "
+            f"{str(prov.get('date_utc'))[:10]} with the former `scripts/h200_ddp.sh`; results/h200-ddp/). DDP keeps "
+            "the data order and the global batches (each rank takes its slice of the one-process batches), the "
+            "contrastive loss over the gathered global batch and the BatchNorm statistics (SyncBatchNorm) equal to "
+            "one process. It does not keep the stochastic-depth and dropout masks: each rank draws them from its "
+            "own random stream, so towers with drop path (the paper-size MambaVision-B 0.3 and Swin-B 0.1; ViT-B/32 "
+            f"has none) train on other masks than one process does. The first epoch's mean training losses were "
+            f"{losses}. The CPU test (tests/test_distributed.py) checks equality for towers without drop path. The "
+            "study's natural scale-out is one encoder per GPU (`--gpus`), which leaves every run exactly the "
+            "one-GPU run.")

@@ -1,0 +1,93 @@
+"""The discussion's tables for one edition: the paper's Tables 1 and 2 beside ours, and the computed prose."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from mvlip_utils import discussion, results
+from mvlip_utils.profiles import ENCODER_LABELS
+
+REF = results.paper_reference()
+
+
+def runs(mv=0.55, swin=0.50, vit=0.40, loss=(1.0, 2.0, 1.5), speeds=None):
+    out = {}
+    for encoder, acc, l in zip(("mambavision", "swin", "vit"), (mv, swin, vit), loss):
+        metrics = {k: acc for k in ("accuracy", "precision_weighted", "recall_weighted", "f1_weighted",
+                                    "precision_macro", "recall_macro", "f1_macro")}
+        metrics.update(top5=math.nan, zeroshot_loss=l, n_classes=4, epochs=1, n_val=16)
+        frame = None
+        if speeds:
+            alone, loop, cache = speeds[encoder]
+            frame = pd.DataFrame([
+                {"kind": "model_only", "setting": "paper's conditions", "mode": "inference", "precision": "fp32",
+                 "batch_size": 32, "images_per_s": alone, "images_per_s_p10": alone * 0.99,
+                 "images_per_s_p90": alone * 1.01, "device_name": "NVIDIA H200"},
+                {"kind": "eval_loop", "source": "jpeg", "num_workers": 4, "images_per_s": loop,
+                 "images_per_s_min": loop * 0.98, "images_per_s_max": loop * 1.02},
+                {"kind": "eval_loop", "source": "uint8_cache", "num_workers": 0, "images_per_s": cache,
+                 "images_per_s_min": cache * 0.98, "images_per_s_max": cache * 1.02}])
+        out[encoder] = {"metrics": metrics, "benchmark": frame,
+                        "config": {"encoder": encoder, "pretrained": False, "model_size": "smoke", "data": "generated",
+                                   "image_size": 64, "resolved_device": "cuda", "device_name": "NVIDIA H200"}}
+    return out
+
+
+def test_table1_puts_paper_and_ours_side_by_side():
+    t1 = discussion.table1(runs(), REF)
+    paper = t1["paper: MVLIP vs CLIP(Swin) (%)"]
+    for metric, claimed in (("Accuracy", 9.83), ("Precision (weighted)", 9.42), ("Recall (weighted)", 9.83),
+                            ("F1 (weighted)", 10.02)):
+        assert paper[metric] == pytest.approx(claimed, abs=0.006)
+    assert paper["Validation loss (zero-shot CE)"] == pytest.approx(-37.0, abs=0.05)  # "37% lower"
+    assert t1.loc["Accuracy", "paper CLIP(ViT), pretrained, fp16"] == 0.59  # the authors' not fine-tuned ViT
+    assert t1.loc["Validation loss (zero-shot CE)", "paper CLIP(ViT), pretrained, fp16"] == 1.6702
+    assert t1.loc["Accuracy", "ours MVLIP"] == 0.55 and t1.loc["Accuracy", "ours CLIP(ViT)"] == 0.40
+    assert t1.loc["Accuracy", "ours: MVLIP vs CLIP(Swin) (%)"] == pytest.approx(10.0)
+    assert math.isnan(t1.loc["Top-5 accuracy", "paper MVLIP"]) and math.isnan(t1.loc["Top-5 accuracy", "ours MVLIP"])
+    text = discussion.table1_sentence(t1, runs())
+    assert "+9.83% (+6.68 points)" in text and "+10.00% (+5.00 points)" in text
+    assert "cannot test the paper's Table 1" in text and "random weights" in text
+
+
+def test_table1_without_swin_has_no_relative_difference():
+    partial = runs()
+    del partial["swin"]
+    t1 = discussion.table1(partial, REF)
+    assert "ours CLIP(Swin)" not in t1.columns and t1["ours: MVLIP vs CLIP(Swin) (%)"].isna().all()
+    assert "lacks a MVLIP or CLIP(Swin) run" in discussion.table1_sentence(t1, partial)
+
+
+def test_table2_relative_to_vit_both_ways():
+    speeds = {"mambavision": (300, 120, 280), "swin": (200, 100, 190), "vit": (600, 150, 550)}
+    t2 = discussion.table2(runs(speeds=speeds), REF)
+    mv, vit = ENCODER_LABELS["mambavision"], ENCODER_LABELS["vit"]
+    assert t2.loc[mv, "paper (images/s)"] == 626.35
+    assert t2.loc[mv, "paper: vs CLIP(ViT) (%)"] == pytest.approx(33.49, abs=0.01)
+    assert t2.loc[mv, "ours, paper's method (images/s)"] == 120
+    assert t2.loc[mv, "ours, paper's method: vs CLIP(ViT) (%)"] == pytest.approx(-20.0)
+    assert t2.loc[mv, "ours, model only: vs CLIP(ViT) (%)"] == pytest.approx(-50.0)
+    assert math.isnan(t2.loc[vit, "ours, model only: vs CLIP(ViT) (%)"])
+    assert len(t2.columns) == 6  # narrow enough for the page
+
+
+def test_eval_loop_sentence_says_whether_the_loop_hides_the_towers_differences():
+    hidden = runs(speeds={"mambavision": (1000, 620, 950), "swin": (900, 610, 850), "vit": (3000, 630, 2800)})
+    text = discussion.eval_loop_sentence(hidden)
+    assert "measures the input pipeline as much as the models" in text and "1.03x" in text and "3.33x" in text
+    follows = runs(speeds={"mambavision": (1000, 900, 950), "swin": (900, 850, 850), "vit": (3000, 2800, 2800)})
+    assert "follows the models" in discussion.eval_loop_sentence(follows)
+    table = discussion.eval_loop_table(hidden)
+    assert table["loop / model only"].round(2).tolist() == [0.62, 0.95, 0.68, 0.94, 0.21, 0.93]
+
+
+def test_single_run_records_serve_the_edition_builders():
+    records = [{"kind": "scan_cost", "mode": "inference", "precision": "fp32", "batch_size": 32,
+                "images_per_s_with_scan": 900.0, "images_per_s_without_scan": 1000.0, "ratio": 0.9,
+                "ratio_min": 0.89, "ratio_max": 0.91}]
+    one = discussion.single_run("mambavision", records)
+    assert discussion.scan_cost_table(one)["ratio"].tolist() == [0.9]
+    assert "the scan costs 10.0% to 10.0%" in discussion.scan_cost_sentence(one)
+    assert discussion.find(records, kind="scan_cost", mode="inference") is records[0]
+    assert discussion.find(records, kind="flops") is None

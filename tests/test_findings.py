@@ -1,0 +1,138 @@
+"""The verdicts on the paper's claims: one vocabulary, evidence rules, noise-aware throughput comparisons."""
+
+import pandas as pd
+import pytest
+
+from mvlip_utils import findings, results
+
+REF = results.paper_reference()
+
+
+def run(encoder, acc=0.5, loss=1.5, pretrained=True, size="paper", classes=1000, epochs=20, data="data/imagenet-mini",
+        device="cuda", benchmark=None, n_val=3923):
+    metrics = {k: acc for k in ("accuracy", "precision_weighted", "recall_weighted", "f1_weighted")}
+    metrics.update(zeroshot_loss=loss, n_classes=classes, epochs=epochs, n_val=n_val)
+    config = {"encoder": encoder, "pretrained": pretrained, "model_size": size, "data": data, "image_size": 224,
+              "resolved_device": device, "device_name": "NVIDIA H200" if device == "cuda" else "CPU (x86_64, 2 cores)"}
+    return {"config": config, "metrics": metrics, "benchmark": benchmark, "run_dir": f"results/x/{encoder}"}
+
+
+def speed(ips, spread=0.01, loop=None, sweep=None):
+    rows = [{"kind": "model_only", "setting": "paper's conditions", "mode": "inference", "precision": "fp32-tf32conv",
+             "batch_size": 32, "device_name": "NVIDIA H200", "images_per_s": ips, "images_per_s_p10": ips * (1 - spread),
+             "images_per_s_p90": ips * (1 + spread)}]
+    if loop:
+        rows.append({"kind": "eval_loop", "source": "jpeg", "num_workers": 4, "images_per_s": loop,
+                     "images_per_s_min": loop * 0.98, "images_per_s_max": loop * 1.02})
+    for res, ms in (sweep or {}).items():
+        rows.append({"kind": "resolution_sweep", "resolution": res, "pixels": res * res, "images_per_s": 1e3 / ms,
+                     "seconds_per_image": ms / 1e3, "marginal_memory_per_image_bytes": float(res * res)})
+    return pd.DataFrame(rows)
+
+
+def claim(claim_id):
+    return next(c for c in findings.paper_claims(REF) if c["id"] == claim_id)
+
+
+def test_the_claims_and_their_numbers_come_from_the_paper_tables():
+    claims = {c["id"]: c for c in findings.paper_claims(REF)}
+    assert list(claims) == ["accuracy", "precision_weighted", "recall_weighted", "f1_weighted", "val_loss",
+                            "throughput_vit", "throughput_swin", "scaling"]
+    assert claims["accuracy"]["paper"].startswith("+9.83%") and "+6.68 points" in claims["accuracy"]["paper"]
+    assert claims["f1_weighted"]["paper"].startswith("+10.02%")
+    assert claims["val_loss"]["paper"].startswith("37.0% lower") and claims["val_loss"]["threshold"] == 37
+    assert claims["throughput_vit"]["threshold"] == 33 and claims["throughput_swin"]["threshold"] == 41
+
+
+@pytest.mark.parametrize("mv, verdict", [(0.56, "supported"), (0.535, "partly"), (0.45, "not supported"),
+                                         (0.501, "not supported")])
+def test_table1_verdicts_follow_the_data_with_a_noise_floor(mv, verdict):
+    runs = {"mambavision": run("mambavision", mv), "swin": run("swin", 0.5)}
+    out = findings.judge(claim("accuracy"), runs, REF)
+    assert out["verdict"] == verdict
+    if mv == 0.501:  # 0.1 points over 3,923 images is inside twice the standard error
+        assert out["reason"].startswith("no difference")
+
+
+def test_table1_needs_the_papers_conditions_and_says_which_are_missing():
+    runs = {"mambavision": run("mambavision", 0.9, pretrained=False, size="smoke", classes=10, epochs=6,
+                               data="generated"),
+            "swin": run("swin", 0.1, pretrained=False, size="smoke", classes=10, epochs=6, data="generated")}
+    out = findings.judge(claim("accuracy"), runs, REF)
+    assert out["verdict"] == "no verdict" and out["ours"].startswith("+800.00%")
+    for gap in ("tiny towers", "random weights", "generated data", "10 classes, not 1000", "6 epochs, not 20"):
+        assert gap in out["reason"]
+    del runs["swin"]
+    assert findings.judge(claim("val_loss"), runs, REF)["reason"] == "no finished run of CLIP(Swin)"
+
+
+def test_loss_verdict():
+    runs = {"mambavision": run("mambavision", loss=1.0), "swin": run("swin", loss=2.0)}
+    assert findings.judge(claim("val_loss"), runs, REF)["verdict"] == "supported"  # 50% lower >= 37%
+    runs["mambavision"] = run("mambavision", loss=2.5)
+    assert findings.judge(claim("val_loss"), runs, REF)["verdict"] == "not supported"
+
+
+def test_throughput_is_judged_on_gpu_measurements_with_a_noise_floor():
+    runs = {"mambavision": run("mambavision", pretrained=False, benchmark=speed(1000, loop=624.4)),
+            "vit": run("vit", pretrained=False, benchmark=speed(3000, loop=628.8)),
+            "swin": run("swin", pretrained=False, benchmark=speed(990, loop=600))}
+    vit = findings.judge(claim("throughput_vit"), runs, REF)
+    assert vit["verdict"] == "not supported" and vit["reason"].startswith("MVLIP is slower")
+    # the paper's method: 624.4 against 628.8 images/s is -0.7%, no difference (not "refuted")
+    assert "-0.7% (no difference)" in vit["reason"]
+    swin = findings.judge(claim("throughput_swin"), runs, REF)  # +1.0%: under the 3% floor
+    assert swin["verdict"] == "not supported" and "no difference" in swin["reason"]
+    runs["swin"] = run("swin", pretrained=False, benchmark=speed(700))
+    assert findings.judge(claim("throughput_swin"), runs, REF)["verdict"] == "supported"  # +42.9% >= 41%
+    runs["swin"] = run("swin", pretrained=False, benchmark=speed(900))
+    assert findings.judge(claim("throughput_swin"), runs, REF)["verdict"] == "partly"  # +11%
+    # overlapping spreads are no difference even above the floor
+    runs["swin"] = run("swin", pretrained=False, benchmark=speed(940, spread=0.1))
+    assert "no difference" in findings.judge(claim("throughput_swin"), runs, REF)["reason"]
+    # measured on a CPU: no verdict
+    cpu = {e: run(e, size="smoke", device="cpu", benchmark=speed(100)) for e in ("mambavision", "vit")}
+    out = findings.judge(claim("throughput_vit"), cpu, REF)
+    assert out["verdict"] == "no verdict" and "not a GPU" in out["reason"] and "tiny towers" in out["reason"]
+
+
+def test_scaling_verdict_from_the_growth_exponents():
+    linear = {224: 1.0, 448: 4.0, 896: 16.0}         # time per image ~ pixels^1
+    quadratic = {224: 0.5, 448: 8.0, 896: 128.0}     # ~ pixels^2
+    runs = {"mambavision": run("mambavision", benchmark=speed(1000, sweep=linear)),
+            "vit": run("vit", benchmark=speed(3000, sweep=quadratic))}
+    out = findings.judge(claim("scaling"), runs, REF)
+    assert out["verdict"] == "supported" and "b = 1.00 (MambaVision-B), 2.00 (ViT-B/32)" in out["ours"]
+    runs["vit"] = run("vit", benchmark=speed(3000, sweep={224: 0.3, 448: 1.0, 896: 4.0}))  # sub-linear, faster
+    assert findings.judge(claim("scaling"), runs, REF)["verdict"] == "not supported"
+    exps = findings.growth_exponents(runs).set_index("encoder")
+    assert exps.loc["mambavision", "memory exponent"] == pytest.approx(1.0)
+    assert exps.loc["vit", "largest resolution"] == 896
+
+
+def test_findings_table_takes_the_edition_with_evidence_and_one_vocabulary():
+    smoke = {e: run(e, 0.5, pretrained=False, size="smoke", classes=10, epochs=6, data="generated", device="cpu",
+                    benchmark=speed(100)) for e in ("mambavision", "swin", "vit")}
+    gpu = {"mambavision": run("mambavision", pretrained=False, data="generated-imagenet", epochs=2,
+                              benchmark=speed(1000, sweep={224: 1.0, 448: 4.0})),
+           "swin": run("swin", pretrained=False, data="generated-imagenet", epochs=2, benchmark=speed(900)),
+           "vit": run("vit", pretrained=False, data="generated-imagenet", epochs=2,
+                      benchmark=speed(3000, sweep={224: 0.3, 448: 0.6}))}
+    table = findings.findings_table({"smoke": smoke, "speed": gpu}, REF)
+    assert len(table) == 8 and set(table.verdict) <= set(findings.VERDICTS)
+    assert table.verdict.iloc[:5].eq("no verdict").all()  # no edition is pretrained on ImageNet-mini
+    assert "no edition has the conditions" in table.reason.iloc[0] and "smoke:" in table.reason.iloc[0]
+    assert table.ours.iloc[5].endswith("[speed]") and table.verdict.iloc[5] == "not supported"
+    detail = findings.verdicts_by_edition({"smoke": smoke, "speed": gpu}, REF)
+    assert len(detail) == 16 and set(detail.edition) == {"smoke", "speed"}
+    assert detail[detail.edition == "smoke"].verdict.eq("no verdict").all()
+
+
+def test_rules_and_disclosures_are_computed_from_the_constants_and_the_tables():
+    rules = "\n".join(findings.rules_text())
+    assert f"{findings.MIN_SPEED_GAP_PERCENT:.0f}%" in rules and str(findings.QUADRATIC_MIN) in rules
+    gpu = {"mambavision": {"config": {"model_size": "paper", "parameters": {"image_tower": {"total": 97_200_000}}}}}
+    text = "\n".join(findings.disclosures(REF, {"speed": gpu}))
+    assert "the text tower included" in text and "lowest mean training loss" in text
+    assert "0.59 accuracy" in text and "6.68 points" in text
+    assert "MVLIP 97.7 M in the paper, 97.2 M here" in text

@@ -1,0 +1,67 @@
+"""Paper scale: the projection of the paper's study from measured epochs, its floors, the DDP note."""
+
+import pandas as pd
+import pytest
+
+from mvlip_utils import results, scale
+
+REF = results.paper_reference()
+
+
+def timed_run(encoder, train_ips, val_ips, checkpoint_s=2.0, setup_s=30.0, flops=None, model_only=None):
+    timings = pd.DataFrame([
+        {"epoch": 1, "train_seconds": 999.0, "train_images": 3200, "validation_seconds": 99.0, "val_images": 1000,
+         "checkpoint_seconds": 9.0, "setup_seconds": setup_s},  # warm-up epoch: not used
+        {"epoch": 2, "train_seconds": 3200 / train_ips, "train_images": 3200, "validation_seconds": 1000 / val_ips,
+         "val_images": 1000, "checkpoint_seconds": checkpoint_s, "setup_seconds": setup_s}])
+    rows = []
+    if flops:
+        rows += [{"kind": "flops", "mode": "train", "flops_per_image": flops[0]},
+                 {"kind": "flops", "mode": "inference", "flops_per_image": flops[1]}]
+    if model_only:
+        rows += [{"kind": "model_only", "setting": "paper's conditions, fused AdamW", "mode": "train",
+                  "images_per_s": model_only[0]},
+                 {"kind": "model_only", "setting": "paper's conditions", "mode": "inference", "images_per_s": model_only[1]}]
+    return {"config": {"encoder": encoder, "device_name": "NVIDIA H200", "precision": "fp32-tf32conv",
+                       "train_step": "fused"}, "timings": timings, "run_dir": f"results/speed/{encoder}",
+            "benchmark": pd.DataFrame(rows) if rows else None,
+            "benchmark_provenance": {"git_commit": "abc", "date_utc": "2026-11-28", "command": "c", "driver": "d"}}
+
+
+def test_projection_scales_the_last_epoch_to_the_papers_counts():
+    size = scale.study_size(REF)
+    assert size == {"epochs": 20, "train_images": 34720, "val_images": 3923, "batch_size": 32}
+    p = scale.encoder_projection(timed_run("swin", train_ips=400.0, val_ips=800.0), REF)
+    assert p["measured_epoch"] == 2 and p["train_images_per_s"] == pytest.approx(400.0)
+    assert p["train_minutes"] == pytest.approx(20 * 34720 / 400 / 60)
+    assert p["validation_minutes"] == pytest.approx(20 * 3923 / 800 / 60)
+    assert p["projected_minutes"] == pytest.approx(p["train_minutes"] + p["validation_minutes"]
+                                                   + 20 * 2.0 / 60 + 30.0 / 60)
+    assert scale.encoder_projection({"timings": None, "config": {}}, REF) is None
+
+
+def test_study_projection_one_gpu_per_encoder_and_the_floors():
+    runs = {"mambavision": timed_run("mambavision", 450, 900, flops=(90e9, 30e9), model_only=(500, 1100)),
+            "swin": timed_run("swin", 380, 700, flops=(92e9, 31e9), model_only=(400, 900)),
+            "vit": timed_run("vit", 1200, 1500, flops=(26e9, 9e9), model_only=(1300, 3300))}
+    proj = scale.study_projection(runs, REF)
+    per = {p["encoder"]: p for p in proj["per_encoder"]}
+    assert proj["one_gpu_minutes"] == pytest.approx(sum(p["projected_minutes"] for p in per.values()))
+    assert proj["four_gpu_minutes"] == pytest.approx(per["swin"]["projected_minutes"])  # the slowest encoder
+    floor = 20 * (34720 * 92e9 + 3923 * 31e9) / 66.9e12 / 60
+    assert per["swin"]["fp32_floor_minutes"] == pytest.approx(floor)
+    assert proj["fp32_floor_minutes_one_gpu_per_encoder"] == pytest.approx(floor)
+    assert per["vit"]["model_only_minutes"] == pytest.approx(20 * (34720 / 1300 + 3923 / 3300) / 60)
+    assert 0 < per["swin"]["utilisation"] < 1
+    assert proj["provenance"]["swin"]["git_commit"] == "abc"
+    text = scale.projection_sentence(proj)
+    assert f"{proj['one_gpu_minutes']:.0f} minutes" in text and "missed" in text or "met" in text
+    results.write_json("/dev/null", proj)  # strict JSON: writable as study_projection.json
+
+
+def test_ddp_note_reads_the_committed_two_gpu_measurement():
+    blob = scale.read_ddp_speedup()
+    assert blob is not None and blob["rows"], "results/h200-ddp/speedup.json is committed"
+    text = scale.ddp_sentence(blob)
+    assert "x1.01 (mambavision)" in text and "drop path" in text and "3.5413" in text
+    assert scale.ddp_sentence(None).startswith("No multi-GPU")
