@@ -1,9 +1,8 @@
-"""The study runner (mvlip_utils.study): notebook hygiene, failure messages, reuse, the discussion's tables."""
+"""The study runner (mvlip_utils.study): notebook hygiene, editions, failure messages, reuse, parallel chains."""
 
 from __future__ import annotations
 
 import ast
-import math
 from pathlib import Path
 
 import nbformat
@@ -11,7 +10,7 @@ import pandas as pd
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from mvlip_utils import discussion, report, results, study
+from mvlip_utils import params, results, study
 from mvlip_utils.profiles import ENCODERS, get_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,7 +18,7 @@ NOTEBOOK_FILES = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
 # ------------------------------------------------------------------------------- notebook hygiene
-def test_the_five_notebooks_are_there():
+def test_the_six_notebooks_are_there():
     assert [p.stem for p in NOTEBOOK_FILES] == list(study.NOTEBOOKS)
 
 
@@ -35,25 +34,35 @@ def test_committed_notebooks_have_no_outputs(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=lambda p: p.stem)
-def test_one_parameters_cell_first_with_every_parameter(path):
+def test_one_parameters_cell_first_with_every_parameter_and_its_help(path):
     nb = nbformat.read(path, as_version=4)
     tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1, f"{path.name}: {len(tagged)} cells tagged 'parameters'"
     first_code = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code")
     assert tagged[0] == first_code, f"{path.name}: the parameters cell is not the first code cell"
+    # the cell is generated from the fields' help texts (profiles.StudyConfig / BenchSettings): one source
+    assert nb.cells[tagged[0]].source == study.parameters_cell_source(path.stem), (
+        f"{path.name}: its parameters cell differs from study.parameters_cell_source({path.stem!r})")
     names = study.notebook_parameters(path)
     assert len(names) == len(set(names)), f"{path.name}: a parameter is assigned twice"
-    missing = set(report.parameter_names()) - set(names)
-    per_encoder = path.stem in study.PER_ENCODER
-    missing -= {"encoder"} if not per_encoder else set()
-    assert not missing, f"{path.name}: parameters cell lacks {sorted(missing)}"
-    assert ("encoder" in names) == per_encoder and ("encoders" in names) != per_encoder
-    # defaults: the profile name and the encoder(s); every StudyConfig field None (= the profile's value)
-    cell = nb.cells[tagged[0]].source
-    values = {t.id: ast.literal_eval(n.value) for n in ast.parse(cell).body if isinstance(n, ast.Assign)
-              for t in n.targets}
-    assert values["profile"] == "smoke"
-    assert all(values[f] is None for f in report.parameter_names() if f not in ("profile", "encoder"))
+    if path.stem != study.FINDINGS:
+        missing = set(params.parameter_names()) - set(names) - ({"encoder"} if path.stem not in study.PER_ENCODER else set())
+        assert not missing, f"{path.name}: parameters cell lacks {sorted(missing)}"
+    assert ("encoder" in names) == (path.stem in study.PER_ENCODER) and ("encoders" in names) != (path.stem in study.PER_ENCODER)
+    values = {t.id: ast.literal_eval(n.value) for n in ast.parse(nb.cells[tagged[0]].source).body
+              if isinstance(n, ast.Assign) for t in n.targets}
+    assert values.get("profile", "smoke") == "smoke"
+    assert all(values[f] is None for f in params.parameter_names() if f in values and f not in ("profile", "encoder"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=lambda p: p.stem)
+def test_every_code_cell_is_folded_or_shows_only_its_output(path):
+    """The HTML reader sees prose, tables and figures; code is one click away (hide-input) or, for cells
+    that only render, left out of the HTML (remove-input); JupyterLab shows every cell."""
+    nb = nbformat.read(path, as_version=4)
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            assert {"hide-input", "remove-input"} & set(cell.metadata.get("tags", [])), f"{path.name} cell {index}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=lambda p: p.stem)
@@ -67,18 +76,26 @@ def test_notebooks_start_with_a_title_and_compile(path):
             compile(cell.source, f"{path.name}[{index}]", "exec")
 
 
-def test_committed_toc_is_the_generated_smoke_toc():
-    assert (ROOT / "_toc.yml").read_text() == study.toc_text("smoke", ENCODERS)
+def test_committed_toc_is_the_default_books_toc():
+    """_toc.yml (for `jupyter-book build .`) is what `make book` generates on a fresh clone: the findings,
+    the smoke edition and every recorded edition committed under book/recorded/."""
+    editions = {"smoke": list(ENCODERS), **study.recorded_editions(ROOT, exclude=["smoke"])}
+    assert (ROOT / "_toc.yml").read_text() == study.toc_text(editions, ROOT)
 
 
 # ---------------------------------------------------------------------------------- plan, params
 def test_plan_runs_setup_once_each_encoder_then_discussion():
     steps = study.plan(["swin", "vit"])
     assert [s.label for s in steps] == [
-        "01_setup", "02_train [swin]", "03_evaluate [swin]", "04_benchmark [swin]",
-        "02_train [vit]", "03_evaluate [vit]", "04_benchmark [vit]", "05_discussion"]
-    assert steps[1].output(Path("book"), "smoke") == Path("book/executed/smoke/swin/02_train.ipynb")
-    assert steps[0].output(Path("book"), "paper") == Path("book/executed/paper/01_setup.ipynb")
+        "smoke: 01_setup", "smoke: 02_train [swin]", "smoke: 03_evaluate [swin]", "smoke: 04_benchmark [swin]",
+        "smoke: 02_train [vit]", "smoke: 03_evaluate [vit]", "smoke: 04_benchmark [vit]", "smoke: 05_discussion"]
+    assert steps[1].output(Path("book")) == Path("book/executed/smoke/swin/02_train.ipynb")
+    # a GPU profile's edition is recorded (committed as executed), its discussion rebuilt wherever the book is
+    speed = study.plan(["vit"], "speed")
+    assert speed[0].output(Path("book")) == Path("book/recorded/speed/01_setup.ipynb")
+    assert speed[1].output(Path("book")) == Path("book/recorded/speed/vit/02_train.ipynb")
+    assert speed[-1].output(Path("book")) == Path("book/executed/speed/05_discussion.ipynb")
+    assert study.Step(study.FINDINGS).output(Path("book")) == Path("book/executed/00_findings.ipynb")
 
 
 def test_parse_overrides_types_values_and_rejects_bad_pairs():
@@ -112,6 +129,8 @@ def test_step_parameters_pass_only_what_the_notebook_defines():
         "profile": "smoke", "epochs": 1, "encoders": ["swin", "vit"]}
     forced = study.step_parameters(train, "smoke", ["swin"], {}, [], force=True)
     assert forced["resume"] is False
+    findings = study.step_parameters(study.Step(study.FINDINGS), "smoke", ["vit"], {"results_dir": "r"}, ["results_dir"])
+    assert findings == {"results_dir": "r", "encoders": ["vit"]}  # every edition: no profile
 
 
 def test_kernel_runs_this_interpreter():
@@ -155,10 +174,13 @@ def test_failure_names_notebook_encoder_and_cell(tmp_path):
 
 # ---------------------------------------------------------------------------------- reuse / force
 TRAIN_CELL = """
-import json, pathlib
+import json, pathlib, time
+if encoder == 'vit' and pathlib.Path('FAIL_VIT').exists():
+    raise RuntimeError('vit fails on purpose')
 run = pathlib.Path(results_dir or 'results') / profile / encoder
 run.mkdir(parents=True, exist_ok=True)
-(run / 'metrics.json').write_text(json.dumps({'accuracy': 0.5}))
+(run / 'config.json').write_text(json.dumps({'encoder': encoder}))
+(run / 'metrics.json').write_text(json.dumps({'accuracy': 0.5, 'trained_at': time.time()}))
 (run / 'history.csv').write_text('epoch,train_loss\\n1,1.0\\n')
 """
 BENCH_CELL = """
@@ -172,6 +194,7 @@ def _tiny_study(root: Path) -> None:
     params_one = "profile = 'smoke'\nencoder = 'vit'\nresults_dir = None\nresume = True"
     params_all = "profile = 'smoke'\nencoders = ['vit']\nresults_dir = None"
     nbs = root / "notebooks"
+    _notebook(nbs / "00_findings.ipynb", "print(editions)", parameters="encoders = ['vit']\neditions = ['smoke']\nresults_dir = None")
     _notebook(nbs / "01_setup.ipynb", "print('setup')", parameters=params_all)
     _notebook(nbs / "02_train.ipynb", TRAIN_CELL, parameters=params_one)
     _notebook(nbs / "03_evaluate.ipynb", "print('evaluate')", parameters=params_one)
@@ -179,48 +202,58 @@ def _tiny_study(root: Path) -> None:
     _notebook(nbs / "05_discussion.ipynb", "print(encoders)", parameters=params_all)
 
 
-def test_second_run_reuses_and_a_missing_result_reruns_from_there(tmp_path):
+def _statuses(report):
+    return {label: status for label, status, _ in report["steps"]}
+
+
+def test_second_run_reuses_and_a_changed_run_reruns_what_reads_it(tmp_path):
     _tiny_study(tmp_path)
     lines: list[str] = []
     kwargs = dict(profile="smoke", encoders=["swin", "vit"], book=False, root=tmp_path, log=lines.append)
 
     first = study.run_study(**kwargs)
-    assert [s[1] for s in first["steps"]] == ["executed"] * 8
-    executed = tmp_path / "book" / "executed" / "smoke"
-    for name in ("01_setup.ipynb", "vit/02_train.ipynb", "vit/04_benchmark.ipynb", "05_discussion.ipynb"):
+    assert [s[1] for s in first["steps"]] == ["executed"] * 9
+    executed = tmp_path / "book" / "executed"
+    for name in ("smoke/01_setup.ipynb", "smoke/vit/02_train.ipynb", "smoke/vit/04_benchmark.ipynb",
+                 "smoke/05_discussion.ipynb", "00_findings.ipynb"):
         nb = nbformat.read(executed / name, as_version=4)
         pm = nb.metadata["papermill"]
         assert nb.metadata["mvlip"]["fingerprint"] and not pm["exception"] and pm["end_time"]
-    assert (tmp_path / "results" / "smoke" / "vit" / "metrics.json").is_file()
-    assert any("02_train [vit]" in line and "done in" in line for line in lines)
+    assert nbformat.read(executed / "00_findings.ipynb", 4).metadata["papermill"]["parameters"]["editions"] == ["smoke"]
+    assert any("smoke: 02_train [vit]" in line and "done in" in line for line in lines)
     assert any(line.startswith("[study] total") for line in lines)
 
     second = study.run_study(**kwargs)
-    assert [s[1] for s in second["steps"]] == ["reused"] * 8
+    assert [s[1] for s in second["steps"]] == ["reused"] * 9
 
-    # vit's results vanished: vit's train runs again, then what reads it (vit's evaluate and benchmark, the
-    # discussion); setup and swin's steps are reused
+    # vit's results vanished: vit's train runs again; what reads its files (vit's evaluate, the discussion,
+    # the findings) runs again because they changed; the benchmark (which reads none of them), setup and swin
+    # are reused
     (tmp_path / "results" / "smoke" / "vit" / "metrics.json").unlink()
-    third = study.run_study(**kwargs)
-    assert [s[1] for s in third["steps"]] == ["reused"] * 4 + ["executed"] * 4
+    third = _statuses(study.run_study(**kwargs))
+    assert [k for k, v in third.items() if v == "executed"] == [
+        "smoke: 02_train [vit]", "smoke: 03_evaluate [vit]", "smoke: 05_discussion", "00_findings"]
     assert (tmp_path / "results" / "smoke" / "vit" / "metrics.json").is_file()
-
-    # vit's run was retrained outside the study (its files changed): what shows it runs again
-    history = tmp_path / "results" / "smoke" / "vit" / "history.csv"
-    history.write_text(history.read_text() + "2,0.9\n")
-    fourth = study.run_study(**kwargs)
-    assert [s[1] for s in fourth["steps"]] == ["reused"] * 4 + ["executed"] * 4
-    assert [s[1] for s in study.run_study(**kwargs)["steps"]] == ["reused"] * 8
+    # a run file changed outside the study (e.g. another benchmark): the page that made it is made again;
+    # it writes the file the study had, so nothing that reads it changes
+    (tmp_path / "results" / "smoke" / "swin" / "benchmark.json").write_text('{"records": [1]}')
+    fourth = _statuses(study.run_study(**kwargs))
+    assert [k for k, v in fourth.items() if v == "executed"] == ["smoke: 04_benchmark [swin]"]
 
 
-def test_fingerprint_follows_notebook_parameters_and_library(tmp_path):
+def test_fingerprint_follows_notebook_parameters_library_and_inputs(tmp_path):
     source = _notebook(tmp_path / "02_train.ipynb", "x = 1")
     base = study.fingerprint(source, {"profile": "smoke", "encoder": "vit"}, "lib1")
     assert study.fingerprint(source, {"profile": "smoke", "encoder": "vit", "resume": False}, "lib1") == base
     assert study.fingerprint(source, {"profile": "smoke", "encoder": "swin"}, "lib1") != base
     assert study.fingerprint(source, {"profile": "smoke", "encoder": "vit"}, "lib2") != base
+    assert study.fingerprint(source, {"profile": "smoke", "encoder": "vit"}, "lib1", "inputs") != base
     _notebook(source, "x = 2")
     assert study.fingerprint(source, {"profile": "smoke", "encoder": "vit"}, "lib1") != base
+    (tmp_path / "a.json").write_text("1")
+    digest = study.files_digest([tmp_path / "a.json", tmp_path / "missing.json"], tmp_path)
+    (tmp_path / "a.json").write_text("2")
+    assert study.files_digest([tmp_path / "a.json", tmp_path / "missing.json"], tmp_path) != digest
 
 
 def test_force_reruns_everything_and_retrains(tmp_path):
@@ -228,12 +261,76 @@ def test_force_reruns_everything_and_retrains(tmp_path):
     kwargs = dict(profile="smoke", encoders=["vit"], book=False, root=tmp_path, log=lambda _: None)
     study.run_study(**kwargs)
     forced = study.run_study(**kwargs, force=True)
-    assert [s[1] for s in forced["steps"]] == ["executed"] * 5
+    assert [s[1] for s in forced["steps"]] == ["executed"] * 6
     nb = nbformat.read(tmp_path / "book" / "executed" / "smoke" / "vit" / "02_train.ipynb", as_version=4)
     assert nb.metadata["papermill"]["parameters"]["resume"] is False
     # resume is not part of the fingerprint: the next plain run reuses the forced one
     again = study.run_study(**kwargs)
-    assert [s[1] for s in again["steps"]] == ["reused"] * 5
+    assert [s[1] for s in again["steps"]] == ["reused"] * 6
+
+
+def _record_an_edition(root: Path, profile: str = "speed", encoder: str = "vit") -> dict:
+    """A recorded (GPU) edition as committed: its executed setup and per-encoder notebooks, edition.json,
+    and the run folder's small files."""
+    base = root / "book" / "recorded" / profile
+    _notebook(base / "01_setup.ipynb", "print('recorded on a GPU')")
+    for nb in study.PER_ENCODER:
+        _notebook(base / encoder / f"{nb}.ipynb", "print('recorded on a GPU')")
+    results.write_json(base / "edition.json", {"profile": profile, "encoders": [encoder],
+                                               "provenance": {"gpu_name": "NVIDIA H200", "date_utc": "2026-11-28T23:00:00"}})
+    run = root / "results" / profile / encoder
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text('{"accuracy": 0.001}')
+    return {p: p.read_bytes() for p in base.rglob("*.ipynb")}
+
+
+def test_a_recorded_edition_is_in_the_book_as_executed_and_never_run_without_a_gpu(tmp_path, monkeypatch):
+    _tiny_study(tmp_path)
+    recorded = _record_an_edition(tmp_path)
+    lines: list[str] = []
+    report = study.run_study("smoke", ["vit"], book=False, root=tmp_path, log=lines.append)
+    statuses = _statuses(report)
+    # its discussion reads only run files, so it is made here; its GPU notebooks are untouched
+    assert statuses["speed: 05_discussion"] == "executed" and statuses["00_findings"] == "executed"
+    assert not any("speed: 02_train" in line for line in lines)
+    assert {p: p.read_bytes() for p in recorded} == recorded
+    findings = nbformat.read(tmp_path / "book" / "executed" / "00_findings.ipynb", 4)
+    assert findings.metadata["papermill"]["parameters"]["editions"] == ["smoke", "speed"]
+    toc = study.toc_text({"smoke": ["vit"], **study.recorded_editions(tmp_path, exclude=["smoke"])}, tmp_path)
+    assert "file: book/recorded/speed/vit/02_train" in toc and "file: book/executed/speed/05_discussion" in toc
+    assert toc.index("book/executed/00_findings") < toc.index("book/executed/smoke/01_setup")
+    assert "Edition speed: NVIDIA H200, random weights (recorded 2026-11-28)" in toc
+    # the speed profile itself needs CUDA: on this machine it is refused before anything runs
+    monkeypatch.setattr(study, "cuda_available", lambda: False)
+    with pytest.raises(ValueError, match="needs a CUDA GPU"):
+        study.run_study("speed", ["vit"], book=False, root=tmp_path, log=lambda _: None)
+
+
+@pytest.mark.slow
+def test_encoders_in_parallel_processes_and_a_failing_one_named(tmp_path):
+    """--gpus: each encoder's chain in its own process (here two CPU processes standing in for GPUs); the
+    lines name encoder and device; a failing chain is named while the other finishes."""
+    _tiny_study(tmp_path)
+    lines: list[str] = []
+    report = study.run_study("smoke", ["swin", "vit"], book=False, root=tmp_path, log=lines.append, gpus=["cpu", "cpu"])
+    statuses = _statuses(report)
+    for encoder in ("swin", "vit"):
+        for nb in study.PER_ENCODER:
+            assert statuses[f"smoke: {nb} [{encoder}]"] == "executed"
+        assert any(line.startswith(f"[{encoder} on gpu cpu]") and "done in" in line for line in lines)
+    assert statuses["smoke: 05_discussion"] == "executed" and report["failed"] == []
+
+    (tmp_path / "FAIL_VIT").write_text("")
+    lines.clear()
+    with pytest.raises(study.StudyStepError, match="vit") as info:
+        study.run_study("smoke", ["swin", "vit"], book=False, root=tmp_path, log=lines.append, gpus=["cpu", "cpu"],
+                        force=True)
+    assert "swin" not in str(info.value).split("failed:")[1].split("(")[0]
+    assert any(line.startswith("[study] vit on gpu cpu: FAILED") for line in lines)
+    swin_train = nbformat.read(tmp_path / "book" / "executed" / "smoke" / "swin" / "04_benchmark.ipynb", 4)
+    assert swin_train.metadata["papermill"]["end_time"]  # swin's chain finished
+    with pytest.raises(ValueError, match="--gpus: 1 entries for 2 encoders"):
+        study.run_study("smoke", ["swin", "vit"], book=False, root=tmp_path, log=lambda _: None, gpus=["0"])
 
 
 def test_cli_reports_a_failing_step_and_exits_nonzero(tmp_path, capsys):
@@ -253,7 +350,7 @@ def test_reusable_run_needs_same_parameters_and_epochs_and_refuses_another_finis
 
     config = get_config("smoke", encoder="vit", results_dir=str(tmp_path), epochs=2)
     run = results.run_dir(config)
-    assert not report.reusable_run(config)  # nothing there: train
+    assert not params.reusable_run(config)  # nothing there: train
     tower = architecture("vit", "smoke", config.image_size)
     counts = {"n_val": 2, "n_classes": 2}
     results.write_history(run, [{c: 0.5 for c in results.HISTORY_COLUMNS} | {"epoch": e} for e in (1, 2)])
@@ -262,123 +359,17 @@ def test_reusable_run_needs_same_parameters_and_epochs_and_refuses_another_finis
         pd.DataFrame({"x": [0, 1]}).to_csv(run / name, index=False)
     results.write_json(run / "config.json", {**config.to_dict(), "device": "cuda", "note": "other",
                                              "architecture": tower, **counts})
-    assert report.reusable_run(config)  # device and note do not matter
+    assert params.reusable_run(config)  # device and note do not matter
     # a finished run of other parameters, epochs included, is refused (never retrained, extended or relabelled)
     with pytest.raises(RunMismatchError, match=r"lr 0.001 \(saved\) vs 0.0003 \(now\)"):
-        report.reusable_run(config.replace(lr=3e-4))
+        params.reusable_run(config.replace(lr=3e-4))
     with pytest.raises(RunMismatchError, match=r"a finished 2-epoch run.*epochs 2 \(saved\) vs 3 \(now\)"):
-        report.reusable_run(config.replace(epochs=3))
+        params.reusable_run(config.replace(epochs=3))
     # a run made with another smoke architecture of the same encoder (the code changed) is refused too
     other = {**tower, "overrides": {**tower["overrides"], "depth": 3}}
     results.write_json(run / "config.json", {**config.to_dict(), "architecture": other, **counts})
     with pytest.raises(RunMismatchError, match="another vit tower"):
-        report.reusable_run(config)
-
-
-# ------------------------------------------------------------------------- discussion: the claims
-def _runs(mv: float, swin: float, vit: float, loss=(1.0, 2.0, 1.5), pretrained=False, size="smoke"):
-    out = {}
-    for encoder, acc, l in zip(("mambavision", "swin", "vit"), (mv, swin, vit), loss):
-        metrics = {k: acc for k in ("accuracy", "precision_weighted", "recall_weighted", "f1_weighted",
-                                    "precision_macro", "recall_macro", "f1_macro", "top5")}
-        metrics["zeroshot_loss"] = l
-        out[encoder] = {"metrics": metrics, "config": {"pretrained": pretrained, "model_size": size}}
-    return out
-
-
-def _bench(**ips):
-    return {e: {"records": [{"kind": "eval_loop", "images_per_s": v[0]},
-                            {"kind": "model_only", "images_per_s": v[1]},
-                            {"kind": "resolution_sweep", "images_per_s": 1.0}]} for e, v in ips.items()}
-
-
-def test_table1_puts_paper_and_ours_side_by_side():
-    ref = results.paper_reference()
-    t1 = discussion.table1(_runs(0.55, 0.50, 0.40), ref)
-    paper = t1["paper: MVLIP vs CLIP(Swin) (%)"]
-    # the paper's own improvements (Table 1) follow from its numbers
-    for metric, claimed in (("Accuracy", 9.83), ("Precision (weighted)", 9.42), ("Recall (weighted)", 9.83),
-                            ("F1 (weighted)", 10.02)):
-        assert paper[metric] == pytest.approx(claimed, abs=0.006)
-    assert paper["Validation loss (zero-shot CE)"] == pytest.approx(-37.0, abs=0.05)  # "37% lower"
-    assert t1.loc["Accuracy", "ours MVLIP"] == 0.55
-    assert t1.loc["Accuracy", "ours CLIP(ViT)"] == 0.40
-    assert t1.loc["Accuracy", "ours: MVLIP vs CLIP(Swin) (%)"] == pytest.approx(10.0)
-    assert math.isnan(t1.loc["Top-5 accuracy", "paper MVLIP"])
-
-
-def test_table1_without_swin_has_no_relative_difference():
-    runs = _runs(0.5, 0.5, 0.5)
-    del runs["swin"]
-    t1 = discussion.table1(runs, results.paper_reference())
-    assert "ours CLIP(Swin)" not in t1.columns
-    assert t1["ours: MVLIP vs CLIP(Swin) (%)"].isna().all()
-
-
-def test_table2_relative_to_vit_both_ways():
-    t2 = discussion.table2(_bench(mambavision=(120, 300), swin=(100, 200), vit=(150, 600)), results.paper_reference())
-    mv = report.ENCODER_LABELS["mambavision"]
-    assert t2.loc[mv, "paper images/s"] == 626.35
-    assert t2.loc[mv, "paper vs CLIP(ViT) (%)"] == pytest.approx(33.49, abs=0.01)
-    assert t2.loc[mv, "ours, paper's way (whole eval loop): images/s"] == 120
-    assert t2.loc[mv, "ours, paper's way (whole eval loop): vs CLIP(ViT) (%)"] == pytest.approx(-20.0)
-    assert t2.loc[mv, "ours, model only: vs CLIP(ViT) (%)"] == pytest.approx(-50.0)
-    assert math.isnan(t2.loc[report.ENCODER_LABELS["vit"], "ours, model only: vs CLIP(ViT) (%)"])
-
-
-@pytest.mark.parametrize("mv, expected", [(0.56, "supported"), (0.52, "partly"), (0.49, "not supported")])
-def test_verdicts_follow_the_data(mv, expected):
-    ref = results.paper_reference()
-    runs = _runs(mv, 0.50, 0.40, loss=(1.0, 2.0, 1.5), pretrained=True, size="paper")
-    t1 = discussion.table1(runs, ref)
-    t2 = discussion.table2(_bench(mambavision=(150, 300), swin=(100, 200), vit=(100, 600)), ref)
-    assert discussion.runs_are_evidence(runs)
-    verdicts = discussion.claim_verdicts(t1, t2, evidence=True).set_index("claim").verdict
-    assert verdicts.iloc[0].startswith(expected)           # 9-10% on the metrics
-    assert verdicts.iloc[1] == "supported"                  # 50% lower loss >= 37%
-    assert verdicts.iloc[2] == "supported"                  # eval loop +50% vs ViT
-    assert verdicts.iloc[3] == "supported"                  # eval loop +50% vs Swin
-    assert verdicts.iloc[4].startswith("not supported")     # model only -50% vs ViT
-    assert verdicts.iloc[5] == "supported"                  # model only +50% vs Swin >= 41%
-
-
-def test_smoke_runs_get_no_verdict():
-    ref = results.paper_reference()
-    runs = _runs(0.9, 0.1, 0.1)
-    assert not discussion.runs_are_evidence(runs)
-    t1 = discussion.table1(runs, ref)
-    t2 = discussion.table2(_bench(mambavision=(150, 300), swin=(100, 200), vit=(100, 600)), ref)
-    verdicts = discussion.claim_verdicts(t1, t2, evidence=False)
-    assert verdicts.verdict.str.startswith("no verdict").all()
-    assert verdicts.loc[0, "ours"] == "+800.00% to +800.00%"
-
-
-def test_missing_runs_are_not_measured():
-    ref = results.paper_reference()
-    runs = _runs(0.5, 0.5, 0.5, pretrained=True, size="paper")
-    del runs["swin"]
-    verdicts = discussion.claim_verdicts(discussion.table1(runs, ref), discussion.table2({}, ref), evidence=True)
-    assert verdicts.verdict.str.startswith("not measured").all()
-
-
-def test_benchmark_records_round_trip_through_benchmark_json(tmp_path):
-    from torch import nn
-
-    from mvlip_utils import benchmark
-
-    loop = benchmark.eval_loop_throughput(lambda: {"n_val": 40}, repeats=1)
-    alone = benchmark.model_throughput(nn.Conv2d(3, 4, 3), batch_size=2, image_size=16, warmup=1, repeats=2)
-    sweep = pd.DataFrame([{"resolution": 16, "images_per_s": 5.0}])
-    path = benchmark.write_benchmark(tmp_path / "benchmark.json", discussion.benchmark_records(loop, alone, sweep))
-    got = discussion.benchmark_numbers(benchmark.read_benchmark(path))
-    assert got == pytest.approx({"eval_loop": loop["images_per_s"], "model_only": alone["images_per_s"]})
-
-
-def test_relative_change():
-    assert discussion.relative_change(110, 100) == pytest.approx(10.0)
-    assert math.isnan(discussion.relative_change(1, 0))
-    assert math.isnan(discussion.relative_change(None, 1))
-    assert math.isnan(discussion.relative_change(float("nan"), 1))
+        params.reusable_run(config)
 
 
 # ------------------------------------------------------------------------------------ book build
@@ -386,7 +377,7 @@ def test_book_build_treats_warnings_as_errors(tmp_path):
     (tmp_path / "book").mkdir()
     (tmp_path / "_config.yml").write_text((ROOT / "_config.yml").read_text())
     (tmp_path / "book" / "intro.md").write_text("# Intro\n\nSee {ref}`no-such-label`.\n")
-    toc = study.write_toc(tmp_path / "toc.yml", "smoke", [])
+    toc = study.write_toc(tmp_path / "toc.yml", {}, tmp_path)
     toc.write_text("format: jb-book\nroot: book/intro\n")
     with pytest.raises(RuntimeError, match="warnings are errors") as info:
         study.build_book(tmp_path, toc, log=lambda _: None)
