@@ -104,6 +104,13 @@ def jsonable(obj: Any) -> Any:
     raise TypeError(f"cannot write {type(obj).__name__} to JSON")
 
 
+# how the book's tables name the columns of history.csv and timings.csv
+HISTORY_LABELS = {"train_loss": "train loss", "val_loss": "val loss", "val_zeroshot_loss": "val zero-shot loss",
+                  "top5": "top-5", "precision_weighted": "precision (weighted)", "recall_weighted": "recall (weighted)",
+                  "f1_weighted": "F1 (weighted)"}
+TIMING_LABELS = {"train_seconds": "train s", "train_images": "train images", "validation_seconds": "validation s",
+                 "val_images": "val images", "checkpoint_seconds": "checkpoint s", "epoch_seconds": "epoch s",
+                 "setup_seconds": "set-up s", "world_size": "ranks", "peak_memory_gib": "peak GiB"}
 TIMING_COLUMNS = ["epoch", "train_seconds", "train_images", "validation_seconds", "val_images", "checkpoint_seconds",
                   "epoch_seconds", "setup_seconds", "world_size", "peak_memory_gib"]
 
@@ -236,9 +243,15 @@ def device_description(device: Any) -> str:
 
 # ------------------------------------------------------------------------------------- provenance
 def git_state() -> dict[str, Any]:
-    """{commit, dirty} of the repository this package lives in, from git; where there is no git (a copy of
-    the working tree on a GPU machine), from the environment variables MVLIP_GIT_COMMIT and
-    MVLIP_GIT_DIRTY ("0"/"1") that the command running it set; None where neither is known."""
+    """{commit, dirty, source} of the code that runs. The environment variables MVLIP_GIT_COMMIT and
+    MVLIP_GIT_DIRTY ("0"/"1"), when the command that runs the code sets them (a copy of the working tree sent
+    to a GPU machine, whose .git, if any, is not the code's), win; otherwise git in the repository this
+    package lives in; None where neither is known."""
+    commit = os.environ.get("MVLIP_GIT_COMMIT") or None
+    if commit:
+        dirty = os.environ.get("MVLIP_GIT_DIRTY")
+        return {"commit": commit, "dirty": None if dirty is None else dirty not in ("0", "false", ""),
+                "source": "environment"}
     here = Path(__file__).resolve().parent
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
@@ -249,10 +262,7 @@ def git_state() -> dict[str, Any]:
                     else None, "source": "git"}
     except (OSError, subprocess.SubprocessError):
         pass
-    commit = os.environ.get("MVLIP_GIT_COMMIT") or None
-    dirty = os.environ.get("MVLIP_GIT_DIRTY")
-    return {"commit": commit, "dirty": None if dirty is None else dirty not in ("0", "false", ""),
-            "source": "environment" if commit else None}
+    return {"commit": None, "dirty": None, "source": None}
 
 
 def gpu_driver() -> str | None:

@@ -51,19 +51,22 @@ def test_jsonable_converts_what_measurements_hold():
 
 
 def test_provenance_names_the_commit_from_git_or_from_the_environment(monkeypatch):
+    monkeypatch.delenv("MVLIP_GIT_COMMIT", raising=False)
     here = results.git_state()
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     assert here["commit"] == head and here["source"] == "git" and isinstance(here["dirty"], bool)
+    # the command that sends the code elsewhere declares its commit; that wins over whatever .git is there
+    monkeypatch.setenv("MVLIP_GIT_COMMIT", "0123abc")
+    monkeypatch.setenv("MVLIP_GIT_DIRTY", "0")
+    assert results.git_state() == {"commit": "0123abc", "dirty": False, "source": "environment"}
 
     def no_git(*args, **kwargs):
         raise FileNotFoundError("git")
 
     monkeypatch.setattr(results.subprocess, "run", no_git)  # a copy of the working tree without git
-    monkeypatch.delenv("MVLIP_GIT_COMMIT", raising=False)
+    monkeypatch.delenv("MVLIP_GIT_COMMIT")
     assert results.git_state() == {"commit": None, "dirty": None, "source": None}
     monkeypatch.setenv("MVLIP_GIT_COMMIT", "0123abc")
-    monkeypatch.setenv("MVLIP_GIT_DIRTY", "0")
-    assert results.git_state() == {"commit": "0123abc", "dirty": False, "source": "environment"}
     monkeypatch.setenv("MVLIP_COMMAND", "python -m mvlip_utils.study --profile speed")
     prov = results.collect_provenance("cpu", profile="speed")
     assert prov["git_commit"] == "0123abc" and prov["command"] == "python -m mvlip_utils.study --profile speed"
