@@ -292,8 +292,9 @@ def findings_table(editions: Mapping[str, Mapping[str, Any]], ref: Mapping[str, 
         mine = detail[detail["claim id"] == claim["id"]]
         with_evidence = mine[mine["verdict"] != "no verdict"]
         pick = (with_evidence if len(with_evidence) else mine).iloc[-1]
+        closest = mine.iloc[-1]  # editions are listed from the least to the most faithful
         reason = pick["reason"] if len(with_evidence) else (
-            "no edition has the conditions: " + "; ".join(f"{r.edition}: {r.reason}" for r in mine.itertuples()))
+            f"no edition has the conditions; the closest, {closest['edition']}, has {closest['reason']}")
         rows.append({"claim": claim["claim"], "paper": claim["paper"],
                      "ours": f"{pick['ours']} [{pick['edition']}]" if len(with_evidence) else "–",
                      "verdict": pick["verdict"], "reason": reason})

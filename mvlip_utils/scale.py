@@ -101,14 +101,66 @@ def study_projection(runs: Mapping[str, Mapping[str, Any]], ref: Mapping[str, An
                                "benchmark_date_utc": prov.get("date_utc"), "git_commit": prov.get("git_commit"),
                                "git_dirty": prov.get("git_dirty"), "command": prov.get("command"),
                                "driver": prov.get("driver"), "versions": prov.get("versions")}
+    best = {p["encoder"]: best_step(runs[p["encoder"]], p) for p in per}
+    best_minutes = [b["projected_minutes"] for b in best.values() if b]
     return {"study": study_size(ref), "encoders": [p["encoder"] for p in per],
             "one_gpu_minutes": total("projected_minutes"), "four_gpu_minutes": total("projected_minutes", max),
+            "best_step": best,
+            "one_gpu_minutes_best_step": sum(best_minutes) if per and len(best_minutes) == len(per) else None,
+            "four_gpu_minutes_best_step": max(best_minutes) if per and len(best_minutes) == len(per) else None,
             "fp32_floor_minutes": total("fp32_floor_minutes"),
             "fp32_floor_minutes_one_gpu_per_encoder": total("fp32_floor_minutes", max),
             "model_only_minutes": total("model_only_minutes"),
             "model_only_minutes_one_gpu_per_encoder": total("model_only_minutes", max),
             "assumptions": ASSUMPTIONS, "per_encoder": per, "provenance": provenance}
 
+
+
+def best_step(run: Mapping[str, Any], projection: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The fastest training step of the run's step check that kept the eager losses (within tolerance), and
+    the encoder's projected minutes with it: the training minutes divided by its speed-up over the step the
+    run trained with, both measured in the same check. None without a step check."""
+    check = run.get("step_check")
+    if not check:
+        return None
+    variants = {v["train_step"]: v for v in check["variants"] if v.get("images_per_s")}
+    used = variants.get(projection.get("train_step"))
+    ok = [v for v in variants.values() if v.get("within_tolerance")]
+    if used is None or not ok:
+        return None
+    fastest = max(ok, key=lambda v: v["images_per_s"])
+    gain = fastest["images_per_s"] / used["images_per_s"]
+    train = projection["train_minutes"] / gain
+    return {"train_step": fastest["train_step"], "speedup_over_run_step": gain, "train_minutes": train,
+            "projected_minutes": projection["projected_minutes"] - projection["train_minutes"] + train}
+
+
+def probe_sentences(projection: Mapping[str, Any], probe_root: str | Path) -> list[str]:
+    """``probe_sentence`` for every run folder under ``probe_root`` (e.g. results/speed-probe)."""
+    root = Path(probe_root)
+    folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    return [text for text in (probe_sentence(projection, f) for f in folders) if text]
+
+
+def probe_sentence(projection: Mapping[str, Any], probe_dir: str | Path) -> str | None:
+    """A separately measured epoch of one encoder with another training step (``probe_dir``: its run folder,
+    e.g. results/speed-probe/swin-compiled) against what the step check's speed-up predicted for it."""
+    probe_dir = Path(probe_dir)
+    if not (probe_dir / "timings.csv").is_file():
+        return None
+    import pandas as pd
+
+    config = json.loads((probe_dir / "config.json").read_text())
+    last = pd.read_csv(probe_dir / "timings.csv").iloc[-1]
+    measured = last["train_images"] / last["train_seconds"]
+    run = next((p for p in projection["per_encoder"] if p["encoder"] == config["encoder"]), None)
+    best = projection.get("best_step", {}).get(config["encoder"])
+    if run is None or not best or best["train_step"] != config["train_step"]:
+        return None
+    predicted = run["train_images_per_s"] * best["speedup_over_run_step"]
+    return (f"A separate two-epoch run of {config['encoder']} with the {config['train_step']} step ({probe_dir}) trained "
+            f"its second epoch at {measured:.1f} images/s, where the step check's speed-up predicted {predicted:.1f} "
+            f"({(measured / predicted - 1) * 100:+.1f}%).")
 
 
 # The targets the project set itself for the paper's study on H200s (issue "Fast at paper scale")
@@ -149,6 +201,12 @@ def projection_sentence(projection: Mapping[str, Any]) -> str:
                       "of that peak over the whole study)")
     if floors:
         text += " For comparison, " + "; ".join(floors) + "."
+    if projection.get("one_gpu_minutes_best_step"):
+        steps = ", ".join(f"{e} {b['train_step']} (x{b['speedup_over_run_step']:.2f})"
+                          for e, b in projection["best_step"].items())
+        text += (f" With each encoder's fastest step that kept the eager losses ({steps}, from the training "
+                 f"chapters' step checks) the study would take {projection['one_gpu_minutes_best_step']:.0f} minutes "
+                 f"on one GPU and {projection['four_gpu_minutes_best_step']:.0f} with one GPU per encoder.")
     return text + f" Assumed: {ASSUMPTIONS}."
 
 

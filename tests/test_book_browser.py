@@ -29,7 +29,7 @@ def copy_book_sources(dest: Path) -> Path:
     results and build stay out of the repository."""
     (dest / "book").mkdir(parents=True)
     shutil.copy(ROOT / "_config.yml", dest / "_config.yml")
-    shutil.copy(ROOT / "book" / "intro.md", dest / "book" / "intro.md")
+    shutil.copy(ROOT / "index.md", dest / "index.md")
     shutil.copytree(ROOT / "notebooks", dest / "notebooks")
     shutil.copytree(ROOT / "_static", dest / "_static")
     return dest
@@ -98,7 +98,7 @@ def test_smoke_book_as_a_reader_sees_it_in_headless_chromium(tmp_path):
     html = report["html"]
     page = html / "book" / "executed" / "smoke" / "05_discussion.html"
     findings_page = html / "book" / "executed" / "00_findings.html"
-    for chapter in ("book/intro.html", "book/executed/00_findings.html", "book/executed/smoke/01_setup.html",
+    for chapter in ("index.html", "book/executed/00_findings.html", "book/executed/smoke/01_setup.html",
                     *(f"book/executed/smoke/{e}/{nb}.html" for e in ENCODERS for nb in study.PER_ENCODER)):
         assert (html / chapter).is_file(), f"missing chapter {chapter}"
     run = root / "results" / "smoke" / "vit"
@@ -111,7 +111,7 @@ def test_smoke_book_as_a_reader_sees_it_in_headless_chromium(tmp_path):
         # the findings are one click from the start: the navigation entry right after the introduction
         from selenium.webdriver.support.ui import WebDriverWait
 
-        driver.get((html / "index.html").as_uri())  # a redirect to the introduction
+        driver.get((html / "index.html").as_uri())  # the introduction
         WebDriverWait(driver, 20).until(lambda d: len(d.execute_script(NAV_JS)) > 2)
         nav = driver.execute_script(NAV_JS)
         assert "finding" in nav[1][0].lower(), nav[:3]
