@@ -13,8 +13,7 @@ device, memory format, optimiser, compilation, peak memory, FLOPs), so a number 
 - ``resolution_sweep`` + ``fit_growth_exponent``: cost against pixel count, and the fitted exponent.
 - ``interleaved_ratio``: two variants of one step timed in alternating rounds in one process, so drifts
   of clock and temperature hit both alike (the selective scan's cost).
-- ``flops_per_image`` + ``peak_flops`` + ``utilisation``: FLOPs counted by PyTorch's ``FlopCounterMode``,
-  and achieved FLOP/s as a fraction of the GPU's peak for the precision (model FLOP utilisation).
+- FLOPs per image and the fraction of the GPU's peak are ``flops``'.
 - ``python -m mvlip_utils.benchmark``: one ``model_throughput`` of a study tower from the command line
   (JSON out); also how ``benchmark_suite`` runs torch.compile in a time-limited child process.
 
@@ -38,9 +37,10 @@ from torch import nn
 
 from .precision import PRECISIONS, precision_context
 from .precision import autocast_region as _autocast
+from .flops import first_tensor, flops_per_image, utilisation_fields
 from .results import device_description
 
-MODES = ("inference", "train")
+from .flops import MODES  # noqa: E402  (inference or a training step)
 OPTIMIZERS = ("foreach", "fused")  # torch.optim.AdamW's default (foreach on CUDA) and fused=True
 
 
@@ -125,18 +125,6 @@ def time_callable(fn: Callable[[], Any], device="cpu", warmup: int = 5, repeats:
                 timer="cuda_event" if use_events else "perf_counter", times_s=[float(t) for t in arr])
 
 
-def _first_tensor(out) -> torch.Tensor:
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, Mapping):
-        out = list(out.values())
-    if isinstance(out, (list, tuple)):
-        for o in out:
-            if isinstance(o, torch.Tensor):
-                return o
-    raise TypeError(f"the module returned {type(out).__name__}; expected a tensor (or a tuple/dict holding one)")
-
-
 def _model_bytes(module: nn.Module) -> int:
     return int(sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers())))
 
@@ -183,7 +171,7 @@ def make_step(module: nn.Module, batch_size: int, image_size: int, precision: st
         def train_step():
             opt.zero_grad(set_to_none=True)
             with _autocast(precision, dev):
-                out = _first_tensor(run_module(x))
+                out = first_tensor(run_module(x))
             loss = out.float().pow(2).mean()
             loss.backward()
             opt.step()
@@ -493,66 +481,6 @@ def interleaved_ratio(step_a: Callable[[], Any], step_b: Callable[[], Any], devi
     return dict(a_median_s=float(np.median(a_s)), b_median_s=float(np.median(b_s)), a_round_s=a_s,
                 b_round_s=b_s, ratio=float(np.median(ratios)), ratio_min=float(min(ratios)),
                 ratio_max=float(max(ratios)), rounds=rounds, warmup=warmup, repeats=repeats)
-
-
-# ------------------------------------------------------------------------------------ FLOPs, peak, MFU
-# Dense peak rates in FLOP/s by the vendor's datasheets (leads, not measurements): fp32 on the CUDA cores,
-# tf32 and bf16 on the tensor cores. fp32-tf32conv runs its matmuls in fp32, so fp32's peak bounds it.
-PEAK_FLOPS = {
-    "NVIDIA H200": {"fp32": 66.9e12, "tf32": 494.7e12, "bf16": 989.4e12},
-    "NVIDIA H100 80GB HBM3": {"fp32": 66.9e12, "tf32": 494.7e12, "bf16": 989.4e12},
-    "NVIDIA A100-SXM4-80GB": {"fp32": 19.5e12, "tf32": 156e12, "bf16": 312e12},
-    "NVIDIA GeForce RTX 4070 Ti SUPER": {"fp32": 44.1e12, "tf32": 44.1e12, "bf16": 88.2e12},
-}
-_PEAK_OF_PRECISION = {"fp32": "fp32", "fp32-tf32conv": "fp32", "tf32": "tf32", "bf16": "bf16"}
-
-
-def peak_flops(device_name: str | None, precision: str) -> float | None:
-    """The datasheet peak FLOP/s of ``device_name`` for ``precision``; None when not in ``PEAK_FLOPS``."""
-    if precision not in _PEAK_OF_PRECISION:
-        raise ValueError(f"parameter precision={precision!r} is not one of {list(_PEAK_OF_PRECISION)}")
-    return PEAK_FLOPS.get(device_name or "", {}).get(_PEAK_OF_PRECISION[precision])
-
-
-def utilisation_fields(flops_per_image: float | None, images_per_s: float, device_name: str | None,
-                       precision: str) -> dict:
-    """{flops_per_image, tflops_per_s, peak_tflops_per_s, utilisation} of a throughput (None where unknown)."""
-    if not flops_per_image or not math.isfinite(images_per_s):
-        return dict(flops_per_image=flops_per_image, tflops_per_s=None, peak_tflops_per_s=None, utilisation=None)
-    achieved = flops_per_image * images_per_s
-    peak = peak_flops(device_name, precision)
-    return dict(flops_per_image=float(flops_per_image), tflops_per_s=achieved / 1e12,
-                peak_tflops_per_s=peak / 1e12 if peak else None, utilisation=achieved / peak if peak else None)
-
-
-def flops_per_image(module: nn.Module, image_size: int, mode: str = "inference", device="cpu",
-                    batch_size: int = 2, in_chans: int = 3) -> float:
-    """FLOPs per image of a forward pass (``inference``) or of a training step's forward and backward
-    (``train``; the optimizer step is left out), counted by ``torch.utils.flop_counter.FlopCounterMode``
-    on a batch of random images. It counts the ops PyTorch has formulas for (matmuls, convolutions,
-    attention); elementwise work, including a selective scan's recurrence, is not counted, so this is the
-    usual "model FLOPs" of MFU. One multiply-add counts as 2 FLOPs."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    if mode not in MODES:
-        raise ValueError(f"parameter mode={mode!r} is not one of {list(MODES)}")
-    dev = _device(device)
-    module = module.to(dev)
-    was_training = module.training
-    module.train(mode == "train")
-    x = torch.randn((batch_size, in_chans, image_size, image_size), device=dev)
-    counter = FlopCounterMode(display=False)
-    try:
-        with counter:
-            if mode == "train":
-                _first_tensor(module(x)).float().pow(2).mean().backward()
-            else:
-                with torch.no_grad():
-                    module(x)
-    finally:
-        module.zero_grad(set_to_none=True)
-        module.train(was_training)
-    return counter.get_total_flops() / batch_size
 
 
 # ------------------------------------------------------------------------------------- command line

@@ -31,6 +31,7 @@ from typing import Any, Callable
 import torch
 
 from . import benchmark as B
+from .flops import flops_per_image, utilisation_fields
 from .precision import precision_context
 from .profiles import BenchSettings, StudyConfig
 
@@ -52,7 +53,7 @@ def eval_loop_records(experiment, bench: BenchSettings) -> list[dict]:
     """The paper's method with JPEG decoding in ``bench.eval_workers`` workers and from the uint8 cache:
     n_images / wall time of the whole zero-shot loop, ``bench.eval_repeats`` passes each (median, and the
     slowest and fastest pass), after one untimed pass."""
-    from .train import eval_loader, evaluate_experiment
+    from .experiment import eval_loader, evaluate_experiment
 
     out = []
     for source, workers in (("files", bench.eval_workers), ("cache", 0)):
@@ -68,7 +69,7 @@ def eval_loop_records(experiment, bench: BenchSettings) -> list[dict]:
 # ------------------------------------------------------------------------------------ the model alone
 def run_flops(config: StudyConfig, device) -> dict[str, float]:
     """FLOPs per image of the run's tower, {"inference": forward, "train": forward + backward}, counted once
-    (``benchmark.flops_per_image`` on a freshly built tower: FLOPs do not depend on the weights) and kept in
+    (``flops.flops_per_image`` on a freshly built tower: FLOPs do not depend on the weights) and kept in
     the run folder's ``flops.json`` for the training and benchmark chapters."""
     from .results import read_json, run_dir, write_json
     from .towers import architecture, create_image_tower
@@ -80,7 +81,7 @@ def run_flops(config: StudyConfig, device) -> dict[str, float]:
         if saved.get("architecture") == tower_id:
             return {mode: float(saved[mode]) for mode in B.MODES}
     tower = create_image_tower(config.encoder, size=config.model_size, image_size=config.image_size)
-    counted = {mode: B.flops_per_image(tower, config.image_size, mode, device) for mode in B.MODES}
+    counted = {mode: flops_per_image(tower, config.image_size, mode, device) for mode in B.MODES}
     write_json(path, {**counted, "image_size": config.image_size, "architecture": tower_id,
                       "counted_by": "torch.utils.flop_counter.FlopCounterMode (matmuls, convolutions, attention)"})
     return counted
@@ -150,7 +151,7 @@ def compiled_record(config: StudyConfig, bench: BenchSettings, device: str, flop
         tail = (stderr or stdout or "").strip().splitlines()[-3:]
         return _tag({**base, "error": f"exit {proc.returncode}: {' | '.join(tail)[-400:]}",
                      "process_wall_s": wall}, "model_only", COMPILED)
-    record.update(process_wall_s=wall, **B.utilisation_fields(flops, record["images_per_s"], record["device_name"],
+    record.update(process_wall_s=wall, **utilisation_fields(flops, record["images_per_s"], record["device_name"],
                                                              "bf16"))
     return _tag(record, "model_only", COMPILED)
 
@@ -230,12 +231,13 @@ def train_step_check(config: StudyConfig, images: int, epochs: int = 2, steps: t
     the last epoch. A step that fails (torch.compile can) is recorded with its error. Written to the run
     folder's step_check.json."""
 
+    from . import experiment as exp
     from . import train
     from .results import device_description, run_dir, write_json
 
     if not steps or steps[0] != "eager":
         raise ValueError(f"parameter steps={steps!r} must start with 'eager' (the reference)")
-    base = train.build_experiment(config.replace(epochs=epochs), progress=False)
+    base = exp.build_experiment(config.replace(epochs=epochs), progress=False)
     subset = torch.utils.data.Subset(base.train_set, range(min(images, len(base.train_set))))
     if len(subset) < config.batch_size:
         raise ValueError(f"parameter step_check_images={images} gives fewer images than one batch ({config.batch_size})")
@@ -268,23 +270,24 @@ def _train_short(base, config: StudyConfig, subset, step: str, epochs: int, loss
     """``epochs`` epochs of ``subset`` with training step ``step`` from the run's initial tower (its seed)."""
     import dataclasses
 
+    from . import experiment as exp
     from . import train
 
     run_config = config.replace(train_step=step, epochs=epochs)
-    train.seed_everything(config.seed)
-    tower = train.create_image_tower(config.encoder, size=config.model_size, pretrained=config.pretrained,
+    exp.seed_everything(config.seed)
+    tower = exp.create_image_tower(config.encoder, size=config.model_size, pretrained=config.pretrained,
                                      weights_path=config.image_weights, image_size=config.image_size,
                                      trust_pickled_weights=config.trust_pickled_weights)
-    model = train.MVLIP(tower, base.model.text, temperature=config.temperature,
+    model = exp.MVLIP(tower, base.model.text, temperature=config.temperature,
                         learn_temperature=config.learn_temperature, train_text=config.train_text).to(base.device)
     experiment = dataclasses.replace(base, config=run_config, model=model, train_set=subset,
-                                     compiled_visual=train.compile_tower(model.visual) if step == "compiled" else None)
-    optimizer, scheduler = train.make_optimizer(experiment)
+                                     compiled_visual=exp.compile_tower(model.visual) if step == "compiled" else None)
+    optimizer, scheduler = exp.make_optimizer(experiment)
     losses, seconds = [], []
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
         losses.append(train.train_one_epoch(experiment, optimizer, scheduler, loss_fn, epoch, progress))
-        train.synchronize(base.device)
+        B._sync(B._device(base.device))
         seconds.append(time.perf_counter() - started)
     rate = (len(subset) // config.batch_size * config.batch_size) / seconds[-1]
     return {"train_step": step, "losses": losses, "epoch_seconds": seconds, "images_per_s": rate}

@@ -1,6 +1,6 @@
 """Zero-shot classification on the validation split, and its metrics.
 
-Metrics are scikit-learn's: the paper's Table 1 uses the *weighted* precision, recall and F1 (FACTS.md);
+Metrics are scikit-learn's: the paper's Table 1 uses the *weighted* precision, recall and F1;
 macro averages, top-5 (NaN with five classes or fewer), per-class accuracy and the confusion matrix come
 alongside. The zero-shot loss is the cross-entropy of the zero-shot logits (scaled by the model's logit
 scale) against the labels.

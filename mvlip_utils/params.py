@@ -1,12 +1,17 @@
-"""A notebook's parameters turned into the study's objects: the run's StudyConfig, the measuring
-BenchSettings, whether a finished run can be loaded instead of trained (``reusable_run``) and how a run
-was got (``describe_training``); and the working folder a notebook needs (``work_in_project_root``).
+"""Parameters, from a notebook's parameters cell or a command line, turned into the study's objects: the run's
+StudyConfig, the measuring BenchSettings, whether a finished run can be loaded instead of trained
+(``reusable_run``) and how a run was got (``describe_training``); the parameters cells themselves (generated
+from the fields' help texts), the working folder a notebook needs, and the command lines' one-line errors.
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
 from dataclasses import fields
 from typing import Any, Mapping
+
+from .notebooks import BENCHMARK, EVALUATE, FINDINGS, PER_ENCODER, TRAIN
 
 
 def work_in_project_root() -> None:
@@ -52,9 +57,9 @@ def reusable_run(config) -> bool:
     """True when the run folder of ``config`` holds its finished run (the same parameters, ``epochs``
     included, profiles.RUN_IRRELEVANT aside; the same tower architecture; files that agree): the train
     notebook then loads it instead of training. False when the folder holds no finished run. A finished
-    run of other parameters raises train.RunMismatchError (naming the folder, the run, the parameters
+    run of other parameters raises run_folder.RunMismatchError (naming the folder, the run, the parameters
     and the ways on), as train_run would: it is never retrained, extended or relabelled silently."""
-    from .train import finished_run_history
+    from .run_folder import finished_run_history
 
     return finished_run_history(config) is not None
 
@@ -71,3 +76,82 @@ def describe_training(run, epochs: int, trained_now: int, seconds: float, loaded
                 f"more epoch(s) in {seconds:.1f} s")
     return (f"completed the run in `{run}`: its checkpoint held all {epochs} epoch(s), the final evaluation "
             f"was written in {seconds:.1f} s")
+
+
+# ------------------------------------------------------------------ the notebooks' parameters cells
+# Parameters a notebook has besides the profile, the encoder(s), StudyConfig's and BenchSettings' fields
+NOTEBOOK_EXTRAS: dict[str, tuple[tuple[str, Any, str], ...]] = {
+    FINDINGS: (("editions", ["smoke", "speed"], "editions (profiles) the findings read, from the least to the "
+                                                 "most faithful; one without runs is left out"),),
+    TRAIN: (("resume", True, "False: delete the checkpoint and train from scratch"),
+            ("progress", False, "tqdm progress bars (handy in JupyterLab)")),
+    EVALUATE: (("n_examples", 8, "example predictions shown with their images"),),
+}
+BENCH_FIELDS = {TRAIN: ("step_check_images", "step_check_steps"),
+                BENCHMARK: ("warmup", "repeats", "eval_repeats", "eval_workers", "best_batch", "resolutions",
+                            "sweep_batch", "sweep_precision", "compile_timeout_s")}
+
+
+def parameters_cell_source(notebook: str) -> str:
+    """The parameters cell of ``notebook`` (its only source of truth is here and in the fields' help texts:
+    ``profiles.StudyConfig`` and ``profiles.BenchSettings``); a test checks every notebook against it."""
+    from .profiles import ENCODERS, BenchSettings, StudyConfig, help_text
+
+    def line(name: str, value: Any, help_: str) -> str:
+        return f"{name} = {value!r}  # {help_}"
+
+    lines = []
+    if notebook != FINDINGS:
+        lines.append(line("profile", "smoke", help_text(StudyConfig, "profile")))
+    if notebook in PER_ENCODER:
+        lines.append(line("encoder", "mambavision", help_text(StudyConfig, "encoder")))
+    else:
+        lines.append(line("encoders", list(ENCODERS), "encoders whose runs this notebook reads"))
+    lines += [line(n, v, h) for n, v, h in NOTEBOOK_EXTRAS.get(notebook, ())]
+    study_fields = ["results_dir"] if notebook == FINDINGS else [
+        f.name for f in fields(StudyConfig) if f.name not in ("profile", "encoder")]
+    lines.append("# Run parameters (mvlip_utils.profiles.StudyConfig); None = the profile's value")
+    lines += [line(n, None, help_text(StudyConfig, n)) for n in study_fields]
+    if notebook in BENCH_FIELDS:
+        lines.append("# Measuring parameters (mvlip_utils.profiles.BenchSettings); None = the profile's value")
+        lines += [line(n, None, help_text(BenchSettings, n)) for n in BENCH_FIELDS[notebook]]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------- command lines
+class CommandLineParser(argparse.ArgumentParser):
+    """argparse with the study's one-line errors (``error: ...`` and exit status 2, no usage dump) and no
+    abbreviated options (``--epoch`` is an unknown option, not ``--epochs``)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):  # noqa: D401 - argparse's hook
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (multi-line messages joined with '; ')."""
+    return "; ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+
+
+def user_error_exit(exc: BaseException) -> int:
+    """Print a user error (a bad parameter, a missing or malformed folder, unavailable weights) as one
+    ``error: ...`` line on stderr and return the exit status 2."""
+    print(f"error: {one_line(exc)}", file=sys.stderr)
+    return 2
+
+
+def parameter_help_epilog() -> str:
+    """Every run parameter (StudyConfig) and measuring parameter (BenchSettings) with its help text."""
+    from .profiles import BenchSettings, StudyConfig, help_text
+
+    lines = ["run parameters (StudyConfig; default: the profile's):"]
+    lines += [f"  {f.name:<26} {help_text(StudyConfig, f.name)}" for f in fields(StudyConfig)]
+    lines += ["measuring parameters (BenchSettings; the benchmark and training notebooks):"]
+    lines += [f"  {f.name:<26} {help_text(BenchSettings, f.name)}" for f in fields(BenchSettings)]
+    return "\n".join(lines)

@@ -239,7 +239,7 @@ def get_bench_settings(profile: str = "smoke", **overrides: Any) -> BenchSetting
 # shuffle order and every seed come from seeded generators in the main process; the transforms draw nothing
 # at random), note (free text), data_cache (bit-identical input tensors; tests compare the inputs and the
 # histories), trust_pickled_weights (decides whether a file may be loaded, not what it holds). Everything
-# else, epochs included, decides the run (train.RunMismatchError).
+# else, epochs included, decides the run (run_folder.RunMismatchError).
 RUN_IRRELEVANT = ("device", "num_workers", "note", "data_cache", "trust_pickled_weights")
 
 

@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from .benchmark import peak_flops
+from .flops import peak_flops
 
 ASSUMPTIONS = (
     "per-image times of the last epoch measured, scaled to the paper's counts; one validation pass "

@@ -30,35 +30,25 @@ from __future__ import annotations
 
 import argparse
 import ast
-import hashlib
-import json
 import os
 import re
-import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from .profiles import ENCODER_LABELS, ENCODERS, PROFILES, TOWER_NAMES, needs_cuda
+from .profiles import ENCODERS, PROFILES, needs_cuda
+from .book import build_book, write_toc
+from .launch import run_pinned
+from .reuse import executed_fingerprint, files_digest, fingerprint, library_hash, step_inputs
+from .notebooks import (DISCUSSION, FINDINGS, NOTEBOOKS, PER_ENCODER, SETUP,
+                        TRAIN, Step, plan)
 from .params import parameter_names
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIR = Path(__file__).resolve().parent
 
-FINDINGS, SETUP, TRAIN, EVALUATE, BENCHMARK, DISCUSSION = (
-    "00_findings", "01_setup", "02_train", "03_evaluate", "04_benchmark", "05_discussion")
-NOTEBOOKS = (FINDINGS, SETUP, TRAIN, EVALUATE, BENCHMARK, DISCUSSION)
-PER_ENCODER = (TRAIN, EVALUATE, BENCHMARK)
-RECORDED_STEPS = (SETUP,) + PER_ENCODER  # what a recorded (GPU) edition keeps as executed
-
-CHAPTER_TITLES = {SETUP: "Set-up: environment, data, models", TRAIN: "training",
-                  EVALUATE: "zero-shot evaluation", BENCHMARK: "throughput",
-                  DISCUSSION: "Discussion: the paper's claims against these runs",
-                  FINDINGS: "Findings: the paper's claims, one verdict each"}
-FINGERPRINT_IGNORES = ("resume",)  # parameters that change how a step runs, not what it produces
 
 
 class StudyStepError(RuntimeError):
@@ -69,80 +59,6 @@ class StudyStepError(RuntimeError):
         self.notebook = notebook
         self.encoder = encoder
         self.cell_index = cell_index
-
-
-# ------------------------------------------------------------------------------------------- plan
-@dataclass(frozen=True)
-class Step:
-    notebook: str               # stem, e.g. "02_train"
-    encoder: str | None = None  # None for setup, discussion and findings
-    profile: str = "smoke"
-
-    @property
-    def label(self) -> str:
-        where = f" [{self.encoder}]" if self.encoder else ""
-        return f"{self.notebook}{where}" if self.notebook == FINDINGS else f"{self.profile}: {self.notebook}{where}"
-
-    def output(self, book_dir: Path, profile: str | None = None) -> Path:
-        """Where the executed notebook goes: book/recorded/<profile>/ for a recorded edition's GPU steps,
-        else book/executed/<profile>/ (per-encoder ones under <encoder>/); the findings at book/executed/."""
-        profile = profile or self.profile
-        if self.notebook == FINDINGS:
-            return Path(book_dir) / "executed" / f"{FINDINGS}.ipynb"
-        kind = "recorded" if needs_cuda(profile) and self.notebook in RECORDED_STEPS else "executed"
-        base = Path(book_dir) / kind / profile
-        if self.encoder:
-            base = base / self.encoder
-        return base / f"{self.notebook}.ipynb"
-
-
-def plan(encoders: Sequence[str], profile: str = "smoke") -> list[Step]:
-    """Setup once, train/evaluate/benchmark per encoder, discussion once (one edition)."""
-    steps = [Step(SETUP, None, profile)]
-    for encoder in encoders:
-        steps += [Step(nb, encoder, profile) for nb in PER_ENCODER]
-    return steps + [Step(DISCUSSION, None, profile)]
-
-
-# Parameters a notebook has besides the profile, the encoder(s), StudyConfig's and BenchSettings' fields
-NOTEBOOK_EXTRAS: dict[str, tuple[tuple[str, Any, str], ...]] = {
-    FINDINGS: (("editions", ["smoke", "speed"], "editions (profiles) the findings read, from the least to the "
-                                                 "most faithful; one without runs is left out"),),
-    TRAIN: (("resume", True, "False: delete the checkpoint and train from scratch"),
-            ("progress", False, "tqdm progress bars (handy in JupyterLab)")),
-    EVALUATE: (("n_examples", 8, "example predictions shown with their images"),),
-}
-BENCH_FIELDS = {TRAIN: ("step_check_images", "step_check_steps"),
-                BENCHMARK: ("warmup", "repeats", "eval_repeats", "eval_workers", "best_batch", "resolutions",
-                            "sweep_batch", "sweep_precision", "compile_timeout_s")}
-
-
-def parameters_cell_source(notebook: str) -> str:
-    """The parameters cell of ``notebook`` (its only source of truth is here and in the fields' help texts:
-    ``profiles.StudyConfig`` and ``profiles.BenchSettings``); a test checks every notebook against it."""
-    from dataclasses import fields as dc_fields
-
-    from .profiles import BenchSettings, StudyConfig, help_text
-
-    def line(name: str, value: Any, help_: str) -> str:
-        return f"{name} = {value!r}  # {help_}"
-
-    lines = []
-    if notebook != FINDINGS:
-        lines.append(line("profile", "smoke", help_text(StudyConfig, "profile")))
-    if notebook in PER_ENCODER:
-        lines.append(line("encoder", "mambavision", help_text(StudyConfig, "encoder")))
-    else:
-        lines.append(line("encoders", list(ENCODERS), "encoders whose runs this notebook reads"))
-    lines += [line(n, v, h) for n, v, h in NOTEBOOK_EXTRAS.get(notebook, ())]
-    study_fields = ["results_dir"] if notebook == FINDINGS else [
-        f.name for f in dc_fields(StudyConfig) if f.name not in ("profile", "encoder")]
-    lines.append("# Run parameters (mvlip_utils.profiles.StudyConfig); None = the profile's value")
-    lines += [line(n, None, help_text(StudyConfig, n)) for n in study_fields]
-    if notebook in BENCH_FIELDS:
-        lines.append("# Measuring parameters (mvlip_utils.profiles.BenchSettings); None = the profile's value")
-        lines += [line(n, None, help_text(BenchSettings, n)) for n in BENCH_FIELDS[notebook]]
-    return "\n".join(lines)
 
 
 def notebook_parameters(path: str | os.PathLike) -> list[str]:
@@ -243,96 +159,6 @@ def kernel_for_this_python() -> str:
             return name
     raise RuntimeError(f"no Jupyter kernel runs {sys.executable} (found: {seen or 'none'}); "
                        "run scripts/setup_env.sh, or `python -m ipykernel install --user --name mvlip`")
-
-
-# ------------------------------------------------------------------------------------ fingerprint
-def _sha256_files(paths: Iterable[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(paths):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-def library_hash() -> str:
-    """Hash of the mvlip_utils sources and reference data: a change re-executes the notebooks."""
-    return _sha256_files(p for p in PACKAGE_DIR.rglob("*")
-                         if p.is_file() and p.suffix in {".py", ".json", ".csv"} and "__pycache__" not in p.parts)
-
-
-def files_digest(paths: Iterable[Path], root: Path | None = None) -> str:
-    """Hash of the content of ``paths`` (a missing file counts as missing), named relative to ``root``."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(p) for p in paths):
-        name = str(path.relative_to(root)) if root and path.is_relative_to(root) else str(path)
-        digest.update(name.encode())
-        digest.update(path.read_bytes() if path.is_file() else b"<missing>")
-    return digest.hexdigest()
-
-
-def fingerprint(source: Path, parameters: dict[str, Any], library: str, inputs: str = "") -> str:
-    """What decides an executed notebook: its source, its parameters (``resume`` aside), the library and
-    ``inputs`` (``files_digest`` of the files it reads)."""
-    params = {k: v for k, v in parameters.items() if k not in FINGERPRINT_IGNORES}
-    digest = hashlib.sha256()
-    digest.update(Path(source).read_bytes())
-    digest.update(json.dumps(params, sort_keys=True, default=str).encode())
-    digest.update(library.encode())
-    digest.update(inputs.encode())
-    return digest.hexdigest()
-
-
-def executed_fingerprint(path: Path) -> str | None:
-    """The fingerprint of an executed notebook that completed without error, else None."""
-    import nbformat
-
-    if not Path(path).is_file():
-        return None
-    try:
-        nb = nbformat.read(path, as_version=4)
-    except Exception:  # noqa: BLE001 - an unreadable (half-written) notebook is simply redone
-        return None
-    pm = nb.metadata.get("papermill", {})
-    if pm.get("exception") or not pm.get("end_time"):
-        return None
-    return nb.metadata.get("mvlip", {}).get("fingerprint")
-
-
-def run_folder(root: Path, profile: str, encoder: str, overrides: dict[str, Any]) -> Path:
-    """The run folder a step of ``encoder`` writes, as seen from ``root`` (the notebooks' working folder)."""
-    from . import results
-    from .profiles import get_config
-
-    names = set(parameter_names())
-    config = get_config(profile, encoder=encoder, **{k: v for k, v in overrides.items() if k in names})
-    return Path(root) / results.run_dir(config)
-
-
-def step_inputs(step: Step, root: Path, encoders: Sequence[str], overrides: dict[str, Any],
-                editions: Sequence[str] = ()) -> list[Path]:
-    """The files an executed notebook depends on besides its parameters: the run files it writes or reads
-    (train, evaluate, benchmark), every run file of the edition (discussion), of every edition (findings)."""
-    from .results import run_files
-
-    if step.notebook == SETUP:
-        return []
-    if step.encoder:
-        run = run_folder(root, step.profile, step.encoder, overrides)
-        if step.notebook == BENCHMARK:
-            return [run / "benchmark.json"]
-        # (03_evaluate also draws confusion.csv and predictions.csv, written with metrics.json by the same run;
-        # a recorded edition does not commit those large files, so they are not part of its fingerprint)
-        return [f for f in run_files(run) if f.name != "benchmark.json"]
-    profiles = editions if step.notebook == FINDINGS else [step.profile]
-    files: list[Path] = []
-    if step.notebook == DISCUSSION:  # separate measurements it reports beside the edition's runs
-        probes = Path(root) / "results" / f"{step.profile}-probe"
-        files += sorted(p for p in probes.rglob("*") if p.is_file()) if probes.is_dir() else []
-    for profile in profiles:
-        files += [root / "results" / profile / "study_projection.json"] if step.notebook == FINDINGS else []
-        for encoder in encoders:
-            files += run_files(run_folder(root, profile, encoder, overrides))
-    return files
 
 
 # ---------------------------------------------------------------------------------------- execute
@@ -526,41 +352,24 @@ def run_study(profile: str = "smoke", encoders: Sequence[str] | None = None,
 
 def run_chains_in_parallel(ctx: StudyContext, profile: str, encoders: Sequence[str], gpus: Sequence[str],
                            force: bool) -> tuple[list[tuple[str, str, float]], list[str]]:
-    """Each encoder's train/evaluate/benchmark chain in its own ``python -m mvlip_utils.study`` process with
-    CUDA_VISIBLE_DEVICES set to its GPU ("cpu": none); their lines are printed prefixed with the encoder and
-    GPU. Returns (the chains' steps, the encoders whose chain failed)."""
-    procs = {}
-    for encoder, gpu in zip(encoders, gpus):
+    """Each encoder's train/evaluate/benchmark chain in its own ``python -m mvlip_utils.study`` process pinned to
+    its GPU (``launch.run_pinned``). Returns (the chains' steps, the encoders whose chain failed)."""
+    jobs = {}
+    for encoder in encoders:
         cmd = [sys.executable, "-m", "mvlip_utils.study", "--profile", profile, "--encoders", encoder,
-               "--encoder-steps-only", "--no-book", "--root", str(ctx.root)]
-        cmd += ["--force"] if force else []
+               "--encoder-steps-only", "--no-book", "--root", str(ctx.root)] + (["--force"] if force else [])
         for key, value in ctx.overrides.items():
             cmd += ["-p", f"{key}={value!r}"]
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": "" if str(gpu) == "cpu" else str(gpu), "PYTHONUNBUFFERED": "1"}
-        procs[encoder] = (gpu, subprocess.Popen(cmd, cwd=ctx.root, env=env, stdout=subprocess.PIPE,
-                                                stderr=subprocess.STDOUT, text=True))
+        jobs[encoder] = cmd
     report: list[tuple[str, str, float]] = []
-    lock = threading.Lock()
 
-    def relay(encoder: str, gpu: str, proc: subprocess.Popen) -> None:
-        for line in proc.stdout:
-            line = line.rstrip()
-            match = re.search(r"\] (.+?)\s+(reused|done in\s+([\d.]+) s)", line)
-            with lock:
-                ctx.log(f"[{encoder} on gpu {gpu}] {line}")
-                if match:
-                    report.append((match.group(1).strip(), "reused" if match.group(2) == "reused" else "executed",
-                                   float(match.group(3) or 0.0)))
-        proc.wait()
+    def collect(_: str, line: str) -> None:
+        match = re.search(r"\] (.+?)\s+(reused|done in\s+([\d.]+) s)", line)
+        if match:
+            report.append((match.group(1).strip(), "reused" if match.group(2) == "reused" else "executed",
+                           float(match.group(3) or 0.0)))
 
-    threads = [threading.Thread(target=relay, args=(e, g, p)) for e, (g, p) in procs.items()]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    failed = [e for e, (_, p) in procs.items() if p.returncode != 0]
-    for encoder in failed:
-        ctx.log(f"[study] {encoder} on gpu {procs[encoder][0]}: FAILED (exit {procs[encoder][1].returncode})")
+    failed = run_pinned(jobs, gpus, ctx.root, ctx.log, collect)
     return report, failed
 
 
@@ -576,68 +385,14 @@ def write_edition_record(root: Path, profile: str, encoders: Sequence[str], step
     return path
 
 
-# ------------------------------------------------------------------------------------------- book
-def edition_caption(root: Path, profile: str) -> str:
-    """'Edition smoke: CPU, random weights' / 'Edition speed: NVIDIA H200, random weights (recorded 2026-11-28)'."""
-    record = Path(root) / "book" / "recorded" / profile / "edition.json"
-    weights = "pretrained" if PROFILES[profile].get("pretrained") else "random weights"
-    if record.is_file():
-        prov = json.loads(record.read_text())["provenance"]
-        return f"Edition {profile}: {prov.get('gpu_name')}, {weights} (recorded {str(prov.get('date_utc'))[:10]})"
-    return f"Edition {profile}: {weights}"
-
-
-def toc_text(editions: dict[str, Sequence[str]], root: Path = PROJECT_ROOT) -> str:
-    """The jupyter-book table of contents: the introduction, the findings, then each edition (set-up, the
-    three chapters of each encoder, the discussion), paths from the repository root."""
-    lines = ["# Generated by mvlip_utils.study (python -m mvlip_utils.study); edit toc_text() instead.",
-             "format: jb-book", "root: index", "parts:",
-             "  - caption: Findings", "    chapters:",
-             f"      - file: book/executed/{FINDINGS}", f"        title: \"{CHAPTER_TITLES[FINDINGS]}\""]
-    for profile in sorted(editions, key=list(PROFILES).index):
-        def path(step: Step) -> str:
-            return step.output(Path("book"), profile).with_suffix("").as_posix()
-
-        lines += [f"  - caption: \"{edition_caption(root, profile)}\"", "    chapters:",
-                  f"      - file: {path(Step(SETUP, None, profile))}",
-                  f"        title: \"{profile}: {CHAPTER_TITLES[SETUP]}\""]
-        for encoder in editions[profile]:
-            for nb in PER_ENCODER:
-                lines += [f"      - file: {path(Step(nb, encoder, profile))}",
-                          f"        title: \"{profile}: {ENCODER_LABELS[encoder]} ({TOWER_NAMES[encoder]}): "
-                          f"{CHAPTER_TITLES[nb]}\""]
-        lines += [f"      - file: {path(Step(DISCUSSION, None, profile))}",
-                  f"        title: \"{profile}: {CHAPTER_TITLES[DISCUSSION]}\""]
-    return "\n".join(lines) + "\n"
-
-
-def write_toc(path: Path, editions: dict[str, Sequence[str]], root: Path = PROJECT_ROOT) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(toc_text(editions, root))
-    return path
-
-
-def build_book(root: Path, toc: Path, log: Callable[[str], None] = print) -> Path:
-    """jupyter-book build with warnings as errors (all reported, then fail). Returns the html folder."""
-    root = Path(root)
-    exe = Path(sys.executable).parent / "jupyter-book"
-    cmd = [str(exe) if exe.is_file() else "jupyter-book", "build", str(root), "--toc", str(toc),
-           "--path-output", str(root / "book"), "--warningiserror", "--keep-going", "--all"]
-    log("[study] " + " ".join(cmd))
-    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
-    if proc.returncode != 0:
-        out = _ANSI.sub("", proc.stdout + proc.stderr).strip().splitlines()
-        warnings = [line for line in out if "WARNING" in line or "ERROR" in line]
-        raise RuntimeError("jupyter-book build failed (warnings are errors):\n" +
-                           "\n".join((warnings or out[-40:])[:60]))
-    return root / "book" / "_build" / "html"
-
-
 # -------------------------------------------------------------------------------------------- CLI
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mvlip_utils.study", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The command line. A bad parameter or encoder ends in one ``error: ...`` line (exit 2); a notebook that
+    fails, or a book build that fails, in the message that names it (exit 1)."""
+    from .params import CommandLineParser, parameter_help_epilog, user_error_exit
+
+    parser = CommandLineParser(prog="python -m mvlip_utils.study", description=__doc__.split("\n\n")[0],
+                               epilog=parameter_help_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="smoke", choices=list(PROFILES))
     parser.add_argument("--encoders", nargs="+", default=list(ENCODERS), metavar="ENCODER",
                         help=f"image towers to run, from {list(ENCODERS)} (default: all)")
@@ -647,7 +402,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="one entry per encoder, e.g. 0,1,2: each encoder's chain in its own process on that "
                              "GPU (the same index twice shares a GPU; 'cpu' runs a chain without one)")
     parser.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a parameter of every notebook (e.g. -p epochs=2 -p device=cpu)")
+                        help="override a parameter of every notebook (e.g. -p epochs=2 -p device=cpu); the "
+                             "parameters are listed below")
     parser.add_argument("--root", default=str(PROJECT_ROOT), help=argparse.SUPPRESS)
     parser.add_argument("--encoder-steps-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -657,7 +413,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         gpus = [g.strip() for g in args.gpus.split(",")] if args.gpus else None
         run_study(args.profile, args.encoders, parse_overrides(args.param), force=args.force,
                   book=not args.no_book, root=args.root, gpus=gpus, encoder_steps_only=args.encoder_steps_only)
-    except (StudyStepError, ValueError, RuntimeError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError) as exc:
+        return user_error_exit(exc)
+    except (StudyStepError, RuntimeError) as exc:
         print(f"\n[study] FAILED: {exc}", file=sys.stderr)
         return 1
     return 0

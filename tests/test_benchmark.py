@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from mvlip_utils import benchmark as B
+from mvlip_utils import flops
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -292,24 +293,24 @@ def test_fused_adamw_takes_the_same_step_as_the_default_one():
 
 def test_flops_per_image_counts_matmuls_and_convolutions():
     linear = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 10))
-    assert B.flops_per_image(linear, 4, "inference") == 2 * 48 * 10  # one multiply-add = 2 FLOPs
+    assert flops.flops_per_image(linear, 4, "inference") == 2 * 48 * 10  # one multiply-add = 2 FLOPs
     # a training step adds the backward pass: gradients of the weights (and of the input) take about twice
-    train = B.flops_per_image(linear, 4, "train")
+    train = flops.flops_per_image(linear, 4, "train")
     assert 2 * 2 * 48 * 10 <= train <= 3 * 2 * 48 * 10
     conv = nn.Conv2d(3, 8, kernel_size=3, padding=1)
-    assert B.flops_per_image(conv, 6, "inference") == 2 * (3 * 3 * 3) * 8 * 6 * 6
+    assert flops.flops_per_image(conv, 6, "inference") == 2 * (3 * 3 * 3) * 8 * 6 * 6
     assert conv.training  # the module's mode is restored
     assert all(p.grad is None for p in linear.parameters())
 
 
 def test_utilisation_is_achieved_flops_over_the_datasheet_peak():
-    assert B.peak_flops("NVIDIA H200", "fp32") == B.peak_flops("NVIDIA H200", "fp32-tf32conv") == 66.9e12
-    assert B.peak_flops("NVIDIA H200", "bf16") > B.peak_flops("NVIDIA H200", "tf32") > 66.9e12
-    assert B.peak_flops("CPU (x86_64, 2 cores)", "fp32") is None
-    u = B.utilisation_fields(1e9, 6690.0, "NVIDIA H200", "fp32")
+    assert flops.peak_flops("NVIDIA H200", "fp32") == flops.peak_flops("NVIDIA H200", "fp32-tf32conv") == 66.9e12
+    assert flops.peak_flops("NVIDIA H200", "bf16") > flops.peak_flops("NVIDIA H200", "tf32") > 66.9e12
+    assert flops.peak_flops("CPU (x86_64, 2 cores)", "fp32") is None
+    u = flops.utilisation_fields(1e9, 6690.0, "NVIDIA H200", "fp32")
     assert u["tflops_per_s"] == pytest.approx(6.69) and u["utilisation"] == pytest.approx(0.1)
-    assert B.utilisation_fields(1e9, 10.0, "CPU (x86_64, 2 cores)", "fp32")["utilisation"] is None
-    assert B.utilisation_fields(None, 10.0, "NVIDIA H200", "fp32")["tflops_per_s"] is None
+    assert flops.utilisation_fields(1e9, 10.0, "CPU (x86_64, 2 cores)", "fp32")["utilisation"] is None
+    assert flops.utilisation_fields(None, 10.0, "NVIDIA H200", "fp32")["tflops_per_s"] is None
 
 
 def test_interleaved_ratio_alternates_and_reports_the_spread():

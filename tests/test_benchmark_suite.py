@@ -5,7 +5,8 @@ import dataclasses
 import pytest
 
 from mvlip_utils import benchmark_suite as suite
-from mvlip_utils import results, train
+from mvlip_utils import experiment as exp
+from mvlip_utils import results
 from mvlip_utils.profiles import get_bench_settings, get_config
 
 
@@ -15,7 +16,7 @@ def experiment(tmp_path_factory):
     config = get_config("smoke", encoder="mambavision", generated_classes=3, generated_train_per_class=4,
                         generated_val_per_class=4, image_size=32, batch_size=4, eval_batch_size=4, device="cpu",
                         data_dir=str(tmp / "data"), results_dir=str(tmp / "results"))
-    return train.build_experiment(config, progress=False)
+    return exp.build_experiment(config, progress=False)
 
 
 BENCH = get_bench_settings("smoke", warmup=1, repeats=2, eval_repeats=2, eval_workers=2, best_batch=4,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mvlip_utils import discussion, study
+from mvlip_utils import discussion, notebooks, study
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -99,7 +99,7 @@ def test_smoke_book_as_a_reader_sees_it_in_headless_chromium(tmp_path):
     page = html / "book" / "executed" / "smoke" / "05_discussion.html"
     findings_page = html / "book" / "executed" / "00_findings.html"
     for chapter in ("index.html", "book/executed/00_findings.html", "book/executed/smoke/01_setup.html",
-                    *(f"book/executed/smoke/{e}/{nb}.html" for e in ENCODERS for nb in study.PER_ENCODER)):
+                    *(f"book/executed/smoke/{e}/{nb}.html" for e in ENCODERS for nb in notebooks.PER_ENCODER)):
         assert (html / chapter).is_file(), f"missing chapter {chapter}"
     run = root / "results" / "smoke" / "vit"
     metrics = json.loads((run / "metrics.json").read_text())

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mvlip_utils import distributed as dist_mod
-from mvlip_utils import results, train
+from mvlip_utils import experiment as exp, results, run_folder, train
 from mvlip_utils.profiles import get_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,9 +57,9 @@ def test_two_gloo_processes_train_what_one_process_trains(tmp_path):
     np.testing.assert_allclose(got.val_zeroshot_loss, expected.val_zeroshot_loss, rtol=1e-5)
     # and the same final weights: elementwise, and as a whole against how far training moved them
     # (AdamW divides by sqrt(v): a gradient that differs in its last bits can move a weight by ~1% of lr; measured: differ ~2e-5 x moved)
-    a = torch.load(one_run / train.CHECKPOINT, weights_only=True)["model"]
-    b = torch.load(two_run / train.CHECKPOINT, weights_only=True)["model"]
-    init = train.build_experiment(single, progress=False).model.state_dict()
+    a = torch.load(one_run / run_folder.CHECKPOINT, weights_only=True)["model"]
+    b = torch.load(two_run / run_folder.CHECKPOINT, weights_only=True)["model"]
+    init = exp.build_experiment(single, progress=False).model.state_dict()
     assert set(a) == set(b)
     for key in a:
         assert torch.allclose(a[key], b[key], rtol=1e-4, atol=1e-4), (key, (a[key] - b[key]).abs().max())

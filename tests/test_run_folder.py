@@ -15,7 +15,7 @@ import nbformat
 import pandas as pd
 import pytest
 
-from mvlip_utils import params, results, study, train
+from mvlip_utils import experiment as exp, params, results, run_folder, study, train
 from mvlip_utils.profiles import get_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +55,7 @@ def finished(tmp_path_factory):
 def test_another_number_of_epochs_on_a_finished_run_is_refused_and_changes_nothing(finished, epochs):
     config, _, before = finished
     run = results.run_dir(config)
-    with pytest.raises(train.RunMismatchError) as info:
+    with pytest.raises(run_folder.RunMismatchError) as info:
         train.train_run(config.replace(epochs=epochs), progress=False)
     message = str(info.value)
     assert str(run) in message and "a finished 2-epoch run" in message
@@ -78,9 +78,9 @@ def test_a_finished_run_of_the_same_parameters_is_returned_without_writing_anyth
 def test_reusable_run_loads_the_same_run_and_refuses_another(finished):
     config, _, before = finished
     assert params.reusable_run(config)
-    with pytest.raises(train.RunMismatchError, match="a finished 2-epoch run.*epochs 2 \\(saved\\) vs 6 \\(now\\)"):
+    with pytest.raises(run_folder.RunMismatchError, match="a finished 2-epoch run.*epochs 2 \\(saved\\) vs 6 \\(now\\)"):
         params.reusable_run(config.replace(epochs=6))
-    with pytest.raises(train.RunMismatchError, match="lr 0.001 \\(saved\\) vs 0.0003 \\(now\\)"):
+    with pytest.raises(run_folder.RunMismatchError, match="lr 0.001 \\(saved\\) vs 0.0003 \\(now\\)"):
         params.reusable_run(config.replace(lr=3e-4))
     assert not params.reusable_run(config.replace(results_dir=config.results_dir + "-elsewhere"))
     assert snapshot(results.run_dir(config)) == before
@@ -92,7 +92,7 @@ def test_an_interrupted_run_resumes_only_with_its_own_epochs(tmp_path):
     train.train_run(config, progress=False, stop_after_epoch=1)
     assert results.check_run_consistency(run) == [] and not results.is_finished(run)
     before = snapshot(run)
-    with pytest.raises(train.RunMismatchError) as info:
+    with pytest.raises(run_folder.RunMismatchError) as info:
         train.train_run(config.replace(epochs=3), progress=False)
     assert "a checkpoint after epoch 1 of a 2-epoch run" in str(info.value)
     assert "epochs 2 (saved) vs 3 (now)" in str(info.value)
@@ -123,7 +123,7 @@ def test_resume_false_retrains_with_the_new_epochs_and_leaves_nothing_of_the_old
     history = train.train_run(config.replace(epochs=1), resume=False, progress=False)
     assert list(history.epoch) == [1]
     assert_consistent(run, epochs=1)
-    assert train.torch.load(run / train.CHECKPOINT, weights_only=False)["epoch"] == 1
+    assert train.torch.load(run / run_folder.CHECKPOINT, weights_only=False)["epoch"] == 1
     assert params.reusable_run(config.replace(epochs=1))
 
 
@@ -244,7 +244,7 @@ def test_a_finished_run_whose_files_disagree_is_refused(tmp_path):
     results.write_json(run / "config.json", {**results.load_config(run), "epochs": 6})  # relabelled
     before = snapshot(run)
     for call in (params.reusable_run, lambda c: train.train_run(c, progress=False)):
-        with pytest.raises(train.RunMismatchError, match="whose files disagree: epochs disagree"):
+        with pytest.raises(run_folder.RunMismatchError, match="whose files disagree: epochs disagree"):
             call(config.replace(epochs=6))
     assert snapshot(run) == before
 
@@ -253,9 +253,9 @@ def test_a_finished_run_whose_files_disagree_is_refused(tmp_path):
 def test_a_new_dataset_generator_writes_a_new_folder_instead_of_redrawing_a_finished_runs_images(tmp_path,
                                                                                                   monkeypatch):
     config = tiny_config(tmp_path)
-    old = train.dataset_root(config, progress=False)
+    old = exp.dataset_root(config, progress=False)
     before = {p: p.read_bytes() for p in sorted(old.rglob("*.png"))}
-    monkeypatch.setattr(train.generated, "GENERATOR_VERSION", train.generated.GENERATOR_VERSION + 1)
-    new = train.dataset_root(config, progress=False)
-    assert new != old and new.name.endswith(f"-gen{train.generated.GENERATOR_VERSION}")
+    monkeypatch.setattr(exp.generated, "GENERATOR_VERSION", exp.generated.GENERATOR_VERSION + 1)
+    new = exp.dataset_root(config, progress=False)
+    assert new != old and new.name.endswith(f"-gen{exp.generated.GENERATOR_VERSION}")
     assert {p: p.read_bytes() for p in sorted(old.rglob("*.png"))} == before

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from mvlip_utils import params, results, study
+from mvlip_utils import book, notebooks, params, results, reuse, study
 from mvlip_utils.profiles import ENCODERS, get_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,7 +19,7 @@ NOTEBOOK_FILES = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 # ------------------------------------------------------------------------------- notebook hygiene
 def test_the_six_notebooks_are_there():
-    assert [p.stem for p in NOTEBOOK_FILES] == list(study.NOTEBOOKS)
+    assert [p.stem for p in NOTEBOOK_FILES] == list(notebooks.NOTEBOOKS)
 
 
 @pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=lambda p: p.stem)
@@ -41,14 +41,14 @@ def test_one_parameters_cell_first_with_every_parameter_and_its_help(path):
     first_code = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code")
     assert tagged[0] == first_code, f"{path.name}: the parameters cell is not the first code cell"
     # the cell is generated from the fields' help texts (profiles.StudyConfig / BenchSettings): one source
-    assert nb.cells[tagged[0]].source == study.parameters_cell_source(path.stem), (
-        f"{path.name}: its parameters cell differs from study.parameters_cell_source({path.stem!r})")
+    assert nb.cells[tagged[0]].source == params.parameters_cell_source(path.stem), (
+        f"{path.name}: its parameters cell differs from params.parameters_cell_source({path.stem!r})")
     names = study.notebook_parameters(path)
     assert len(names) == len(set(names)), f"{path.name}: a parameter is assigned twice"
-    if path.stem != study.FINDINGS:
-        missing = set(params.parameter_names()) - set(names) - ({"encoder"} if path.stem not in study.PER_ENCODER else set())
+    if path.stem != notebooks.FINDINGS:
+        missing = set(params.parameter_names()) - set(names) - ({"encoder"} if path.stem not in notebooks.PER_ENCODER else set())
         assert not missing, f"{path.name}: parameters cell lacks {sorted(missing)}"
-    assert ("encoder" in names) == (path.stem in study.PER_ENCODER) and ("encoders" in names) != (path.stem in study.PER_ENCODER)
+    assert ("encoder" in names) == (path.stem in notebooks.PER_ENCODER) and ("encoders" in names) != (path.stem in notebooks.PER_ENCODER)
     values = {t.id: ast.literal_eval(n.value) for n in ast.parse(nb.cells[tagged[0]].source).body
               if isinstance(n, ast.Assign) for t in n.targets}
     assert values.get("profile", "smoke") == "smoke"
@@ -80,22 +80,22 @@ def test_committed_toc_is_the_default_books_toc():
     """_toc.yml (for `jupyter-book build .`) is what `make book` generates on a fresh clone: the findings,
     the smoke edition and every recorded edition committed under book/recorded/."""
     editions = {"smoke": list(ENCODERS), **study.recorded_editions(ROOT, exclude=["smoke"])}
-    assert (ROOT / "_toc.yml").read_text() == study.toc_text(editions, ROOT)
+    assert (ROOT / "_toc.yml").read_text() == book.toc_text(editions, ROOT)
 
 
 # ---------------------------------------------------------------------------------- plan, params
 def test_plan_runs_setup_once_each_encoder_then_discussion():
-    steps = study.plan(["swin", "vit"])
+    steps = notebooks.plan(["swin", "vit"])
     assert [s.label for s in steps] == [
         "smoke: 01_setup", "smoke: 02_train [swin]", "smoke: 03_evaluate [swin]", "smoke: 04_benchmark [swin]",
         "smoke: 02_train [vit]", "smoke: 03_evaluate [vit]", "smoke: 04_benchmark [vit]", "smoke: 05_discussion"]
     assert steps[1].output(Path("book")) == Path("book/executed/smoke/swin/02_train.ipynb")
     # a GPU profile's edition is recorded (committed as executed), its discussion rebuilt wherever the book is
-    speed = study.plan(["vit"], "speed")
+    speed = notebooks.plan(["vit"], "speed")
     assert speed[0].output(Path("book")) == Path("book/recorded/speed/01_setup.ipynb")
     assert speed[1].output(Path("book")) == Path("book/recorded/speed/vit/02_train.ipynb")
     assert speed[-1].output(Path("book")) == Path("book/executed/speed/05_discussion.ipynb")
-    assert study.Step(study.FINDINGS).output(Path("book")) == Path("book/executed/00_findings.ipynb")
+    assert notebooks.Step(notebooks.FINDINGS).output(Path("book")) == Path("book/executed/00_findings.ipynb")
 
 
 def test_parse_overrides_types_values_and_rejects_bad_pairs():
@@ -121,7 +121,7 @@ def test_check_overrides_names_the_bad_parameter():
 
 
 def test_step_parameters_pass_only_what_the_notebook_defines():
-    train, setup = study.Step(study.TRAIN, "swin"), study.Step(study.SETUP)
+    train, setup = notebooks.Step(notebooks.TRAIN, "swin"), notebooks.Step(notebooks.SETUP)
     overrides = {"epochs": 1, "repeats": 2}
     assert study.step_parameters(train, "smoke", ["swin"], overrides, ["profile", "encoder", "epochs"]) == {
         "profile": "smoke", "epochs": 1, "encoder": "swin"}
@@ -129,7 +129,7 @@ def test_step_parameters_pass_only_what_the_notebook_defines():
         "profile": "smoke", "epochs": 1, "encoders": ["swin", "vit"]}
     forced = study.step_parameters(train, "smoke", ["swin"], {}, [], force=True)
     assert forced["resume"] is False
-    findings = study.step_parameters(study.Step(study.FINDINGS), "smoke", ["vit"], {"results_dir": "r"}, ["results_dir"])
+    findings = study.step_parameters(notebooks.Step(notebooks.FINDINGS), "smoke", ["vit"], {"results_dir": "r"}, ["results_dir"])
     assert findings == {"results_dir": "r", "encoders": ["vit"]}  # every edition: no profile
 
 
@@ -157,7 +157,7 @@ def _notebook(path: Path, *cells: str, parameters: str = "profile = 'smoke'\nenc
 def test_failure_names_notebook_encoder_and_cell(tmp_path):
     source = _notebook(tmp_path / "02_train.ipynb", "x = 1",
                        "values = {'a': 1}\nraise ValueError(f'boom: bad value {values}')\ny = 2")
-    step = study.Step(study.TRAIN, "swin")
+    step = notebooks.Step(notebooks.TRAIN, "swin")
     output = tmp_path / "out" / "02_train.ipynb"
     with pytest.raises(study.StudyStepError) as info:
         study.execute_step(step, source, output, {"profile": "smoke", "encoder": "swin"},
@@ -243,17 +243,17 @@ def test_second_run_reuses_and_a_changed_run_reruns_what_reads_it(tmp_path):
 
 def test_fingerprint_follows_notebook_parameters_library_and_inputs(tmp_path):
     source = _notebook(tmp_path / "02_train.ipynb", "x = 1")
-    base = study.fingerprint(source, {"profile": "smoke", "encoder": "vit"}, "lib1")
-    assert study.fingerprint(source, {"profile": "smoke", "encoder": "vit", "resume": False}, "lib1") == base
-    assert study.fingerprint(source, {"profile": "smoke", "encoder": "swin"}, "lib1") != base
-    assert study.fingerprint(source, {"profile": "smoke", "encoder": "vit"}, "lib2") != base
-    assert study.fingerprint(source, {"profile": "smoke", "encoder": "vit"}, "lib1", "inputs") != base
+    base = reuse.fingerprint(source, {"profile": "smoke", "encoder": "vit"}, "lib1")
+    assert reuse.fingerprint(source, {"profile": "smoke", "encoder": "vit", "resume": False}, "lib1") == base
+    assert reuse.fingerprint(source, {"profile": "smoke", "encoder": "swin"}, "lib1") != base
+    assert reuse.fingerprint(source, {"profile": "smoke", "encoder": "vit"}, "lib2") != base
+    assert reuse.fingerprint(source, {"profile": "smoke", "encoder": "vit"}, "lib1", "inputs") != base
     _notebook(source, "x = 2")
-    assert study.fingerprint(source, {"profile": "smoke", "encoder": "vit"}, "lib1") != base
+    assert reuse.fingerprint(source, {"profile": "smoke", "encoder": "vit"}, "lib1") != base
     (tmp_path / "a.json").write_text("1")
-    digest = study.files_digest([tmp_path / "a.json", tmp_path / "missing.json"], tmp_path)
+    digest = reuse.files_digest([tmp_path / "a.json", tmp_path / "missing.json"], tmp_path)
     (tmp_path / "a.json").write_text("2")
-    assert study.files_digest([tmp_path / "a.json", tmp_path / "missing.json"], tmp_path) != digest
+    assert reuse.files_digest([tmp_path / "a.json", tmp_path / "missing.json"], tmp_path) != digest
 
 
 def test_force_reruns_everything_and_retrains(tmp_path):
@@ -274,7 +274,7 @@ def _record_an_edition(root: Path, profile: str = "speed", encoder: str = "vit")
     and the run folder's small files."""
     base = root / "book" / "recorded" / profile
     _notebook(base / "01_setup.ipynb", "print('recorded on a GPU')")
-    for nb in study.PER_ENCODER:
+    for nb in notebooks.PER_ENCODER:
         _notebook(base / encoder / f"{nb}.ipynb", "print('recorded on a GPU')")
     results.write_json(base / "edition.json", {"profile": profile, "encoders": [encoder],
                                                "provenance": {"gpu_name": "NVIDIA H200", "date_utc": "2026-11-28T23:00:00"}})
@@ -296,7 +296,7 @@ def test_a_recorded_edition_is_in_the_book_as_executed_and_never_run_without_a_g
     assert {p: p.read_bytes() for p in recorded} == recorded
     findings = nbformat.read(tmp_path / "book" / "executed" / "00_findings.ipynb", 4)
     assert findings.metadata["papermill"]["parameters"]["editions"] == ["smoke", "speed"]
-    toc = study.toc_text({"smoke": ["vit"], **study.recorded_editions(tmp_path, exclude=["smoke"])}, tmp_path)
+    toc = book.toc_text({"smoke": ["vit"], **study.recorded_editions(tmp_path, exclude=["smoke"])}, tmp_path)
     assert "file: book/recorded/speed/vit/02_train" in toc and "file: book/executed/speed/05_discussion" in toc
     assert toc.index("book/executed/00_findings") < toc.index("book/executed/smoke/01_setup")
     assert "Edition speed: NVIDIA H200, random weights (recorded 2026-11-28)" in toc
@@ -315,7 +315,7 @@ def test_encoders_in_parallel_processes_and_a_failing_one_named(tmp_path):
     report = study.run_study("smoke", ["swin", "vit"], book=False, root=tmp_path, log=lines.append, gpus=["cpu", "cpu"])
     statuses = _statuses(report)
     for encoder in ("swin", "vit"):
-        for nb in study.PER_ENCODER:
+        for nb in notebooks.PER_ENCODER:
             assert statuses[f"smoke: {nb} [{encoder}]"] == "executed"
         assert any(line.startswith(f"[{encoder} on gpu cpu]") and "done in" in line for line in lines)
     assert statuses["smoke: 05_discussion"] == "executed" and report["failed"] == []
@@ -326,7 +326,7 @@ def test_encoders_in_parallel_processes_and_a_failing_one_named(tmp_path):
         study.run_study("smoke", ["swin", "vit"], book=False, root=tmp_path, log=lines.append, gpus=["cpu", "cpu"],
                         force=True)
     assert "swin" not in str(info.value).split("failed:")[1].split("(")[0]
-    assert any(line.startswith("[study] vit on gpu cpu: FAILED") for line in lines)
+    assert any(line.startswith("[launch] vit on gpu cpu: FAILED") for line in lines)
     swin_train = nbformat.read(tmp_path / "book" / "executed" / "smoke" / "swin" / "04_benchmark.ipynb", 4)
     assert swin_train.metadata["papermill"]["end_time"]  # swin's chain finished
     with pytest.raises(ValueError, match="--gpus: 1 entries for 2 encoders"):
@@ -346,7 +346,7 @@ def test_cli_reports_a_failing_step_and_exits_nonzero(tmp_path, capsys):
 # ------------------------------------------------------------------------------ reusable runs
 def test_reusable_run_needs_same_parameters_and_epochs_and_refuses_another_finished_run(tmp_path):
     from mvlip_utils.towers import architecture
-    from mvlip_utils.train import RunMismatchError
+    from mvlip_utils.run_folder import RunMismatchError
 
     config = get_config("smoke", encoder="vit", results_dir=str(tmp_path), epochs=2)
     run = results.run_dir(config)
@@ -377,15 +377,15 @@ def test_book_build_treats_warnings_as_errors(tmp_path):
     (tmp_path / "book").mkdir()
     (tmp_path / "_config.yml").write_text((ROOT / "_config.yml").read_text())
     (tmp_path / "book" / "intro.md").write_text("# Intro\n\nSee {ref}`no-such-label`.\n")
-    toc = study.write_toc(tmp_path / "toc.yml", {}, tmp_path)
+    toc = book.write_toc(tmp_path / "toc.yml", {}, tmp_path)
     toc.write_text("format: jb-book\nroot: book/intro\n")
     with pytest.raises(RuntimeError, match="warnings are errors") as info:
-        study.build_book(tmp_path, toc, log=lambda _: None)
+        book.build_book(tmp_path, toc, log=lambda _: None)
     assert "no-such-label" in str(info.value)
     (tmp_path / "book" / "intro.md").write_text("# Intro\n\nNothing to warn about.\n")
     # pages outside the table of contents (hidden folders included) stay out of the build
     for stray in (".pytest_cache/README.md", "notes.md", "results/smoke/vit/readme.md"):
         (tmp_path / stray).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / stray).write_text("# Not a chapter\n")
-    html = study.build_book(tmp_path, toc, log=lambda _: None)
+    html = book.build_book(tmp_path, toc, log=lambda _: None)
     assert (html / "book" / "intro.html").is_file()

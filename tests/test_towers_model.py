@@ -10,7 +10,7 @@ from mvlip_utils.data import TEMPLATES
 from mvlip_utils.model import MVLIP, PromptBank, create_text_tower
 from mvlip_utils.towers import (TIMM_NAMES, WeightsUnavailableError, count_parameters, create_image_tower)
 
-# FACTS.md: parameter counts with the 512-d head (timm 1.0.31, mambavision 1.2.0)
+# Parameter counts with the 512-d head (timm 1.0.31, mambavision 1.2.0)
 PAPER_PARAMS_M = {"mambavision": 97.2, "swin": 87.3, "vit": 87.8}
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from sklearn.metrics import f1_score, precision_score, recall_score, top_k_accuracy_score
 
-from mvlip_utils import results, towers, train
+from mvlip_utils import experiment as exp, results, run_folder, towers, train
 from mvlip_utils.evaluate import classification_metrics
 from mvlip_utils.profiles import get_config
 
@@ -120,7 +120,7 @@ def test_a_run_writes_every_results_file_with_the_documented_keys(finished_run):
     assert len(per_class) == 4 and per_class.n.sum() == 16
     confusion = pd.read_csv(run / "confusion.csv", index_col=0)
     assert confusion.values.sum() == 16 and np.trace(confusion.values) / 16 == pytest.approx(metrics["accuracy"])
-    assert (run / train.CHECKPOINT).is_file()
+    assert (run / run_folder.CHECKPOINT).is_file()
     assert np.isfinite(history[["train_loss", "val_loss", "val_zeroshot_loss"]].values).all()
     timings = pd.read_csv(run / "timings.csv")
     assert list(timings.columns) == results.TIMING_COLUMNS and list(timings.epoch) == [1, 2]
@@ -133,16 +133,16 @@ def test_one_validation_pass_gives_the_loss_and_the_metrics_of_two(finished_run)
     """train.validate computes the validation contrastive loss from the zero-shot pass's own image features:
     the same numbers as a separate contrastive pass and a separate zero-shot evaluation."""
     _, config, _ = finished_run
-    experiment = train.build_experiment(config, progress=False)
+    experiment = exp.build_experiment(config, progress=False)
     loss_fn = train.ClipLoss()
     val_loss, evaluation = train.validate(experiment, loss_fn, progress=False)
-    separate = train.evaluate_experiment(experiment, progress=False)
+    separate = exp.evaluate_experiment(experiment, progress=False)
     np.testing.assert_allclose(evaluation["logits"], separate["logits"], rtol=1e-6, atol=1e-6)
     draws = train._epoch_generator(config.seed, 0, stream=2)
     losses, sizes = [], []
     experiment.model.eval()
     with torch.no_grad():
-        for images, labels in train.eval_loader(experiment):
+        for images, labels in exp.eval_loader(experiment):
             templates = torch.randint(len(experiment.bank.templates), (len(labels),), generator=draws)
             losses.append(train.contrastive_loss(experiment, loss_fn, images, labels, templates).item())
             sizes.append(len(labels))
@@ -170,10 +170,10 @@ def test_the_fused_training_step_gives_the_eager_steps_losses(tmp_path):
 
 def test_only_the_image_tower_learns(tmp_path):
     config = tiny_config(tmp_path, epochs=1)
-    experiment = train.build_experiment(config, progress=False)
+    experiment = exp.build_experiment(config, progress=False)
     text_before = {k: v.clone() for k, v in experiment.model.text.state_dict().items()}
     visual_before = {k: v.clone() for k, v in experiment.model.visual.state_dict().items()}
-    optimizer, scheduler = train.make_optimizer(experiment)
+    optimizer, scheduler = exp.make_optimizer(experiment)
     train.train_one_epoch(experiment, optimizer, scheduler, train.ClipLoss(), epoch=1, progress=False)
     assert all(torch.equal(v, experiment.model.text.state_dict()[k]) for k, v in text_before.items())
     assert any(not torch.equal(v, experiment.model.visual.state_dict()[k]) for k, v in visual_before.items())
@@ -209,7 +209,7 @@ def test_an_interrupted_run_resumes_to_the_same_metrics(tmp_path):
 def test_resume_refuses_a_checkpoint_from_other_parameters(tmp_path):
     config = tiny_config(tmp_path, epochs=2)
     train.train_run(config, progress=False, stop_after_epoch=1)
-    with pytest.raises(train.RunMismatchError, match=r"lr 0.001 \(saved\) vs 0.0005 \(now\)"):
+    with pytest.raises(run_folder.RunMismatchError, match=r"lr 0.001 \(saved\) vs 0.0005 \(now\)"):
         train.train_run(config.replace(lr=5e-4), progress=False)
 
 
@@ -224,7 +224,7 @@ def test_resume_refuses_a_checkpoint_of_another_tower_architecture(tmp_path, mon
 def test_resume_accepts_a_checkpoint_written_before_a_parameter_existed(tmp_path):
     config = tiny_config(tmp_path, epochs=2)
     train.train_run(config, progress=False, stop_after_epoch=1)
-    path = results.run_dir(config) / train.CHECKPOINT
+    path = results.run_dir(config) / run_folder.CHECKPOINT
     state = torch.load(path, weights_only=True)
     del state["config"]["data_cache"]  # as saved by a version without that parameter (its default)
     torch.save(state, path)
@@ -236,7 +236,7 @@ def test_a_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_good_chec
     config = tiny_config(tmp_path, epochs=2)
     train.train_run(config, progress=False, stop_after_epoch=1)
     run = results.run_dir(config)
-    good = torch.load(run / train.CHECKPOINT, weights_only=True)
+    good = torch.load(run / run_folder.CHECKPOINT, weights_only=True)
     original = train.contrastive_loss
 
     def exploding(*args, **kwargs):
@@ -245,8 +245,8 @@ def test_a_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_good_chec
     monkeypatch.setattr(train, "contrastive_loss", exploding)
     with pytest.raises(train.NonFiniteLossError, match="epoch 2, step 0") as info:
         train.train_run(config, progress=False)
-    assert str(run / train.CHECKPOINT) in str(info.value)
-    kept = torch.load(run / train.CHECKPOINT, weights_only=True)
+    assert str(run / run_folder.CHECKPOINT) in str(info.value)
+    kept = torch.load(run / run_folder.CHECKPOINT, weights_only=True)
     assert kept["epoch"] == 1
     assert all(torch.equal(v, kept["model"][k]) for k, v in good["model"].items())
     assert not results.is_finished(run)

@@ -3,7 +3,7 @@
 No weights can be downloaded here, so each test writes a checkpoint in the format its source publishes
 (random tensors, paper-size architecture), loads it through ``create_image_tower(..., pretrained=True,
 weights_path=...)`` / the environment variables / ``create_text_tower(pretrained=True, weights_path=...)``
-(what ``train.build_experiment`` calls with ``config.image_weights`` / ``config.text_weights``), and checks
+(what ``experiment.build_experiment`` calls with ``config.image_weights`` / ``config.text_weights``), and checks
 that every tensor arrives unchanged, that the file's classifier is dropped and that the 512-d projection
 is new. The OpenAI CLIP files are also checked functionally: the loaded towers must compute what
 open_clip's own OpenAI-architecture model (QuickGELU) computes from the same file.
@@ -24,7 +24,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from mvlip_utils import results, train
+from mvlip_utils import results, run_folder, train
 from mvlip_utils.model import TEXT_WEIGHTS_ENV, create_text_tower
 from mvlip_utils.profiles import get_config
 from mvlip_utils.towers import TIMM_NAMES, WEIGHTS_ENV, create_image_tower
@@ -243,7 +243,7 @@ def small_run(tmp_path, **overrides):
 def test_a_run_checkpoint_that_would_run_code_is_refused_on_resume(tmp_path):
     config = small_run(tmp_path)
     train.train_run(config, progress=False, stop_after_epoch=1)
-    path = results.run_dir(config) / train.CHECKPOINT
+    path = results.run_dir(config) / run_folder.CHECKPOINT
     state = torch.load(path, weights_only=True)  # the study's own checkpoint: no allowed types at all
     marker = tmp_path / "code-ran"
     state["extra"] = RunsCode(marker)
@@ -259,7 +259,7 @@ def test_a_checkpoint_of_the_old_format_resumes_only_with_the_opt_in(tmp_path):
     ndarray): refused by default; with trust_pickled_weights the run resumes from it."""
     config = small_run(tmp_path)
     train.train_run(config, progress=False, stop_after_epoch=1)
-    path = results.run_dir(config) / train.CHECKPOINT
+    path = results.run_dir(config) / run_folder.CHECKPOINT
     state = torch.load(path, weights_only=True)
     saved = state["rng"]["numpy"]
     state["rng"]["numpy"] = (saved["bit_generator"], saved["key"].numpy().astype(np.uint32), saved["pos"],

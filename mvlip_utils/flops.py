@@ -1,0 +1,83 @@
+"""FLOPs per image of a tower, counted by PyTorch's ``FlopCounterMode``, and achieved FLOP/s as a fraction of
+a GPU's datasheet peak for a precision (model FLOP utilisation, the run's distance to the hardware's limit).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+MODES = ("inference", "train")
+
+
+def first_tensor(out) -> torch.Tensor:
+    """The output of a module as one tensor: itself, or the first tensor of a tuple, list or dict."""
+    if isinstance(out, torch.Tensor):
+        return out
+    values = list(out.values()) if isinstance(out, dict) else out
+    if isinstance(values, (list, tuple)):
+        for value in values:
+            if isinstance(value, torch.Tensor):
+                return value
+    raise TypeError(f"the module returned {type(out).__name__}; expected a tensor (or a tuple/dict holding one)")
+
+
+# Dense peak rates in FLOP/s by the vendor's datasheets (leads, not measurements): fp32 on the CUDA cores,
+# tf32 and bf16 on the tensor cores. fp32-tf32conv runs its matmuls in fp32, so fp32's peak bounds it.
+PEAK_FLOPS = {
+    "NVIDIA H200": {"fp32": 66.9e12, "tf32": 494.7e12, "bf16": 989.4e12},
+    "NVIDIA H100 80GB HBM3": {"fp32": 66.9e12, "tf32": 494.7e12, "bf16": 989.4e12},
+    "NVIDIA A100-SXM4-80GB": {"fp32": 19.5e12, "tf32": 156e12, "bf16": 312e12},
+    "NVIDIA GeForce RTX 4070 Ti SUPER": {"fp32": 44.1e12, "tf32": 44.1e12, "bf16": 88.2e12},
+}
+_PEAK_OF_PRECISION = {"fp32": "fp32", "fp32-tf32conv": "fp32", "tf32": "tf32", "bf16": "bf16"}
+
+
+def peak_flops(device_name: str | None, precision: str) -> float | None:
+    """The datasheet peak FLOP/s of ``device_name`` for ``precision``; None when not in ``PEAK_FLOPS``."""
+    if precision not in _PEAK_OF_PRECISION:
+        raise ValueError(f"parameter precision={precision!r} is not one of {list(_PEAK_OF_PRECISION)}")
+    return PEAK_FLOPS.get(device_name or "", {}).get(_PEAK_OF_PRECISION[precision])
+
+
+def utilisation_fields(flops_per_image: float | None, images_per_s: float, device_name: str | None,
+                       precision: str) -> dict:
+    """{flops_per_image, tflops_per_s, peak_tflops_per_s, utilisation} of a throughput (None where unknown)."""
+    if not flops_per_image or not math.isfinite(images_per_s):
+        return dict(flops_per_image=flops_per_image, tflops_per_s=None, peak_tflops_per_s=None, utilisation=None)
+    achieved = flops_per_image * images_per_s
+    peak = peak_flops(device_name, precision)
+    return dict(flops_per_image=float(flops_per_image), tflops_per_s=achieved / 1e12,
+                peak_tflops_per_s=peak / 1e12 if peak else None, utilisation=achieved / peak if peak else None)
+
+
+def flops_per_image(module: nn.Module, image_size: int, mode: str = "inference", device="cpu",
+                    batch_size: int = 2, in_chans: int = 3) -> float:
+    """FLOPs per image of a forward pass (``inference``) or of a training step's forward and backward
+    (``train``; the optimizer step is left out), counted by ``torch.utils.flop_counter.FlopCounterMode``
+    on a batch of random images. It counts the ops PyTorch has formulas for (matmuls, convolutions,
+    attention); elementwise work, including a selective scan's recurrence, is not counted, so this is the
+    usual "model FLOPs" of MFU. One multiply-add counts as 2 FLOPs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if mode not in MODES:
+        raise ValueError(f"parameter mode={mode!r} is not one of {list(MODES)}")
+    dev = torch.device(device)
+    module = module.to(dev)
+    was_training = module.training
+    module.train(mode == "train")
+    x = torch.randn((batch_size, in_chans, image_size, image_size), device=dev)
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter:
+            if mode == "train":
+                first_tensor(module(x)).float().pow(2).mean().backward()
+            else:
+                with torch.no_grad():
+                    module(x)
+    finally:
+        module.zero_grad(set_to_none=True)
+        module.train(was_training)
+    return counter.get_total_flops() / batch_size

@@ -1,0 +1,51 @@
+"""One process per encoder, each pinned to its GPU: the study's natural scale-out (three independent runs on
+three GPUs), used by ``python -m mvlip_utils.study --gpus`` and ``python -m mvlip_utils.train --gpus``.
+
+Each job is a command line run with ``CUDA_VISIBLE_DEVICES`` set to its device ("cpu": none, for running
+jobs as CPU processes); their output lines are printed as they come, prefixed with the job's name and
+device; a failing job is named at the end while the others run to their end.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+
+def device_env(device: str) -> dict[str, str]:
+    """The environment of a job pinned to ``device`` (a CUDA index, or "cpu" for none)."""
+    return {**os.environ, "CUDA_VISIBLE_DEVICES": "" if str(device) == "cpu" else str(device), "PYTHONUNBUFFERED": "1"}
+
+
+def run_pinned(jobs: Mapping[str, Sequence[str]], devices: Sequence[str], cwd: str | os.PathLike,
+               log: Callable[[str], None] = print, on_line: Callable[[str, str], None] | None = None) -> list[str]:
+    """Run every job (name -> command) at once, job i on ``devices[i]``; returns the names of the jobs that
+    failed. ``on_line(name, line)`` sees every output line too."""
+    if len(devices) != len(jobs):
+        raise ValueError(f"--gpus: {len(devices)} entries for {len(jobs)} encoders {list(jobs)}; give one each")
+    procs = {name: (device, subprocess.Popen(list(cmd), cwd=Path(cwd), env=device_env(device), stdout=subprocess.PIPE,
+                                             stderr=subprocess.STDOUT, text=True))
+             for (name, cmd), device in zip(jobs.items(), devices)}
+    lock = threading.Lock()
+
+    def relay(name: str, device: str, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            with lock:
+                log(f"[{name} on gpu {device}] {line.rstrip()}")
+                if on_line:
+                    on_line(name, line.rstrip())
+        proc.wait()
+
+    threads = [threading.Thread(target=relay, args=(name, device, proc)) for name, (device, proc) in procs.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    failed = [name for name, (_, proc) in procs.items() if proc.returncode != 0]
+    for name in failed:
+        device, proc = procs[name]
+        log(f"[launch] {name} on gpu {device}: FAILED (exit {proc.returncode})")
+    return failed

@@ -1,0 +1,230 @@
+"""What a run folder holds, and the rules that keep it true: the checkpoint written after every epoch for an
+exact resume (tensors and plain values only, read back with ``weights_only=True``), the files that describe
+the run (config.json at its start; metrics.json and the per-class and per-image files at its end), and the
+refusal (``RunMismatchError``) of a folder that holds another run: other parameters, ``epochs`` included,
+or another tower architecture. A run is never reused, extended or relabelled silently.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import results
+from .experiment import Experiment, sample_paths
+from .model import MVLIP
+from .profiles import StudyConfig, changed_parameters
+from .towers import SSM_BACKEND, architecture, count_parameters
+from .weights import TRUST_ENV, load_torch_file
+
+
+CHECKPOINT = "checkpoint.pt"
+
+# How to go on when a run checkpoint needs more than tensors and plain values to load.
+
+
+CHECKPOINT_REMEDY = (
+    "To go on: start the run again (train_run(..., resume=False); the study's --force) or use another "
+    "results_dir; or, if this is a checkpoint the study wrote for you (versions before weights-only loading "
+    f"stored numpy's RNG state), resume it with trust_pickled_weights=True (or {TRUST_ENV}=1).")
+
+
+WAYS_ON = ("To train this run from scratch in that folder, pass resume=False (train_run(..., resume=False), "
+           "the 02_train notebook's `-p resume False`, the train CLI's --no-resume, the study's --force); "
+           "to keep the run that is there, use another results_dir.")
+
+
+class RunMismatchError(ValueError):
+    """The run folder holds another run than the one asked for: a finished run or a checkpoint made with
+    other parameters (``epochs`` included) or another tower architecture, or files that disagree. Nothing
+    in the folder was changed. ``run_dir``, ``holds`` (e.g. "a finished 6-epoch run") and ``changed``
+    ({name: (saved, now)}) say what was found; the message also names the ways on (``WAYS_ON``)."""
+
+    def __init__(self, run_dir: Path, holds: str, reason: str, changed: dict[str, Any] | None = None):
+        self.run_dir, self.holds, self.changed = Path(run_dir), holds, dict(changed or {})
+        extend = (" A run is never extended to more epochs (nor cut to fewer): its cosine schedule would not be "
+                  "that of a run trained for the new number from the start." if "epochs" in self.changed else "")
+        super().__init__(f"run folder {self.run_dir} holds {holds}, {reason}; it is not reused, extended or "
+                         f"relabelled.{extend} {WAYS_ON}")
+
+    @classmethod
+    def other_parameters(cls, run_dir: Path, holds: str, changed: dict[str, Any]) -> RunMismatchError:
+        listed = ", ".join(f"{name} {saved!r} (saved) vs {now!r} (now)" for name, (saved, now) in changed.items())
+        return cls(run_dir, holds, f"made with other parameters: {listed}", changed)
+
+    @classmethod
+    def other_tower(cls, run_dir: Path, holds: str, encoder: str, saved: Any, now: Any) -> RunMismatchError:
+        return cls(run_dir, holds, f"made for another {encoder} tower ({saved}) than the one built now ({now})",
+                   {"architecture": (saved, now)})
+
+
+def _model_state(model: MVLIP, train_text: bool) -> dict[str, torch.Tensor]:
+    # the frozen text tower is rebuilt from its weights (or the seed), so it stays out of the checkpoint
+    return {k: v for k, v in model.state_dict().items() if train_text or not k.startswith("text.")}
+
+
+def _numpy_rng_state() -> dict[str, Any]:
+    """numpy's global RNG state as plain values and a tensor (np.random.get_state() holds an ndarray)."""
+    name, key, pos, has_gauss, cached_gaussian = np.random.get_state()
+    return {"bit_generator": name, "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)}
+
+
+def _set_numpy_rng_state(state: dict[str, Any] | tuple) -> None:
+    """Restore ``_numpy_rng_state()``; a tuple is np.random.get_state() as checkpoints before it stored it."""
+    if isinstance(state, dict):
+        state = (state["bit_generator"], state["key"].numpy().astype(np.uint32), state["pos"],
+                 state["has_gauss"], state["cached_gaussian"])
+    np.random.set_state(state)
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the Python number it holds (exactly); anything else unchanged."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def save_checkpoint(experiment: Experiment, optimizer, scheduler, epoch: int, history: list[dict]) -> Path:
+    """Write the run's state after ``epoch``: tensors and plain Python values only, so that it loads with
+    ``weights_only=True`` and no allowed types."""
+    state = {
+        "epoch": epoch,
+        "model": _model_state(experiment.model, experiment.config.train_text),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_rng_state(), "python": random.getstate(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        "config": experiment.config.to_dict(),
+        "architecture": _architecture(experiment.config),
+        "history": [{k: _plain(v) for k, v in row.items()} for row in history],
+    }
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    path = experiment.run_dir / CHECKPOINT
+    results.atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def load_checkpoint(experiment: Experiment, optimizer, scheduler) -> tuple[int, list[dict]]:
+    """Restore a run from its checkpoint (read with weights_only=True: a checkpoint that needs more is refused
+    unless trust_pickled_weights); returns (last complete epoch, history). (0, []) when none.
+
+    A checkpoint of other parameters (``epochs`` too) or of another tower architecture raises
+    RunMismatchError."""
+    path = experiment.run_dir / CHECKPOINT
+    if not path.is_file():
+        return 0, []
+    state = load_torch_file(path, trust=experiment.config.trust_pickled_weights, what="run checkpoint",
+                            remedy=CHECKPOINT_REMEDY)
+    holds = f"a checkpoint after epoch {state['epoch']} of a {state['config'].get('epochs')}-epoch run"
+    changed = changed_parameters(state["config"], experiment.config)
+    if changed:
+        raise RunMismatchError.other_parameters(experiment.run_dir, holds, changed)
+    saved_tower, tower = state.get("architecture"), _architecture(experiment.config)
+    if saved_tower is not None and saved_tower != tower:
+        raise RunMismatchError.other_tower(experiment.run_dir, holds, experiment.config.encoder, saved_tower, tower)
+    try:
+        missing, unexpected = experiment.model.load_state_dict(state["model"], strict=False)
+    except RuntimeError as exc:  # shapes differ: a checkpoint of another architecture
+        raise ValueError(f"checkpoint {path} does not fit the model built now ({exc}); use another "
+                         f"results_dir, or start again (the study's --force)") from exc
+    if unexpected or any(not k.startswith("text.") for k in missing):
+        raise ValueError(f"checkpoint {path} does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    rng = state["rng"]
+    torch.set_rng_state(rng["torch"])
+    _set_numpy_rng_state(rng["numpy"])
+    random.setstate(rng["python"])
+    if rng.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return int(state["epoch"]), list(state["history"])
+
+
+def _architecture(config: StudyConfig) -> dict[str, Any]:
+    return architecture(config.encoder, config.model_size, config.image_size)
+
+
+def write_run_config(experiment: Experiment) -> None:
+    model = experiment.model
+    results.write_json(experiment.run_dir / "config.json", {
+        **experiment.config.to_dict(),
+        "resolved_device": experiment.device,
+        "device_name": results.device_description(experiment.device),
+        "versions": results.versions(),
+        "ssm_backend": SSM_BACKEND,
+        "data_root": str(experiment.data_root),
+        "n_train": len(experiment.train_set),
+        "n_val": len(experiment.val_set),
+        "n_classes": len(experiment.classnames),
+        "classnames": experiment.classnames,
+        "parameters": {"image_tower": count_parameters(model.visual), "text_tower": count_parameters(model.text)},
+        "timm_name": model.visual.timm_name,
+        "architecture": _architecture(experiment.config),
+    })
+
+
+def write_final_results(experiment: Experiment, evaluation: dict[str, Any], epochs: int) -> dict[str, Any]:
+    run = experiment.run_dir
+    metrics = {key: evaluation[key] for key in results.METRIC_KEYS if key in evaluation}
+    metrics.update(epochs=epochs, zeroshot_loss=evaluation["zeroshot_loss"],
+                   eval_images_per_s=evaluation["images_per_s"])
+    pd.DataFrame(evaluation["per_class"]).to_csv(run / "per_class.csv", index=False)
+    pd.DataFrame(evaluation["confusion"], index=experiment.classnames,
+                 columns=experiment.classnames).to_csv(run / "confusion.csv")
+    pd.DataFrame({"label": evaluation["labels"], "prediction": evaluation["predictions"],
+                  "path": sample_paths(experiment.val_set)}
+                 ).to_csv(run / "predictions.csv", index=False)
+    results.write_json(run / "metrics.json", metrics)
+    return metrics
+
+
+def finished_run_history(config: StudyConfig) -> pd.DataFrame | None:
+    """The history of the finished run in the run folder of ``config`` when it is that run: the same
+    parameters (``epochs`` included; profiles.RUN_IRRELEVANT aside), the same tower architecture and files
+    that agree (results.check_run_consistency). None when the folder holds no finished run (no
+    metrics.json); RunMismatchError when it holds another one. Reads only."""
+    run = results.run_dir(config)
+    if not results.is_finished(run):
+        return None
+    holds = _finished_description(run)
+    problems = results.check_run_consistency(run)
+    if problems:
+        raise RunMismatchError(run, holds, "whose files disagree: " + "; ".join(problems))
+    saved = results.load_config(run)
+    changed = changed_parameters(saved, config)
+    if changed:
+        raise RunMismatchError.other_parameters(run, holds, changed)
+    saved_tower, tower = saved.get("architecture"), _architecture(config)
+    if saved_tower != tower:
+        raise RunMismatchError.other_tower(run, holds, config.encoder, saved_tower, tower)
+    return results.load_history(run)
+
+
+def _finished_description(run: Path) -> str:
+    try:
+        epochs = results.load_metrics(run).get("epochs")
+    except (OSError, ValueError):
+        epochs = None
+    return f"a finished {epochs}-epoch run" if epochs else "a finished run"
+
+
+def read_timings(run: Path, through_epoch: int) -> list[dict[str, Any]]:
+    """The timings.csv rows of the epochs a resumed run already trained (1..through_epoch)."""
+    path = Path(run) / "timings.csv"
+    if through_epoch == 0 or not path.is_file():
+        return []
+    frame = pd.read_csv(path)
+    return frame[frame["epoch"] <= through_epoch].to_dict(orient="records")
+
+
+def clear_run(run: Path) -> None:
+    """Delete what a training run wrote into ``run`` (its checkpoint and results files; benchmark.json,
+    04_benchmark's measurement of the tower, stays): the start of a run from scratch."""
+    for name in (CHECKPOINT, *results.RUN_FILES):
+        (Path(run) / name).unlink(missing_ok=True)
