@@ -245,15 +245,14 @@ def get_bench_settings(profile: str = "smoke", **overrides: Any) -> BenchSetting
 RUN_IRRELEVANT = ("device", "num_workers", "note", "data_cache", "trust_pickled_weights")
 
 
-def changed_parameters(saved: dict[str, Any], config: StudyConfig, ignore: tuple[str, ...] = ()) -> dict[str, Any]:
+def changed_parameters(saved: dict[str, Any], config: StudyConfig) -> dict[str, Any]:
     """{name: (saved, now)} for the parameters where ``config`` differs from a saved configuration.
 
     A key missing from ``saved`` (written before that parameter existed) counts as its default.
     """
     defaults = StudyConfig().to_dict()
-    skip = set(RUN_IRRELEVANT) | set(ignore)
     return {k: (saved.get(k, defaults[k]), v) for k, v in config.to_dict().items()
-            if k not in skip and saved.get(k, defaults[k]) != v}
+            if k not in RUN_IRRELEVANT and saved.get(k, defaults[k]) != v}
 
 
 def needs_cuda(profile: str) -> bool:

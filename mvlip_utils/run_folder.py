@@ -122,12 +122,9 @@ def load_checkpoint(experiment: Experiment, optimizer, scheduler) -> tuple[int, 
     state = load_torch_file(path, trust=experiment.config.trust_pickled_weights, what="run checkpoint",
                             remedy=CHECKPOINT_REMEDY)
     holds = f"a checkpoint after epoch {state['epoch']} of a {state['config'].get('epochs')}-epoch run"
-    changed = changed_parameters(state["config"], experiment.config)
-    if changed:
-        raise RunMismatchError.other_parameters(experiment.run_dir, holds, changed)
-    saved_tower, tower = state.get("architecture"), _architecture(experiment.config)
-    if saved_tower is not None and saved_tower != tower:
-        raise RunMismatchError.other_tower(experiment.run_dir, holds, experiment.config.encoder, saved_tower, tower)
+    # (a checkpoint written before the architecture was saved is checked by its parameters alone)
+    _refuse_other_run(experiment.run_dir, holds, experiment.config, state["config"], state.get("architecture"),
+                      tower_may_be_unsaved=True)
     try:
         missing, unexpected = experiment.model.load_state_dict(state["model"], strict=False)
     except RuntimeError as exc:  # shapes differ: a checkpoint of another architecture
@@ -172,6 +169,8 @@ def write_run_config(experiment: Experiment) -> None:
 def write_final_results(experiment: Experiment, evaluation: dict[str, Any], epochs: int) -> dict[str, Any]:
     run = experiment.run_dir
     metrics = {key: evaluation[key] for key in results.METRIC_KEYS if key in evaluation}
+    # eval_images_per_s times the last validation pass, which also computes the validation loss (train.validate);
+    # Table 2's evaluation-loop throughput is benchmark.json's eval_loop measurement, not this
     metrics.update(epochs=epochs, zeroshot_loss=evaluation["zeroshot_loss"],
                    eval_images_per_s=evaluation["images_per_s"])
     pd.DataFrame(evaluation["per_class"]).to_csv(run / "per_class.csv", index=False)
@@ -197,13 +196,21 @@ def finished_run_history(config: StudyConfig) -> pd.DataFrame | None:
     if problems:
         raise RunMismatchError(run, holds, "whose files disagree: " + "; ".join(problems))
     saved = results.load_config(run)
-    changed = changed_parameters(saved, config)
+    _refuse_other_run(run, holds, config, saved, saved.get("architecture"))
+    return results.load_history(run)
+
+
+def _refuse_other_run(run: Path, holds: str, config: StudyConfig, saved_config: dict[str, Any],
+                      saved_tower: dict[str, Any] | None, tower_may_be_unsaved: bool = False) -> None:
+    """RunMismatchError when what ``run`` holds (``holds``: its description) was made with other parameters
+    than ``config`` (profiles.changed_parameters) or with another tower architecture; ``tower_may_be_unsaved``
+    lets a missing (None) saved architecture pass."""
+    changed = changed_parameters(saved_config, config)
     if changed:
         raise RunMismatchError.other_parameters(run, holds, changed)
-    saved_tower, tower = saved.get("architecture"), _architecture(config)
-    if saved_tower != tower:
+    tower = _architecture(config)
+    if saved_tower != tower and not (tower_may_be_unsaved and saved_tower is None):
         raise RunMismatchError.other_tower(run, holds, config.encoder, saved_tower, tower)
-    return results.load_history(run)
 
 
 def _finished_description(run: Path) -> str:
