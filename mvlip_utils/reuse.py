@@ -70,14 +70,26 @@ def executed_fingerprint(path: Path) -> str | None:
     return nb.metadata.get("mvlip", {}).get("fingerprint")
 
 
-def run_folder(root: Path, profile: str, encoder: str, overrides: dict[str, Any]) -> Path:
-    """The run folder a step of ``encoder`` writes, as seen from ``root`` (the notebooks' working folder)."""
-    from . import results
+def _config(profile: str, overrides: dict[str, Any], **fields: Any):
+    """The StudyConfig of ``profile`` with those of ``overrides`` that are its fields (and ``fields``)."""
     from .profiles import get_config
 
     names = set(parameter_names())
-    config = get_config(profile, encoder=encoder, **{k: v for k, v in overrides.items() if k in names})
-    return Path(root) / results.run_dir(config)
+    return get_config(profile, **fields, **{k: v for k, v in overrides.items() if k in names})
+
+
+def edition_folder(root: Path, profile: str, overrides: dict[str, Any]) -> Path:
+    """The folder of an edition's runs (``results_dir/<profile>``), as seen from ``root``."""
+    from . import results
+
+    return Path(root) / results.edition_dir(_config(profile, overrides))
+
+
+def run_folder(root: Path, profile: str, encoder: str, overrides: dict[str, Any]) -> Path:
+    """The run folder a step of ``encoder`` writes, as seen from ``root`` (the notebooks' working folder)."""
+    from . import results
+
+    return Path(root) / results.run_dir(_config(profile, overrides, encoder=encoder))
 
 
 def step_inputs(step: Step, root: Path, encoders: Sequence[str], overrides: dict[str, Any],
@@ -98,10 +110,11 @@ def step_inputs(step: Step, root: Path, encoders: Sequence[str], overrides: dict
     profiles = editions if step.notebook == FINDINGS else [step.profile]
     files: list[Path] = []
     if step.notebook == DISCUSSION:  # separate measurements it reports beside the edition's runs
-        probes = Path(root) / "results" / f"{step.profile}-probe"
+        probes = edition_folder(root, step.profile, overrides).with_name(f"{step.profile}-probe")
         files += sorted(p for p in probes.rglob("*") if p.is_file()) if probes.is_dir() else []
     for profile in profiles:
-        files += [root / "results" / profile / "study_projection.json"] if step.notebook == FINDINGS else []
+        if step.notebook == FINDINGS:
+            files.append(edition_folder(root, profile, overrides) / "study_projection.json")
         for encoder in encoders:
             files += run_files(run_folder(root, profile, encoder, overrides))
     return files

@@ -256,6 +256,29 @@ def test_fingerprint_follows_notebook_parameters_library_and_inputs(tmp_path):
     assert reuse.files_digest([tmp_path / "a.json", tmp_path / "missing.json"], tmp_path) != digest
 
 
+def test_step_inputs_are_read_under_results_dir(tmp_path):
+    """The discussion's separate measurements (<results_dir>/<profile>-probe/) and the findings' projections
+    (<results_dir>/<profile>/study_projection.json) are where the notebooks read them, like the run files."""
+    probe = tmp_path / "elsewhere" / "smoke-probe" / "probe.json"
+    probe.parent.mkdir(parents=True)
+    probe.write_text("{}")
+    (tmp_path / "results" / "smoke-probe").mkdir(parents=True)
+    (tmp_path / "results" / "smoke-probe" / "other.json").write_text("{}")
+    discussion, findings = notebooks.Step(notebooks.DISCUSSION), notebooks.Step(notebooks.FINDINGS)
+    overrides = {"results_dir": "elsewhere"}
+    read = reuse.step_inputs(discussion, tmp_path, ["vit"], overrides)
+    assert probe in read and tmp_path / "elsewhere" / "smoke" / "vit" / "metrics.json" in read
+    assert all(p.is_relative_to(tmp_path / "elsewhere") for p in read)
+    read = reuse.step_inputs(findings, tmp_path, ["vit"], overrides, ["smoke", "speed"])
+    for profile in ("smoke", "speed"):
+        assert tmp_path / "elsewhere" / profile / "study_projection.json" in read
+    assert all(p.is_relative_to(tmp_path / "elsewhere") for p in read)
+    # without the override: under results/
+    assert tmp_path / "results" / "smoke-probe" / "other.json" in reuse.step_inputs(discussion, tmp_path, ["vit"], {})
+    assert tmp_path / "results" / "smoke" / "study_projection.json" in reuse.step_inputs(
+        findings, tmp_path, ["vit"], {}, ["smoke"])
+
+
 def test_force_reruns_everything_and_retrains(tmp_path):
     _tiny_study(tmp_path)
     kwargs = dict(profile="smoke", encoders=["vit"], book=False, root=tmp_path, log=lambda _: None)
