@@ -18,18 +18,11 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 FINGERPRINT_IGNORES = ("resume",)  # parameters that change how a step runs, not what it produces
 
 
-def _sha256_files(paths: Iterable[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(paths):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
 def library_hash() -> str:
     """Hash of the mvlip_utils sources and reference data: a change re-executes the notebooks."""
-    return _sha256_files(p for p in PACKAGE_DIR.rglob("*")
-                         if p.is_file() and p.suffix in {".py", ".json", ".csv"} and "__pycache__" not in p.parts)
+    sources = [p for p in PACKAGE_DIR.rglob("*")
+               if p.is_file() and p.suffix in {".py", ".json", ".csv"} and "__pycache__" not in p.parts]
+    return files_digest(sources, PACKAGE_DIR)
 
 
 def files_digest(paths: Iterable[Path], root: Path | None = None) -> str:
