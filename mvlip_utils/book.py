@@ -35,10 +35,10 @@ def toc_text(editions: dict[str, Sequence[str]], root: Path = PROJECT_ROOT) -> s
              "format: jb-book", "root: index", "parts:",
              "  - caption: Findings", "    chapters:",
              f"      - file: book/executed/{FINDINGS}", f"        title: \"{CHAPTER_TITLES[FINDINGS]}\""]
-    for profile in sorted(editions, key=list(PROFILES).index):
-        def path(step: Step) -> str:
-            return step.output(Path("book"), profile).with_suffix("").as_posix()
+    def path(step: Step) -> str:
+        return step.output(Path("book")).with_suffix("").as_posix()
 
+    for profile in sorted(editions, key=list(PROFILES).index):
         lines += [f"  - caption: \"{edition_caption(root, profile)}\"", "    chapters:",
                   f"      - file: {path(Step(SETUP, None, profile))}",
                   f"        title: \"{profile}: {CHAPTER_TITLES[SETUP]}\""]

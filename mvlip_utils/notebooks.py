@@ -34,14 +34,13 @@ class Step:
         where = f" [{self.encoder}]" if self.encoder else ""
         return f"{self.notebook}{where}" if self.notebook == FINDINGS else f"{self.profile}: {self.notebook}{where}"
 
-    def output(self, book_dir: Path, profile: str | None = None) -> Path:
+    def output(self, book_dir: Path) -> Path:
         """Where the executed notebook goes: book/recorded/<profile>/ for a recorded edition's GPU steps,
         else book/executed/<profile>/ (per-encoder ones under <encoder>/); the findings at book/executed/."""
-        profile = profile or self.profile
         if self.notebook == FINDINGS:
             return Path(book_dir) / "executed" / f"{FINDINGS}.ipynb"
-        kind = "recorded" if needs_cuda(profile) and self.notebook in RECORDED_STEPS else "executed"
-        base = Path(book_dir) / kind / profile
+        kind = "recorded" if needs_cuda(self.profile) and self.notebook in RECORDED_STEPS else "executed"
+        base = Path(book_dir) / kind / self.profile
         if self.encoder:
             base = base / self.encoder
         return base / f"{self.notebook}.ipynb"
