@@ -76,12 +76,12 @@ def notebook_parameters(path: str | os.PathLike) -> list[str]:
     return names
 
 
-def step_parameters(step: Step, profile: str, encoders: Sequence[str], overrides: dict[str, Any],
-                    accepted: Iterable[str], force: bool = False) -> dict[str, Any]:
+def step_parameters(step: Step, encoders: Sequence[str], overrides: dict[str, Any], accepted: Iterable[str],
+                    force: bool = False) -> dict[str, Any]:
     """The papermill parameters of one step: the profile, the encoder(s) and those of the user's
     overrides that this notebook's parameters cell defines (``accepted``)."""
     accepted = set(accepted)
-    params: dict[str, Any] = {"profile": profile}
+    params: dict[str, Any] = {"profile": step.profile}
     params.update({k: v for k, v in overrides.items() if k in accepted})
     if step.encoder:
         params["encoder"] = step.encoder
@@ -242,7 +242,7 @@ def run_step(ctx: StudyContext, step: Step, encoders: Sequence[str], editions: S
     """Execute ``step`` unless its executed copy is up to date (and not ``force``): (label, status, seconds)."""
     source = ctx.sources[step.notebook]
     output = step.output(ctx.root / "book")
-    params = step_parameters(step, step.profile, encoders, ctx.overrides, ctx.accepted[step.notebook], ctx.force)
+    params = step_parameters(step, encoders, ctx.overrides, ctx.accepted[step.notebook], ctx.force)
     if step.notebook == FINDINGS:
         params["editions"] = list(editions)
 

@@ -123,13 +123,13 @@ def test_check_overrides_names_the_bad_parameter():
 def test_step_parameters_pass_only_what_the_notebook_defines():
     train, setup = notebooks.Step(notebooks.TRAIN, "swin"), notebooks.Step(notebooks.SETUP)
     overrides = {"epochs": 1, "repeats": 2}
-    assert study.step_parameters(train, "smoke", ["swin"], overrides, ["profile", "encoder", "epochs"]) == {
+    assert study.step_parameters(train, ["swin"], overrides, ["profile", "encoder", "epochs"]) == {
         "profile": "smoke", "epochs": 1, "encoder": "swin"}
-    assert study.step_parameters(setup, "smoke", ["swin", "vit"], overrides, ["epochs"]) == {
+    assert study.step_parameters(setup, ["swin", "vit"], overrides, ["epochs"]) == {
         "profile": "smoke", "epochs": 1, "encoders": ["swin", "vit"]}
-    forced = study.step_parameters(train, "smoke", ["swin"], {}, [], force=True)
+    forced = study.step_parameters(train, ["swin"], {}, [], force=True)
     assert forced["resume"] is False
-    findings = study.step_parameters(notebooks.Step(notebooks.FINDINGS), "smoke", ["vit"], {"results_dir": "r"}, ["results_dir"])
+    findings = study.step_parameters(notebooks.Step(notebooks.FINDINGS), ["vit"], {"results_dir": "r"}, ["results_dir"])
     assert findings == {"results_dir": "r", "encoders": ["vit"]}  # every edition: no profile
 
 
