@@ -38,17 +38,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from .profiles import ENCODERS, PROFILES, needs_cuda
-from .book import build_book, write_toc
+from .profiles import ENCODERS, PROFILES, get_config, needs_cuda
+from .book import _ANSI, PROJECT_ROOT, build_book, write_toc
 from .launch import run_pinned
 from .reuse import executed_fingerprint, files_digest, fingerprint, library_hash, step_inputs
 from .notebooks import (DISCUSSION, FINDINGS, NOTEBOOKS, PER_ENCODER, SETUP,
                         TRAIN, Step, plan)
 from .params import parameter_names
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-PACKAGE_DIR = Path(__file__).resolve().parent
-
 
 
 class StudyStepError(RuntimeError):
@@ -119,8 +115,6 @@ def check_overrides(profile: str, encoders: Sequence[str], overrides: dict[str, 
                     notebook_names: Iterable[str] = ()) -> None:
     """Fail before any notebook runs when a parameter is unknown or invalid (the error names it).
     ``notebook_names``: parameters some notebook defines beyond the StudyConfig fields."""
-    from .profiles import ENCODERS, get_config
-
     bad = [e for e in encoders if e not in ENCODERS]
     if bad:
         raise ValueError(f"--encoders: unknown encoder(s) {bad}; choose from {list(ENCODERS)}")
@@ -162,9 +156,6 @@ def kernel_for_this_python() -> str:
 
 
 # ---------------------------------------------------------------------------------------- execute
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
 def describe_failure(step: Step, exc: Any, output: Path, source_lines: int = 8, traceback_lines: int = 20) -> str:
     """A readable account of a PapermillExecutionError: notebook, encoder, cell, source head, error."""
     source = (exc.source or "").splitlines()
