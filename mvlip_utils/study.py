@@ -380,7 +380,7 @@ def write_edition_record(root: Path, profile: str, encoders: Sequence[str], step
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line. A bad parameter or encoder ends in one ``error: ...`` line (exit 2); a notebook that
     fails, or a book build that fails, in the message that names it (exit 1)."""
-    from .params import CommandLineParser, parameter_help_epilog, user_error_exit
+    from .params import USER_ERRORS, CommandLineParser, parameter_help_epilog, user_error_exit
 
     parser = CommandLineParser(prog="python -m mvlip_utils.study", description=__doc__.split("\n\n")[0],
                                epilog=parameter_help_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -404,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         gpus = [g.strip() for g in args.gpus.split(",")] if args.gpus else None
         run_study(args.profile, args.encoders, parse_overrides(args.param), force=args.force,
                   book=not args.no_book, root=args.root, gpus=gpus, encoder_steps_only=args.encoder_steps_only)
-    except (ValueError, FileNotFoundError) as exc:
+    except USER_ERRORS as exc:
         return user_error_exit(exc)
     except (StudyStepError, RuntimeError) as exc:
         print(f"\n[study] FAILED: {exc}", file=sys.stderr)
