@@ -311,7 +311,7 @@ def run_study(profile: str = "smoke", encoders: Sequence[str] | None = None,
             report.append(run_step(ctx, step, encoders, index=f"{i:2d}/{len(steps)}"))
     else:
         report.append(run_step(ctx, steps[0], encoders, index="setup"))
-        chains, failed = run_chains_in_parallel(ctx, profile, encoders, gpus, force)
+        chains, failed = run_chains_in_parallel(ctx, profile, encoders, gpus)
         report += chains
         report.append(run_step(ctx, steps[-1], encoders, index="discussion"))
     editions = {}
@@ -341,14 +341,14 @@ def run_study(profile: str = "smoke", encoders: Sequence[str] | None = None,
     return {"steps": report, "failed": failed, "study_s": study_s, "total_s": total, "html": html}
 
 
-def run_chains_in_parallel(ctx: StudyContext, profile: str, encoders: Sequence[str], gpus: Sequence[str],
-                           force: bool) -> tuple[list[tuple[str, str, float]], list[str]]:
+def run_chains_in_parallel(ctx: StudyContext, profile: str, encoders: Sequence[str],
+                           gpus: Sequence[str]) -> tuple[list[tuple[str, str, float]], list[str]]:
     """Each encoder's train/evaluate/benchmark chain in its own ``python -m mvlip_utils.study`` process pinned to
     its GPU (``launch.run_pinned``). Returns (the chains' steps, the encoders whose chain failed)."""
     jobs = {}
     for encoder in encoders:
         cmd = [sys.executable, "-m", "mvlip_utils.study", "--profile", profile, "--encoders", encoder,
-               "--encoder-steps-only", "--no-book", "--root", str(ctx.root)] + (["--force"] if force else [])
+               "--encoder-steps-only", "--no-book", "--root", str(ctx.root)] + (["--force"] if ctx.force else [])
         for key, value in ctx.overrides.items():
             cmd += ["-p", f"{key}={value!r}"]
         jobs[encoder] = cmd
