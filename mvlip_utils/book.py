@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .notebooks import CHAPTER_TITLES, DISCUSSION, FINDINGS, PER_ENCODER, SETUP, Step
+from .notebooks import CHAPTER_TITLES, DISCUSSION, FINDINGS, PER_ENCODER, SETUP, Step, edition_record_path
 from .profiles import ENCODER_LABELS, PROFILES, TOWER_NAMES
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -20,7 +20,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 def edition_caption(root: Path, profile: str) -> str:
     """'Edition smoke: CPU, random weights' / 'Edition speed: NVIDIA H200, random weights (recorded 2026-11-28)'."""
-    record = Path(root) / "book" / "recorded" / profile / "edition.json"
+    record = edition_record_path(Path(root) / "book", profile)
     weights = "pretrained" if PROFILES[profile].get("pretrained") else "random weights"
     if record.is_file():
         prov = json.loads(record.read_text())["provenance"]

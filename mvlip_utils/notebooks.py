@@ -1,6 +1,7 @@
 """The study's notebooks: their names, an edition's steps (``Step``, ``plan``), where each executed copy goes
-(a recorded GPU edition's under book/recorded/, everything else under book/executed/) and the chapters'
-titles. The runner (``study``), the book (``book``) and the parameters cells (``params``) share them.
+(a recorded GPU edition's under book/recorded/, everything else under book/executed/), where a recorded
+edition's record goes and the chapters' titles. The runner (``study``), the book (``book``) and the
+parameters cells (``params``) share them.
 """
 
 from __future__ import annotations
@@ -44,6 +45,11 @@ class Step:
         if self.encoder:
             base = base / self.encoder
         return base / f"{self.notebook}.ipynb"
+
+
+def edition_record_path(book_dir: Path, profile: str) -> Path:
+    """book/recorded/<profile>/edition.json: a recorded edition's provenance and the seconds of its steps."""
+    return Path(book_dir) / "recorded" / profile / "edition.json"
 
 
 def plan(encoders: Sequence[str], profile: str = "smoke") -> list[Step]:

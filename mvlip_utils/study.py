@@ -42,8 +42,8 @@ from .profiles import ENCODERS, PROFILES, get_config, needs_cuda
 from .book import _ANSI, PROJECT_ROOT, build_book, write_toc
 from .launch import run_pinned
 from .reuse import executed_fingerprint, files_digest, fingerprint, library_hash, step_inputs
-from .notebooks import (DISCUSSION, FINDINGS, NOTEBOOKS, PER_ENCODER, SETUP,
-                        TRAIN, Step, plan)
+from .notebooks import (DISCUSSION, FINDINGS, NOTEBOOKS, PER_ENCODER, SETUP, TRAIN, Step,
+                        edition_record_path, plan)
 from .params import parameter_names
 
 
@@ -251,14 +251,14 @@ def run_step(ctx: StudyContext, step: Step, encoders: Sequence[str], editions: S
 
 
 def recorded_editions(root: Path, exclude: Sequence[str] = ()) -> dict[str, list[str]]:
-    """{profile: encoders} of the recorded editions under book/recorded/ whose setup and per-encoder
-    notebooks are all there (an incomplete one is left out with its chapters)."""
+    """{profile: encoders} of the recorded editions (of the profiles that need CUDA) under book/recorded/
+    whose setup and per-encoder notebooks are all there (an incomplete one is left out with its chapters)."""
     out = {}
-    base = Path(root) / "book" / "recorded"
+    book_dir = Path(root) / "book"
     for profile in PROFILES:
-        if profile in exclude or not (base / profile / f"{SETUP}.ipynb").is_file():
+        if profile in exclude or not needs_cuda(profile) or not Step(SETUP, None, profile).output(book_dir).is_file():
             continue
-        encoders = [e for e in ENCODERS if all((base / profile / e / f"{nb}.ipynb").is_file() for nb in PER_ENCODER)]
+        encoders = [e for e in ENCODERS if all(Step(nb, e, profile).output(book_dir).is_file() for nb in PER_ENCODER)]
         if encoders:
             out[profile] = encoders
     return out
@@ -369,7 +369,7 @@ def write_edition_record(root: Path, profile: str, encoders: Sequence[str], step
     code commit, date, command) and the seconds of each step, for the book and the reader."""
     from .results import collect_provenance, write_json
 
-    path = Path(root) / "book" / "recorded" / profile / "edition.json"
+    path = edition_record_path(Path(root) / "book", profile)
     write_json(path, {"profile": profile, "encoders": list(encoders), "provenance": collect_provenance("cuda"),
                       "steps": [{"step": label, "status": status, "seconds": round(seconds, 1)}
                                 for label, status, seconds in steps]})
