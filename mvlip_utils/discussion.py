@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from .findings import eval_loop_record, relative_change, speed_record
+from .findings import benchmark_rate, benchmark_record, eval_loop_record, relative_change, speed_record
 from .profiles import ENCODER_LABELS, TOWER_NAMES
 
 TABLE1_METRICS = {"accuracy": "Accuracy", "precision_weighted": "Precision (weighted)",
@@ -67,12 +67,9 @@ def table2(runs: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any]) -> pd.
     paper = ref["table2_throughput_images_per_s"]
     encoders = [e for e in ENCODER_LABELS if e in paper or e in runs]
 
-    def rate(encoder: str, pick) -> float:
-        record = pick(runs[encoder]) if encoder in runs else None
-        return float(record["images_per_s"]) if record and record.get("images_per_s") is not None else math.nan
-
-    alone = {e: rate(e, speed_record) for e in encoders}
-    loop = {e: rate(e, eval_loop_record) for e in encoders}
+    alone = {e: benchmark_rate(runs.get(e, {}), kind="model_only", setting="paper's conditions", mode="inference")
+             for e in encoders}
+    loop = {e: benchmark_rate(runs.get(e, {}), kind="eval_loop", source="jpeg") for e in encoders}
     frame = pd.DataFrame(index=[ENCODER_LABELS[e] for e in encoders])
     for label, values in (("paper", {e: paper.get(e, math.nan) for e in encoders}),
                           ("ours, model only", alone), ("ours, paper's method", loop)):
@@ -263,18 +260,14 @@ def eval_loop_sentence(runs: Mapping[str, Mapping[str, Any]]) -> str:
 
 def model_only_sentence(run: Mapping[str, Any], tower: str) -> str:
     """What the model-only settings of one tower show: fused AdamW, strict fp32, the best settings, compile."""
-    frame = run["benchmark"]
-    records = frame.to_dict(orient="records") if frame is not None else []
-
     def rate(**match) -> float:
-        r = find(records, kind="model_only", **match)
-        return float(r["images_per_s"]) if r and r.get("images_per_s") is not None else math.nan
+        return benchmark_rate(run, kind="model_only", **match)
 
     paper_inf, paper_train = rate(setting="paper's conditions", mode="inference"), rate(setting="paper's conditions", mode="train")
     fused = rate(setting="paper's conditions, fused AdamW", mode="train")
     strict_inf, strict_train = rate(setting="strict fp32", mode="inference"), rate(setting="strict fp32", mode="train")
     best_inf, best_train = rate(setting="best: bf16, channels_last", mode="inference"), rate(setting="best: bf16, channels_last", mode="train")
-    compiled = find(records, kind="model_only", setting="best + torch.compile")
+    compiled = benchmark_record(run, kind="model_only", setting="best + torch.compile")
     parts = [f"At the paper's conditions {tower} infers {paper_inf:.1f} images/s and trains {paper_train:.1f}; fused AdamW "
              f"changes the training step by {_pct(relative_change(fused, paper_train))}."]
     if math.isfinite(strict_inf):

@@ -167,21 +167,34 @@ def judge_loss(claim, runs, ref) -> dict[str, Any]:
                 reason=f"MVLIP's zero-shot cross-entropy is {'lower' if reduction > 0 else 'not lower'}")
 
 
-def speed_record(run: Mapping[str, Any], mode: str = "inference", setting: str = PAPER_SPEED_SETTING) -> dict | None:
-    """The model-only record of a run's benchmark at ``setting`` and ``mode`` (None if absent)."""
+def benchmark_record(run: Mapping[str, Any], **match: Any) -> dict | None:
+    """The first record of a run's benchmark whose fields equal ``match`` (None if the run has no benchmark,
+    lacks one of the fields, or has no such record)."""
     frame = run.get("benchmark")
     if frame is None or "kind" not in frame:
         return None
-    rows = frame[(frame["kind"] == "model_only") & (frame.get("setting") == setting) & (frame["mode"] == mode)]
+    rows = frame
+    for key, value in match.items():
+        if key not in rows:
+            return None
+        rows = rows[rows[key] == value]
     return None if rows.empty else rows.iloc[0].to_dict()
+
+
+def benchmark_rate(run: Mapping[str, Any], **match: Any) -> float:
+    """The images/s of ``benchmark_record(run, **match)``; NaN when there is no such record or rate."""
+    record = benchmark_record(run, **match)
+    return float(record["images_per_s"]) if record and record.get("images_per_s") is not None else math.nan
+
+
+def speed_record(run: Mapping[str, Any], mode: str = "inference", setting: str = PAPER_SPEED_SETTING) -> dict | None:
+    """The model-only record of a run's benchmark at ``setting`` and ``mode`` (None if absent)."""
+    return benchmark_record(run, kind="model_only", setting=setting, mode=mode)
 
 
 def eval_loop_record(run: Mapping[str, Any], source: str = "jpeg") -> dict | None:
-    frame = run.get("benchmark")
-    if frame is None or "kind" not in frame:
-        return None
-    rows = frame[(frame["kind"] == "eval_loop") & (frame.get("source") == source)]
-    return None if rows.empty else rows.iloc[0].to_dict()
+    """The record of the paper's method (the whole evaluation loop) from ``source`` (None if absent)."""
+    return benchmark_record(run, kind="eval_loop", source=source)
 
 
 def speed_gap(a: Mapping[str, Any], b: Mapping[str, Any], spread_low: str = "images_per_s_p10",
@@ -377,16 +390,10 @@ def throughput_overview(runs: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
                   ("eval_loop", {"source": "uint8_cache"}, "paper's method, uint8 cache")]
     rows = []
     for encoder, run in runs.items():
-        frame = run.get("benchmark")
-        if frame is None or "kind" not in frame:
-            continue
         for kind, match, label in conditions:
-            sel = frame[frame["kind"] == kind]
-            for key, value in match.items():
-                sel = sel[sel[key] == value] if key in sel else sel.iloc[0:0]
-            if sel.empty or pd.isna(sel.iloc[0].get("images_per_s")):
+            r = benchmark_record(run, kind=kind, **match)
+            if r is None or pd.isna(r.get("images_per_s")):
                 continue
-            r = sel.iloc[0]
             low, high = (r.get("images_per_s_p10"), r.get("images_per_s_p90")) if kind == "model_only" else (
                 r.get("images_per_s_min"), r.get("images_per_s_max"))
             rows.append({"tower": ENCODER_LABELS[encoder], "condition": label, "images/s": float(r["images_per_s"]),

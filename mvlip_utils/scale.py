@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
+from .findings import benchmark_record
 from .flops import peak_flops
 
 ASSUMPTIONS = (
@@ -33,18 +34,6 @@ def study_size(ref: Mapping[str, Any]) -> dict[str, int]:
     p = ref["protocol"]
     return {"epochs": int(p["epochs"]), "train_images": int(p["n_train"]) // int(p["batch_size"]) * int(p["batch_size"]),
             "val_images": int(p["n_val"]), "batch_size": int(p["batch_size"])}
-
-
-def _record(run: Mapping[str, Any], **match: Any) -> dict | None:
-    frame = run.get("benchmark")
-    if frame is None or "kind" not in frame:
-        return None
-    rows = frame
-    for key, value in match.items():
-        if key not in rows:
-            return None
-        rows = rows[rows[key] == value]
-    return None if rows.empty else rows.iloc[0].to_dict()
 
 
 def encoder_projection(run: Mapping[str, Any], ref: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -68,8 +57,8 @@ def encoder_projection(run: Mapping[str, Any], ref: Mapping[str, Any]) -> dict[s
            "validation_minutes": size["epochs"] * size["val_images"] * val_per_image / 60,
            "checkpoint_minutes": size["epochs"] * float(last["checkpoint_seconds"]) / 60,
            "setup_minutes": setup / 60, "projected_minutes": (size["epochs"] * epoch + setup) / 60}
-    train_flops = _record(run, kind="flops", mode="train")
-    forward_flops = _record(run, kind="flops", mode="inference")
+    train_flops = benchmark_record(run, kind="flops", mode="train")
+    forward_flops = benchmark_record(run, kind="flops", mode="inference")
     peak = peak_flops(out["device_name"], "fp32")
     if train_flops and forward_flops and peak:
         flops = size["epochs"] * (size["train_images"] * train_flops["flops_per_image"]
@@ -77,8 +66,8 @@ def encoder_projection(run: Mapping[str, Any], ref: Mapping[str, Any]) -> dict[s
         out.update(study_flops=flops, fp32_floor_minutes=flops / peak / 60,
                    fp32_peak_tflops_per_s=peak / 1e12,
                    utilisation=flops / (out["projected_minutes"] * 60) / peak)
-    trains = _record(run, kind="model_only", setting="paper's conditions, fused AdamW", mode="train")
-    infers = _record(run, kind="model_only", setting="paper's conditions", mode="inference")
+    trains = benchmark_record(run, kind="model_only", setting="paper's conditions, fused AdamW", mode="train")
+    infers = benchmark_record(run, kind="model_only", setting="paper's conditions", mode="inference")
     if trains and infers and trains.get("images_per_s") and infers.get("images_per_s"):
         out["model_only_minutes"] = size["epochs"] * (size["train_images"] / trains["images_per_s"]
                                                       + size["val_images"] / infers["images_per_s"]) / 60
