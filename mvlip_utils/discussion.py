@@ -10,6 +10,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
+from .benchmark_suite import BEST, COMPILED, PAPER, PAPER_FUSED, STRICT
 from .findings import benchmark_rate, benchmark_record, eval_loop_record, relative_change, speed_record
 from .profiles import ENCODER_LABELS, TOWER_NAMES
 
@@ -67,7 +68,7 @@ def table2(runs: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any]) -> pd.
     paper = ref["table2_throughput_images_per_s"]
     encoders = [e for e in ENCODER_LABELS if e in paper or e in runs]
 
-    alone = {e: benchmark_rate(runs.get(e, {}), kind="model_only", setting="paper's conditions", mode="inference")
+    alone = {e: benchmark_rate(runs.get(e, {}), kind="model_only", setting=PAPER, mode="inference")
              for e in encoders}
     loop = {e: benchmark_rate(runs.get(e, {}), kind="eval_loop", source="jpeg") for e in encoders}
     frame = pd.DataFrame(index=[ENCODER_LABELS[e] for e in encoders])
@@ -263,11 +264,11 @@ def model_only_sentence(run: Mapping[str, Any], tower: str) -> str:
     def rate(**match) -> float:
         return benchmark_rate(run, kind="model_only", **match)
 
-    paper_inf, paper_train = rate(setting="paper's conditions", mode="inference"), rate(setting="paper's conditions", mode="train")
-    fused = rate(setting="paper's conditions, fused AdamW", mode="train")
-    strict_inf, strict_train = rate(setting="strict fp32", mode="inference"), rate(setting="strict fp32", mode="train")
-    best_inf, best_train = rate(setting="best: bf16, channels_last", mode="inference"), rate(setting="best: bf16, channels_last", mode="train")
-    compiled = benchmark_record(run, kind="model_only", setting="best + torch.compile")
+    paper_inf, paper_train = rate(setting=PAPER, mode="inference"), rate(setting=PAPER, mode="train")
+    fused = rate(setting=PAPER_FUSED, mode="train")
+    strict_inf, strict_train = rate(setting=STRICT, mode="inference"), rate(setting=STRICT, mode="train")
+    best_inf, best_train = rate(setting=BEST, mode="inference"), rate(setting=BEST, mode="train")
+    compiled = benchmark_record(run, kind="model_only", setting=COMPILED)
     parts = [f"At the paper's conditions {tower} infers {paper_inf:.1f} images/s and trains {paper_train:.1f}; fused AdamW "
              f"changes the training step by {_pct(relative_change(fused, paper_train))}."]
     if math.isfinite(strict_inf):

@@ -28,6 +28,7 @@ from typing import Any, Mapping
 import pandas as pd
 
 from .benchmark import fit_growth_exponent
+from .benchmark_suite import BEST, PAPER
 from .profiles import ENCODER_LABELS
 
 VERDICTS = ("supported", "partly", "not supported", "no verdict")
@@ -35,7 +36,6 @@ MIN_SPEED_GAP_PERCENT = 3.0
 LINEAR_MAX, QUADRATIC_MIN = 1.2, 1.8
 TABLE1_CLAIM_METRICS = {"accuracy": "accuracy", "precision_weighted": "precision (weighted)",
                         "recall_weighted": "recall (weighted)", "f1_weighted": "F1 (weighted)"}
-PAPER_SPEED_SETTING = "paper's conditions"  # benchmark_suite.PAPER
 
 
 def relative_change(value: float, base: float) -> float:
@@ -187,7 +187,7 @@ def benchmark_rate(run: Mapping[str, Any], **match: Any) -> float:
     return float(record["images_per_s"]) if record and record.get("images_per_s") is not None else math.nan
 
 
-def speed_record(run: Mapping[str, Any], mode: str = "inference", setting: str = PAPER_SPEED_SETTING) -> dict | None:
+def speed_record(run: Mapping[str, Any], mode: str = "inference", setting: str = PAPER) -> dict | None:
     """The model-only record of a run's benchmark at ``setting`` and ``mode`` (None if absent)."""
     return benchmark_record(run, kind="model_only", setting=setting, mode=mode)
 
@@ -383,9 +383,9 @@ def throughput_overview(runs: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     """One row per tower and condition for ``plots.throughput_by_condition``: the towers alone at the paper's
     conditions (inference, training step) and at the best settings, the paper's method with JPEG decoding
     and from the uint8 cache, with their spreads."""
-    conditions = [("model_only", {"setting": "paper's conditions", "mode": "inference"}, "alone, paper's conditions, inference"),
-                  ("model_only", {"setting": "paper's conditions", "mode": "train"}, "alone, paper's conditions, training step"),
-                  ("model_only", {"setting": "best: bf16, channels_last", "mode": "inference"}, "alone, bf16 large batch, inference"),
+    conditions = [("model_only", {"setting": PAPER, "mode": "inference"}, "alone, paper's conditions, inference"),
+                  ("model_only", {"setting": PAPER, "mode": "train"}, "alone, paper's conditions, training step"),
+                  ("model_only", {"setting": BEST, "mode": "inference"}, "alone, bf16 large batch, inference"),
                   ("eval_loop", {"source": "jpeg"}, "paper's method, JPEG decoding"),
                   ("eval_loop", {"source": "uint8_cache"}, "paper's method, uint8 cache")]
     rows = []

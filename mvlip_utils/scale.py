@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
+from .benchmark_suite import PAPER, PAPER_FUSED
 from .findings import benchmark_record
 from .flops import peak_flops
 
@@ -66,8 +67,8 @@ def encoder_projection(run: Mapping[str, Any], ref: Mapping[str, Any]) -> dict[s
         out.update(study_flops=flops, fp32_floor_minutes=flops / peak / 60,
                    fp32_peak_tflops_per_s=peak / 1e12,
                    utilisation=flops / (out["projected_minutes"] * 60) / peak)
-    trains = benchmark_record(run, kind="model_only", setting="paper's conditions, fused AdamW", mode="train")
-    infers = benchmark_record(run, kind="model_only", setting="paper's conditions", mode="inference")
+    trains = benchmark_record(run, kind="model_only", setting=PAPER_FUSED, mode="train")
+    infers = benchmark_record(run, kind="model_only", setting=PAPER, mode="inference")
     if trains and infers and trains.get("images_per_s") and infers.get("images_per_s"):
         out["model_only_minutes"] = size["epochs"] * (size["train_images"] / trains["images_per_s"]
                                                       + size["val_images"] / infers["images_per_s"]) / 60
