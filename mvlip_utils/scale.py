@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 from .benchmark_suite import PAPER, PAPER_FUSED
 from .findings import benchmark_record
-from .flops import peak_flops
+from .flops import peak_flops, utilisation_fields
 
 ASSUMPTIONS = (
     "per-image times of the last epoch measured, scaled to the paper's counts; one validation pass "
@@ -160,12 +160,11 @@ TARGET_MINUTES = {"one_gpu": 60.0, "one_gpu_per_encoder": 35.0}
 def training_utilisation(projection: Mapping[str, Any] | None, flops: Mapping[str, float], device_name: str,
                          precision: str) -> dict[str, Any]:
     """Achieved FLOP/s of a run's measured training epoch (the training step's counted FLOPs times the
-    training images/s) and its fraction of the device's peak for ``precision`` (None where unknown)."""
+    training images/s) and its fraction of the device's peak for ``precision`` (None where unknown), as
+    ``flops.utilisation_fields`` gives them."""
     if not projection:
         return {"tflops_per_s": None, "utilisation": None}
-    achieved = flops["train"] * projection["train_images_per_s"]
-    peak = peak_flops(device_name, precision)
-    return {"tflops_per_s": achieved / 1e12, "utilisation": achieved / peak if peak else None}
+    return utilisation_fields(flops["train"], projection["train_images_per_s"], device_name, precision)
 
 
 def projection_sentence(projection: Mapping[str, Any]) -> str:
