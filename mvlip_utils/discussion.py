@@ -42,7 +42,8 @@ def paper_final_metrics(ref: Mapping[str, Any]) -> dict[str, dict[str, float]]:
 
 def table1(runs: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any]) -> pd.DataFrame:
     """Table 1: the paper's final-epoch metrics (with the authors' pretrained CLIP(ViT), not fine-tuned, fp16)
-    beside ours (each run's metrics.json), and MVLIP against CLIP(Swin) in percent for both."""
+    beside ours (each run's metrics.json, as ``results.load_metrics`` reads it: null is NaN), and MVLIP
+    against CLIP(Swin) in percent for both."""
     paper = paper_final_metrics(ref)
     frame = pd.DataFrame(index=list(TABLE1_METRICS.values()))
     for encoder in ("mambavision", "swin"):
@@ -51,9 +52,8 @@ def table1(runs: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any]) -> pd.
     frame["paper: MVLIP vs CLIP(Swin) (%)"] = [
         relative_change(paper["mambavision"].get(k), paper["swin"].get(k)) for k in TABLE1_METRICS]
     for encoder, run in runs.items():
-        frame[f"ours {ENCODER_LABELS.get(encoder, encoder)}"] = [
-            float(run["metrics"].get(k, math.nan) if run["metrics"].get(k) is not None else math.nan)
-            for k in TABLE1_METRICS]
+        frame[f"ours {ENCODER_LABELS.get(encoder, encoder)}"] = [float(run["metrics"].get(k, math.nan))
+                                                                 for k in TABLE1_METRICS]
     ours = {e: runs[e]["metrics"] for e in ("mambavision", "swin") if e in runs}
     frame["ours: MVLIP vs CLIP(Swin) (%)"] = [
         relative_change(ours["mambavision"].get(k), ours["swin"].get(k)) if len(ours) == 2 else math.nan
