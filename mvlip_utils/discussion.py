@@ -194,11 +194,10 @@ def _pct(value: float) -> str:
     return f"{value:+.1f}%" if math.isfinite(value) else "–"
 
 
-def table1_sentence(t1: pd.DataFrame, runs: Mapping[str, Mapping[str, Any]]) -> str:
+def table1_sentence(t1: pd.DataFrame, runs: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any]) -> str:
     """What Table 1 shows, paper and ours, with absolute points beside the percentages, and whether these
     runs can test it (``findings.accuracy_evidence_gaps``)."""
     from .findings import accuracy_evidence_gaps
-    from .results import paper_reference
 
     paper_pct = t1.loc["Accuracy", "paper: MVLIP vs CLIP(Swin) (%)"]
     points = (t1.loc["Accuracy", "paper MVLIP"] - t1.loc["Accuracy", "paper CLIP(Swin)"]) * 100
@@ -207,7 +206,7 @@ def table1_sentence(t1: pd.DataFrame, runs: Mapping[str, Mapping[str, Any]]) -> 
         ours = t1.loc["Accuracy", "ours: MVLIP vs CLIP(Swin) (%)"]
         a, b = t1.loc["Accuracy", "ours MVLIP"], t1.loc["Accuracy", "ours CLIP(Swin)"]
         text += f"In these runs MVLIP is {ours:+.2f}% ({(a - b) * 100:+.2f} points) relative to CLIP(Swin) ({a:.4f} vs {b:.4f}). "
-        gaps = accuracy_evidence_gaps(runs["mambavision"], paper_reference())
+        gaps = accuracy_evidence_gaps(runs["mambavision"], ref)
         text += ("These runs meet the paper's conditions, so they test its Table 1." if not gaps else
                  "They cannot test the paper's Table 1: " + "; ".join(gaps) + ".")
     else:

@@ -46,7 +46,7 @@ def test_table1_puts_paper_and_ours_side_by_side():
     assert t1.loc["Accuracy", "ours MVLIP"] == 0.55 and t1.loc["Accuracy", "ours CLIP(ViT)"] == 0.40
     assert t1.loc["Accuracy", "ours: MVLIP vs CLIP(Swin) (%)"] == pytest.approx(10.0)
     assert math.isnan(t1.loc["Top-5 accuracy", "paper MVLIP"]) and math.isnan(t1.loc["Top-5 accuracy", "ours MVLIP"])
-    text = discussion.table1_sentence(t1, runs())
+    text = discussion.table1_sentence(t1, runs(), REF)
     assert "+9.83% (+6.68 points)" in text and "+10.00% (+5.00 points)" in text
     assert "cannot test the paper's Table 1" in text and "random weights" in text
 
@@ -56,7 +56,7 @@ def test_table1_without_swin_has_no_relative_difference():
     del partial["swin"]
     t1 = discussion.table1(partial, REF)
     assert "ours CLIP(Swin)" not in t1.columns and t1["ours: MVLIP vs CLIP(Swin) (%)"].isna().all()
-    assert "lacks a MVLIP or CLIP(Swin) run" in discussion.table1_sentence(t1, partial)
+    assert "lacks a MVLIP or CLIP(Swin) run" in discussion.table1_sentence(t1, partial, REF)
 
 
 def test_table2_relative_to_vit_both_ways():
