@@ -11,7 +11,7 @@ from typing import Any, Mapping
 import pandas as pd
 
 from .benchmark_suite import BEST, COMPILED, PAPER, PAPER_FUSED, STRICT
-from .findings import benchmark_rate, benchmark_record, eval_loop_record, relative_change, speed_record
+from .findings import benchmark_rate, benchmark_record, eval_loop_record, ran_on_gpu, relative_change, speed_record
 from .profiles import ENCODER_LABELS, TOWER_NAMES
 
 TABLE1_METRICS = {"accuracy": "Accuracy", "precision_weighted": "Precision (weighted)",
@@ -178,7 +178,7 @@ def find(records: list[dict], **match: Any) -> dict | None:
 
 
 def is_gpu_edition(runs: Mapping[str, Mapping[str, Any]]) -> bool:
-    return any(str(run["config"].get("resolved_device", "")).startswith("cuda") for run in runs.values())
+    return any(ran_on_gpu(run) for run in runs.values())
 
 
 MODEL_ONLY_FORMATS = {"batch": "{:.0f}", "images/s": "{:.1f}", "p10-p90": "{}", "peak GiB": "{:.2f}",

@@ -100,6 +100,11 @@ def accuracy_evidence_gaps(run: Mapping[str, Any], ref: Mapping[str, Any]) -> li
     return gaps
 
 
+def ran_on_gpu(run: Mapping[str, Any]) -> bool:
+    """Whether the run ran on a CUDA device (its config.json's ``resolved_device``)."""
+    return str(run["config"].get("resolved_device", "")).startswith("cuda")
+
+
 def speed_evidence_gaps(run: Mapping[str, Any], ref: Mapping[str, Any]) -> list[str]:
     """What a run lacks to speak to the throughput and scaling claims (empty: it can)."""
     config = run["config"]
@@ -108,7 +113,7 @@ def speed_evidence_gaps(run: Mapping[str, Any], ref: Mapping[str, Any]) -> list[
         gaps.append(f"tiny towers (model_size={config.get('model_size')!r})")
     if config.get("image_size") != ref["protocol"]["image_size"]:
         gaps.append(f"{config.get('image_size')} px, not {ref['protocol']['image_size']}")
-    if not str(config.get("resolved_device", "")).startswith("cuda"):
+    if not ran_on_gpu(run):
         gaps.append(f"measured on {config.get('device_name', 'a CPU')}, not a GPU")
     if run.get("benchmark") is None:
         gaps.append("no benchmark.json")
