@@ -15,13 +15,13 @@ and the measured set-up. Two floors sit beside it:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Mapping
 
 from .benchmark_suite import PAPER, PAPER_FUSED
 from .findings import benchmark_record
 from .flops import peak_flops, utilisation_fields
+from .results import load_config, read_json
 
 ASSUMPTIONS = (
     "per-image times of the last epoch measured, scaled to the paper's counts; one validation pass "
@@ -140,7 +140,7 @@ def probe_sentence(projection: Mapping[str, Any], probe_dir: str | Path) -> str 
         return None
     import pandas as pd
 
-    config = json.loads((probe_dir / "config.json").read_text())
+    config = load_config(probe_dir)
     last = pd.read_csv(probe_dir / "timings.csv").iloc[-1]
     measured = last["train_images"] / last["train_seconds"]
     run = next((p for p in projection["per_encoder"] if p["encoder"] == config["encoder"]), None)
@@ -206,7 +206,7 @@ def read_ddp_speedup(path: str | Path = LEGACY_DDP) -> dict[str, Any] | None:
     """The committed two-GPU DDP measurement (results/h200-ddp, made with the former scripts/h200_ddp.sh
     before the study ran on GPUs through its notebooks), None if absent."""
     path = Path(path)
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json(path) if path.is_file() else None
 
 
 def ddp_sentence(blob: Mapping[str, Any] | None) -> str:
