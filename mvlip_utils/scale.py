@@ -7,7 +7,7 @@ seconds of each stage; the projection scales the per-image times of the last epo
 the first epoch carries warm-up and compilation) to the paper's counts, adds the checkpoint write per epoch
 and the measured set-up. Two floors sit beside it:
 - the FLOP floor: the counted FLOPs of every training step and validation forward pass over the GPU's
-  datasheet fp32 peak (``benchmark.peak_flops``), the time no implementation at this precision can beat;
+  datasheet fp32 peak (``flops.peak_flops``), the time no implementation at this precision can beat;
 - the model-only floor: every image at the model-only rates of the run's benchmark (training step with
   fused AdamW and inference at the paper's conditions), the time without data loading, evaluation
   bookkeeping or launch gaps between steps.
