@@ -247,7 +247,7 @@ def model_throughput(module: nn.Module, batch_size: int, image_size: int = 224, 
         torch.backends.cudnn.benchmark = saved_bench
         if opt is not None:
             opt.zero_grad(set_to_none=True)
-        opt = None
+        step = opt = None  # the step closure holds the optimizer, its state and the batch
         free_memory(dev)
 
     med = timing["median_s"]
