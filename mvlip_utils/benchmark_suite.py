@@ -212,7 +212,8 @@ def scan_cost_records(tower, config: StudyConfig, bench: BenchSettings, device, 
         out.append(_tag({"mode": mode, "precision": precision, "batch_size": batch, "channels_last": channels_last,
                          "images_per_s_with_scan": batch / r["a_median_s"],
                          "images_per_s_without_scan": batch / r["b_median_s"], **r}, "scan_cost"))
-        del step
+        del step, without_scan  # the closures hold the optimizer, its state and the batch
+        tower.zero_grad(set_to_none=True)
         B.free_memory(dev)
     tower.to(memory_format=torch.contiguous_format)
     return out
