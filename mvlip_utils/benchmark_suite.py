@@ -275,12 +275,7 @@ def _train_short(base, config: StudyConfig, subset, step: str, epochs: int, loss
     from . import train
 
     run_config = config.replace(train_step=step, epochs=epochs)
-    exp.seed_everything(config.seed)
-    tower = exp.create_image_tower(config.encoder, size=config.model_size, pretrained=config.pretrained,
-                                     weights_path=config.image_weights, image_size=config.image_size,
-                                     trust_pickled_weights=config.trust_pickled_weights)
-    model = exp.MVLIP(tower, base.model.text, temperature=config.temperature,
-                        learn_temperature=config.learn_temperature, train_text=config.train_text).to(base.device)
+    model = exp.assemble_model(config, exp.seeded_image_tower(config), base.model.text, base.device)
     experiment = dataclasses.replace(base, config=run_config, model=model, train_set=subset,
                                      compiled_visual=exp.compile_tower(model.visual) if step == "compiled" else None)
     optimizer, scheduler = exp.make_optimizer(experiment)

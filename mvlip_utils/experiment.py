@@ -19,7 +19,7 @@ from . import distributed as dist_mod
 from . import generated
 from .benchmark import make_adamw
 from .evaluate import zero_shot_evaluate
-from .model import MVLIP, PromptBank, create_text_tower
+from .model import MVLIP, PromptBank, TextTower, create_text_tower
 from .profiles import StudyConfig, resolve_device
 from .results import run_dir
 from .towers import create_image_tower
@@ -85,6 +85,21 @@ class Experiment:
         return run_dir(self.config)
 
 
+def seeded_image_tower(config: StudyConfig) -> torch.nn.Module:
+    """The run's image tower, created right after ``seed_everything(config.seed)``: the towers' random
+    initialisation is part of the run's definition (the text tower, when created, comes next)."""
+    seed_everything(config.seed)
+    return create_image_tower(config.encoder, size=config.model_size, pretrained=config.pretrained,
+                              weights_path=config.image_weights, image_size=config.image_size,
+                              trust_pickled_weights=config.trust_pickled_weights)
+
+
+def assemble_model(config: StudyConfig, image_tower: torch.nn.Module, text_tower: TextTower, device) -> MVLIP:
+    """The CLIP assembly of the two towers with the run's temperature and text-tower setting, on ``device``."""
+    return MVLIP(image_tower, text_tower, temperature=config.temperature,
+                 learn_temperature=config.learn_temperature, train_text=config.train_text).to(device)
+
+
 def build_experiment(config: StudyConfig, progress: bool = True) -> Experiment:
     device = dist_mod.device_for_rank(resolve_device(config.device))
     with dist_mod.main_first():  # rank 0 writes the generated dataset, the others then find it there
@@ -96,14 +111,10 @@ def build_experiment(config: StudyConfig, progress: bool = True) -> Experiment:
     if config.data_cache:
         train_set, val_set = (cached_split(config, root, split, dataset, progress)
                               for split, dataset in (("train", train_set), ("val", val_set)))
-    seed_everything(config.seed)  # the towers' random initialisation is part of the run's definition
-    image_tower = create_image_tower(config.encoder, size=config.model_size, pretrained=config.pretrained,
-                                     weights_path=config.image_weights, image_size=config.image_size,
-                                     trust_pickled_weights=config.trust_pickled_weights)
+    image_tower = seeded_image_tower(config)
     text_tower = create_text_tower(pretrained=config.pretrained, weights_path=config.text_weights,
                                    trust_pickled_weights=config.trust_pickled_weights)
-    model = MVLIP(image_tower, text_tower, temperature=config.temperature,
-                  learn_temperature=config.learn_temperature, train_text=config.train_text).to(device)
+    model = assemble_model(config, image_tower, text_tower, device)
     bank = PromptBank(model.text, classnames, data_mod.TEMPLATES, device=device, progress=progress)
     return Experiment(config, device, model, bank, train_set, val_set, list(classnames), Path(root), val_files)
 
