@@ -268,14 +268,16 @@ def train_step_check(config: StudyConfig, images: int, epochs: int = 2, steps: t
 
 
 def _train_short(base, config: StudyConfig, subset, step: str, epochs: int, loss_fn, progress: bool) -> dict[str, Any]:
-    """``epochs`` epochs of ``subset`` with training step ``step`` from the run's initial tower (its seed)."""
+    """``epochs`` epochs of ``subset`` with training step ``step`` from the run's initial towers: the image
+    tower from its seed, a copy of the run's text tower (with ``train_text`` a variant trains its copy)."""
+    import copy
     import dataclasses
 
     from . import experiment as exp
     from . import train
 
     run_config = config.replace(train_step=step, epochs=epochs)
-    model = exp.assemble_model(config, exp.seeded_image_tower(config), base.model.text, base.device)
+    model = exp.assemble_model(config, exp.seeded_image_tower(config), copy.deepcopy(base.model.text), base.device)
     experiment = dataclasses.replace(base, config=run_config, model=model, train_set=subset,
                                      compiled_visual=exp.compile_tower(model.visual) if step == "compiled" else None)
     optimizer, scheduler = exp.make_optimizer(experiment)

@@ -168,6 +168,16 @@ def test_the_fused_training_step_gives_the_eager_steps_losses(tmp_path):
     np.testing.assert_allclose(runs[0].train_loss, runs[1].train_loss, rtol=1e-4)
 
 
+def test_the_step_check_starts_each_step_from_the_same_text_tower(tmp_path):
+    """With train_text the eager step trains the text tower: the next step starts from the run's own."""
+    from mvlip_utils import benchmark_suite
+
+    config = tiny_config(tmp_path, train_text=True, generated_train_per_class=4)
+    check = benchmark_suite.train_step_check(config, images=16, epochs=1, steps=("eager", "eager"))
+    first, second = check["variants"]
+    assert second["losses"] == first["losses"]
+
+
 def test_only_the_image_tower_learns(tmp_path):
     config = tiny_config(tmp_path, epochs=1)
     experiment = exp.build_experiment(config, progress=False)
