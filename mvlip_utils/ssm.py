@@ -39,9 +39,7 @@ import types
 import torch
 import torch.nn.functional as F
 
-# the Triton path (mvlip_utils.ssm_triton); _launch_config is read by scripts/gpu_scan_check.py
-from .ssm_triton import (_TRITON_CACHE, _launch_config, _triton_kernels,  # noqa: F401
-                         selective_scan_triton, triton_available)
+from .ssm_triton import _triton_ready, selective_scan_triton, triton_available  # the Triton path
 
 __all__ = [
     "selective_scan",
@@ -279,17 +277,6 @@ def backend_for(u: torch.Tensor) -> str:
         if triton_available() and _triton_ready():
             return "triton"
     return "portable"
-
-
-def _triton_ready() -> bool:
-    """Whether the Triton kernels can be built (probed once)."""
-    if "ready" not in _TRITON_CACHE:
-        try:
-            _triton_kernels()
-            _TRITON_CACHE["ready"] = True
-        except Exception:  # no triton, or a triton without a GPU backend
-            _TRITON_CACHE["ready"] = False
-    return _TRITON_CACHE["ready"]
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,

@@ -34,6 +34,21 @@ def triton_available() -> bool:
     return True
 
 
+_TRITON_READY: bool | None = None  # whether the kernels build; probed once by _triton_ready
+
+
+def _triton_ready() -> bool:
+    """Whether the Triton kernels can be built (probed once)."""
+    global _TRITON_READY
+    if _TRITON_READY is None:
+        try:
+            _triton_kernels()
+            _TRITON_READY = True
+        except Exception:  # no triton, or a triton without a GPU backend
+            _TRITON_READY = False
+    return _TRITON_READY
+
+
 def _triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0", "false", "False")
 
