@@ -263,7 +263,7 @@ def _launch_config(batch, dim, dstate, backward):
     else:
         target = 4 * 132  # programs: about four per H100/H200 multiprocessor
         bd = 64 if not backward else 32
-        while bd > 8 and batch * -(-dim // bd) < target:
+        while bd > 8 and batch * triton_cdiv(dim, bd) < target:
             bd //= 2
         bd = min(bd, max(8, _pow2(dim)))
     warps = int(env_w) if env_w else max(1, min(4, bd * bn // 128))
