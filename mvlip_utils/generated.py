@@ -114,16 +114,24 @@ def _draw_sample(colour: str, shape: str, image_size: int, rng: np.random.Genera
     return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
 
 
-def _expected_manifest(n_classes, train_per_class, val_per_class, image_size, seed) -> dict:
-    classes = [f"{c} {s}" for c, s in generated_class_combos(n_classes)]
+def _check_ints(*checks: tuple[str, object, int]) -> None:
+    """Each (name, value, lo): value must be an int (or numpy integer, not a bool) >= lo."""
+    for name, value, lo in checks:
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < lo:
+            raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
+
+
+def _manifest(generator: str, version: int, params: dict, classes: list[str]) -> dict:
+    """A dataset's manifest.json: its generator, parameters, classes and the images per class and split
+    (``params`` holds n_classes, train_per_class and val_per_class)."""
+    train, val, n_classes = params["train_per_class"], params["val_per_class"], params["n_classes"]
     return {
-        "generator": GENERATOR_NAME,
-        "version": GENERATOR_VERSION,
-        "params": {"n_classes": n_classes, "train_per_class": train_per_class,
-                   "val_per_class": val_per_class, "image_size": image_size, "seed": seed},
+        "generator": generator,
+        "version": version,
+        "params": params,
         "classes": classes,
-        "counts": {"train": {c: train_per_class for c in classes}, "val": {c: val_per_class for c in classes},
-                   "train_total": train_per_class * n_classes, "val_total": val_per_class * n_classes},
+        "counts": {"train": {c: train for c in classes}, "val": {c: val for c in classes},
+                   "train_total": train * n_classes, "val_total": val * n_classes},
         "complete": True,
     }
 
@@ -138,12 +146,14 @@ def make_generated_dataset(root, n_classes: int = 10, train_per_class: int = 40,
     byte-identical files. Shape position, size, rotation, colour, background shade/tint and pixel noise
     vary per image. See the module docstring for what happens when ``root`` already holds something.
     """
-    for name, value, lo in (("train_per_class", train_per_class, 1), ("val_per_class", val_per_class, 0),
-                            ("image_size", image_size, 16), ("seed", seed, 0)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < lo:
-            raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
+    _check_ints(("train_per_class", train_per_class, 1), ("val_per_class", val_per_class, 0),
+                ("image_size", image_size, 16), ("seed", seed, 0))
     root = Path(root)
-    manifest = _expected_manifest(n_classes, int(train_per_class), int(val_per_class), int(image_size), int(seed))
+    classes = [f"{c} {s}" for c, s in generated_class_combos(n_classes)]
+    manifest = _manifest(GENERATOR_NAME, GENERATOR_VERSION,
+                         {"n_classes": n_classes, "train_per_class": int(train_per_class),
+                          "val_per_class": int(val_per_class), "image_size": int(image_size), "seed": int(seed)},
+                         classes)
     if _reuse_or_prepare(root, manifest, GENERATOR_NAME, ".png"):
         return root
     combos = generated_class_combos(n_classes)
@@ -267,24 +277,17 @@ def make_imagenet_like_dataset(root, n_classes: int = 1000, train_per_class: int
     drawn from its own seed (seed, split, class, index): the same parameters give the same files. Written by
     ``workers`` processes (default: the CPU count, at most 32).
     """
-    for name, value, lo in (("train_per_class", train_per_class, 1), ("val_per_class", val_per_class, 1),
-                            ("min_side", min_side, 16), ("seed", seed, 0)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < lo:
-            raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
+    _check_ints(("train_per_class", train_per_class, 1), ("val_per_class", val_per_class, 1),
+                ("min_side", min_side, 16), ("seed", seed, 0))
     if not isinstance(max_side, int) or max_side < min_side:
         raise ValueError(f"max_side must be an int >= min_side={min_side}, got {max_side!r}")
     root = Path(root)
     wnids = imagenet_wnids(n_classes)
-    manifest = {
-        "generator": IMAGENET_LIKE_NAME, "version": IMAGENET_LIKE_VERSION,
-        "params": {"n_classes": n_classes, "train_per_class": int(train_per_class),
-                   "val_per_class": int(val_per_class), "seed": int(seed), "min_side": int(min_side),
-                   "max_side": int(max_side)},
-        "classes": wnids,
-        "counts": {"train": {w: int(train_per_class) for w in wnids}, "val": {w: int(val_per_class) for w in wnids},
-                   "train_total": int(train_per_class) * n_classes, "val_total": int(val_per_class) * n_classes},
-        "complete": True,
-    }
+    manifest = _manifest(IMAGENET_LIKE_NAME, IMAGENET_LIKE_VERSION,
+                         {"n_classes": n_classes, "train_per_class": int(train_per_class),
+                          "val_per_class": int(val_per_class), "seed": int(seed), "min_side": int(min_side),
+                          "max_side": int(max_side)},
+                         wnids)
     if _reuse_or_prepare(root, manifest, IMAGENET_LIKE_NAME, ".JPEG"):
         return root
     jobs = []
