@@ -275,6 +275,7 @@ def _train_short(base, config: StudyConfig, subset, step: str, epochs: int, loss
 
     from . import experiment as exp
     from . import train
+    from .evaluate import synchronize
 
     run_config = config.replace(train_step=step, epochs=epochs)
     model = exp.assemble_model(config, exp.seeded_image_tower(config), copy.deepcopy(base.model.text), base.device)
@@ -285,7 +286,7 @@ def _train_short(base, config: StudyConfig, subset, step: str, epochs: int, loss
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
         losses.append(train.train_one_epoch(experiment, optimizer, scheduler, loss_fn, epoch, progress))
-        B._sync(B._device(base.device))
+        synchronize(base.device)
         seconds.append(time.perf_counter() - started)
     rate = (len(subset) // config.batch_size * config.batch_size) / seconds[-1]
     return {"train_step": step, "losses": losses, "epoch_seconds": seconds, "images_per_s": rate}

@@ -47,9 +47,10 @@ def to_model_input(images: torch.Tensor, device: str) -> torch.Tensor:
 
 
 def synchronize(device) -> None:
-    """Wait for queued CUDA work, so that a host clock read next times it (nothing to do on the CPU)."""
+    """Wait for the work queued on ``device`` (a CUDA device: the current one when it names no index), so
+    that a host clock read next times it (nothing to do on the CPU)."""
     if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
 
 
 def classification_metrics(labels: np.ndarray, logits: np.ndarray, n_classes: int | None = None) -> dict[str, Any]:
