@@ -224,13 +224,16 @@ STEP_CHECK_TOLERANCE = 1e-4  # relative difference of per-epoch mean losses that
 
 
 def train_step_check(config: StudyConfig, images: int, epochs: int = 2, steps: tuple[str, ...] = ("eager", "fused"),
-                     progress: bool = False) -> dict[str, Any]:
+                     progress: bool = False, profile_steps: int = 0) -> dict[str, Any]:
     """Train ``epochs`` short epochs on the first ``images`` training images from the same start (seed,
     data order, caption draws) once per training step (``profiles.TRAIN_STEPS``: the eager one the authors
     ran, fused AdamW, and on a GPU torch.compile too) and compare the per-epoch mean losses with the eager
     step's (largest relative difference, against ``STEP_CHECK_TOLERANCE``) and the training images/s of
-    the last epoch. A step that fails (torch.compile can) is recorded with its error. Written to the run
-    folder's step_check.json."""
+    the last epoch. A step that fails (torch.compile can) is recorded with its error. With
+    ``profile_steps``, each step then trains one more short epoch under torch.profiler
+    (``step_profile.profile_training_epoch``: where the time of ``profile_steps`` steps goes, as each
+    variant's ``profile``; the trace of each is kept gzipped in the run folder as
+    step_trace_<step>.json.gz). Written to the run folder's step_check.json."""
 
     from . import experiment as exp
     from . import train
@@ -246,7 +249,7 @@ def train_step_check(config: StudyConfig, images: int, epochs: int = 2, steps: t
     variants = []
     for step in steps:
         try:
-            variants.append(_train_short(base, config, subset, step, epochs, loss_fn, progress))
+            variants.append(_train_short(base, config, subset, step, epochs, loss_fn, progress, profile_steps))
         except Exception as exc:  # noqa: BLE001 - a failing step (compilation) is a result, not the end
             if step == "eager":
                 raise
@@ -262,25 +265,30 @@ def train_step_check(config: StudyConfig, images: int, epochs: int = 2, steps: t
         v.update(max_rel_loss_difference=max(diffs), within_tolerance=max(diffs) <= STEP_CHECK_TOLERANCE,
                  speedup=v["images_per_s"] / reference["images_per_s"])
     out = {"images": len(subset), "epochs": epochs, "batch_size": config.batch_size, "precision": config.precision,
-           "tolerance": STEP_CHECK_TOLERANCE, "device_name": device_description(base.device), "variants": variants}
+           "tolerance": STEP_CHECK_TOLERANCE, "device_name": device_description(base.device),
+           "profile_steps": profile_steps, "variants": variants}
     write_json(run_dir(config) / "step_check.json", out)
     return out
 
 
-def _train_short(base, config: StudyConfig, subset, step: str, epochs: int, loss_fn, progress: bool) -> dict[str, Any]:
+def _train_short(base, config: StudyConfig, subset, step: str, epochs: int, loss_fn, progress: bool,
+                 profile_steps: int = 0) -> dict[str, Any]:
     """``epochs`` epochs of ``subset`` with training step ``step`` from the run's initial towers: the image
-    tower from its seed, a copy of the run's text tower (with ``train_text`` a variant trains its copy)."""
+    tower from its seed, a copy of the run's text tower (with ``train_text`` a variant trains its copy);
+    then, with ``profile_steps``, one profiled epoch of that many steps (+ 2)."""
     import copy
     import dataclasses
 
     from . import experiment as exp
     from . import train
     from .evaluate import synchronize
+    from .results import run_dir
+    from .step_profile import profile_training_epoch
 
     run_config = config.replace(train_step=step, epochs=epochs)
     model = exp.assemble_model(config, exp.seeded_image_tower(config), copy.deepcopy(base.model.text), base.device)
     experiment = dataclasses.replace(base, config=run_config, model=model, train_set=subset,
-                                     compiled_visual=exp.compile_tower(model.visual) if step == "compiled" else None)
+                                     compiled_visual=exp.training_tower(run_config, model.visual))
     optimizer, scheduler = exp.make_optimizer(experiment)
     losses, seconds = [], []
     for epoch in range(1, epochs + 1):
@@ -289,4 +297,11 @@ def _train_short(base, config: StudyConfig, subset, step: str, epochs: int, loss
         synchronize(base.device)
         seconds.append(time.perf_counter() - started)
     rate = (len(subset) // config.batch_size * config.batch_size) / seconds[-1]
-    return {"train_step": step, "losses": losses, "epoch_seconds": seconds, "images_per_s": rate}
+    out = {"train_step": step, "losses": losses, "epoch_seconds": seconds, "images_per_s": rate}
+    if profile_steps:
+        try:
+            out["profile"] = profile_training_epoch(experiment, optimizer, scheduler, loss_fn, epochs + 1, profile_steps,
+                                                    trace_path=run_dir(config) / f"step_trace_{step}.json.gz")
+        except Exception as exc:  # noqa: BLE001 - the check's losses and speed stand without their profile
+            out["profile"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    return out

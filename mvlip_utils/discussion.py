@@ -153,6 +153,45 @@ def step_check_table(runs: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+PROFILE_PHASES = ("forward", "backward", "optimizer")
+
+
+def step_profile_table(runs: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """Where a training step's time goes (02_train's profiled steps, ``step_profile``): per tower and step,
+    milliseconds per step, the GPU's busy time by the phase that launched its kernels, its idle time, the
+    host's wait for data and the kernels per step (GPU columns empty on a CPU)."""
+    rows = []
+    for encoder, run in runs.items():
+        for variant in (run.get("step_check") or {}).get("variants", []):
+            profile = variant.get("profile")
+            if not profile or profile.get("error"):
+                continue
+            rows.append({"tower": TOWER_NAMES[encoder], "step": variant["train_step"],
+                         "ms per step": profile["step_ms"], "images/s": profile["images_per_s"],
+                         **{f"GPU {phase} ms": profile[f"gpu_{phase}_ms"] for phase in PROFILE_PHASES},
+                         "GPU other ms": profile["gpu_other_ms"], "GPU busy ms": profile["gpu_busy_ms"], "GPU idle ms": profile["gpu_idle_ms"],
+                         "GPU busy": profile["gpu_busy_fraction"], "data wait ms": profile["data_wait_ms"],
+                         **{f"host {phase} ms": profile[f"host_{phase}_ms"] for phase in PROFILE_PHASES},
+                         "kernels per step": profile["kernels_per_step"], "profiled steps": profile["steps"]})
+    return pd.DataFrame(rows)
+
+
+STEP_PROFILE_FORMATS = {"ms per step": "{:.1f}", "images/s": "{:.1f}", "GPU busy": "{:.1%}",
+                        "kernels per step": "{:.0f}", "profiled steps": "{:d}", "tower": "{}", "step": "{}"}
+
+
+def top_kernels(check: Mapping[str, Any]) -> tuple[str | None, pd.DataFrame]:
+    """The fastest profiled step of one run's check and its kernels that took the most GPU time."""
+    profiled = [v for v in check.get("variants", []) if v.get("profile") and not v["profile"].get("error")]
+    if not profiled:
+        return None, pd.DataFrame()
+    fastest = min(profiled, key=lambda v: v["profile"]["step_ms"])
+    frame = pd.DataFrame(fastest["profile"].get("top_kernels", []))
+    if not frame.empty:
+        frame = frame.rename(columns=lambda c: c.replace("_", " ")).set_index("kernel")
+    return fastest["train_step"], frame
+
+
 def projection_table(projection: Mapping[str, Any]) -> pd.DataFrame:
     """Minutes of the paper's study per encoder: measured projection by stage and the two floors."""
     rows = []
@@ -320,6 +359,31 @@ def scan_cost_sentence(runs: Mapping[str, Mapping[str, Any]]) -> str:
         f"{r.ratio:.1%} ({r.mode}, {r.precision}, batch {int(r.batch)})" for r in table.itertuples())
         + " of the throughput it has with the scan replaced by its skip term: the scan costs "
         f"{1 - table.ratio.max():.1%} to {1 - table.ratio.min():.1%}.")
+
+
+def step_profile_sentence(runs: Mapping[str, Mapping[str, Any]]) -> str:
+    """What the profiled steps say bounds the training step: per tower, its fastest profiled step's time,
+    how much of it the GPU was busy and what took the rest (the GPU's idle time, the host's data wait)."""
+    table = step_profile_table(runs)
+    if table.empty:
+        return "No training step was profiled in this edition."
+    parts = []
+    for tower, rows in table.groupby("tower", sort=False):
+        best = rows.loc[rows["ms per step"].idxmin()]
+        if pd.isna(best["GPU busy"]):
+            parts.append(f"{tower}'s {best.step} step takes {best['ms per step']:.1f} ms on the host "
+                         f"({best['data wait ms']:.1f} ms of it "
+                         f"waiting for data; forward {best['host forward ms']:.1f}, backward "
+                         f"{best['host backward ms']:.1f}, optimizer {best['host optimizer ms']:.1f} ms)")
+            continue
+        kernels = sum(best[f"GPU {phase} ms"] for phase in PROFILE_PHASES)
+        parts.append(
+            f"{tower}'s fastest profiled step ({best.step}, {best['ms per step']:.1f} ms) keeps the GPU busy "
+            f"{best['GPU busy']:.0%} of the time: kernels of forward {best['GPU forward ms']:.1f}, backward "
+            f"{best['GPU backward ms']:.1f} and optimizer {best['GPU optimizer ms']:.1f} ms"
+            f" ({best['GPU optimizer ms'] / kernels:.0%} of its kernel time); the GPU idles "
+            f"{best['GPU idle ms']:.1f} ms per step while the host waits {best['data wait ms']:.1f} ms for data")
+    return "; ".join(parts) + "."
 
 
 def steps_sentence(runs: Mapping[str, Mapping[str, Any]]) -> str:

@@ -74,7 +74,7 @@ class Experiment:
     data_root: Path
     val_files: Any = None  # the validation split as image files (val_set may be its uint8 cache)
     ddp_visual: Any = None  # the DDP-wrapped image tower under torchrun (trains); None in one process
-    compiled_visual: Any = None  # torch.compile of the image tower for training (train_step="compiled")
+    compiled_visual: Any = None  # torch.compile of the image tower for training (train_step compiled/graphed)
 
     @property
     def dist(self) -> dist_mod.DistInfo:
@@ -171,11 +171,11 @@ def evaluate_experiment(experiment: Experiment, progress: bool = True, loader=No
                               experiment.device, experiment.config.precision, progress, on_features=on_features)
 
 
-def compile_tower(tower: torch.nn.Module):
-    """``torch.compile`` of the image tower for training. MambaVision's blocks break the graph at the
-    selective scan and differ in their drop-path rate, which dynamo guards on: one recompile per block,
-    so its recompile limit is raised to the tower's number of modules (the default of 8 would leave most
-    blocks eager)."""
+def compile_tower(tower: torch.nn.Module, mode: str | None = None):
+    """``torch.compile`` of the image tower for training (``mode="reduce-overhead"``: inductor's kernels
+    replayed as CUDA graphs on a GPU). MambaVision's blocks break the graph at the selective scan and
+    differ in their drop-path rate, which dynamo guards on: one recompile per block, so its recompile
+    limit is raised to the tower's number of modules (the default of 8 would leave most blocks eager)."""
     import torch._dynamo
     import torch._inductor.config
 
@@ -187,11 +187,21 @@ def compile_tower(tower: torch.nn.Module):
     # random ops (drop path) draw from PyTorch's own generator, as in eager mode, so that the compiled step
     # trains on the same stochastic-depth masks (inductor's own random numbers would differ)
     torch._inductor.config.fallback_random = True
-    return torch.compile(tower)
+    return torch.compile(tower, mode=mode)
+
+
+COMPILE_MODES = {"compiled": None, "graphed": "reduce-overhead"}  # train_step -> torch.compile mode
+
+
+def training_tower(config: StudyConfig, tower: torch.nn.Module):
+    """The compiled image tower that ``config.train_step`` trains through (compiled, graphed), or None
+    (eager, fused: the model's own tower)."""
+    return compile_tower(tower, COMPILE_MODES[config.train_step]) if config.train_step in COMPILE_MODES else None
 
 
 def make_optimizer(experiment: Experiment):
-    """AdamW over the trainable parameters (``train_step``: PyTorch's default implementation, or fused) and
+    """AdamW over the trainable parameters (``train_step`` eager: PyTorch's default implementation; the
+    others fused) and
     the cosine schedule over every step of the run."""
     config = experiment.config
     optimizer = make_adamw(experiment.model.trainable_parameters(), config.lr, config.weight_decay,

@@ -87,7 +87,7 @@ NOTEBOOK_EXTRAS: dict[str, tuple[tuple[str, Any, str], ...]] = {
             ("progress", False, "tqdm progress bars (handy in JupyterLab)")),
     EVALUATE: (("n_examples", 8, "example predictions shown with their images"),),
 }
-BENCH_FIELDS = {TRAIN: ("step_check_images", "step_check_steps"),
+BENCH_FIELDS = {TRAIN: ("step_check_images", "step_check_steps", "step_profile_steps"),
                 BENCHMARK: ("warmup", "repeats", "eval_repeats", "eval_workers", "best_batch", "resolutions",
                             "sweep_batch", "sweep_precision", "compile_timeout_s")}
 

@@ -127,6 +127,31 @@ def epoch_time_breakdown(frame: pd.DataFrame, title: str):
     return fig
 
 
+def step_time_breakdown(table: pd.DataFrame, title: str):
+    """Stacked bars of one training step's milliseconds per tower and step (``discussion.step_profile_table``):
+    on a GPU its kernel time by the phase that launched it plus its idle time (kernels that overlap make a
+    bar longer than the step); on a CPU the host's phases
+    and its wait for data."""
+    on_gpu = table["GPU busy ms"].notna().all()
+    if on_gpu:
+        parts = {"forward kernels": table["GPU forward ms"], "backward kernels": table["GPU backward ms"],
+                 "optimizer kernels": table["GPU optimizer ms"],
+                 "other kernels": table["GPU other ms"], "GPU idle": table["GPU idle ms"]}
+    else:
+        parts = {"host forward": table["host forward ms"], "host backward": table["host backward ms"],
+                 "host optimizer": table["host optimizer ms"], "waiting for data": table["data wait ms"]}
+    frame = pd.DataFrame(parts)
+    frame.index = [f"{t}, {s}" for t, s in zip(table.tower, table.step)]
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(frame) + 1.8))
+    frame.plot.barh(stacked=True, ax=ax, color=["tab:blue", "tab:orange", "tab:red", "tab:purple", "lightgrey"][:len(parts)])
+    ax.invert_yaxis()
+    ax.set(xlabel="milliseconds per training step", ylabel="", title=title)
+    ax.grid(alpha=0.3, axis="x")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
 def confusion(rates: pd.DataFrame):
     """A row-normalised confusion matrix as a heatmap (annotated up to 12 classes)."""
     fig, ax = plt.subplots(figsize=(0.45 * len(rates) + 3, 0.4 * len(rates) + 2))

@@ -35,7 +35,7 @@ DEVICES = ("auto", "cpu", "cuda")
 DATA_GENERATORS = ("generated", "generated-imagenet")
 # eager: torch.optim.AdamW with its default (foreach) implementation, as the authors' code;
 # fused: AdamW(fused=True), one kernel for the whole update; compiled: fused + torch.compile of the image tower
-TRAIN_STEPS = ("eager", "fused", "compiled")
+TRAIN_STEPS = ("eager", "fused", "compiled", "graphed")
 
 
 def _param(default: Any, help: str, **kwargs: Any):
@@ -72,8 +72,9 @@ class StudyConfig:
     train_text: bool = _param(False, "True: train the text tower too (the paper freezes it)")
     precision: str = _param("fp32", "fp32 (TF32 off everywhere), fp32-tf32conv (PyTorch's default, the "
                                     "paper's 'FP32': TF32 convolutions), tf32 or bf16")
-    train_step: str = _param("eager", "eager (AdamW as the authors), fused (fused AdamW) or compiled "
-                                      "(fused + torch.compile of the image tower)")
+    train_step: str = _param("eager", "eager (AdamW as the authors), fused (fused AdamW), compiled "
+                                      "(fused + torch.compile of the image tower) or graphed (compiled, "
+                                      "replayed as CUDA graphs: mode reduce-overhead)")
     device: str = _param("auto", "auto, cpu, cuda or cuda:N")
     seed: int = _param(0, "seed of the towers' initialisation, data order and caption draws")
     num_workers: int = _param(0, "DataLoader worker processes")
@@ -112,7 +113,9 @@ class BenchSettings:
     step_check_images: int = _param(0, "training: images per epoch of the same-numerics check of the faster "
                                        "step against the eager one (two epochs each); 0: skip")
     step_check_steps: list = _param(["eager", "fused"], "training: the steps the check compares, the eager one "
-                                                        "first (from eager, fused, compiled)")
+                                                        "first (from eager, fused, compiled, graphed)")
+    step_profile_steps: int = _param(0, "training: steps of each checked step profiled with torch.profiler "
+                                        "after its check (where the time goes); 0: none")
 
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -137,10 +140,11 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 BENCH_PROFILES: dict[str, dict[str, Any]] = {
     "smoke": dict(warmup=2, repeats=5, eval_repeats=2, eval_workers=2, best_batch=64, sweep_batch=32,
-                  compile_timeout_s=0, step_check_images=192),
+                  compile_timeout_s=0, step_check_images=192, step_profile_steps=3),
     "speed": dict(warmup=5, repeats=20, eval_repeats=2, eval_workers=4, best_batch=256,
                   resolutions=[224, 448, 672, 896, 1024], sweep_batch=128, sweep_precision="bf16",
-                  compile_timeout_s=120, step_check_images=1024, step_check_steps=["eager", "fused", "compiled"]),
+                  compile_timeout_s=120, step_check_images=1024,
+                  step_check_steps=["eager", "fused", "compiled", "graphed"], step_profile_steps=8),
     "paper": dict(warmup=5, repeats=20, eval_repeats=2, eval_workers=4, best_batch=256,
                   resolutions=[224, 448, 672, 896, 1024], sweep_batch=128, sweep_precision="bf16",
                   compile_timeout_s=120, step_check_images=1024),
@@ -221,7 +225,7 @@ def get_bench_settings(profile: str = "smoke", **overrides: Any) -> BenchSetting
     for name in ("repeats", "eval_repeats", "best_batch", "sweep_batch"):
         if int(getattr(settings, name)) < 1:
             raise ValueError(f"parameter {name}={getattr(settings, name)!r} must be >= 1")
-    for name in ("warmup", "eval_workers", "compile_timeout_s", "step_check_images"):
+    for name in ("warmup", "eval_workers", "compile_timeout_s", "step_check_images", "step_profile_steps"):
         if int(getattr(settings, name)) < 0:
             raise ValueError(f"parameter {name}={getattr(settings, name)!r} must be >= 0")
     if settings.resolutions is not None and (not settings.resolutions or any(int(r) < 16 for r in settings.resolutions)):

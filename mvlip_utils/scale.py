@@ -121,8 +121,15 @@ def best_step(run: Mapping[str, Any], projection: Mapping[str, Any]) -> dict[str
     fastest = max(ok, key=lambda v: v["images_per_s"])
     gain = fastest["images_per_s"] / used["images_per_s"]
     train = projection["train_minutes"] / gain
+    profile = fastest.get("profile") or {}
     return {"train_step": fastest["train_step"], "speedup_over_run_step": gain, "train_minutes": train,
-            "projected_minutes": projection["projected_minutes"] - projection["train_minutes"] + train}
+            "projected_minutes": projection["projected_minutes"] - projection["train_minutes"] + train,
+            # where that step's time goes (step_profile), when the check profiled it
+            "profile": {k: profile.get(k) for k in PROFILE_KEYS} if "step_ms" in profile else None}
+
+
+PROFILE_KEYS = ("step_ms", "gpu_busy_fraction", "gpu_busy_ms", "gpu_idle_ms", "data_wait_ms", "gpu_optimizer_ms",
+                "kernels_per_step", "steps")
 
 
 def probe_sentences(projection: Mapping[str, Any], probe_root: str | Path) -> list[str]:
@@ -152,6 +159,10 @@ def probe_sentence(projection: Mapping[str, Any], probe_dir: str | Path) -> str 
             f"its second epoch at {measured:.1f} images/s, where the step check's speed-up predicted {predicted:.1f} "
             f"({(measured / predicted - 1) * 100:+.1f}%).")
 
+
+# A step whose GPU is busy at least this fraction of its time is bound by its kernels (launch gaps and
+# data waits then hold less than a twentieth of it)
+BUSY_BOUND = 0.95
 
 # The targets the project set itself for the paper's study on H200s (issue "Fast at paper scale")
 TARGET_MINUTES = {"one_gpu": 60.0, "one_gpu_per_encoder": 35.0}
@@ -196,7 +207,26 @@ def projection_sentence(projection: Mapping[str, Any]) -> str:
         text += (f" With each encoder's fastest step that kept the eager losses ({steps}, from the training "
                  f"chapters' step checks) the study would take {projection['one_gpu_minutes_best_step']:.0f} minutes "
                  f"on one GPU and {projection['four_gpu_minutes_best_step']:.0f} with one GPU per encoder.")
+        profiled = {e: b["profile"] for e, b in projection["best_step"].items()
+                    if b and b.get("profile") and b["profile"].get("gpu_busy_fraction") is not None}
+        if profiled:
+            text += " " + profile_sentence(profiled)
     return text + f" Assumed: {ASSUMPTIONS}."
+
+
+def profile_sentence(profiled: Mapping[str, Mapping[str, Any]]) -> str:
+    """What bounds each encoder's fastest step, from its profile (``best_step``'s): the GPU's busy fraction
+    and, where the GPU idles more than 1 - BUSY_BOUND of the step, its idle time and the host's wait for data."""
+    parts = []
+    for encoder, p in profiled.items():
+        part = f"{p['gpu_busy_fraction']:.0%} of {p['step_ms']:.1f} ms ({encoder}"
+        if p["gpu_busy_fraction"] < BUSY_BOUND:
+            part += f"; the GPU idle {p['gpu_idle_ms']:.1f} ms, the host waiting {p['data_wait_ms']:.1f} ms for data"
+        parts.append(part + ")")
+    bound = all(p["gpu_busy_fraction"] >= BUSY_BOUND for p in profiled.values())
+    return ("Profiled with torch.profiler, those steps keep the GPU busy " + ", ".join(parts)
+            + (": each is bound by its kernels' own time, which only other numerics, another batch or faster "
+               "kernels would shorten." if bound else "."))
 
 
 LEGACY_DDP = Path(__file__).resolve().parents[1] / "results" / "h200-ddp" / "speedup.json"

@@ -30,13 +30,14 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from open_clip import ClipLoss
+from torch.profiler import record_function
 
 from . import data as data_mod
 from . import distributed as dist_mod
 from . import results
 from .evaluate import progress_iter, synchronize, to_model_input
-from .experiment import (Experiment, build_experiment, caption_features, compile_tower, evaluate_experiment,
-                         make_optimizer)
+from .experiment import (Experiment, build_experiment, caption_features, evaluate_experiment,
+                         make_optimizer, training_tower)
 from .precision import autocast_region, precision_context
 from .profiles import StudyConfig
 from .run_folder import (CHECKPOINT, clear_run, finished_run_history, load_checkpoint, read_timings,
@@ -48,6 +49,17 @@ logger = logging.getLogger("mvlip_utils.train")
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+# Reading a loss back (``loss.item()``) makes the host wait until the device has finished the step, so the
+# next step's kernels are launched only then and the GPU idles meanwhile. The loop keeps the losses on the
+# device and reads them (the progress bar's running mean, the finite check) every this many steps and at
+# the end of the epoch; a non-finite loss is still reported with its step, at most this many steps later.
+READ_LOSS_EVERY = 50
+
+# The names of a training step's phases in a torch.profiler trace (``step_profile`` reads them back).
+PHASES = {"forward": "mvlip.forward", "backward": "mvlip.backward", "optimizer": "mvlip.optimizer",
+          "loss_read": "mvlip.loss_read"}
 
 
 def _epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
@@ -76,7 +88,7 @@ def image_text_loss(experiment: Experiment, loss_fn: ClipLoss, image_features: t
 
 def training_visual(experiment: Experiment):
     """The image tower that training calls: the DDP wrapper under torchrun (its gradients are all-reduced),
-    the compiled tower (train_step="compiled"), else None (the model's own)."""
+    the compiled tower (train_step compiled or graphed), else None (the model's own)."""
     return experiment.ddp_visual if experiment.ddp_visual is not None else experiment.compiled_visual
 
 
@@ -106,34 +118,47 @@ def _train_one_epoch(experiment: Experiment, optimizer, scheduler, loss_fn: Clip
                                       pin_memory=experiment.device.startswith("cuda"))
         outside_ddp = []
     draws = _epoch_generator(config.seed, epoch, stream=1)
-    total, steps = 0.0, 0
+    losses: list[torch.Tensor] = []  # each step's loss, left on the device: read back every READ_LOSS_EVERY steps
     bars: list = []
     batches = progress_iter(loader, f"{config.encoder} epoch {epoch}/{config.epochs}", progress, bars)
     for step, (images, labels) in enumerate(batches):
-        # captions: drawn for the whole global batch (as one process does), this rank's slice kept
-        local = len(labels)
-        templates = torch.randint(len(experiment.bank.templates), (local * info.world_size,),
-                                  generator=draws)[info.rank * local:(info.rank + 1) * local]
-        loss = contrastive_loss(experiment, loss_fn, images, labels, templates)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"non-finite training loss ({loss.item()}) at epoch {epoch}, step {step}; stopped. "
-                f"The last good checkpoint is kept at {experiment.run_dir / CHECKPOINT} "
-                f"(try a lower lr, precision='fp32' or grad_clip > 0)")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        dist_mod.all_reduce_grads_(outside_ddp)  # a learnt temperature / trained text tower, as DDP does
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), config.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        total += loss.item()
-        steps += 1
-        bars[0].set_postfix(loss=f"{total / steps:.4f}")
-    if steps == 0:
+        with record_function(PHASES["forward"]):
+            # captions: drawn for the whole global batch (as one process does), this rank's slice kept
+            local = len(labels)
+            templates = torch.randint(len(experiment.bank.templates), (local * info.world_size,),
+                                      generator=draws)[info.rank * local:(info.rank + 1) * local]
+            loss = contrastive_loss(experiment, loss_fn, images, labels, templates)
+        with record_function(PHASES["backward"]):
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            dist_mod.all_reduce_grads_(outside_ddp)  # a learnt temperature / trained text tower, as DDP does
+        with record_function(PHASES["optimizer"]):
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+        losses.append(loss.detach())
+        if (step + 1) % READ_LOSS_EVERY == 0:
+            with record_function(PHASES["loss_read"]):
+                bars[0].set_postfix(loss=f"{_epoch_mean_loss(losses, experiment, epoch):.4f}")
+    if not losses:
         raise ValueError(f"parameter batch_size={config.batch_size} is larger than the training set "
                          f"({len(experiment.train_set)} images) and drop_last leaves no batch")
-    return dist_mod.all_reduce_mean(total / steps)  # every rank's loss is already the global batch's
+    # every rank's loss is already the global batch's
+    return dist_mod.all_reduce_mean(_epoch_mean_loss(losses, experiment, epoch))
+
+
+def _epoch_mean_loss(losses: list[torch.Tensor], experiment: Experiment, epoch: int) -> float:
+    """The mean of the step losses so far (summed in Python floats in step order, as reading each step's
+    ``loss.item()`` did), after checking that every one is finite; the first that is not stops the run."""
+    values = torch.stack(losses).tolist()  # the one wait for the device
+    for step, value in enumerate(values):
+        if not math.isfinite(value):
+            raise NonFiniteLossError(
+                f"non-finite training loss ({value}) at epoch {epoch}, step {step}; stopped. "
+                f"The last good checkpoint is kept at {experiment.run_dir / CHECKPOINT} "
+                f"(try a lower lr, precision='fp32' or grad_clip > 0)")
+    return sum(values) / len(values)
 
 
 @torch.no_grad()
@@ -193,8 +218,7 @@ def train_run(config: StudyConfig, resume: bool = True, progress: bool = True,
         loss_fn = ClipLoss(local_loss=False, gather_with_grad=True, rank=info.rank, world_size=info.world_size)
     else:
         loss_fn = ClipLoss()
-        if config.train_step == "compiled":
-            experiment.compiled_visual = compile_tower(experiment.model.visual)
+        experiment.compiled_visual = training_tower(config, experiment.model.visual)
     eval_loss_fn = ClipLoss()  # validation runs on rank 0 alone, over its own batches
     optimizer, scheduler = make_optimizer(experiment)
     if main:

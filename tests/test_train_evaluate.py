@@ -286,3 +286,30 @@ def test_training_from_the_uint8_cache_matches_training_from_image_files(finishe
     cache_files = sorted(p.name for p in (type(tmp_path)(config.data_dir) / "cache").glob("*.pt"))
     assert [name.split("-")[-2] for name in cache_files] == ["train", "val"]
     pd.testing.assert_frame_equal(from_cache, from_files, rtol=1e-5, atol=1e-6)
+
+
+def test_the_compiled_steps_train_through_torch_compile_in_their_mode(tmp_path, monkeypatch):
+    """compiled: torch.compile's default mode; graphed: reduce-overhead (CUDA graphs on a GPU); eager and
+    fused: the model's own tower. On the CPU the graphed step gives the eager step's losses."""
+    from mvlip_utils import benchmark_suite
+
+    modes = []
+    real_compile = torch.compile
+
+    def recording_compile(model, mode=None, **kwargs):
+        modes.append(mode)
+        return real_compile(model, mode=mode, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    tower = torch.nn.Linear(2, 2)
+    for step in ("eager", "fused"):
+        assert exp.training_tower(tiny_config(tmp_path, train_step=step), tower) is None
+    assert modes == []
+    exp.training_tower(tiny_config(tmp_path, train_step="compiled"), tower)
+    exp.training_tower(tiny_config(tmp_path, train_step="graphed"), tower)
+    assert modes == [None, "reduce-overhead"]
+    check = benchmark_suite.train_step_check(tiny_config(tmp_path, generated_train_per_class=8), images=32, epochs=2,
+                                             steps=("eager", "graphed"))
+    graphed = check["variants"][1]
+    assert graphed.get("error") is None and modes[-1] == "reduce-overhead"
+    assert graphed["within_tolerance"] and graphed["losses"] != check["variants"][0]["losses"][::-1]
