@@ -305,3 +305,66 @@ def _train_short(base, config: StudyConfig, subset, step: str, epochs: int, loss
         except Exception as exc:  # noqa: BLE001 - the check's losses and speed stand without their profile
             out["profile"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
     return out
+
+
+# ----------------------------------------------------------------------------- the step check alone
+def build_parser():
+    import argparse
+
+    from .profiles import ENCODERS, PROFILES, TRAIN_STEPS
+
+    parser = argparse.ArgumentParser(
+        prog="python -m mvlip_utils.benchmark_suite",
+        description="The training chapter's step check alone (train_step_check: two short epochs per training "
+                    "step from the same start, the per-epoch losses against the eager step's, then each step "
+                    "profiled), per encoder, into <results-dir>/<profile>/<encoder>/step_check.json with the "
+                    "provenance of the measurement. For measuring steps apart from a study's runs.")
+    parser.add_argument("--profile", default="smoke", choices=list(PROFILES))
+    parser.add_argument("--encoders", nargs="+", default=list(ENCODERS), choices=list(ENCODERS))
+    parser.add_argument("--results-dir", required=True, help="folder of the run folders written (not a study's)")
+    parser.add_argument("--steps", nargs="+", choices=list(TRAIN_STEPS), default=None,
+                        help="the steps compared, eager first (default: the profile's step_check_steps)")
+    parser.add_argument("--images", type=int, default=None, help="images per epoch (default: the profile's)")
+    parser.add_argument("--profile-steps", type=int, default=None,
+                        help="steps profiled per training step (default: the profile's step_profile_steps)")
+    parser.add_argument("--read-loss-every", type=int, default=None,
+                        help="the training loop's READ_LOSS_EVERY (default: the loop's own; 1 reads every step's "
+                             "loss as the loop once did)")
+    return parser
+
+
+def main(argv=None) -> int:
+    from . import train
+    from .params import USER_ERRORS, user_error_exit
+    from .profiles import get_bench_settings, get_config
+    from .results import collect_provenance, run_dir, write_json
+
+    args = build_parser().parse_args(argv)
+    try:
+        overrides = {k: v for k, v in (("step_check_steps", args.steps), ("step_check_images", args.images),
+                                       ("step_profile_steps", args.profile_steps)) if v is not None}
+        bench = get_bench_settings(args.profile, **overrides)
+        if args.read_loss_every is not None:
+            if args.read_loss_every < 1:
+                raise ValueError(f"parameter --read-loss-every={args.read_loss_every} must be at least 1")
+            train.READ_LOSS_EVERY = args.read_loss_every
+        for encoder in args.encoders:
+            config = get_config(args.profile, encoder=encoder, results_dir=args.results_dir)
+            check = train_step_check(config, bench.step_check_images, steps=tuple(bench.step_check_steps),
+                                     profile_steps=bench.step_profile_steps)
+            check["read_loss_every"] = train.READ_LOSS_EVERY
+            check["provenance"] = collect_provenance(config.device)
+            write_json(run_dir(config) / "step_check.json", check)
+            for v in check["variants"]:
+                p = v.get("profile") or {}
+                print(f"{encoder:12s} {v['train_step']:9s} images/s {v['images_per_s'] or float('nan'):8.1f} "
+                      f"max rel. loss diff {v['max_rel_loss_difference'] if v['max_rel_loss_difference'] is not None else float('nan'):.1e} "
+                      f"step {p.get('step_ms') or float('nan'):7.2f} ms GPU busy {p.get('gpu_busy_fraction') or float('nan'):.3f} "
+                      f"{v.get('error') or p.get('error') or ''}", flush=True)
+    except USER_ERRORS as exc:
+        return user_error_exit(exc)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
