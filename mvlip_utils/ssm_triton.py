@@ -55,39 +55,6 @@ def _triton_interpret() -> bool:
 
 # Triton kernels, as plain functions (annotations stay strings, thanks to `from __future__ import
 # annotations`); _build_triton_kernels wraps them with triton.jit on first use.
-def _tile(dim, dstate, A_ptr, D_ptr, bias_ptr, s_Ad, s_An, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-          HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr):
-    """What both kernels start from: this program's batch and channel block (program ids, offsets and masks
-    over channels and states), A in float32, and D and the delta bias (zeros where absent)."""
-    pid_b = tl.program_id(0).to(tl.int64)
-    pid_d = tl.program_id(1)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_d = offs_d < dim
-    mask_n = offs_n < dstate
-    mask_dn = mask_d[:, None] & mask_n[None, :]
-    A = tl.load(A_ptr + offs_d[:, None] * s_Ad + offs_n[None, :] * s_An, mask=mask_dn, other=0.0).to(tl.float32)
-    Dv = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    return pid_b, pid_d, offs_d, offs_n, mask_d, mask_n, mask_dn, A, Dv, bias
-
-
-def _bases(u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, pid_b, offs_d, offs_n,
-           s_ub, s_ud, s_tb, s_td, s_zb, s_zd, s_Bb, s_Bn, s_Cb, s_Cn):
-    """Where this program's rows of u, delta and z (per channel) and of B and C (per state) start."""
-    return (u_ptr + pid_b * s_ub + offs_d * s_ud, dt_ptr + pid_b * s_tb + offs_d * s_td,
-            z_ptr + pid_b * s_zb + offs_d * s_zd, B_ptr + pid_b * s_Bb + offs_n * s_Bn,
-            C_ptr + pid_b * s_Cb + offs_n * s_Cn)
-
-
-# _tile and _bases under triton.jit, set by _build_triton_kernels (the kernels call them by these names)
-_tile_jit = _bases_jit = None
-
-
 def _ssm_fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
                 out_ptr, st_ptr, last_ptr,
                 dim, L, dstate,
@@ -96,11 +63,24 @@ def _ssm_fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
                 BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
                 HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                 SOFTPLUS: tl.constexpr, STORE_STATES: tl.constexpr, STORE_LAST: tl.constexpr):
-    pid_b, pid_d, offs_d, offs_n, mask_d, mask_n, mask_dn, A, Dv, bias = _tile_jit(
-        dim, dstate, A_ptr, D_ptr, bias_ptr, s_Ad, s_An, BLOCK_D, BLOCK_N, HAS_D, HAS_BIAS)
-    A2 = A * 1.4426950408889634
-    u_base, t_base, z_base, B_base, C_base = _bases_jit(u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, pid_b, offs_d, offs_n,
-                                                        s_ub, s_ud, s_tb, s_td, s_zb, s_zd, s_Bb, s_Bn, s_Cb, s_Cn)
+    pid_b = tl.program_id(0).to(tl.int64)
+    pid_d = tl.program_id(1)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_d = offs_d < dim
+    mask_n = offs_n < dstate
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    A2 = tl.load(A_ptr + offs_d[:, None] * s_Ad + offs_n[None, :] * s_An, mask=mask_dn,
+                 other=0.0).to(tl.float32) * 1.4426950408889634
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    u_base = u_ptr + pid_b * s_ub + offs_d * s_ud
+    t_base = dt_ptr + pid_b * s_tb + offs_d * s_td
+    z_base = z_ptr + pid_b * s_zb + offs_d * s_zd
+    B_base = B_ptr + pid_b * s_Bb + offs_n * s_Bn
+    C_base = C_ptr + pid_b * s_Cb + offs_n * s_Cn
     o_base = out_ptr + (pid_b * dim + offs_d) * L
     st_base = st_ptr + ((pid_b * dim + offs_d[:, None]) * L) * dstate + offs_n[None, :]
     h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
@@ -155,12 +135,26 @@ def _ssm_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                 BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
                 HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                 SOFTPLUS: tl.constexpr, HAS_DLAST: tl.constexpr):
-    pid_b, pid_d, offs_d, offs_n, mask_d, mask_n, mask_dn, A, Dv, bias = _tile_jit(
-        dim, dstate, A_ptr, D_ptr, bias_ptr, s_Ad, s_An, BLOCK_D, BLOCK_N, HAS_D, HAS_BIAS)
+    pid_b = tl.program_id(0).to(tl.int64)
+    pid_d = tl.program_id(1)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_d = offs_d < dim
+    mask_n = offs_n < dstate
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    A = tl.load(A_ptr + offs_d[:, None] * s_Ad + offs_n[None, :] * s_An, mask=mask_dn,
+                other=0.0).to(tl.float32)
     A2 = A * 1.4426950408889634
-    u_base, t_base, z_base, B_base, C_base = _bases_jit(u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, pid_b, offs_d, offs_n,
-                                                        s_ub, s_ud, s_tb, s_td, s_zb, s_zd, s_Bb, s_Bn, s_Cb, s_Cn)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    u_base = u_ptr + pid_b * s_ub + offs_d * s_ud
+    t_base = dt_ptr + pid_b * s_tb + offs_d * s_td
+    z_base = z_ptr + pid_b * s_zb + offs_d * s_zd
     g_base = dout_ptr + pid_b * s_gb + offs_d * s_gd
+    B_base = B_ptr + pid_b * s_Bb + offs_n * s_Bn
+    C_base = C_ptr + pid_b * s_Cb + offs_n * s_Cn
     row = (pid_b * dim + offs_d) * L  # contiguous (b, d, L) gradient outputs
     st_base = st_ptr + row[:, None] * dstate + offs_n[None, :]
     part = ((pid_b * n_dblk + pid_d) * L) * dstate + offs_n  # dB/dC partials (b, n_dblk, L, n)
@@ -234,8 +228,6 @@ def _build_triton_kernels():
     """JIT-wrap the kernels (lazily, so TRITON_INTERPRET is read at first use)."""
     import triton
 
-    global _tile_jit, _bases_jit
-    _tile_jit, _bases_jit = triton.jit(_tile), triton.jit(_bases)
     return triton.jit(_ssm_fwd_kernel), triton.jit(_ssm_bwd_kernel)
 
 

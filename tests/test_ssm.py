@@ -276,3 +276,19 @@ def test_cuda_bf16_close_to_reference():
     out, last = run(ssm.selective_scan, bf)
     ref, _ = run(ssm.selective_scan_reference, {k: v.double() for k, v in bf.items()})
     assert out.dtype == torch.bfloat16 and rel_err(out, ref) < 1e-2
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_scan_under_torch_compile_matches_eager():
+    """torch.compile (the compiled and graphed training steps) builds the Triton kernels in inductor's own
+    worker processes: the scan must compile there and give eager's output and input gradient."""
+    results = []
+    for fn in (ssm.selective_scan, torch.compile(ssm.selective_scan)):
+        inp = make_inputs(2, 64, 8, 196, seed=3, device="cuda")
+        inp["u"].requires_grad_(True)
+        out, _ = run(fn, inp)
+        out.sum().backward()
+        results.append((out.detach(), inp["u"].grad))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-4, atol=1e-5)
