@@ -129,14 +129,13 @@ def epoch_time_breakdown(frame: pd.DataFrame, title: str):
 
 def step_time_breakdown(table: pd.DataFrame, title: str):
     """Stacked bars of one training step's milliseconds per tower and step (``discussion.step_profile_table``):
-    on a GPU its kernel time by the phase that launched it plus its idle time (kernels that overlap make a
-    bar longer than the step); on a CPU the host's phases
-    and its wait for data."""
-    on_gpu = table["GPU busy ms"].notna().all()
+    on a GPU its kernel time by the phase that launched it, then the rest of the step's unprofiled time in
+    the check (the GPU waiting); on a CPU the host's phases and its wait for data."""
+    on_gpu = table["GPU kernels ms"].notna().all()
     if on_gpu:
         parts = {"forward kernels": table["GPU forward ms"], "backward kernels": table["GPU backward ms"],
-                 "optimizer kernels": table["GPU optimizer ms"],
-                 "other kernels": table["GPU other ms"], "GPU idle": table["GPU idle ms"]}
+                 "optimizer kernels": table["GPU optimizer ms"], "other kernels": table["GPU other ms"],
+                 "rest of the step in the check": (table["step ms"] - table["GPU kernels ms"]).clip(lower=0)}
     else:
         parts = {"host forward": table["host forward ms"], "host backward": table["host backward ms"],
                  "host optimizer": table["host optimizer ms"], "waiting for data": table["data wait ms"]}

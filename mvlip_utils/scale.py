@@ -75,9 +75,12 @@ def encoder_projection(run: Mapping[str, Any], ref: Mapping[str, Any]) -> dict[s
     return out
 
 
-def study_projection(runs: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any]) -> dict[str, Any]:
+def study_projection(runs: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any],
+                     probe_checks: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """The whole study on one GPU and with one GPU per encoder, projected from ``runs`` (one edition), with
-    the FLOP and model-only floors and the provenance of the runs behind them."""
+    the FLOP and model-only floors and the provenance of the runs behind them; with ``probe_checks``
+    (``read_probe_step_checks``: step checks measured apart from the edition, with their profiles) also
+    the study bound by the fastest exact steps' kernel time (``kernel_bound_projection``)."""
     per = [p for p in (encoder_projection(run, ref) for run in runs.values()) if p is not None]
 
     def total(key: str, how=sum) -> float | None:
@@ -102,7 +105,8 @@ def study_projection(runs: Mapping[str, Mapping[str, Any]], ref: Mapping[str, An
             "fp32_floor_minutes_one_gpu_per_encoder": total("fp32_floor_minutes", max),
             "model_only_minutes": total("model_only_minutes"),
             "model_only_minutes_one_gpu_per_encoder": total("model_only_minutes", max),
-            "assumptions": ASSUMPTIONS, "per_encoder": per, "provenance": provenance}
+            "assumptions": ASSUMPTIONS, "per_encoder": per, "provenance": provenance,
+            "kernel_bound": kernel_bound_projection(per, probe_checks or {}, ref)}
 
 
 
@@ -130,6 +134,134 @@ def best_step(run: Mapping[str, Any], projection: Mapping[str, Any]) -> dict[str
 
 PROFILE_KEYS = ("step_ms", "gpu_busy_fraction", "gpu_busy_ms", "gpu_idle_ms", "data_wait_ms", "gpu_optimizer_ms",
                 "kernels_per_step", "steps")
+
+
+# ------------------------------------------------------------- step checks measured apart from an edition
+PROBE_STEP_CHECK = "step-check"  # <profile>-probe/step-check/<encoder>/step_check.json
+
+
+def read_probe_step_checks(probe_root: str | Path) -> dict[str, dict[str, Any]]:
+    """The step checks measured apart from an edition (``python -m mvlip_utils.benchmark_suite``), per
+    encoder, from ``probe_root``/step-check/<encoder>/step_check.json (e.g. results/speed-probe)."""
+    root = Path(probe_root) / PROBE_STEP_CHECK
+    return {f.parent.name: read_json(f) for f in sorted(root.glob("*/step_check.json"))}
+
+
+def kernel_bound(check: Mapping[str, Any]) -> dict[str, Any] | None:
+    """From a profiled step check: the step that kept the eager losses with the least GPU kernel time per
+    step, the images/s that kernel time alone allows (the GPU never waiting), and the share of its measured
+    step its kernels take; beside it the step that trained fastest in the check and its speed-up over eager.
+    None without a GPU profile."""
+    batch = check["batch_size"]
+    exact = [v for v in check["variants"] if v.get("within_tolerance") and v.get("images_per_s")]
+    profiled = [v for v in exact if (v.get("profile") or {}).get("gpu_busy_ms")]
+    if not profiled:
+        return None
+    least = min(profiled, key=lambda v: v["profile"]["gpu_busy_ms"])
+    fastest = max(exact, key=lambda v: v["images_per_s"])
+    eager = next(v for v in check["variants"] if v["train_step"] == "eager")
+    kernel_ms = least["profile"]["gpu_busy_ms"]
+    return {"train_step": least["train_step"], "kernel_ms_per_step": kernel_ms, "batch_size": batch,
+            "images_per_s": batch / kernel_ms * 1e3, "measured_images_per_s": least["images_per_s"],
+            "kernel_share_of_step": kernel_ms / (batch / least["images_per_s"] * 1e3),
+            "fastest_step": fastest["train_step"], "fastest_images_per_s": fastest["images_per_s"],
+            "fastest_speedup_over_eager": fastest["images_per_s"] / eager["images_per_s"]}
+
+
+def kernel_bound_projection(per: list[Mapping[str, Any]], probe_checks: Mapping[str, Mapping[str, Any]],
+                            ref: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The study with each encoder's training at its kernel-bound rate (``kernel_bound``) and its
+    validation, checkpoints and set-up as the edition measured them (``per``: ``encoder_projection``s):
+    what the study would take if the GPU never waited during training. None unless every encoder of
+    ``per`` has a profiled check."""
+    size = study_size(ref)
+    rows = {}
+    for p in per:
+        bound = kernel_bound(probe_checks[p["encoder"]]) if p["encoder"] in probe_checks else None
+        if bound is None:
+            return None
+        train = size["epochs"] * size["train_images"] / bound["images_per_s"] / 60
+        rows[p["encoder"]] = {**bound, "train_minutes": train,
+                              "minutes": p["projected_minutes"] - p["train_minutes"] + train}
+    if not rows:
+        return None
+    provenance = {e: {k: probe_checks[e].get("provenance", {}).get(k) for k in
+                      ("date_utc", "command", "git_commit", "git_dirty", "gpu_name", "driver", "versions")}
+                  for e in rows}
+    return {"one_gpu_minutes": sum(r["minutes"] for r in rows.values()),
+            "four_gpu_minutes": max(r["minutes"] for r in rows.values()),
+            "per_encoder": rows, "provenance": provenance}
+
+
+def kernel_bound_sentence(projection: Mapping[str, Any], probe_root: str | Path) -> str | None:
+    """What the separately measured, profiled step checks say of the targets (None without them)."""
+    bound = projection.get("kernel_bound")
+    if not bound:
+        return None
+    rows = bound["per_encoder"]
+    commits: dict[str, list[str]] = {}
+    for encoder, prov in bound["provenance"].items():
+        commits.setdefault(str(prov.get("git_commit"))[:7], []).append(encoder)
+    dates = sorted(str(p.get("date_utc"))[:16] for p in bound["provenance"].values())
+    gpus = sorted({str(p.get("gpu_name")) for p in bound["provenance"].values()})
+    fastest = ", ".join(f"{r['fastest_step']} for {e} (x{r['fastest_speedup_over_eager']:.2f} over eager)"
+                        for e, r in rows.items())
+    kernels = ", ".join(f"{r['kernel_ms_per_step']:.1f} ms ({e}, {r['train_step']}; "
+                        f"{r['kernel_share_of_step']:.0%} of its measured step)" for e, r in rows.items())
+    text = (f"Step checks measured apart from this edition ({probe_root}/{PROBE_STEP_CHECK}: {', '.join(gpus)}, "
+            f"{dates[0]} to {dates[-1]} UTC, commit " + ", ".join(f"{c} ({', '.join(e)})" for c, e in commits.items())
+            + f") found the fastest steps with the eager losses to be {fastest}. Profiled, the least GPU kernel time "
+            f"per step of {next(iter(rows.values()))['batch_size']} images is {kernels}.")
+    parts = []
+    for name, key, target, how in (("one GPU", "one_gpu_minutes", TARGET_MINUTES["one_gpu"], sum),
+                                   ("one GPU per encoder", "four_gpu_minutes", TARGET_MINUTES["one_gpu_per_encoder"], max)):
+        minutes = bound[key]
+        slowest = max(rows, key=lambda e: rows[e]["minutes"]) if how is max else None
+        train = (rows[slowest]["train_minutes"] if slowest else sum(r["train_minutes"] for r in rows.values()))
+        part = (f"{minutes:.0f} minutes on {name}" + (f" ({slowest} bounds it)" if slowest else "")
+                + f", {train:.0f} of them training, against the target of {target:.0f}: ")
+        if minutes <= target:
+            part += "met only if the GPU never waited during training"
+        elif train <= target:
+            part += (f"missed even then, unless validation, checkpoints and set-up ({minutes - train:.1f} minutes "
+                     f"here) also shrank below {target - train:.1f}")
+        else:
+            part += "missed even then, by the kernels' own time"
+        parts.append(part)
+    return (text + " If the GPU never waited, training at those kernel times with validation, checkpoints and "
+            "set-up as this edition measured them would take " + "; and ".join(parts) + ".")
+
+
+READ_EVERY_STEP = "step-check-read-every-step"  # the same check with the loop reading each step's loss
+
+
+def loss_read_sentence(probe_root: str | Path) -> str | None:
+    """The training loop's block reads of its losses (``train.READ_LOSS_EVERY``) against reading every
+    step's loss: the same encoder's step check run both ways (``probe_root``/step-check-read-every-step and
+    ``probe_root``/step-check), images/s per step. None without both."""
+    root = Path(probe_root)
+    parts, diffs = [], []
+    for every_step in sorted((root / READ_EVERY_STEP).glob("*/step_check.json")):
+        block = root / PROBE_STEP_CHECK / every_step.parent.name / "step_check.json"
+        if not block.is_file():
+            continue
+        a, b = read_json(every_step), read_json(block)
+        rates = {v["train_step"]: v["images_per_s"] for v in b["variants"] if v.get("images_per_s")}
+        for v in a["variants"]:
+            if v.get("images_per_s") and v["train_step"] in rates:
+                diff = rates[v["train_step"]] / v["images_per_s"] - 1
+                diffs.append(diff)
+                parts.append(f"{every_step.parent.name} {v['train_step']} {v['images_per_s']:.1f} vs "
+                             f"{rates[v['train_step']]:.1f} images/s ({diff * 100:+.1f}%)")
+        every = b.get("read_loss_every")
+    if not parts:
+        return None
+    consistent = all(d > 0.02 for d in diffs) or all(d < -0.02 for d in diffs)
+    return (f"Reading the loss back every step, as the loop once did, against every {every} steps, in two "
+            f"checks on the same GPU: " + ", ".join(parts) + ". "
+            + ("A consistent difference." if consistent else
+               "No consistent difference: the block reads gain nothing measurable here; the loop keeps them "
+               "because they change no loss and spare the host a wait per step."))
 
 
 def probe_sentences(projection: Mapping[str, Any], probe_root: str | Path) -> list[str]:

@@ -71,3 +71,19 @@ def test_sweep_and_scan_cost(experiment):
     for r in scan:
         assert r["kind"] == "scan_cost" and r["ratio_min"] <= r["ratio"] <= r["ratio_max"] and r["rounds"] == 2
         assert r["images_per_s_with_scan"] == pytest.approx(r["batch_size"] / r["a_median_s"])
+
+
+def test_the_step_check_command_writes_each_encoders_check_with_its_provenance(tmp_path, monkeypatch):
+    from mvlip_utils import train
+
+    monkeypatch.setattr(train, "READ_LOSS_EVERY", train.READ_LOSS_EVERY)  # the command sets it: restored after
+    monkeypatch.chdir(tmp_path)
+    code = suite.main(["--profile", "smoke", "--encoders", "vit", "--results-dir", "probe", "--images", "96",
+                       "--profile-steps", "1", "--read-loss-every", "1"])
+    assert code == 0
+    check = results.read_json(tmp_path / "probe" / "smoke" / "vit" / "step_check.json")
+    assert [v["train_step"] for v in check["variants"]] == ["eager", "fused"]
+    assert check["read_loss_every"] == 1 and check["provenance"]["command"] and check["provenance"]["versions"]
+    assert check["variants"][1]["profile"]["steps"] == 1 and check["variants"][1]["within_tolerance"]
+    assert suite.main(["--profile", "smoke", "--encoders", "vit", "--results-dir", "probe",
+                       "--read-loss-every", "0"]) == 2

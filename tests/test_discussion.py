@@ -94,21 +94,21 @@ def test_single_run_records_serve_the_edition_builders():
 
 
 def profiled_check(busy=(0.9, 0.98)):
-    """A step check of two profiled steps (GPU figures as step_profile gives them)."""
+    """A step check of two profiled steps (GPU figures as step_profile gives them) and a failed one."""
     variants = []
     for step, ms, fraction in (("fused", 100.0, busy[0]), ("compiled", 80.0, busy[1])):
-        variants.append({"train_step": step, "images_per_s": 32e3 / ms, "profile": {
+        variants.append({"train_step": step, "images_per_s": 32e3 / (ms + 10), "within_tolerance": True, "profile": {
             "steps": 5, "step_ms": ms, "images_per_s": 32e3 / ms, "data_wait_ms": 0.5,
             "host_forward_ms": 10.0, "host_backward_ms": 5.0, "host_optimizer_ms": 2.0, "host_loss_read_ms": 0.0,
             "gpu_busy_ms": ms * fraction, "gpu_idle_ms": ms * (1 - fraction), "gpu_busy_fraction": fraction,
             "gpu_forward_ms": ms * fraction / 3, "gpu_backward_ms": ms * fraction / 2,
             "gpu_optimizer_ms": ms * fraction / 6, "gpu_loss_read_ms": 0.0, "gpu_other_ms": 0.0,
             "kernels_per_step": 1000.0,
-            "top_kernels": [{"kernel": "sm90_gemm", "calls_per_step": 200.0, "ms_per_step": 40.0,
+            "top_kernels": [{"kernel": f"sm90_gemm_{step}", "calls_per_step": 200.0, "ms_per_step": 40.0,
                              "share_of_kernel_time": 0.5}]}})
     variants.append({"train_step": "graphed", "images_per_s": None, "error": "RuntimeError: x",
                      "profile": None})
-    return {"device_name": "NVIDIA H200", "variants": variants}
+    return {"device_name": "NVIDIA H200", "batch_size": 32, "variants": variants}
 
 
 def test_the_step_profile_table_sentence_and_kernels_of_a_check():
@@ -117,13 +117,19 @@ def test_the_step_profile_table_sentence_and_kernels_of_a_check():
     runs_ = {"swin": {"step_check": profiled_check()}}
     table = discussion.step_profile_table(runs_)
     assert list(table.step) == ["fused", "compiled"]  # the failed step has no profile
-    assert table["GPU busy"].tolist() == [0.9, 0.98] and table["ms per step"].tolist() == [100.0, 80.0]
+    # the step's time from the check (unprofiled), the kernel time from the profile
+    assert table["step ms"].tolist() == pytest.approx([110.0, 90.0])
+    assert table["GPU kernels ms"].tolist() == pytest.approx([90.0, 78.4])
+    assert table["kernels / step"].tolist() == pytest.approx([90 / 110, 78.4 / 90])
     text = discussion.step_profile_sentence(runs_)
-    assert "(compiled, 80.0 ms) keeps the GPU busy 98%" in text and "optimizer 13.1 ms (17% of its kernel time)" in text
+    assert "(compiled, 90.0 ms in the check) spends 78.4 ms in GPU kernels (87% of it" in text
+    assert "optimizer 13.1 ms" in text
     fastest, kernels = discussion.top_kernels(runs_["swin"]["step_check"])
-    assert fastest == "compiled" and kernels.loc["sm90_gemm", "ms per step"] == 40.0
+    assert fastest == "compiled" and kernels.loc["sm90_gemm_compiled", "ms per step"] == 40.0
     fig = plots.step_time_breakdown(table, "t")
     bars = fig.axes[0].patches
     assert len(bars) == 2 * 5 and max(b.get_width() for b in bars) == pytest.approx(100 * 0.9 / 2)
+    # the last part of each bar: the rest of the step in the check beside its kernels
+    assert [b.get_width() for b in bars[8:]] == pytest.approx([110 - 90, 90 - 78.4])
     assert discussion.step_profile_sentence({"swin": {"step_check": None}}) == \
         "No training step was profiled in this edition."

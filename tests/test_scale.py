@@ -86,3 +86,54 @@ def test_the_fastest_exact_step_carries_its_profile_and_the_sentence_says_what_b
     assert "bound by its kernels" not in text and "the GPU idle 36.0 ms, the host waiting 30.0 ms for data" in text
     proj = scale.study_projection({"swin": run}, REF)
     assert "Profiled with torch.profiler" in scale.projection_sentence(proj)
+
+
+def probe_check(eager_ips, steps, read_every=50, commit="abc1234"):
+    """A profiled step check as the benchmark_suite command writes it: steps (name, images/s, kernel ms)."""
+    variants = [{"train_step": "eager", "images_per_s": eager_ips, "within_tolerance": True,
+                 "profile": {"gpu_busy_ms": 32e3 / eager_ips * 0.9}}]
+    for name, ips, kernel_ms, same in steps:
+        variants.append({"train_step": name, "images_per_s": ips, "within_tolerance": same,
+                         "profile": {"gpu_busy_ms": kernel_ms}})
+    return {"batch_size": 32, "variants": variants, "read_loss_every": read_every, "device_name": "NVIDIA H200",
+            "provenance": {"git_commit": commit, "date_utc": "2026-11-29T02:40:00+00:00", "gpu_name": "NVIDIA H200"}}
+
+
+def test_the_kernel_bound_study_and_what_it_says_of_the_targets(tmp_path):
+    checks = {"swin": probe_check(280, [("compiled", 320, 81.0, True), ("graphed", 318, 79.0, True)]),
+              "vit": probe_check(800, [("graphed", 860, 24.0, True), ("compiled", 900, 20.0, False)])}
+    for encoder, check in checks.items():
+        results.write_json(tmp_path / "step-check" / encoder / "step_check.json", check)
+    read = scale.read_probe_step_checks(tmp_path)
+    assert set(read) == {"swin", "vit"} and read["swin"]["variants"][1]["images_per_s"] == 320
+    swin = scale.kernel_bound(read["swin"])
+    # the least kernel time among the steps with the eager losses; the fastest in the check beside it
+    assert swin["train_step"] == "graphed" and swin["images_per_s"] == pytest.approx(32 / 79.0 * 1e3)
+    assert swin["kernel_share_of_step"] == pytest.approx(79.0 / (32 / 318 * 1e3))
+    assert swin["fastest_step"] == "compiled" and swin["fastest_speedup_over_eager"] == pytest.approx(320 / 280)
+    assert scale.kernel_bound(read["vit"])["train_step"] == "graphed"  # compiled changed the losses: not taken
+    runs = {"swin": timed_run("swin", 300, 700), "vit": timed_run("vit", 800, 1500)}
+    proj = scale.study_projection(runs, REF, read)
+    bound, per = proj["kernel_bound"], {p["encoder"]: p for p in proj["per_encoder"]}
+    train = 20 * 34720 / (32 / 79.0 * 1e3) / 60
+    assert bound["per_encoder"]["swin"]["minutes"] == pytest.approx(
+        per["swin"]["projected_minutes"] - per["swin"]["train_minutes"] + train)
+    assert bound["four_gpu_minutes"] == pytest.approx(bound["per_encoder"]["swin"]["minutes"])
+    assert bound["one_gpu_minutes"] == pytest.approx(sum(r["minutes"] for r in bound["per_encoder"].values()))
+    assert bound["provenance"]["swin"]["git_commit"] == "abc1234"
+    text = scale.kernel_bound_sentence(proj, tmp_path)
+    assert f"{bound['one_gpu_minutes']:.0f} minutes on one GPU" in text and "commit abc1234 (swin, vit)" in text
+    assert "(swin bounds it)" in text
+    # without a profiled check for every encoder there is no kernel-bound study
+    assert scale.study_projection({**runs, "mambavision": timed_run("mambavision", 400, 900)}, REF, read)["kernel_bound"] is None
+
+
+def test_the_loss_read_sentence_compares_the_same_check_both_ways(tmp_path):
+    assert scale.loss_read_sentence(tmp_path) is None
+    results.write_json(tmp_path / "step-check" / "swin" / "step_check.json",
+                       probe_check(283.3, [("fused", 267.1, 80, True)]))
+    results.write_json(tmp_path / scale.READ_EVERY_STEP / "swin" / "step_check.json",
+                       probe_check(281.7, [("fused", 281.3, 80, True)], read_every=1))
+    text = scale.loss_read_sentence(tmp_path)
+    assert "swin eager 281.7 vs 283.3 images/s (+0.6%)" in text and "every 50 steps" in text
+    assert "No consistent difference" in text
