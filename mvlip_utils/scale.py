@@ -264,16 +264,20 @@ def loss_read_sentence(probe_root: str | Path) -> str | None:
                "because they change no loss and spare the host a wait per step."))
 
 
-def probe_sentences(projection: Mapping[str, Any], probe_root: str | Path) -> list[str]:
+def probe_sentences(projection: Mapping[str, Any], probe_root: str | Path,
+                    runs: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
     """``probe_sentence`` for every run folder under ``probe_root`` (e.g. results/speed-probe)."""
     root = Path(probe_root)
     folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-    return [text for text in (probe_sentence(projection, f) for f in folders) if text]
+    return [text for text in (probe_sentence(projection, f, runs) for f in folders) if text]
 
 
-def probe_sentence(projection: Mapping[str, Any], probe_dir: str | Path) -> str | None:
-    """A separately measured epoch of one encoder with another training step (``probe_dir``: its run folder,
-    e.g. results/speed-probe/swin-compiled) against what the step check's speed-up predicted for it."""
+def probe_sentence(projection: Mapping[str, Any], probe_dir: str | Path,
+                   runs: Mapping[str, Mapping[str, Any]] | None = None) -> str | None:
+    """A separately measured run of one encoder with another training step (``probe_dir``: its run folder,
+    e.g. results/speed-probe/swin-compiled): its last epoch's training images/s against the edition's run
+    of that encoder, against what the step check's speed-up predicted where that step is the check's
+    fastest, and (with ``runs``, the edition's) its per-epoch training losses against the edition's."""
     probe_dir = Path(probe_dir)
     if not (probe_dir / "timings.csv").is_file():
         return None
@@ -283,13 +287,24 @@ def probe_sentence(projection: Mapping[str, Any], probe_dir: str | Path) -> str 
     last = pd.read_csv(probe_dir / "timings.csv").iloc[-1]
     measured = last["train_images"] / last["train_seconds"]
     run = next((p for p in projection["per_encoder"] if p["encoder"] == config["encoder"]), None)
-    best = projection.get("best_step", {}).get(config["encoder"])
-    if run is None or not best or best["train_step"] != config["train_step"]:
+    if run is None:
         return None
-    predicted = run["train_images_per_s"] * best["speedup_over_run_step"]
-    return (f"A separate two-epoch run of {config['encoder']} with the {config['train_step']} step ({probe_dir}) trained "
-            f"its second epoch at {measured:.1f} images/s, where the step check's speed-up predicted {predicted:.1f} "
-            f"({(measured / predicted - 1) * 100:+.1f}%).")
+    text = (f"A separate two-epoch run of {config['encoder']} with the {config['train_step']} step ({probe_dir}) trained "
+            f"its second epoch at {measured:.1f} images/s, against {run['train_images_per_s']:.1f} for this "
+            f"edition's {run['train_step']} run ({(measured / run['train_images_per_s'] - 1) * 100:+.1f}%)")
+    best = (projection.get("best_step") or {}).get(config["encoder"])
+    if best and best["train_step"] == config["train_step"]:
+        predicted = run["train_images_per_s"] * best["speedup_over_run_step"]
+        text += (f"; the step check's speed-up predicted {predicted:.1f} ({(measured / predicted - 1) * 100:+.1f}% "
+                 f"measured against predicted)")
+    edition = (runs or {}).get(config["encoder"], {}).get("history")
+    if edition is not None and (probe_dir / "history.csv").is_file():
+        ours = pd.read_csv(probe_dir / "history.csv")
+        both = ours.merge(edition, on="epoch", suffixes=("", "_edition"))
+        if len(both):
+            diff = float(((both.train_loss - both.train_loss_edition).abs() / both.train_loss_edition.abs()).max())
+            text += (f"; its per-epoch training losses differ from the edition's by at most {diff:.1e} (relative)")
+    return text + "."
 
 
 # A step whose GPU is busy at least this fraction of its time is bound by its kernels (launch gaps and

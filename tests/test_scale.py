@@ -137,3 +137,22 @@ def test_the_loss_read_sentence_compares_the_same_check_both_ways(tmp_path):
     text = scale.loss_read_sentence(tmp_path)
     assert "swin eager 281.7 vs 283.3 images/s (+0.6%)" in text and "every 50 steps" in text
     assert "No consistent difference" in text
+
+
+def test_a_separate_run_is_set_beside_the_editions_run_its_prediction_and_losses(tmp_path):
+    run = timed_run("swin", train_ips=300, val_ips=700)
+    run["history"] = pd.DataFrame({"epoch": [1, 2], "train_loss": [3.5, 3.4]})
+    run["step_check"] = {"variants": [{"train_step": "fused", "images_per_s": 300.0, "within_tolerance": True},
+                                      {"train_step": "compiled", "images_per_s": 330.0, "within_tolerance": True}]}
+    proj = scale.study_projection({"swin": run}, REF)
+    for name, step, loss in (("swin-compiled", "compiled", 3.4 * (1 + 2e-6)), ("swin-graphed", "graphed", 3.4)):
+        folder = tmp_path / name
+        results.write_json(folder / "config.json", {"encoder": "swin", "train_step": step})
+        pd.DataFrame([{"epoch": 2, "train_seconds": 10.0, "train_images": 3400}]).to_csv(folder / "timings.csv", index=False)
+        pd.DataFrame({"epoch": [1, 2], "train_loss": [3.5, loss]}).to_csv(folder / "history.csv", index=False)
+    compiled, graphed = scale.probe_sentences(proj, tmp_path, {"swin": run})
+    assert "340.0 images/s, against 300.0 for this edition's fused run (+13.3%)" in compiled
+    assert "predicted 330.0 (+3.0% measured against predicted)" in compiled  # compiled: the check's fastest
+    assert "differ from the edition's by at most 2.0e-06" in compiled
+    assert "predicted" not in graphed and "at most 0.0e+00" in graphed
+    assert scale.probe_sentences(proj, tmp_path / "none") == []
