@@ -201,8 +201,7 @@ def training_tower(config: StudyConfig, tower: torch.nn.Module):
 
 def make_optimizer(experiment: Experiment):
     """AdamW over the trainable parameters (``train_step`` eager: PyTorch's default implementation; the
-    others fused) and
-    the cosine schedule over every step of the run."""
+    others fused) and the cosine schedule over every step of the run."""
     config = experiment.config
     optimizer = make_adamw(experiment.model.trainable_parameters(), config.lr, config.weight_decay,
                            "foreach" if config.train_step == "eager" else "fused")

@@ -55,6 +55,8 @@ class NonFiniteLossError(FloatingPointError):
 # next step's kernels are launched only then and the GPU idles meanwhile. The loop keeps the losses on the
 # device and reads them (the progress bar's running mean, the finite check) every this many steps and at
 # the end of the epoch; a non-finite loss is still reported with its step, at most this many steps later.
+# The history is the same either way; on an H200, Swin-B's speed did not differ consistently either
+# (results/speed-probe/step-check-read-every-step).
 READ_LOSS_EVERY = 50
 
 # The names of a training step's phases in a torch.profiler trace (``step_profile`` reads them back).
