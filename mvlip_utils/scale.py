@@ -78,9 +78,10 @@ def encoder_projection(run: Mapping[str, Any], ref: Mapping[str, Any]) -> dict[s
 def study_projection(runs: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any],
                      probe_checks: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """The whole study on one GPU and with one GPU per encoder, projected from ``runs`` (one edition), with
-    the FLOP and model-only floors and the provenance of the runs behind them; with ``probe_checks``
-    (``read_probe_step_checks``: step checks measured apart from the edition, with their profiles) also
-    the study bound by the fastest exact steps' kernel time (``kernel_bound_projection``)."""
+    the FLOP and model-only floors and the provenance of the runs behind them, and the study bound by the
+    fastest exact steps' kernel time (``kernel_bound_projection``) where the step checks were profiled:
+    ``probe_checks`` (``read_probe_step_checks``: measured apart from the edition) where given, else the
+    runs' own."""
     per = [p for p in (encoder_projection(run, ref) for run in runs.values()) if p is not None]
 
     def total(key: str, how=sum) -> float | None:
@@ -106,7 +107,7 @@ def study_projection(runs: Mapping[str, Mapping[str, Any]], ref: Mapping[str, An
             "model_only_minutes": total("model_only_minutes"),
             "model_only_minutes_one_gpu_per_encoder": total("model_only_minutes", max),
             "assumptions": ASSUMPTIONS, "per_encoder": per, "provenance": provenance,
-            "kernel_bound": kernel_bound_projection(per, probe_checks or {}, ref)}
+            "kernel_bound": kernel_bound_projection(per, profiled_checks(runs, probe_checks or {}), ref)}
 
 
 
@@ -125,15 +126,8 @@ def best_step(run: Mapping[str, Any], projection: Mapping[str, Any]) -> dict[str
     fastest = max(ok, key=lambda v: v["images_per_s"])
     gain = fastest["images_per_s"] / used["images_per_s"]
     train = projection["train_minutes"] / gain
-    profile = fastest.get("profile") or {}
     return {"train_step": fastest["train_step"], "speedup_over_run_step": gain, "train_minutes": train,
-            "projected_minutes": projection["projected_minutes"] - projection["train_minutes"] + train,
-            # where that step's time goes (step_profile), when the check profiled it
-            "profile": {k: profile.get(k) for k in PROFILE_KEYS} if "step_ms" in profile else None}
-
-
-PROFILE_KEYS = ("step_ms", "gpu_busy_fraction", "gpu_busy_ms", "gpu_idle_ms", "data_wait_ms", "gpu_optimizer_ms",
-                "kernels_per_step", "steps")
+            "projected_minutes": projection["projected_minutes"] - projection["train_minutes"] + train}
 
 
 # ------------------------------------------------------------- step checks measured apart from an edition
@@ -147,16 +141,29 @@ def read_probe_step_checks(probe_root: str | Path) -> dict[str, dict[str, Any]]:
     return {f.parent.name: read_json(f) for f in sorted(root.glob("*/step_check.json"))}
 
 
+def profiled_checks(runs: Mapping[str, Mapping[str, Any]],
+                    probe_checks: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each encoder's step check for the kernel bound, with where it comes from (``source``): the one
+    measured apart from the edition where there is one (newer than the edition's), else the run's own."""
+    out = {}
+    for encoder, run in runs.items():
+        if encoder in probe_checks:
+            out[encoder] = {**probe_checks[encoder], "source": "apart"}
+        elif run.get("step_check"):
+            out[encoder] = {**run["step_check"], "source": "edition"}
+    return out
+
+
 def kernel_bound(check: Mapping[str, Any]) -> dict[str, Any] | None:
     """From a profiled step check: the step that kept the eager losses with the least GPU kernel time per
     step, the images/s that kernel time alone allows (the GPU never waiting), and the share of its measured
     step its kernels take; beside it the step that trained fastest in the check and its speed-up over eager.
     None without a GPU profile."""
-    batch = check["batch_size"]
     exact = [v for v in check["variants"] if v.get("within_tolerance") and v.get("images_per_s")]
     profiled = [v for v in exact if (v.get("profile") or {}).get("gpu_busy_ms")]
     if not profiled:
         return None
+    batch = check["batch_size"]
     least = min(profiled, key=lambda v: v["profile"]["gpu_busy_ms"])
     fastest = max(exact, key=lambda v: v["images_per_s"])
     eager = next(v for v in check["variants"] if v["train_step"] == "eager")
@@ -168,24 +175,24 @@ def kernel_bound(check: Mapping[str, Any]) -> dict[str, Any] | None:
             "fastest_speedup_over_eager": fastest["images_per_s"] / eager["images_per_s"]}
 
 
-def kernel_bound_projection(per: list[Mapping[str, Any]], probe_checks: Mapping[str, Mapping[str, Any]],
+def kernel_bound_projection(per: list[Mapping[str, Any]], checks: Mapping[str, Mapping[str, Any]],
                             ref: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The study with each encoder's training at its kernel-bound rate (``kernel_bound``) and its
-    validation, checkpoints and set-up as the edition measured them (``per``: ``encoder_projection``s):
-    what the study would take if the GPU never waited during training. None unless every encoder of
-    ``per`` has a profiled check."""
+    """The study with each encoder's training at its kernel-bound rate (``kernel_bound`` of its check in
+    ``checks``, ``profiled_checks``) and its validation, checkpoints and set-up as the edition measured
+    them (``per``: ``encoder_projection``s): what the study would take if the GPU never waited during
+    training. None unless every encoder of ``per`` has a profiled check."""
     size = study_size(ref)
     rows = {}
     for p in per:
-        bound = kernel_bound(probe_checks[p["encoder"]]) if p["encoder"] in probe_checks else None
+        bound = kernel_bound(checks[p["encoder"]]) if p["encoder"] in checks else None
         if bound is None:
             return None
         train = size["epochs"] * size["train_images"] / bound["images_per_s"] / 60
-        rows[p["encoder"]] = {**bound, "train_minutes": train,
+        rows[p["encoder"]] = {**bound, "source": checks[p["encoder"]].get("source"), "train_minutes": train,
                               "minutes": p["projected_minutes"] - p["train_minutes"] + train}
     if not rows:
         return None
-    provenance = {e: {k: probe_checks[e].get("provenance", {}).get(k) for k in
+    provenance = {e: {k: (checks[e].get("provenance") or {}).get(k) for k in
                       ("date_utc", "command", "git_commit", "git_dirty", "gpu_name", "driver", "versions")}
                   for e in rows}
     return {"one_gpu_minutes": sum(r["minutes"] for r in rows.values()),
@@ -194,7 +201,8 @@ def kernel_bound_projection(per: list[Mapping[str, Any]], probe_checks: Mapping[
 
 
 def kernel_bound_sentence(projection: Mapping[str, Any], probe_root: str | Path) -> str | None:
-    """What the separately measured, profiled step checks say of the targets (None without them)."""
+    """What the profiled step checks (``kernel_bound_projection``'s: the training chapters' or those measured
+    apart from the edition, under ``probe_root``) say of the targets (None without them)."""
     bound = projection.get("kernel_bound")
     if not bound:
         return None
@@ -208,8 +216,14 @@ def kernel_bound_sentence(projection: Mapping[str, Any], probe_root: str | Path)
                         for e, r in rows.items())
     kernels = ", ".join(f"{r['kernel_ms_per_step']:.1f} ms ({e}, {r['train_step']}; "
                         f"{r['kernel_share_of_step']:.0%} of its measured step)" for e, r in rows.items())
-    text = (f"Step checks measured apart from this edition ({probe_root}/{PROBE_STEP_CHECK}: {', '.join(gpus)}, "
-            f"{dates[0]} to {dates[-1]} UTC, commit " + ", ".join(f"{c} ({', '.join(e)})" for c, e in commits.items())
+    where = {"apart": f"measured apart from this edition, {probe_root}/{PROBE_STEP_CHECK}",
+             "edition": "the training chapters'"}
+    sources: dict[str, list[str]] = {}
+    for encoder, row in rows.items():
+        sources.setdefault(where[row["source"]], []).append(encoder)
+    text = ("Profiled step checks (" + "; ".join(f"{w}, for {', '.join(e)}" for w, e in sources.items())
+            + f": {', '.join(gpus)}, {dates[0]} to {dates[-1]} UTC, commit "
+            + ", ".join(f"{c} ({', '.join(e)})" for c, e in commits.items())
             + f") found the fastest steps with the eager losses to be {fastest}. Profiled, the least GPU kernel time "
             f"per step of {next(iter(rows.values()))['batch_size']} images is {kernels}.")
     parts = []
@@ -307,10 +321,6 @@ def probe_sentence(projection: Mapping[str, Any], probe_dir: str | Path,
     return text + "."
 
 
-# A step whose GPU is busy at least this fraction of its time is bound by its kernels (launch gaps and
-# data waits then hold less than a twentieth of it)
-BUSY_BOUND = 0.95
-
 # The targets the project set itself for the paper's study on H200s (issue "Fast at paper scale")
 TARGET_MINUTES = {"one_gpu": 60.0, "one_gpu_per_encoder": 35.0}
 
@@ -354,26 +364,7 @@ def projection_sentence(projection: Mapping[str, Any]) -> str:
         text += (f" With each encoder's fastest step that kept the eager losses ({steps}, from the training "
                  f"chapters' step checks) the study would take {projection['one_gpu_minutes_best_step']:.0f} minutes "
                  f"on one GPU and {projection['four_gpu_minutes_best_step']:.0f} with one GPU per encoder.")
-        profiled = {e: b["profile"] for e, b in projection["best_step"].items()
-                    if b and b.get("profile") and b["profile"].get("gpu_busy_fraction") is not None}
-        if profiled:
-            text += " " + profile_sentence(profiled)
     return text + f" Assumed: {ASSUMPTIONS}."
-
-
-def profile_sentence(profiled: Mapping[str, Mapping[str, Any]]) -> str:
-    """What bounds each encoder's fastest step, from its profile (``best_step``'s): the GPU's busy fraction
-    and, where the GPU idles more than 1 - BUSY_BOUND of the step, its idle time and the host's wait for data."""
-    parts = []
-    for encoder, p in profiled.items():
-        part = f"{p['gpu_busy_fraction']:.0%} of {p['step_ms']:.1f} ms ({encoder}"
-        if p["gpu_busy_fraction"] < BUSY_BOUND:
-            part += f"; the GPU idle {p['gpu_idle_ms']:.1f} ms, the host waiting {p['data_wait_ms']:.1f} ms for data"
-        parts.append(part + ")")
-    bound = all(p["gpu_busy_fraction"] >= BUSY_BOUND for p in profiled.values())
-    return ("Profiled with torch.profiler, those steps keep the GPU busy " + ", ".join(parts)
-            + (": each is bound by its kernels' own time, which only other numerics, another batch or faster "
-               "kernels would shorten." if bound else "."))
 
 
 LEGACY_DDP = Path(__file__).resolve().parents[1] / "results" / "h200-ddp" / "speedup.json"
