@@ -233,11 +233,12 @@ def train_step_check(config: StudyConfig, images: int, epochs: int = 2, steps: t
     ``profile_steps``, each step then trains one more short epoch under torch.profiler
     (``step_profile.profile_training_epoch``: where the time of ``profile_steps`` steps goes, as each
     variant's ``profile``; the trace of each is kept gzipped in the run folder as
-    step_trace_<step>.json.gz). Written to the run folder's step_check.json."""
+    step_trace_<step>.json.gz). Written to the run folder's step_check.json, with the training loop's
+    ``READ_LOSS_EVERY`` and the provenance of the measurement."""
 
     from . import experiment as exp
     from . import train
-    from .results import device_description, run_dir, write_json
+    from .results import collect_provenance, device_description, run_dir, write_json
 
     if not steps or steps[0] != "eager":
         raise ValueError(f"parameter steps={steps!r} must start with 'eager' (the reference)")
@@ -266,7 +267,8 @@ def train_step_check(config: StudyConfig, images: int, epochs: int = 2, steps: t
                  speedup=v["images_per_s"] / reference["images_per_s"])
     out = {"images": len(subset), "epochs": epochs, "batch_size": config.batch_size, "precision": config.precision,
            "tolerance": STEP_CHECK_TOLERANCE, "device_name": device_description(base.device),
-           "profile_steps": profile_steps, "variants": variants}
+           "profile_steps": profile_steps, "read_loss_every": train.READ_LOSS_EVERY, "variants": variants,
+           "provenance": collect_provenance(base.device)}
     write_json(run_dir(config) / "step_check.json", out)
     return out
 
@@ -337,7 +339,6 @@ def main(argv=None) -> int:
     from . import train
     from .params import USER_ERRORS, user_error_exit
     from .profiles import get_bench_settings, get_config
-    from .results import collect_provenance, run_dir, write_json
 
     args = build_parser().parse_args(argv)
     try:
@@ -352,14 +353,11 @@ def main(argv=None) -> int:
             config = get_config(args.profile, encoder=encoder, results_dir=args.results_dir)
             check = train_step_check(config, bench.step_check_images, steps=tuple(bench.step_check_steps),
                                      profile_steps=bench.step_profile_steps)
-            check["read_loss_every"] = train.READ_LOSS_EVERY
-            check["provenance"] = collect_provenance(config.device)
-            write_json(run_dir(config) / "step_check.json", check)
             for v in check["variants"]:
                 p = v.get("profile") or {}
                 print(f"{encoder:12s} {v['train_step']:9s} images/s {v['images_per_s'] or float('nan'):8.1f} "
                       f"max rel. loss diff {v['max_rel_loss_difference'] if v['max_rel_loss_difference'] is not None else float('nan'):.1e} "
-                      f"step {p.get('step_ms') or float('nan'):7.2f} ms GPU busy {p.get('gpu_busy_fraction') or float('nan'):.3f} "
+                      f"GPU kernels {p.get('gpu_busy_ms') or float('nan'):7.2f} ms per step "
                       f"{v.get('error') or p.get('error') or ''}", flush=True)
     except USER_ERRORS as exc:
         return user_error_exit(exc)
