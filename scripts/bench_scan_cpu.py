@@ -7,8 +7,8 @@ import argparse
 
 import torch
 
-from mvlip_utils import ssm
-from mvlip_utils.benchmark import time_callable
+from mvlip_utils.models import ssm
+from mvlip_utils.measure.benchmark import time_callable
 
 SHAPES = [(2, 256, 8, 196), (8, 256, 8, 196), (8, 512, 8, 49), (4, 512, 16, 196)]  # (batch, dim, dstate, L)
 

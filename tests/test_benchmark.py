@@ -15,8 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from mvlip_utils import benchmark as B
-from mvlip_utils import flops
+from mvlip_utils.measure import benchmark as B
+from mvlip_utils.measure import flops
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -323,7 +323,7 @@ def test_interleaved_ratio_alternates_and_reports_the_spread():
 
 
 def test_command_line_prints_one_json_record():
-    proc = subprocess.run([sys.executable, "-m", "mvlip_utils.benchmark", "--encoder", "vit", "--size", "smoke",
+    proc = subprocess.run([sys.executable, "-m", "mvlip_utils.measure.benchmark", "--encoder", "vit", "--size", "smoke",
                            "--image-size", "32", "--batch-size", "2", "--device", "cpu", "--warmup", "1",
                            "--repeats", "2", "--mode", "train", "--optimizer", "fused", "--flops"],
                           capture_output=True, text=True, timeout=300, cwd=REPO)

@@ -4,10 +4,10 @@ import dataclasses
 
 import pytest
 
-from mvlip_utils import benchmark_suite as suite
-from mvlip_utils import experiment as exp
-from mvlip_utils import results
-from mvlip_utils.profiles import get_bench_settings, get_config
+from mvlip_utils.measure import benchmark_suite as suite
+from mvlip_utils.train import experiment as exp
+from mvlip_utils.train import results
+from mvlip_utils.settings.profiles import get_bench_settings, get_config
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_compile_runs_in_a_child_process_with_a_time_limit(experiment):
 
 
 def test_sweep_and_scan_cost(experiment):
-    from mvlip_utils.towers import create_image_tower
+    from mvlip_utils.models.towers import create_image_tower
 
     config = experiment.config
     sweep = suite.sweep_records(lambda r: create_image_tower("mambavision", "smoke", image_size=r), config, BENCH, "cpu")
@@ -74,7 +74,7 @@ def test_sweep_and_scan_cost(experiment):
 
 
 def test_the_step_check_command_writes_each_encoders_check_with_its_provenance(tmp_path, monkeypatch):
-    from mvlip_utils import train
+    from mvlip_utils.train import loop as train
 
     monkeypatch.setattr(train, "READ_LOSS_EVERY", train.READ_LOSS_EVERY)  # the command sets it: restored after
     monkeypatch.chdir(tmp_path)

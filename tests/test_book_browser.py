@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from mvlip_utils import discussion, notebooks, study
+from mvlip_utils.report import discussion
+from mvlip_utils.settings import notebooks
+from mvlip_utils.study import runner as study
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -90,7 +92,8 @@ return Array.from(document.querySelectorAll('article img, main img')).map(
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_smoke_book_as_a_reader_sees_it_in_headless_chromium(tmp_path):
-    from mvlip_utils import findings, results
+    from mvlip_utils.report import findings
+    from mvlip_utils.train import results
 
     root = copy_book_sources(tmp_path / "book-root")
     report = study.run_study("smoke", ENCODERS, overrides=TINY, root=root, log=print)

@@ -5,8 +5,9 @@ import math
 import pandas as pd
 import pytest
 
-from mvlip_utils import discussion, results
-from mvlip_utils.profiles import ENCODER_LABELS
+from mvlip_utils.report import discussion
+from mvlip_utils.train import results
+from mvlip_utils.settings.profiles import ENCODER_LABELS
 
 REF = results.paper_reference()
 
@@ -112,7 +113,7 @@ def profiled_check(busy=(0.9, 0.98)):
 
 
 def test_the_step_profile_table_sentence_and_kernels_of_a_check():
-    from mvlip_utils import plots
+    from mvlip_utils.report import plots
 
     runs_ = {"swin": {"step_check": profiled_check()}}
     table = discussion.step_profile_table(runs_)

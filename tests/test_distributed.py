@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from mvlip_utils import distributed as dist_mod
-from mvlip_utils import experiment as exp, results, run_folder, train
-from mvlip_utils.profiles import get_config
+from mvlip_utils.train import distributed as dist_mod
+from mvlip_utils.train import experiment as exp, results, run_folder, loop as train
+from mvlip_utils.settings.profiles import get_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(encoder="vit", epochs=2, generated_classes=4, generated_train_per_class=16, generated_val_per_class=4,
@@ -21,7 +21,7 @@ TINY = dict(encoder="vit", epochs=2, generated_classes=4, generated_train_per_cl
 def test_rank_slices_of_the_single_process_batches():
     batches = dist_mod.global_batches(70, 16, seed=7)
     # the same batches, in the same order, as the single-process training loader (4 full batches, drop_last)
-    from mvlip_utils.data import make_loader
+    from mvlip_utils.data.folders import make_loader
 
     expected = [b.tolist() for b in make_loader(dist_mod._Indices(70), 16, shuffle=True, drop_last=True, seed=7)]
     assert batches == expected and len(batches) == 4 and sorted(sum(batches, [])) != list(range(64))

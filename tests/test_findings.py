@@ -3,7 +3,8 @@
 import pandas as pd
 import pytest
 
-from mvlip_utils import findings, results
+from mvlip_utils.report import findings
+from mvlip_utils.train import results
 
 REF = results.paper_reference()
 

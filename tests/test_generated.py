@@ -13,8 +13,8 @@ import open_clip
 import pytest
 from PIL import Image
 
-from mvlip_utils import data as D
-from mvlip_utils import generated as G
+from mvlip_utils.data import folders as D
+from mvlip_utils.data import generated as G
 
 
 def _digest(root: Path) -> dict[str, str]:

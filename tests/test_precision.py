@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mvlip_utils.precision import autocast_region, precision_context
+from mvlip_utils.settings.precision import autocast_region, precision_context
 
 
 def _flags():

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mvlip_utils import results
+from mvlip_utils.train import results
 
 
 def test_write_and_read_benchmark_roundtrip(tmp_path):

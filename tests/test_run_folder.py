@@ -15,8 +15,10 @@ import nbformat
 import pandas as pd
 import pytest
 
-from mvlip_utils import experiment as exp, params, results, run_folder, study, train
-from mvlip_utils.profiles import get_config
+from mvlip_utils.train import experiment as exp, results, run_folder, loop as train
+from mvlip_utils.settings import params
+from mvlip_utils.study import runner as study
+from mvlip_utils.settings.profiles import get_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"encoder": "vit", "epochs": 2, "generated_classes": 4, "generated_train_per_class": 8,

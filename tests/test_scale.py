@@ -3,7 +3,8 @@
 import pandas as pd
 import pytest
 
-from mvlip_utils import results, scale
+from mvlip_utils.train import results
+from mvlip_utils.report import scale
 
 REF = results.paper_reference()
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from mvlip_utils import results, train
-from mvlip_utils.profiles import get_config
+from mvlip_utils.train import results, loop as train
+from mvlip_utils.settings.profiles import get_config
 
 
 @pytest.mark.slow

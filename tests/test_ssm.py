@@ -11,7 +11,7 @@ import textwrap
 import pytest
 import torch
 
-from mvlip_utils import ssm
+from mvlip_utils.models import ssm
 
 RTOL = 1e-5  # float32 against float64: ||x - ref|| / ||ref||
 
@@ -206,7 +206,7 @@ def test_shim_makes_mambavision_import_and_run():
 def test_shim_in_fresh_interpreter():
     code = textwrap.dedent("""
         import sys
-        from mvlip_utils import ssm
+        from mvlip_utils.models import ssm
         b = ssm.install_mamba_ssm_shim()
         import mamba_ssm.ops.selective_scan_interface as i
         assert ssm.install_mamba_ssm_shim() == b
@@ -223,7 +223,7 @@ _INTERPRET_CHECK = textwrap.dedent("""
     assert os.environ["TRITON_INTERPRET"] == "1"
     sys.path.insert(0, sys.argv[1])
     from test_ssm import ALL_GRADS, check_against_reference, make_inputs
-    from mvlip_utils import ssm
+    from mvlip_utils.models import ssm
     cases = [((2, 8, 4, 17), {}), ((1, 20, 8, 33), dict(use_z=False, last_state=False)),
              ((2, 5, 3, 1), dict(use_D=False, use_z=False, use_bias=False, softplus=False, last_state=False))]
     for shape, flags in cases:

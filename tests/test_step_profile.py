@@ -7,8 +7,9 @@ import time
 import pytest
 import torch
 
-from mvlip_utils import experiment as exp
-from mvlip_utils import step_profile, train
+from mvlip_utils.train import experiment as exp
+from mvlip_utils.measure import step_profile
+from mvlip_utils.train import loop as train
 from test_train_evaluate import tiny_config
 
 PHASES = train.PHASES

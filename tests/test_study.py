@@ -10,8 +10,10 @@ import pandas as pd
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from mvlip_utils import book, notebooks, params, results, reuse, study
-from mvlip_utils.profiles import ENCODERS, get_config
+from mvlip_utils.study import book, reuse, runner as study
+from mvlip_utils.settings import notebooks, params
+from mvlip_utils.train import results
+from mvlip_utils.settings.profiles import ENCODERS, get_config
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_FILES = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -368,8 +370,8 @@ def test_cli_reports_a_failing_step_and_exits_nonzero(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------ reusable runs
 def test_reusable_run_needs_same_parameters_and_epochs_and_refuses_another_finished_run(tmp_path):
-    from mvlip_utils.towers import architecture
-    from mvlip_utils.run_folder import RunMismatchError
+    from mvlip_utils.models.towers import architecture
+    from mvlip_utils.train.run_folder import RunMismatchError
 
     config = get_config("smoke", encoder="vit", results_dir=str(tmp_path), epochs=2)
     run = results.run_dir(config)

@@ -6,9 +6,9 @@ import open_clip
 import pytest
 import torch
 
-from mvlip_utils.data import TEMPLATES
-from mvlip_utils.model import MVLIP, PromptBank, create_text_tower
-from mvlip_utils.towers import (TIMM_NAMES, WeightsUnavailableError, count_parameters, create_image_tower)
+from mvlip_utils.data.folders import TEMPLATES
+from mvlip_utils.models.model import MVLIP, PromptBank, create_text_tower
+from mvlip_utils.models.towers import (TIMM_NAMES, WeightsUnavailableError, count_parameters, create_image_tower)
 
 # Parameter counts with the 512-d head (timm 1.0.31, mambavision 1.2.0)
 PAPER_PARAMS_M = {"mambavision": 97.2, "swin": 87.3, "vit": 87.8}
@@ -64,7 +64,7 @@ def test_pretrained_unavailable_offline_is_a_clear_error_never_random_weights(en
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     monkeypatch.setattr(torch.hub, "download_url_to_file",
                         lambda *a, **k: (_ for _ in ()).throw(OSError("network is unreachable")))
-    monkeypatch.setattr("mvlip_utils.towers.Path.is_file",
+    monkeypatch.setattr("mvlip_utils.models.towers.Path.is_file",
                         lambda self: False if str(self).startswith("/tmp/mamba_vision") else self.exists())
     with pytest.raises(WeightsUnavailableError) as info:
         create_image_tower(encoder, size="paper", pretrained=True)

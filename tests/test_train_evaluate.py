@@ -8,9 +8,10 @@ import pytest
 import torch
 from sklearn.metrics import f1_score, precision_score, recall_score, top_k_accuracy_score
 
-from mvlip_utils import experiment as exp, results, run_folder, towers, train
-from mvlip_utils.evaluate import classification_metrics
-from mvlip_utils.profiles import get_config
+from mvlip_utils.train import experiment as exp, results, run_folder, loop as train
+from mvlip_utils.models import towers
+from mvlip_utils.train.evaluate import classification_metrics
+from mvlip_utils.settings.profiles import get_config
 
 
 def tiny_config(tmp_path, **overrides):
@@ -152,7 +153,7 @@ def test_one_validation_pass_gives_the_loss_and_the_metrics_of_two(finished_run)
 def test_the_fused_training_step_gives_the_eager_steps_losses(tmp_path):
     """benchmark_suite.train_step_check: two short epochs from the same start with each step; fused AdamW
     changes only the order of floating-point work, so the per-epoch losses agree within 1e-4."""
-    from mvlip_utils import benchmark_suite
+    from mvlip_utils.measure import benchmark_suite
 
     config = tiny_config(tmp_path, encoder="mambavision", generated_train_per_class=8)
     check = benchmark_suite.train_step_check(config, images=32, epochs=2)
@@ -170,7 +171,7 @@ def test_the_fused_training_step_gives_the_eager_steps_losses(tmp_path):
 
 def test_the_step_check_starts_each_step_from_the_same_text_tower(tmp_path):
     """With train_text the eager step trains the text tower: the next step starts from the run's own."""
-    from mvlip_utils import benchmark_suite
+    from mvlip_utils.measure import benchmark_suite
 
     config = tiny_config(tmp_path, train_text=True, generated_train_per_class=4)
     check = benchmark_suite.train_step_check(config, images=16, epochs=1, steps=("eager", "eager"))
@@ -291,7 +292,7 @@ def test_training_from_the_uint8_cache_matches_training_from_image_files(finishe
 def test_the_compiled_steps_train_through_torch_compile_in_their_mode(tmp_path, monkeypatch):
     """compiled: torch.compile's default mode; graphed: reduce-overhead (CUDA graphs on a GPU); eager and
     fused: the model's own tower. On the CPU the graphed step gives the eager step's losses."""
-    from mvlip_utils import benchmark_suite
+    from mvlip_utils.measure import benchmark_suite
 
     modes = []
     real_compile = torch.compile

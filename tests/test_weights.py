@@ -24,11 +24,11 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from mvlip_utils import results, run_folder, train
-from mvlip_utils.model import TEXT_WEIGHTS_ENV, create_text_tower
-from mvlip_utils.profiles import get_config
-from mvlip_utils.towers import TIMM_NAMES, WEIGHTS_ENV, create_image_tower
-from mvlip_utils.weights import TRUST_ENV, UnsafeWeightsError, load_torch_file, read_state_dict
+from mvlip_utils.train import results, run_folder, loop as train
+from mvlip_utils.models.model import TEXT_WEIGHTS_ENV, create_text_tower
+from mvlip_utils.settings.profiles import get_config
+from mvlip_utils.models.towers import TIMM_NAMES, WEIGHTS_ENV, create_image_tower
+from mvlip_utils.models.weights import TRUST_ENV, UnsafeWeightsError, load_torch_file, read_state_dict
 
 
 def assert_backbone_holds(tower, expected: dict[str, torch.Tensor]) -> None:
@@ -72,7 +72,7 @@ def test_mambavision_release_pth_tar_loads_without_its_classifier(tmp_path):
     broken = tmp_path / "broken.pth.tar"
     torch.save({"state_dict": {k: v for k, v in state.items() if not k.startswith("levels.0.")}}, broken)
     with pytest.raises(ValueError, match="broken.pth.tar"):
-        from mvlip_utils.towers import _load_mambavision_weights
+        from mvlip_utils.models.towers import _load_mambavision_weights
 
         _load_mambavision_weights(tower.backbone, str(broken))
     # a file that needs a type beyond the release's (here a numpy number, as many training scripts store) is

@@ -167,7 +167,7 @@ def global_batches(n: int, batch_size: int, seed: int, drop_last: bool = True) -
     """The batches of sample indices that the single-process training loader forms for this seed:
     ``data.make_loader(..., shuffle=True, seed=seed)`` iterated over the indices themselves, so that the
     order is the single process's by construction (same sampler, same generator draws)."""
-    from .data import make_loader
+    from ..data.folders import make_loader
 
     loader = make_loader(_Indices(n), batch_size, shuffle=True, drop_last=drop_last, num_workers=0, seed=seed)
     return [batch.tolist() for batch in loader]

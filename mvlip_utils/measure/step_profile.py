@@ -44,7 +44,7 @@ def profile_training_epoch(experiment, optimizer, scheduler, loss_fn, epoch: int
     kept, gzipped, at ``trace_path`` when given."""
     from torch.profiler import ProfilerActivity, profile
 
-    from . import train
+    from ..train import loop as train
 
     batch = experiment.config.batch_size
     if steps < 1:

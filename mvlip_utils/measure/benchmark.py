@@ -35,10 +35,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .precision import PRECISIONS, precision_context
-from .precision import autocast_region as _autocast
+from ..settings.precision import PRECISIONS, precision_context
+from ..settings.precision import autocast_region as _autocast
 from .flops import first_tensor, flops_per_image, utilisation_fields
-from .results import device_description
+from ..train.results import device_description
 
 from .flops import MODES  # noqa: E402  (inference or a training step)
 OPTIMIZERS = ("foreach", "fused")  # torch.optim.AdamW's default (foreach on CUDA) and fused=True
@@ -486,7 +486,7 @@ def interleaved_ratio(step_a: Callable[[], Any], step_b: Callable[[], Any], devi
 # ------------------------------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m mvlip_utils.benchmark",
+        prog="python -m mvlip_utils.measure.benchmark",
         description="Images/s of one study image tower alone (mvlip_utils.benchmark.model_throughput), "
                     "printed as one JSON record.",
         epilog="example: python -m mvlip_utils.benchmark --encoder swin --size paper --precision bf16 "
@@ -510,8 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .profiles import resolve_device
-    from .towers import create_image_tower
+    from ..settings.profiles import resolve_device
+    from ..models.towers import create_image_tower
 
     args = build_parser().parse_args(argv)
     device = resolve_device(args.device)

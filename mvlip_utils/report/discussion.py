@@ -10,9 +10,9 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from .benchmark_suite import BEST, COMPILED, PAPER, PAPER_FUSED, STRICT
+from ..measure.benchmark_suite import BEST, COMPILED, PAPER, PAPER_FUSED, STRICT
 from .findings import benchmark_rate, benchmark_record, eval_loop_record, ran_on_gpu, relative_change, speed_record
-from .profiles import ENCODER_LABELS, TOWER_NAMES
+from ..settings.profiles import ENCODER_LABELS, TOWER_NAMES
 
 TABLE1_METRICS = {"accuracy": "Accuracy", "precision_weighted": "Precision (weighted)",
                   "recall_weighted": "Recall (weighted)", "f1_weighted": "F1 (weighted)",

@@ -32,8 +32,8 @@ import torch
 
 from . import benchmark as B
 from .flops import flops_per_image, utilisation_fields
-from .precision import precision_context
-from .profiles import BenchSettings, StudyConfig
+from ..settings.precision import precision_context
+from ..settings.profiles import BenchSettings, StudyConfig
 
 # Labels of the settings, as the tables show them
 PAPER, PAPER_FUSED, STRICT, BEST, COMPILED = (
@@ -53,7 +53,7 @@ def eval_loop_records(experiment, bench: BenchSettings) -> list[dict]:
     """The paper's method with JPEG decoding in ``bench.eval_workers`` workers and from the uint8 cache:
     n_images / wall time of the whole zero-shot loop, ``bench.eval_repeats`` passes each (median, and the
     slowest and fastest pass), after one untimed pass."""
-    from .experiment import eval_loader, evaluate_experiment
+    from ..train.experiment import eval_loader, evaluate_experiment
 
     out = []
     for source, workers in (("files", bench.eval_workers), ("cache", 0)):
@@ -71,8 +71,8 @@ def run_flops(config: StudyConfig, device) -> dict[str, float]:
     """FLOPs per image of the run's tower, {"inference": forward, "train": forward + backward}, counted once
     (``flops.flops_per_image`` on a freshly built tower: FLOPs do not depend on the weights) and kept in
     the run folder's ``flops.json`` for the training and benchmark chapters."""
-    from .results import read_json, run_dir, write_json
-    from .towers import architecture, create_image_tower
+    from ..train.results import read_json, run_dir, write_json
+    from ..models.towers import architecture, create_image_tower
 
     path = run_dir(config) / "flops.json"
     tower_id = architecture(config.encoder, config.model_size, config.image_size)
@@ -191,7 +191,7 @@ def scan_cost_records(tower, config: StudyConfig, bench: BenchSettings, device, 
     skip term (``towers.selective_scan_replaced``), alternating rounds in one process, at the paper's
     inference and training conditions and at the best inference settings. ``ratio`` is the throughput with
     the scan as a fraction of the throughput without it."""
-    from .towers import selective_scan_replaced
+    from ..models.towers import selective_scan_replaced
 
     plan = [("inference", config.precision, config.eval_batch_size, False),
             ("train", config.precision, config.batch_size, False),
@@ -236,9 +236,9 @@ def train_step_check(config: StudyConfig, images: int, epochs: int = 2, steps: t
     step_trace_<step>.json.gz). Written to the run folder's step_check.json, with the training loop's
     ``READ_LOSS_EVERY`` and the provenance of the measurement."""
 
-    from . import experiment as exp
-    from . import train
-    from .results import collect_provenance, device_description, run_dir, write_json
+    from ..train import experiment as exp
+    from ..train import loop as train
+    from ..train.results import collect_provenance, device_description, run_dir, write_json
 
     if not steps or steps[0] != "eager":
         raise ValueError(f"parameter steps={steps!r} must start with 'eager' (the reference)")
@@ -281,10 +281,10 @@ def _train_short(base, config: StudyConfig, subset, step: str, epochs: int, loss
     import copy
     import dataclasses
 
-    from . import experiment as exp
-    from . import train
-    from .evaluate import synchronize
-    from .results import run_dir
+    from ..train import experiment as exp
+    from ..train import loop as train
+    from ..train.evaluate import synchronize
+    from ..train.results import run_dir
     from .step_profile import profile_training_epoch
 
     run_config = config.replace(train_step=step, epochs=epochs)
@@ -313,10 +313,10 @@ def _train_short(base, config: StudyConfig, subset, step: str, epochs: int, loss
 def build_parser():
     import argparse
 
-    from .profiles import ENCODERS, PROFILES, TRAIN_STEPS
+    from ..settings.profiles import ENCODERS, PROFILES, TRAIN_STEPS
 
     parser = argparse.ArgumentParser(
-        prog="python -m mvlip_utils.benchmark_suite",
+        prog="python -m mvlip_utils.measure.benchmark_suite",
         description="The training chapter's step check alone (train_step_check: two short epochs per training "
                     "step from the same start, the per-epoch losses against the eager step's, then each step "
                     "profiled), per encoder, into <results-dir>/<profile>/<encoder>/step_check.json with the "
@@ -336,9 +336,9 @@ def build_parser():
 
 
 def main(argv=None) -> int:
-    from . import train
-    from .params import USER_ERRORS, user_error_exit
-    from .profiles import get_bench_settings, get_config
+    from ..train import loop as train
+    from ..settings.params import USER_ERRORS, user_error_exit
+    from ..settings.profiles import get_bench_settings, get_config
 
     args = build_parser().parse_args(argv)
     try:

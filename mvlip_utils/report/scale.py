@@ -18,10 +18,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from .benchmark_suite import PAPER, PAPER_FUSED
+from ..measure.benchmark_suite import PAPER, PAPER_FUSED
 from .findings import benchmark_record
-from .flops import peak_flops, utilisation_fields
-from .results import load_config, read_json
+from ..measure.flops import peak_flops, utilisation_fields
+from ..train.results import load_config, read_json
 
 ASSUMPTIONS = (
     "per-image times of the last epoch measured, scaled to the paper's counts; one validation pass "
@@ -367,7 +367,7 @@ def projection_sentence(projection: Mapping[str, Any]) -> str:
     return text + f" Assumed: {ASSUMPTIONS}."
 
 
-LEGACY_DDP = Path(__file__).resolve().parents[1] / "results" / "h200-ddp" / "speedup.json"
+LEGACY_DDP = Path(__file__).resolve().parents[2] / "results" / "h200-ddp" / "speedup.json"
 
 
 def read_ddp_speedup(path: str | Path = LEGACY_DDP) -> dict[str, Any] | None:

@@ -27,9 +27,9 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from .benchmark import fit_growth_exponent
-from .benchmark_suite import BEST, PAPER
-from .profiles import ENCODER_LABELS
+from ..measure.benchmark import fit_growth_exponent
+from ..measure.benchmark_suite import BEST, PAPER
+from ..settings.profiles import ENCODER_LABELS
 
 VERDICTS = ("supported", "partly", "not supported", "no verdict")
 MIN_SPEED_GAP_PERCENT = 3.0

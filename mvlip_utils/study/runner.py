@@ -38,13 +38,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from .profiles import ENCODERS, PROFILES, get_config, needs_cuda
+from ..settings.profiles import ENCODERS, PROFILES, get_config, needs_cuda
 from .book import _ANSI, PROJECT_ROOT, build_book, write_toc
-from .launch import run_pinned
+from ..train.launch import run_pinned
 from .reuse import executed_fingerprint, files_digest, fingerprint, library_hash, step_inputs
-from .notebooks import (DISCUSSION, FINDINGS, NOTEBOOKS, PER_ENCODER, SETUP, TRAIN, Step,
+from ..settings.notebooks import (DISCUSSION, FINDINGS, NOTEBOOKS, PER_ENCODER, SETUP, TRAIN, Step,
                         edition_record_path, plan)
-from .params import parameter_names
+from ..settings.params import parameter_names
 
 
 class StudyStepError(RuntimeError):
@@ -367,7 +367,7 @@ def run_chains_in_parallel(ctx: StudyContext, profile: str, encoders: Sequence[s
 def write_edition_record(root: Path, profile: str, encoders: Sequence[str], steps) -> Path:
     """book/recorded/<profile>/edition.json: the provenance of a recorded edition (GPU, driver, versions,
     code commit, date, command) and the seconds of each step, for the book and the reader."""
-    from .results import collect_provenance, write_json
+    from ..train.results import collect_provenance, write_json
 
     path = edition_record_path(Path(root) / "book", profile)
     write_json(path, {"profile": profile, "encoders": list(encoders), "provenance": collect_provenance("cuda"),
@@ -380,7 +380,7 @@ def write_edition_record(root: Path, profile: str, encoders: Sequence[str], step
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line. A bad parameter or encoder ends in one ``error: ...`` line (exit 2); a notebook that
     fails, or a book build that fails, in the message that names it (exit 1)."""
-    from .params import USER_ERRORS, CommandLineParser, parameter_help_epilog, user_error_exit
+    from ..settings.params import USER_ERRORS, CommandLineParser, parameter_help_epilog, user_error_exit
 
     parser = CommandLineParser(prog="python -m mvlip_utils.study", description=__doc__.split("\n\n")[0],
                                epilog=parameter_help_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support, top_k_accuracy_score
 from tqdm.auto import tqdm
 
-from .precision import autocast_region, precision_context
+from ..settings.precision import autocast_region, precision_context
 
 
 def progress_iter(loader, desc: str, enabled: bool = True, bar_out: list | None = None):
@@ -40,7 +40,7 @@ def to_model_input(images: torch.Tensor, device: str) -> torch.Tensor:
     """A batch on ``device`` ready for the image tower: uint8 batches from the preprocessed cache are
     normalised there (CLIP mean/std), float batches from the transform are moved as they are."""
     if images.dtype == torch.uint8:
-        from .data import normalize_on_device
+        from ..data.folders import normalize_on_device
 
         return normalize_on_device(images, device)
     return images.to(device, non_blocking=True)

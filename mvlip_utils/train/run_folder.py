@@ -18,10 +18,10 @@ import torch
 
 from . import results
 from .experiment import Experiment, sample_paths
-from .model import MVLIP
-from .profiles import StudyConfig, changed_parameters
-from .towers import SSM_BACKEND, architecture, count_parameters
-from .weights import TRUST_ENV, load_torch_file
+from ..models.model import MVLIP
+from ..settings.profiles import StudyConfig, changed_parameters
+from ..models.towers import SSM_BACKEND, architecture, count_parameters
+from ..models.weights import TRUST_ENV, load_torch_file
 
 
 CHECKPOINT = "checkpoint.pt"

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .profiles import ENCODER_LABELS
+from ..settings.profiles import ENCODER_LABELS
 
 COLOURS = {"mambavision": "tab:green", "swin": "tab:blue", "vit": "tab:orange"}
 PALETTE = {ENCODER_LABELS[e]: c for e, c in COLOURS.items()}

@@ -11,10 +11,10 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .notebooks import BENCHMARK, DISCUSSION, FINDINGS, SETUP, Step
-from .params import parameter_names
+from ..settings.notebooks import BENCHMARK, DISCUSSION, FINDINGS, SETUP, Step
+from ..settings.params import parameter_names
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 FINGERPRINT_IGNORES = ("resume",)  # parameters that change how a step runs, not what it produces
 
 
@@ -65,7 +65,7 @@ def executed_fingerprint(path: Path) -> str | None:
 
 def _config(profile: str, overrides: dict[str, Any], **fields: Any):
     """The StudyConfig of ``profile`` with those of ``overrides`` that are its fields (and ``fields``)."""
-    from .profiles import get_config
+    from ..settings.profiles import get_config
 
     names = set(parameter_names())
     return get_config(profile, **fields, **{k: v for k, v in overrides.items() if k in names})
@@ -73,14 +73,14 @@ def _config(profile: str, overrides: dict[str, Any], **fields: Any):
 
 def edition_folder(root: Path, profile: str, overrides: dict[str, Any]) -> Path:
     """The folder of an edition's runs (``results_dir/<profile>``), as seen from ``root``."""
-    from . import results
+    from ..train import results
 
     return Path(root) / results.edition_dir(_config(profile, overrides))
 
 
 def run_folder(root: Path, profile: str, encoder: str, overrides: dict[str, Any]) -> Path:
     """The run folder a step of ``encoder`` writes, as seen from ``root`` (the notebooks' working folder)."""
-    from . import results
+    from ..train import results
 
     return Path(root) / results.run_dir(_config(profile, overrides, encoder=encoder))
 
@@ -89,7 +89,7 @@ def step_inputs(step: Step, root: Path, encoders: Sequence[str], overrides: dict
                 editions: Sequence[str] = ()) -> list[Path]:
     """The files an executed notebook depends on besides its parameters: the run files it writes or reads
     (train, evaluate, benchmark), every run file of the edition (discussion), of every edition (findings)."""
-    from .results import run_files
+    from ..train.results import run_files
 
     if step.notebook == SETUP:
         return []

@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .notebooks import CHAPTER_TITLES, DISCUSSION, FINDINGS, PER_ENCODER, SETUP, Step, edition_record_path
-from .profiles import ENCODER_LABELS, PROFILES, TOWER_NAMES
+from ..settings.notebooks import CHAPTER_TITLES, DISCUSSION, FINDINGS, PER_ENCODER, SETUP, Step, edition_record_path
+from ..settings.profiles import ENCODER_LABELS, PROFILES, TOWER_NAMES
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 

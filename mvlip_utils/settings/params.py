@@ -59,7 +59,7 @@ def reusable_run(config) -> bool:
     notebook then loads it instead of training. False when the folder holds no finished run. A finished
     run of other parameters raises run_folder.RunMismatchError (naming the folder, the run, the parameters
     and the ways on), as train_run would: it is never retrained, extended or relabelled silently."""
-    from .run_folder import finished_run_history
+    from ..train.run_folder import finished_run_history
 
     return finished_run_history(config) is not None
 
@@ -110,10 +110,10 @@ def parameters_cell_source(notebook: str) -> str:
     lines += [line(n, v, h) for n, v, h in NOTEBOOK_EXTRAS.get(notebook, ())]
     study_fields = ["results_dir"] if notebook == FINDINGS else [
         f.name for f in fields(StudyConfig) if f.name not in ("profile", "encoder")]
-    lines.append("# Run parameters (mvlip_utils.profiles.StudyConfig); None = the profile's value")
+    lines.append("# Run parameters (mvlip_utils.settings.profiles.StudyConfig); None = the profile's value")
     lines += [line(n, None, help_text(StudyConfig, n)) for n in study_fields]
     if notebook in BENCH_FIELDS:
-        lines.append("# Measuring parameters (mvlip_utils.profiles.BenchSettings); None = the profile's value")
+        lines.append("# Measuring parameters (mvlip_utils.settings.profiles.BenchSettings); None = the profile's value")
         lines += [line(n, None, help_text(BenchSettings, n)) for n in BENCH_FIELDS[notebook]]
     return "\n".join(lines)
 

@@ -32,17 +32,17 @@ import torch.nn.functional as F
 from open_clip import ClipLoss
 from torch.profiler import record_function
 
-from . import data as data_mod
+from ..data import folders as data_mod
 from . import distributed as dist_mod
 from . import results
 from .evaluate import progress_iter, synchronize, to_model_input
 from .experiment import (Experiment, build_experiment, caption_features, evaluate_experiment,
                          make_optimizer, training_tower)
-from .precision import autocast_region, precision_context
-from .profiles import StudyConfig
+from ..settings.precision import autocast_region, precision_context
+from ..settings.profiles import StudyConfig
 from .run_folder import (CHECKPOINT, clear_run, finished_run_history, load_checkpoint, read_timings,
                          save_checkpoint, write_final_results, write_run_config)
-from .towers import WeightsUnavailableError
+from ..models.towers import WeightsUnavailableError
 
 logger = logging.getLogger("mvlip_utils.train")
 
@@ -302,8 +302,8 @@ def _parse_value(text: str, default: Any):
 def build_parser() -> argparse.ArgumentParser:
     import dataclasses
 
-    from .params import CommandLineParser
-    from .profiles import PROFILES, help_text
+    from ..settings.params import CommandLineParser
+    from ..settings.profiles import PROFILES, help_text
 
     parser = CommandLineParser(
         prog="python -m mvlip_utils.train",
@@ -315,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
                "--data data/imagenet-mini",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="smoke", choices=list(PROFILES),
-                        help="the defaults every other option overrides (mvlip_utils/profiles.py)")
+                        help="the defaults every other option overrides (mvlip_utils/settings/profiles.py)")
     parser.add_argument("--no-resume", action="store_true",
                         help="train from scratch: delete the run folder's checkpoint and results first (the way "
                              "on when it holds a run of other parameters, e.g. another --epochs)")
@@ -342,8 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     from .launch import run_pinned
-    from .params import USER_ERRORS, user_error_exit
-    from .profiles import get_config
+    from ..settings.params import USER_ERRORS, user_error_exit
+    from ..settings.profiles import get_config
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)

@@ -14,15 +14,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import data as data_mod
+from ..data import folders as data_mod
 from . import distributed as dist_mod
-from . import generated
-from .benchmark import make_adamw
+from ..data import generated
+from ..measure.benchmark import make_adamw
 from .evaluate import zero_shot_evaluate
-from .model import MVLIP, PromptBank, TextTower, create_text_tower
-from .profiles import StudyConfig, resolve_device
+from ..models.model import MVLIP, PromptBank, TextTower, create_text_tower
+from ..settings.profiles import StudyConfig, resolve_device
 from .results import run_dir
-from .towers import create_image_tower
+from ..models.towers import create_image_tower
 
 
 def seed_everything(seed: int) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
-from .profiles import ENCODER_LABELS, PROFILE_MEANING
+from ..settings.profiles import ENCODER_LABELS, PROFILE_MEANING
 
 
 def show_markdown(text: str) -> None:
@@ -76,8 +76,8 @@ def edition_warning(config: Mapping[str, Any] | Any, what: str = "this chapter")
     profile = get("profile")
     hardware = get("device_name")
     if not hardware:
-        from .profiles import resolve_device
-        from .results import device_description
+        from ..settings.profiles import resolve_device
+        from ..train.results import device_description
 
         hardware = device_description(resolve_device(get("device")))
     if get("pretrained") and get("model_size") == "paper":

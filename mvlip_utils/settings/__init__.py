@@ -1,0 +1,1 @@
+"""The study's settings: every parameter with its default and help, the profiles, parameters into configs, precision, the notebooks' names."""

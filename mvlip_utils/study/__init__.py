@@ -1,0 +1,1 @@
+"""The study: the papermill runner, when a notebook is reused, and the book."""
