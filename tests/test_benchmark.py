@@ -17,6 +17,7 @@ from torch import nn
 
 from mvlip_utils.measure import benchmark as B
 from mvlip_utils.measure import flops
+from mvlip_utils.train.optim import make_adamw
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -277,7 +278,7 @@ def test_fused_adamw_takes_the_same_step_as_the_default_one():
     torch.manual_seed(0)
     a, b = nn.Linear(8, 4), nn.Linear(8, 4)
     b.load_state_dict(a.state_dict())
-    opt_a, opt_b = B.make_adamw(a.parameters(), 1e-2), B.make_adamw(b.parameters(), 1e-2, optimizer="fused")
+    opt_a, opt_b = make_adamw(a.parameters(), 1e-2), make_adamw(b.parameters(), 1e-2, optimizer="fused")
     assert opt_b.defaults["fused"] is True and not opt_a.defaults.get("fused")
     x = torch.randn(16, 8)
     for _ in range(5):
@@ -288,7 +289,7 @@ def test_fused_adamw_takes_the_same_step_as_the_default_one():
     for pa, pb in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="optimizer"):
-        B.make_adamw(a.parameters(), optimizer="sgd")
+        make_adamw(a.parameters(), optimizer="sgd")
 
 
 def test_flops_per_image_counts_matmuls_and_convolutions():

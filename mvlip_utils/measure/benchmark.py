@@ -38,10 +38,10 @@ from torch import nn
 from ..settings.precision import PRECISIONS, precision_context
 from ..settings.precision import autocast_region as _autocast
 from .flops import first_tensor, flops_per_image, utilisation_fields
+from ..train.optim import OPTIMIZERS, make_adamw
 from ..train.results import device_description
 
 from .flops import MODES  # noqa: E402  (inference or a training step)
-OPTIMIZERS = ("foreach", "fused")  # torch.optim.AdamW's default (foreach on CUDA) and fused=True
 
 
 # ------------------------------------------------------------------------------------------ basics
@@ -140,15 +140,6 @@ def _model_name(module: nn.Module) -> str:
 
 
 # ---------------------------------------------------------------------------------- model-only speed
-def make_adamw(parameters, lr: float = 1e-4, weight_decay: float = 0.01, optimizer: str = "foreach"):
-    """AdamW as the study trains with it: ``foreach`` is PyTorch's default implementation (what the
-    authors' code ran), ``fused`` its single-kernel one (``fused=True``; CUDA and CPU float tensors)."""
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"parameter optimizer={optimizer!r} is not one of {list(OPTIMIZERS)}")
-    params = [p for p in parameters if p.requires_grad]
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True if optimizer == "fused" else None)
-
-
 def make_step(module: nn.Module, batch_size: int, image_size: int, precision: str = "fp32", mode: str = "inference",
               device="cpu", channels_last: bool = False, compile: bool = False, *, in_chans: int = 3,
               lr: float = 1e-4, weight_decay: float = 0.01, optimizer: str = "foreach", seed: int = 0,

@@ -17,7 +17,7 @@ import torch
 from ..data import folders as data_mod
 from . import distributed as dist_mod
 from ..data import generated
-from ..measure.benchmark import make_adamw
+from .optim import make_adamw
 from .evaluate import zero_shot_evaluate
 from ..models.model import MVLIP, PromptBank, TextTower, create_text_tower
 from ..settings.profiles import StudyConfig, resolve_device
