@@ -13,9 +13,9 @@ This module gives the same function, with mamba_ssm's semantics, in three flavou
   by a *chunked* first-order scan (a sequential loop of ``~sqrt(l)`` steps inside chunks, run
   over all chunks at once, then a carry of ``~sqrt(l)`` steps between chunks) with a hand-written
   reverse-scan backward;
-* a Triton path for CUDA tensors (forward and backward kernels that keep the state in registers),
-  in its own module :mod:`mvlip_utils.ssm_triton`; :func:`selective_scan_triton` and
-  :func:`triton_available` are re-exported here.
+* a Triton path for CUDA tensors (:func:`selective_scan_triton`; the forward and backward kernels, which
+  keep the state in registers, are in :mod:`mvlip_utils.models.ssm_triton`, which imports nothing from
+  here); :func:`triton_available` is re-exported here.
 
 :func:`selective_scan` dispatches: CUDA tensors go to the real mamba_ssm kernel when it imports
 cleanly, else to the Triton path, else to the portable one.  :func:`install_mamba_ssm_shim`
@@ -39,7 +39,7 @@ import types
 import torch
 import torch.nn.functional as F
 
-from .ssm_triton import _triton_ready, selective_scan_triton, triton_available  # the Triton path
+from .ssm_triton import _triton_ready, triton_available, triton_scan, triton_supports  # the Triton kernels
 
 __all__ = [
     "selective_scan",
@@ -244,6 +244,20 @@ def selective_scan_portable(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     if return_last_state:
         return out, h[-1]
     return out
+
+
+def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                          delta_softplus=False, return_last_state=False):
+    """Triton selective scan (CUDA tensors; CPU tensors under TRITON_INTERPRET=1).
+
+    Supports MambaVision's layout B, C: (batch, dstate, L); other layouts go to the portable path.
+    """
+    _check_inputs(u, delta, A, B, C, D, z, delta_bias)
+    if not triton_supports(u, B, C):
+        return selective_scan_portable(u, delta, A, B, C, D, z=z, delta_bias=delta_bias,
+                                       delta_softplus=delta_softplus, return_last_state=return_last_state)
+    return triton_scan(u, delta, A, B, C, D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
+                       return_last_state=return_last_state)
 
 
 # --------------------------------------------------------------------------- mamba_ssm + dispatch

@@ -2,10 +2,11 @@
 
 The kernels run on CUDA tensors (on CPU tensors under ``TRITON_INTERPRET=1``), keep the state in
 registers and use one program per (batch, d-block); see :class:`_TritonSelectiveScan`.
-:func:`selective_scan_triton` takes mamba_ssm's arguments; layouts the kernels do not cover go to
-:func:`mvlip_utils.ssm.selective_scan_portable`.  The recurrence, the float64 reference, the portable
-scan and the choice between backends (:func:`mvlip_utils.ssm.selective_scan`) are in
-:mod:`mvlip_utils.ssm`, which re-exports :func:`selective_scan_triton` and :func:`triton_available`.
+:func:`triton_scan` runs them on inputs that :mod:`mvlip_utils.models.ssm` has checked, in a layout
+they cover (:func:`triton_supports`).  This module imports nothing of the package: the recurrence, the
+float64 reference, the portable scan, the checks, the public :func:`mvlip_utils.models.ssm.selective_scan_triton`
+(layouts the kernels do not cover go to the portable scan) and the choice between backends are in
+:mod:`mvlip_utils.models.ssm`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ try:  # the Triton path is optional
 except Exception:  # pragma: no cover - no triton
     tl = None
 
-__all__ = ["selective_scan_triton", "triton_available"]
+__all__ = ["triton_available", "triton_scan", "triton_supports"]
 
 _TRITON_CACHE: dict = {}
 
@@ -340,22 +341,15 @@ def triton_cdiv(a, b):
     return -(-a // b)
 
 
-def _triton_supports(u, B, C):
+def triton_supports(u, B, C) -> bool:
+    """Whether the kernels cover this layout: MambaVision's B, C of shape (batch, dstate, L)."""
     return B.dim() == 3 and C.dim() == 3 and u.shape[2] > 0
 
 
-def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None,
-                          delta_softplus=False, return_last_state=False):
-    """Triton selective scan (CUDA tensors; CPU tensors under TRITON_INTERPRET=1).
-
-    Supports MambaVision's layout B, C: (batch, dstate, L); other layouts go to the portable path.
-    """
-    from .ssm import _check_inputs, selective_scan_portable  # at call time: ssm imports this module
-
-    _check_inputs(u, delta, A, B, C, D, z, delta_bias)
-    if not _triton_supports(u, B, C):
-        return selective_scan_portable(u, delta, A, B, C, D, z=z, delta_bias=delta_bias,
-                                       delta_softplus=delta_softplus, return_last_state=return_last_state)
+def triton_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                return_last_state=False):
+    """The Triton selective scan of checked inputs in a layout :func:`triton_supports` (CUDA tensors; CPU
+    tensors under TRITON_INTERPRET=1); mamba_ssm's arguments."""
     tensors = [t for t in (u, delta, A, B, C, D, z, delta_bias) if t is not None]
     need_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     A = A.contiguous()
