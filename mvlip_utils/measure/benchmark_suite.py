@@ -32,13 +32,10 @@ import torch
 
 from . import benchmark as B
 from .flops import flops_per_image, utilisation_fields
+from .records import BEST, COMPILED, PAPER, PAPER_FUSED, STRICT
 from ..settings.precision import precision_context
 from ..settings.profiles import BenchSettings, StudyConfig
 
-# Labels of the settings, as the tables show them
-PAPER, PAPER_FUSED, STRICT, BEST, COMPILED = (
-    "paper's conditions", "paper's conditions, fused AdamW", "strict fp32", "best: bf16, channels_last",
-    "best + torch.compile")
 
 
 def _tag(record: dict, kind: str, setting: str | None = None, **extra: Any) -> dict:

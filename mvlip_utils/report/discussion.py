@@ -10,8 +10,8 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from ..measure.benchmark_suite import BEST, COMPILED, PAPER, PAPER_FUSED, STRICT
-from .findings import benchmark_rate, benchmark_record, eval_loop_record, ran_on_gpu, relative_change, speed_record
+from ..measure.records import BEST, COMPILED, PAPER, PAPER_FUSED, STRICT, benchmark_rate, benchmark_record
+from .findings import eval_loop_record, ran_on_gpu, relative_change, speed_record
 from ..settings.profiles import ENCODER_LABELS, TOWER_NAMES
 
 TABLE1_METRICS = {"accuracy": "Accuracy", "precision_weighted": "Precision (weighted)",

@@ -28,7 +28,7 @@ from typing import Any, Mapping
 import pandas as pd
 
 from ..measure.benchmark import fit_growth_exponent
-from ..measure.benchmark_suite import BEST, PAPER
+from ..measure.records import BEST, PAPER, benchmark_record
 from ..settings.profiles import ENCODER_LABELS
 
 VERDICTS = ("supported", "partly", "not supported", "no verdict")
@@ -170,26 +170,6 @@ def judge_loss(claim, runs, ref) -> dict[str, Any]:
         return dict(ours=ours, verdict="no verdict", reason="; ".join(gaps))
     return dict(ours=ours, verdict=_verdict(reduction, claim["threshold"], False),
                 reason=f"MVLIP's zero-shot cross-entropy is {'lower' if reduction > 0 else 'not lower'}")
-
-
-def benchmark_record(run: Mapping[str, Any], **match: Any) -> dict | None:
-    """The first record of a run's benchmark whose fields equal ``match`` (None if the run has no benchmark,
-    lacks one of the fields, or has no such record)."""
-    frame = run.get("benchmark")
-    if frame is None or "kind" not in frame:
-        return None
-    rows = frame
-    for key, value in match.items():
-        if key not in rows:
-            return None
-        rows = rows[rows[key] == value]
-    return None if rows.empty else rows.iloc[0].to_dict()
-
-
-def benchmark_rate(run: Mapping[str, Any], **match: Any) -> float:
-    """The images/s of ``benchmark_record(run, **match)``; NaN when there is no such record or rate."""
-    record = benchmark_record(run, **match)
-    return float(record["images_per_s"]) if record and record.get("images_per_s") is not None else math.nan
 
 
 def speed_record(run: Mapping[str, Any], mode: str = "inference", setting: str = PAPER) -> dict | None:

@@ -18,8 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..measure.benchmark_suite import PAPER, PAPER_FUSED
-from .findings import benchmark_record
+from ..measure.records import PAPER, PAPER_FUSED, benchmark_record
 from ..measure.flops import peak_flops, utilisation_fields
 from ..train.results import load_config, read_json
 
