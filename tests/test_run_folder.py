@@ -16,7 +16,6 @@ import pandas as pd
 import pytest
 
 from mvlip_utils.train import experiment as exp, results, run_folder, loop as train
-from mvlip_utils.settings import params
 from mvlip_utils.study import runner as study
 from mvlip_utils.settings.profiles import get_config
 
@@ -79,12 +78,12 @@ def test_a_finished_run_of_the_same_parameters_is_returned_without_writing_anyth
 
 def test_reusable_run_loads_the_same_run_and_refuses_another(finished):
     config, _, before = finished
-    assert params.reusable_run(config)
+    assert run_folder.reusable_run(config)
     with pytest.raises(run_folder.RunMismatchError, match="a finished 2-epoch run.*epochs 2 \\(saved\\) vs 6 \\(now\\)"):
-        params.reusable_run(config.replace(epochs=6))
+        run_folder.reusable_run(config.replace(epochs=6))
     with pytest.raises(run_folder.RunMismatchError, match="lr 0.001 \\(saved\\) vs 0.0003 \\(now\\)"):
-        params.reusable_run(config.replace(lr=3e-4))
-    assert not params.reusable_run(config.replace(results_dir=config.results_dir + "-elsewhere"))
+        run_folder.reusable_run(config.replace(lr=3e-4))
+    assert not run_folder.reusable_run(config.replace(results_dir=config.results_dir + "-elsewhere"))
     assert snapshot(results.run_dir(config)) == before
 
 
@@ -126,7 +125,7 @@ def test_resume_false_retrains_with_the_new_epochs_and_leaves_nothing_of_the_old
     assert list(history.epoch) == [1]
     assert_consistent(run, epochs=1)
     assert train.torch.load(run / run_folder.CHECKPOINT, weights_only=False)["epoch"] == 1
-    assert params.reusable_run(config.replace(epochs=1))
+    assert run_folder.reusable_run(config.replace(epochs=1))
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -245,7 +244,7 @@ def test_a_finished_run_whose_files_disagree_is_refused(tmp_path):
     fake_finished_run(run, **config.to_dict())
     results.write_json(run / "config.json", {**results.load_config(run), "epochs": 6})  # relabelled
     before = snapshot(run)
-    for call in (params.reusable_run, lambda c: train.train_run(c, progress=False)):
+    for call in (run_folder.reusable_run, lambda c: train.train_run(c, progress=False)):
         with pytest.raises(run_folder.RunMismatchError, match="whose files disagree: epochs disagree"):
             call(config.replace(epochs=6))
     assert snapshot(run) == before

@@ -12,7 +12,7 @@ from nbformat.v4 import new_code_cell, new_notebook
 
 from mvlip_utils.study import book, reuse, runner as study
 from mvlip_utils.settings import notebooks, params
-from mvlip_utils.train import results
+from mvlip_utils.train import results, run_folder
 from mvlip_utils.settings.profiles import ENCODERS, get_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -375,7 +375,7 @@ def test_reusable_run_needs_same_parameters_and_epochs_and_refuses_another_finis
 
     config = get_config("smoke", encoder="vit", results_dir=str(tmp_path), epochs=2)
     run = results.run_dir(config)
-    assert not params.reusable_run(config)  # nothing there: train
+    assert not run_folder.reusable_run(config)  # nothing there: train
     tower = architecture("vit", "smoke", config.image_size)
     counts = {"n_val": 2, "n_classes": 2}
     results.write_history(run, [{c: 0.5 for c in results.HISTORY_COLUMNS} | {"epoch": e} for e in (1, 2)])
@@ -384,17 +384,17 @@ def test_reusable_run_needs_same_parameters_and_epochs_and_refuses_another_finis
         pd.DataFrame({"x": [0, 1]}).to_csv(run / name, index=False)
     results.write_json(run / "config.json", {**config.to_dict(), "device": "cuda", "note": "other",
                                              "architecture": tower, **counts})
-    assert params.reusable_run(config)  # device and note do not matter
+    assert run_folder.reusable_run(config)  # device and note do not matter
     # a finished run of other parameters, epochs included, is refused (never retrained, extended or relabelled)
     with pytest.raises(RunMismatchError, match=r"lr 0.001 \(saved\) vs 0.0003 \(now\)"):
-        params.reusable_run(config.replace(lr=3e-4))
+        run_folder.reusable_run(config.replace(lr=3e-4))
     with pytest.raises(RunMismatchError, match=r"a finished 2-epoch run.*epochs 2 \(saved\) vs 3 \(now\)"):
-        params.reusable_run(config.replace(epochs=3))
+        run_folder.reusable_run(config.replace(epochs=3))
     # a run made with another smoke architecture of the same encoder (the code changed) is refused too
     other = {**tower, "overrides": {**tower["overrides"], "depth": 3}}
     results.write_json(run / "config.json", {**config.to_dict(), "architecture": other, **counts})
     with pytest.raises(RunMismatchError, match="another vit tower"):
-        params.reusable_run(config)
+        run_folder.reusable_run(config)
 
 
 # ------------------------------------------------------------------------------------ book build

@@ -1,7 +1,8 @@
 """Parameters, from a notebook's parameters cell or a command line, turned into the study's objects: the run's
-StudyConfig, the measuring BenchSettings, whether a finished run can be loaded instead of trained
-(``reusable_run``) and how a run was got (``describe_training``); the parameters cells themselves (generated
-from the fields' help texts), the working folder a notebook needs, and the command lines' one-line errors.
+StudyConfig, the measuring BenchSettings and how a run was got (``describe_training``); the parameters cells
+themselves (generated from the fields' help texts), the working folder a notebook needs, and the command
+lines' one-line errors. (Whether a finished run can be loaded instead of trained is
+``train.run_folder.reusable_run``.)
 """
 
 from __future__ import annotations
@@ -51,17 +52,6 @@ def parameter_names() -> list[str]:
     from .profiles import StudyConfig
 
     return [f.name for f in fields(StudyConfig)]
-
-
-def reusable_run(config) -> bool:
-    """True when the run folder of ``config`` holds its finished run (the same parameters, ``epochs``
-    included, profiles.RUN_IRRELEVANT aside; the same tower architecture; files that agree): the train
-    notebook then loads it instead of training. False when the folder holds no finished run. A finished
-    run of other parameters raises run_folder.RunMismatchError (naming the folder, the run, the parameters
-    and the ways on), as train_run would: it is never retrained, extended or relabelled silently."""
-    from ..train.run_folder import finished_run_history
-
-    return finished_run_history(config) is not None
 
 
 def describe_training(run, epochs: int, trained_now: int, seconds: float, loaded: bool = False) -> str:

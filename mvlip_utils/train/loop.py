@@ -40,8 +40,9 @@ from .experiment import (Experiment, build_experiment, caption_features, evaluat
                          make_optimizer, training_tower)
 from ..settings.precision import autocast_region, precision_context
 from ..settings.profiles import StudyConfig
-from .run_folder import (CHECKPOINT, clear_run, finished_run_history, load_checkpoint, read_timings,
-                         save_checkpoint, write_final_results, write_run_config)
+from .results import CHECKPOINT, clear_run, read_timings
+from .run_folder import (finished_run_history, load_checkpoint, save_checkpoint, write_final_results,
+                         write_run_config)
 from ..models.towers import WeightsUnavailableError
 
 logger = logging.getLogger("mvlip_utils.train")

@@ -149,8 +149,25 @@ def is_finished(run: str | os.PathLike) -> bool:
 
 
 # The files a training run writes into its folder (checkpoint.pt aside); benchmark.json is 04_benchmark's
+CHECKPOINT = "checkpoint.pt"  # written after every epoch (run_folder.save_checkpoint)
 RUN_FILES = ("config.json", "history.csv", "timings.csv", "metrics.json", "per_class.csv", "confusion.csv",
              "predictions.csv", "step_check.json")
+
+
+def read_timings(run: Path, through_epoch: int) -> list[dict[str, Any]]:
+    """The timings.csv rows of the epochs a resumed run already trained (1..through_epoch)."""
+    path = Path(run) / "timings.csv"
+    if through_epoch == 0 or not path.is_file():
+        return []
+    frame = pd.read_csv(path)
+    return frame[frame["epoch"] <= through_epoch].to_dict(orient="records")
+
+
+def clear_run(run: Path) -> None:
+    """Delete what a training run wrote into ``run`` (its checkpoint and results files; benchmark.json,
+    04_benchmark's measurement of the tower, stays): the start of a run from scratch."""
+    for name in (CHECKPOINT, *RUN_FILES):
+        (Path(run) / name).unlink(missing_ok=True)
 
 
 def check_run_consistency(run: str | os.PathLike) -> list[str]:

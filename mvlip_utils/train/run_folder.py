@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from . import results
+from .results import CHECKPOINT
 from .experiment import Experiment, sample_paths
 from ..models.model import MVLIP
 from ..settings.profiles import StudyConfig, changed_parameters
@@ -24,7 +25,6 @@ from ..models.towers import SSM_BACKEND, architecture, count_parameters
 from ..models.weights import TRUST_ENV, load_torch_file
 
 
-CHECKPOINT = "checkpoint.pt"
 
 # How to go on when a run checkpoint needs more than tensors and plain values to load.
 
@@ -221,17 +221,10 @@ def _finished_description(run: Path) -> str:
     return f"a finished {epochs}-epoch run" if epochs else "a finished run"
 
 
-def read_timings(run: Path, through_epoch: int) -> list[dict[str, Any]]:
-    """The timings.csv rows of the epochs a resumed run already trained (1..through_epoch)."""
-    path = Path(run) / "timings.csv"
-    if through_epoch == 0 or not path.is_file():
-        return []
-    frame = pd.read_csv(path)
-    return frame[frame["epoch"] <= through_epoch].to_dict(orient="records")
-
-
-def clear_run(run: Path) -> None:
-    """Delete what a training run wrote into ``run`` (its checkpoint and results files; benchmark.json,
-    04_benchmark's measurement of the tower, stays): the start of a run from scratch."""
-    for name in (CHECKPOINT, *results.RUN_FILES):
-        (Path(run) / name).unlink(missing_ok=True)
+def reusable_run(config: StudyConfig) -> bool:
+    """True when the run folder of ``config`` holds its finished run (the same parameters, ``epochs``
+    included, profiles.RUN_IRRELEVANT aside; the same tower architecture; files that agree): the train
+    notebook then loads it instead of training. False when the folder holds no finished run. A finished
+    run of other parameters raises RunMismatchError (naming the folder, the run, the parameters and the
+    ways on), as train_run would: it is never retrained, extended or relabelled silently."""
+    return finished_run_history(config) is not None
