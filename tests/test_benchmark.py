@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from mvlip_utils.measure import benchmark as B
+from mvlip_utils.measure import sweep as S
 from mvlip_utils.measure import flops
 from mvlip_utils.train.optim import make_adamw
 
@@ -180,7 +181,7 @@ def test_resolution_sweep_on_tiny_vit():
         made.append(res)
         return tiny_vit(res)
 
-    df = B.resolution_sweep(factory, [16, 32, 48], batch_size=lambda r: B.scaled_batch_size(8, 16, r),
+    df = S.resolution_sweep(factory, [16, 32, 48], batch_size=lambda r: S.scaled_batch_size(8, 16, r),
                             precision="fp32", warmup=1, repeats=2)
     assert made == [16, 32, 48]
     assert isinstance(df, pd.DataFrame) and len(df) == 3
@@ -198,7 +199,7 @@ def test_resolution_sweep_with_one_module_at_every_resolution():
 
     vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=32, patch_size=8,
                             embed_dim=32, depth=1, num_heads=2, dynamic_img_size=True)
-    df = B.resolution_sweep(vit, [16, 40], batch_size={16: 2, 40: 1}, precision="fp32", warmup=1, repeats=1)
+    df = S.resolution_sweep(vit, [16, 40], batch_size={16: 2, 40: 1}, precision="fp32", warmup=1, repeats=1)
     assert list(df["resolution"]) == [16, 40] and (df["images_per_s"] > 0).all()
 
 
@@ -215,7 +216,7 @@ class OOMAt(nn.Module):
 
 
 def test_resolution_sweep_records_oom_and_continues():
-    df = B.resolution_sweep(OOMAt(limit=20), [8, 16, 32, 12], batch_size=2, precision="fp32", warmup=1, repeats=1)
+    df = S.resolution_sweep(OOMAt(limit=20), [8, 16, 32, 12], batch_size=2, precision="fp32", warmup=1, repeats=1)
     assert list(df["oom"]) == [False, False, True, False]
     oom = df[df["oom"]].iloc[0]
     assert math.isnan(oom["images_per_s"]) and "OutOfMemoryError" in oom["error"]
@@ -228,15 +229,15 @@ def test_resolution_sweep_oom_in_factory_and_other_errors():
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (fake, while building)")
         return OOMAt(limit=1000)
 
-    df = B.resolution_sweep(factory, [8, 32], batch_size=1, precision="fp32", warmup=1, repeats=1)
+    df = S.resolution_sweep(factory, [8, 32], batch_size=1, precision="fp32", warmup=1, repeats=1)
     assert list(df["oom"]) == [False, True]
 
     def broken(res):
         raise AssertionError("feature map not divisible by window")
 
     with pytest.raises(AssertionError, match="window"):
-        B.resolution_sweep(broken, [8], batch_size=1)
-    df = B.resolution_sweep(broken, [8], batch_size=1, catch_errors=True)
+        S.resolution_sweep(broken, [8], batch_size=1)
+    df = S.resolution_sweep(broken, [8], batch_size=1, catch_errors=True)
     assert not df["oom"].iloc[0] and "window" in df["error"].iloc[0]
 
 
@@ -254,23 +255,23 @@ def test_fit_growth_exponent_recovers_power_laws(exponent):
     pixels = np.array([224, 448, 672, 896, 1120], dtype=float) ** 2
     noise = rng.uniform(0.97, 1.03, size=pixels.shape)
     cost = a * pixels ** exponent * noise
-    assert B.fit_growth_exponent(pixels, cost) == pytest.approx(exponent, abs=0.05)
+    assert S.fit_growth_exponent(pixels, cost) == pytest.approx(exponent, abs=0.05)
     b = rng.uniform(0.3, 2.5)
-    assert B.fit_growth_exponent(pixels, a * pixels ** b) == pytest.approx(b, abs=1e-9)
+    assert S.fit_growth_exponent(pixels, a * pixels ** b) == pytest.approx(b, abs=1e-9)
 
 
 def test_fit_growth_exponent_drops_bad_points_and_rejects_too_few():
     pixels = [100.0, 400.0, 900.0, 1600.0]
-    assert B.fit_growth_exponent(pixels, [1.0, 4.0, float("nan"), 16.0]) == pytest.approx(1.0)
+    assert S.fit_growth_exponent(pixels, [1.0, 4.0, float("nan"), 16.0]) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="two distinct"):
-        B.fit_growth_exponent([100.0, 400.0], [1.0, float("nan")])
+        S.fit_growth_exponent([100.0, 400.0], [1.0, float("nan")])
     with pytest.raises(ValueError, match="equal length"):
-        B.fit_growth_exponent([1.0, 2.0, 3.0], [1.0, 2.0])
+        S.fit_growth_exponent([1.0, 2.0, 3.0], [1.0, 2.0])
 
 
 def test_scaled_batch_size_keeps_pixels_per_batch():
-    assert [B.scaled_batch_size(128, 224, r) for r in (224, 448, 672, 896, 1120)] == [128, 32, 14, 8, 5]
-    assert B.scaled_batch_size(4, 224, 2240) == 1
+    assert [S.scaled_batch_size(128, 224, r) for r in (224, 448, 672, 896, 1120)] == [128, 32, 14, 8, 5]
+    assert S.scaled_batch_size(4, 224, 2240) == 1
 
 
 # ---------------------------------------------------------------------------------- optimisers, FLOPs

@@ -10,7 +10,7 @@ device, memory format, optimiser, compilation, peak memory, FLOPs), so a number 
   step: forward, scalar loss, backward, AdamW step, default or fused).
 - ``eval_loop_throughput``: the paper's Table 2 method, n_images / wall time of the whole zero-shot
   evaluation loop, data loading included.
-- ``resolution_sweep`` + ``fit_growth_exponent``: cost against pixel count, and the fitted exponent.
+- cost against pixel count (``resolution_sweep``) and its fitted exponent are ``sweep``'s.
 - ``interleaved_ratio``: two variants of one step timed in alternating rounds in one process, so drifts
   of clock and temperature hit both alike (the selective scan's cost).
 - FLOPs per image and the fraction of the GPU's peak are ``flops``'.
@@ -25,13 +25,11 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import sys
 import time
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
@@ -191,7 +189,7 @@ def model_throughput(module: nn.Module, batch_size: int, image_size: int = 224, 
     ``precision``: see ``precision_context`` (fp32 = TF32 off; bf16 = autocast, weights stay fp32).
     ``channels_last``: module and inputs in channels_last memory format. ``compile``: ``torch.compile``
     (compilation happens in the warm-up calls, so ``warmup`` must be >= 1; the first call's time is
-    reported as ``first_call_s``). Errors (compilation, OOM) propagate; ``resolution_sweep`` records OOM.
+    reported as ``first_call_s``). Errors (compilation, OOM) propagate; ``sweep.resolution_sweep`` records OOM.
     ``peak_memory_bytes`` (CUDA only) is ``torch.cuda.max_memory_allocated`` after a reset taken once
     the module is on the device, so it includes weights, optimizer state and activations.
     ``flops_per_image`` (from ``flops_per_image`` for this mode): adds achieved ``tflops_per_s`` and
@@ -309,150 +307,6 @@ def eval_loop_throughput(evaluate_fn: Callable[[], Any], n_images: int | None = 
         out["inner_wall_time_s"] = float(result["wall_time_s"])
         out["inner_images_per_s"] = n_images / float(result["wall_time_s"]) if result["wall_time_s"] else None
     return out
-
-
-# ------------------------------------------------------------------------------- resolution sweeps
-def scaled_batch_size(base_batch: int, base_resolution: int, resolution: int, min_batch: int = 1) -> int:
-    """Keep pixels per batch about constant: ``base_batch * (base_resolution / resolution)**2``, >= min_batch."""
-    return max(int(min_batch), int(round(base_batch * (base_resolution / resolution) ** 2)))
-
-
-def _batch_for(batch_size, resolution: int) -> int:
-    if callable(batch_size):
-        b = batch_size(resolution)
-    elif isinstance(batch_size, Mapping):
-        if resolution not in batch_size:
-            raise ValueError(f"parameter batch_size has no entry for resolution {resolution}")
-        b = batch_size[resolution]
-    else:
-        b = batch_size
-    if not isinstance(b, (int, np.integer)) or b < 1:
-        raise ValueError(f"parameter batch_size gave {b!r} for resolution {resolution}; expected a positive int")
-    return int(b)
-
-
-def marginal_memory_per_image(module: nn.Module, image_size: int, batch_size: int, precision: str = "bf16",
-                              device="cuda", channels_last: bool = False, in_chans: int = 3) -> float | None:
-    """CUDA inference only: extra peak memory per extra image, ``(peak(n) - peak(1)) / (n - 1)`` with
-    ``n = max(2, batch_size)``, from one forward each. Constant terms (weights, autocast's bf16 weight
-    copies, workspaces) cancel, so this is the activation memory an image costs at this resolution:
-    the quantity whose growth with pixel count the sweep fits. None on the CPU."""
-    dev = _device(device)
-    if dev.type != "cuda":
-        return None
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    module.to(device=dev, memory_format=fmt).eval()
-    peaks = {}
-    n = max(2, int(batch_size))
-    with precision_context(precision, dev, autocast=False):
-        for b in (1, n):
-            x = torch.randn((b, in_chans, image_size, image_size), device=dev).contiguous(memory_format=fmt)
-            free_memory(dev)
-            torch.cuda.synchronize(dev)
-            torch.cuda.reset_peak_memory_stats(dev)
-            base = torch.cuda.memory_allocated(dev)
-            with torch.no_grad(), _autocast(precision, dev):
-                module(x)
-            torch.cuda.synchronize(dev)
-            peaks[b] = torch.cuda.max_memory_allocated(dev) - base
-            del x
-    return (peaks[n] - peaks[1]) / (n - 1)
-
-
-def resolution_sweep(model_or_factory: nn.Module | Callable[[int], nn.Module], resolutions: Iterable[int],
-                     batch_size: int | Mapping[int, int] | Callable[[int], int], precision: str = "bf16",
-                     device="cpu", mode: str = "inference", channels_last: bool = False,
-                     compile: bool = False, warmup: int = 3, repeats: int = 10,
-                     catch_errors: bool = False, memory_probe: bool = True,
-                     log: Callable[[str], Any] | None = None) -> pd.DataFrame:
-    """``model_throughput`` at each resolution, one row each, OOM caught and recorded.
-
-    ``model_or_factory``: a module used at every resolution (MambaVision, or a ViT created with
-    ``dynamic_img_size=True``), or a callable ``resolution -> module`` (ViT/Swin need ``img_size`` at
-    creation). ``batch_size``: an int, a {resolution: batch} mapping, or a callable (see
-    ``scaled_batch_size``). Out-of-memory errors (in the factory or the run) give a row with
-    ``oom=True`` and NaN speeds; other errors propagate unless ``catch_errors``, which records them in
-    ``error``. Columns: resolution, pixels, batch_size, images_per_s, seconds_per_image, median_s,
-    p10_s, p90_s, peak_memory_bytes, model_bytes, memory_per_image_bytes ((peak - model bytes) / batch;
-    still holds constant terms such as autocast's weight copies), marginal_memory_per_image_bytes
-    (``marginal_memory_per_image``, CUDA inference with ``memory_probe``), memory_probe_error, oom,
-    error, precision, mode, device_name, channels_last, compile.
-    """
-    resolutions = [int(r) for r in resolutions]
-    if not resolutions or any(r < 1 for r in resolutions):
-        raise ValueError(f"parameter resolutions must be positive ints, got {resolutions!r}")
-    if not (isinstance(model_or_factory, nn.Module) or callable(model_or_factory)):
-        raise TypeError("parameter model_or_factory must be an nn.Module or a callable resolution -> module")
-    dev = _device(device)
-    is_factory = not isinstance(model_or_factory, nn.Module)
-    rows = []
-    for res in resolutions:
-        batch = _batch_for(batch_size, res)
-        row: dict[str, Any] = dict(resolution=res, pixels=res * res, batch_size=batch, images_per_s=math.nan,
-                                   seconds_per_image=math.nan, median_s=math.nan, p10_s=math.nan,
-                                   p90_s=math.nan, peak_memory_bytes=None, model_bytes=None,
-                                   memory_per_image_bytes=None, marginal_memory_per_image_bytes=None,
-                                   memory_probe_error=None, oom=False, error=None, precision=precision,
-                                   mode=mode, device_name=device_description(dev), channels_last=bool(channels_last),
-                                   compile=bool(compile))
-        failure = None
-        try:
-            module = model_or_factory(res) if is_factory else model_or_factory
-            r = model_throughput(module, batch, image_size=res, precision=precision, mode=mode, device=dev,
-                                 channels_last=channels_last, compile=compile, warmup=warmup, repeats=repeats)
-            for k in ("images_per_s", "seconds_per_image", "median_s", "p10_s", "p90_s", "peak_memory_bytes",
-                      "model_bytes"):
-                row[k] = r[k]
-            if r["peak_memory_bytes"] is not None:
-                row["memory_per_image_bytes"] = (r["peak_memory_bytes"] - r["model_bytes"]) / batch
-            if memory_probe and mode == "inference" and dev.type == "cuda":
-                try:
-                    row["marginal_memory_per_image_bytes"] = marginal_memory_per_image(
-                        module, res, batch, precision, dev, channels_last)
-                except Exception as exc:  # noqa: BLE001 - a probe failure must not lose the timing
-                    row["memory_probe_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
-        except Exception as exc:  # noqa: BLE001 - sorted below
-            if is_oom_error(exc):
-                row["oom"] = True
-                failure = f"{type(exc).__name__}: {str(exc)[:300]}"
-                row["error"] = failure
-            elif catch_errors:
-                failure = f"{type(exc).__name__}: {str(exc)[:300]}"
-                row["error"] = failure
-            else:
-                raise
-        finally:
-            if is_factory:
-                module = None  # noqa: F841 - drop the per-resolution model before the next one
-        free_memory(dev)  # outside the except block, so the traceback's tensors are gone too
-        rows.append(row)
-        if log is not None:
-            log(f"  {res:>5d} px  batch {batch:>4d}  " + (f"{row['images_per_s']:10.1f} img/s" if failure is None
-                                                          else f"FAILED ({'OOM' if row['oom'] else failure})"))
-    return pd.DataFrame(rows)
-
-
-def fit_growth_exponent(pixels: Sequence[float], cost: Sequence[float]) -> float:
-    """Least-squares slope ``b`` of log(cost) against log(pixels): cost ~ a * pixels**b.
-
-    Pixels per image are proportional to the token count N (ViT: N = pixels / patch**2), so ``b`` is
-    the exponent in the token count too. Use a per-image cost (seconds per image, memory per image):
-    ``b ~ 1``: linear in pixels/tokens (convolutions, MLPs, windowed attention, a selective scan);
-    ``b ~ 2``: quadratic, what global self-attention's N x N score matrix costs *when it dominates*.
-    A ViT-B/32 sits between: its per-token MLP and projections (~12 N d**2 FLOPs a block) outweigh
-    attention (~2 N**2 d) until N approaches 6 d (~4600 tokens), so over 224..1120 px its fitted b is
-    only a little above 1 even though attention itself is quadratic. Non-finite or non-positive
-    points are dropped; at least two distinct pixel counts must remain.
-    """
-    p = np.asarray(pixels, dtype=np.float64)
-    c = np.asarray(cost, dtype=np.float64)
-    if p.shape != c.shape or p.ndim != 1:
-        raise ValueError(f"parameters pixels and cost must be 1-d and of equal length, got {p.shape} and {c.shape}")
-    keep = np.isfinite(p) & np.isfinite(c) & (p > 0) & (c > 0)
-    if len(np.unique(p[keep])) < 2:
-        raise ValueError("parameters pixels/cost: need at least two distinct positive finite points to fit")
-    slope, _ = np.polyfit(np.log(p[keep]), np.log(c[keep]), 1)
-    return float(slope)
 
 
 # ------------------------------------------------------------------------------ two variants, one process

@@ -31,6 +31,7 @@ from typing import Any, Callable
 import torch
 
 from . import benchmark as B
+from . import sweep
 from .flops import flops_per_image, utilisation_fields
 from .records import BEST, COMPILED, PAPER, PAPER_FUSED, STRICT
 from ..settings.precision import precision_context
@@ -171,12 +172,12 @@ def sweep_resolutions(config: StudyConfig, bench: BenchSettings) -> list[int]:
 
 def sweep_records(factory: Callable[[int], Any], config: StudyConfig, bench: BenchSettings, device,
                   log: Callable[[str], Any] | None = None) -> list[dict]:
-    """``benchmark.resolution_sweep`` over the profile's resolutions, inference, the pixels per batch held
+    """``sweep.resolution_sweep`` over the profile's resolutions, inference, the pixels per batch held
     about constant (``bench.sweep_batch`` images at the first resolution); bf16 runs channels_last."""
     resolutions = sweep_resolutions(config, bench)
     precision = bench.sweep_precision or config.precision
-    frame = B.resolution_sweep(factory, resolutions,
-                               lambda r: B.scaled_batch_size(bench.sweep_batch, resolutions[0], r),
+    frame = sweep.resolution_sweep(factory, resolutions,
+                               lambda r: sweep.scaled_batch_size(bench.sweep_batch, resolutions[0], r),
                                precision=precision, device=device, channels_last=precision == "bf16",
                                warmup=bench.warmup, repeats=bench.repeats, catch_errors=True, log=log)
     return [_tag(row, "resolution_sweep") for row in frame.to_dict(orient="records")]

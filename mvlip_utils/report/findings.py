@@ -27,7 +27,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from ..measure.benchmark import fit_growth_exponent
+from ..measure.sweep import fit_growth_exponent
 from ..measure.records import BEST, PAPER, benchmark_record
 from ..settings.profiles import ENCODER_LABELS
 
