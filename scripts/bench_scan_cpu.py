@@ -1,5 +1,5 @@
 """CPU timing of the selective scan at MambaVision-like shapes: the float64 reference loop against the
-portable chunked scan of mvlip_utils.ssm, forward and forward+backward, timed by mvlip_utils.benchmark.
+portable chunked scan of mvlip_utils.models.ssm, forward and forward+backward, timed by mvlip_utils.measure.benchmark.
 
     python scripts/bench_scan_cpu.py [--repeats 5] [--threads N]
 """

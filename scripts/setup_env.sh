@@ -6,7 +6,7 @@
 #   2. torch==2.14.1 and torchvision==0.29.1 (pip takes them from this machine's local wheel store)
 #   3. the project itself, editable, with its test and JupyterLab extras:  pip install -e .[test,lab]
 #   4. mambavision==1.2.0 without its dependencies (they pin old timm/transformers and a CUDA-only mamba-ssm;
-#      mvlip_utils.ssm supplies the selective scan instead)
+#      mvlip_utils.models.ssm supplies the selective scan instead)
 #   5. a Jupyter kernel named "mvlip" that runs this venv's python (for JupyterLab and papermill)
 #   6. Debian's chromium and chromium-driver, for the browser test of the built book
 #

@@ -1,4 +1,4 @@
-"""Tests for mvlip_utils.benchmark (CPU, tiny models; the whole file runs in well under a minute)."""
+"""Tests for mvlip_utils.measure.benchmark (CPU, tiny models; the whole file runs in well under a minute)."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""What the benchmark chapter measures for one run (mvlip_utils.benchmark_suite), on tiny smoke towers."""
+"""What the benchmark chapter measures for one run (mvlip_utils.measure.benchmark_suite), on tiny smoke towers."""
 
 import dataclasses
 

@@ -1,4 +1,4 @@
-"""Tests for mvlip_utils.data: tiny datasets under tmp_path, CPU only, a few seconds in all."""
+"""Tests for mvlip_utils.data.folders: tiny datasets under tmp_path, CPU only, a few seconds in all."""
 
 from __future__ import annotations
 

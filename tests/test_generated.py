@@ -1,4 +1,4 @@
-"""Tests for mvlip_utils.generated: the coloured-shapes dataset (smoke) and the ImageNet-mini-shaped JPEG
+"""Tests for mvlip_utils.data.generated: the coloured-shapes dataset (smoke) and the ImageNet-mini-shaped JPEG
 folder (speed), written under tmp_path, CPU only, a few seconds in all."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The study runner (mvlip_utils.study): notebook hygiene, editions, failure messages, reuse, parallel chains."""
+"""The study runner (mvlip_utils.study.runner): notebook hygiene, editions, failure messages, reuse, parallel chains."""
 
 from __future__ import annotations
 

@@ -14,10 +14,10 @@ device, memory format, optimiser, compilation, peak memory, FLOPs), so a number 
 - ``interleaved_ratio``: two variants of one step timed in alternating rounds in one process, so drifts
   of clock and temperature hit both alike (the selective scan's cost).
 - FLOPs per image and the fraction of the GPU's peak are ``flops``'.
-- ``python -m mvlip_utils.benchmark``: one ``model_throughput`` of a study tower from the command line
+- ``python -m mvlip_utils.measure.benchmark``: one ``model_throughput`` of a study tower from the command line
   (JSON out); also how ``benchmark_suite`` runs torch.compile in a time-limited child process.
 
-This module does not import ``mvlip_utils.towers`` at import time: sweeps that need a model per resolution
+This module does not import ``mvlip_utils.models.towers`` at import time: sweeps that need a model per resolution
 take a factory callable (``lambda r: create_image_tower("swin", "paper", image_size=r)``).
 """
 from __future__ import annotations
@@ -332,9 +332,9 @@ def interleaved_ratio(step_a: Callable[[], Any], step_b: Callable[[], Any], devi
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m mvlip_utils.measure.benchmark",
-        description="Images/s of one study image tower alone (mvlip_utils.benchmark.model_throughput), "
+        description="Images/s of one study image tower alone (mvlip_utils.measure.benchmark.model_throughput), "
                     "printed as one JSON record.",
-        epilog="example: python -m mvlip_utils.benchmark --encoder swin --size paper --precision bf16 "
+        epilog="example: python -m mvlip_utils.measure.benchmark --encoder swin --size paper --precision bf16 "
                "--batch-size 256 --channels-last --mode train")
     parser.add_argument("--encoder", required=True, help="mambavision, swin or vit")
     parser.add_argument("--size", default="paper", help="paper or smoke (the tower's size)")

@@ -123,14 +123,14 @@ def model_only_records(tower, config: StudyConfig, bench: BenchSettings, device,
 
 def compiled_record(config: StudyConfig, bench: BenchSettings, device: str, flops: float | None = None,
                     backend: str = "inductor", python: str = sys.executable) -> dict:
-    """The best inference settings under torch.compile, measured by ``python -m mvlip_utils.benchmark`` in a
+    """The best inference settings under torch.compile, measured by ``python -m mvlip_utils.measure.benchmark`` in a
     child process given ``bench.compile_timeout_s`` seconds (its whole process group is killed after that).
     A time-out or failure is a record with ``error``; ``bench.compile_timeout_s == 0`` skips it."""
     base = dict(mode="inference", precision="bf16", batch_size=bench.best_batch, channels_last=True,
                 compile=True, compile_backend=backend, images_per_s=None, timeout_s=bench.compile_timeout_s)
     if bench.compile_timeout_s <= 0:
         return _tag({**base, "error": "skipped (compile_timeout_s=0)"}, "model_only", COMPILED)
-    cmd = [python, "-m", "mvlip_utils.benchmark", "--encoder", config.encoder, "--size", config.model_size,
+    cmd = [python, "-m", "mvlip_utils.measure.benchmark", "--encoder", config.encoder, "--size", config.model_size,
            "--image-size", str(config.image_size), "--batch-size", str(bench.best_batch), "--precision", "bf16",
            "--channels-last", "--compile", "--compile-backend", backend, "--device", str(device),
            "--warmup", str(max(2, bench.warmup)), "--repeats", str(bench.repeats), "--seed", str(config.seed)]

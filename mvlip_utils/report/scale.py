@@ -134,7 +134,7 @@ PROBE_STEP_CHECK = "step-check"  # <profile>-probe/step-check/<encoder>/step_che
 
 
 def read_probe_step_checks(probe_root: str | Path) -> dict[str, dict[str, Any]]:
-    """The step checks measured apart from an edition (``python -m mvlip_utils.benchmark_suite``), per
+    """The step checks measured apart from an edition (``python -m mvlip_utils.measure.benchmark_suite``), per
     encoder, from ``probe_root``/step-check/<encoder>/step_check.json (e.g. results/speed-probe)."""
     root = Path(probe_root) / PROBE_STEP_CHECK
     return {f.parent.name: read_json(f) for f in sorted(root.glob("*/step_check.json"))}

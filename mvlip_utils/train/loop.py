@@ -9,7 +9,7 @@ drop_last, symmetric contrastive loss (open_clip's ``ClipLoss``). Each training 
 templates at random; captions' text features come from the ``PromptBank``.
 
 Several GPUs: under torchrun (``torchrun --nproc_per_node=N -m mvlip_utils.train ...``) the image tower is
-wrapped in DDP and the loss is computed over the global batch (``mvlip_utils.distributed`` says how this
+wrapped in DDP and the loss is computed over the global batch (``mvlip_utils.train.distributed`` says how this
 stays identical to one process); ``batch_size`` is the global batch, rank 0 alone evaluates and writes.
 
 Per epoch the run folder gets a row in ``history.csv`` and ``timings.csv`` and an atomically written
