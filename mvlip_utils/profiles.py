@@ -123,10 +123,9 @@ class BenchSettings:
                                                         "first (from eager, fused, compiled, graphed)")
     step_profile_steps: int = _param(0, "training: steps of each checked step profiled with torch.profiler "
                                         "after its check (where the time goes); 0: none")
-    step_check_deterministic: bool = _param(False, "training: also train the run's own step twice with "
-                                                   "deterministic=True after the check: its images/s against the "
-                                                   "default mode's, and whether the two repeats' losses are "
-                                                   "bit-identical")
+    step_check_deterministic: bool = _param(False, "training: after the check, train the run's own step twice "
+                                                   "more in deterministic mode: its images/s against the default "
+                                                   "mode's, and whether the two repeats' losses are bit-identical")
 
 
 PROFILES: dict[str, dict[str, Any]] = {
