@@ -2,7 +2,7 @@
 # The GPU test tier (README, "The GPU test tier") with its log:
 #     bash scripts/gpu_tier.sh LOG [pytest arguments ...]        (make test-gpu GPU_TIER_LOG=LOG)
 # runs `pytest -m gpu -q -rA` from the repository root under a time limit (GPU_TIER_TIMEOUT seconds, default
-# 900) and writes LOG: the date, the commit, the GPUs and driver (nvidia-smi), the versions, then pytest's
+# 1200) and writes LOG: the date, the commit, the GPUs and driver (nvidia-smi), the versions, then pytest's
 # output and summary. On a bare GPU machine without the notebook stack (no papermill or open_clip importable),
 # the wheels in .whl/ are installed into /tmp/site first, without their dependencies, as for the speed
 # edition. PYTHON picks the interpreter (default python3); MVLIP_GIT_COMMIT names the commit when the copy
@@ -48,7 +48,7 @@ print(", ".join(f"{name} {version(name)}" for name in names))
 PYEOF
 } > "$log" 2>&1
 start=$(date +%s)
-timeout "${GPU_TIER_TIMEOUT:-900}" "$PY" -m pytest -m gpu -q -rA -p no:cacheprovider "$@" 2>&1 | tee -a "$log"
+timeout "${GPU_TIER_TIMEOUT:-1200}" "$PY" -m pytest -m gpu -q -rA -p no:cacheprovider "$@" 2>&1 | tee -a "$log"
 rc=${PIPESTATUS[0]}
 echo "pytest exit status $rc after $(( $(date +%s) - start )) s" | tee -a "$log"
 exit "$rc"

@@ -30,6 +30,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,7 +210,7 @@ class KillResumeCase:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.is_file() else ""
 
 
-def run_kill_resume(cases: list[KillResumeCase], timeout_s: float = 480) -> None:
+def run_kill_resume(cases: list[KillResumeCase], timeout_s: float = 600) -> None:
     """Start every case's runs at once: ``straight`` and ``again`` uninterrupted, ``killed`` (blocked in epoch
     2, then SIGKILLed) and, once it is killed, ``resumed`` in the killed run's folder."""
     script = cases[0].folder.parent / "blocking_train.py"
@@ -249,11 +250,16 @@ def run_kill_resume(cases: list[KillResumeCase], timeout_s: float = 480) -> None
                 case.problem = case.problem or f"{name} failed (exit {proc.returncode}):\n{case.log_tail(name)}"
 
 
-@pytest.fixture(scope="module")
-def kill_resume_cases(tmp_path_factory, project_env):
+@pytest.fixture(scope="module", autouse=True)
+def kill_resume_batch(tmp_path_factory, request):
+    """The kill-and-resume runs start with the module's first test and run beside the study (a): they are
+    single processes that wait for compilation or the GPU as much as the study's chains do."""
     from mvlip_utils import experiment as exp
     from mvlip_utils.profiles import get_config
 
+    if not any("kill_resume_cases" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        yield None
+        return
     tmp = tmp_path_factory.mktemp("kill-resume")
     # the generated dataset is written once, before the runs that share it start
     exp.dataset_root(get_config("cuda-smoke", generated_classes=4, generated_train_per_class=16,
@@ -261,10 +267,27 @@ def kill_resume_cases(tmp_path_factory, project_env):
     pairs = [(encoder, step) for step in KILL_STEPS for encoder in ENCODERS]
     cases = {pair: KillResumeCase(pair[0], pair[1], gpu, tmp / f"{pair[0]}-{pair[1]}")
              for pair, gpu in zip(pairs, spread(len(pairs)))}
-    started = time.perf_counter()
-    run_kill_resume(list(cases.values()))
-    print(f"[gpu tier] {len(cases)} kill-and-resume cases at once: {time.perf_counter() - started:.1f} s", flush=True)
-    return cases
+    batch = {"cases": cases, "started": time.perf_counter(), "error": None}
+
+    def run() -> None:
+        try:
+            run_kill_resume(list(cases.values()))
+        except Exception as exc:  # noqa: BLE001 - reported by every case's test
+            batch["error"] = f"{type(exc).__name__}: {exc}"
+
+    thread = batch["thread"] = threading.Thread(target=run, daemon=True)
+    thread.start()
+    yield batch
+    thread.join()
+
+
+@pytest.fixture(scope="module")
+def kill_resume_cases(kill_resume_batch):
+    kill_resume_batch["thread"].join()
+    assert kill_resume_batch["error"] is None, kill_resume_batch["error"]
+    print(f"[gpu tier] {len(kill_resume_batch['cases'])} kill-and-resume cases, started with the module: "
+          f"{time.perf_counter() - kill_resume_batch['started']:.1f} s", flush=True)
+    return kill_resume_batch["cases"]
 
 
 def run_state(run: Path) -> dict:
@@ -362,6 +385,7 @@ def file_tensors_in_run(encoder: str, file: Path, model_state: dict) -> list[tup
     state = read_state_dict(str(file))  # what the tower read (the release's Namespace is allowed)
     if encoder == "vit":  # open_clip's names for two of the tensors timm renames
         pairs = {"visual.backbone.patch_embed.proj.weight": "visual.conv1.weight",
+                 "visual.backbone.blocks.0.attn.qkv.weight": "visual.transformer.resblocks.0.attn.in_proj_weight",
                  "visual.backbone.norm_pre.weight": "visual.ln_pre.weight"}
     else:  # the same names; BatchNorm's running statistics move with every training batch, not by the optimizer
         pairs = {f"visual.backbone.{k}": k for k in state if f"visual.backbone.{k}" in model_state
