@@ -414,3 +414,14 @@ def test_book_build_treats_warnings_as_errors(tmp_path):
         (tmp_path / stray).write_text("# Not a chapter\n")
     html = book.build_book(tmp_path, toc, log=lambda _: None)
     assert (html / "book" / "intro.html").is_file()
+
+
+@pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=lambda p: p.stem)
+def test_papermill_reads_every_parameter_with_its_help(path):
+    """papermill's parser skips a line with a second '=' (in its help text, say) with a warning."""
+    from papermill.translators import PythonTranslator
+
+    source = params.parameters_cell_source(path.stem)
+    parsed = PythonTranslator.inspect({"source": source})
+    assert [p.name for p in parsed] == study.notebook_parameters(path)
+    assert all(p.help for p in parsed)

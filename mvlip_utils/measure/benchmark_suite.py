@@ -222,7 +222,7 @@ STEP_CHECK_TOLERANCE = 1e-4  # relative difference of per-epoch mean losses that
 
 
 def train_step_check(config: StudyConfig, images: int, epochs: int = 2, steps: tuple[str, ...] = ("eager", "fused"),
-                     progress: bool = False, profile_steps: int = 0) -> dict[str, Any]:
+                     progress: bool = False, profile_steps: int = 0, deterministic_check: bool = False) -> dict[str, Any]:
     """Train ``epochs`` short epochs on the first ``images`` training images from the same start (seed,
     data order, caption draws) once per training step (``profiles.TRAIN_STEPS``: the eager one the authors
     ran, fused AdamW, and on a GPU torch.compile too) and compare the per-epoch mean losses with the eager
@@ -231,8 +231,10 @@ def train_step_check(config: StudyConfig, images: int, epochs: int = 2, steps: t
     ``profile_steps``, each step then trains one more short epoch under torch.profiler
     (``step_profile.profile_training_epoch``: where the time of ``profile_steps`` steps goes, as each
     variant's ``profile``; the trace of each is kept gzipped in the run folder as
-    step_trace_<step>.json.gz). Written to the run folder's step_check.json, with the training loop's
-    ``READ_LOSS_EVERY`` and the provenance of the measurement."""
+    step_trace_<step>.json.gz). With ``deterministic_check``, the run's own ``train_step`` then trains twice
+    more in deterministic mode (``deterministic_check``'s record, the check's ``deterministic``). Written to
+    the run folder's step_check.json, with the training loop's ``READ_LOSS_EVERY`` and the provenance of the
+    measurement."""
 
     from ..train import experiment as exp
     from ..train import loop as train
@@ -267,7 +269,53 @@ def train_step_check(config: StudyConfig, images: int, epochs: int = 2, steps: t
            "tolerance": STEP_CHECK_TOLERANCE, "device_name": device_description(base.device),
            "profile_steps": profile_steps, "read_loss_every": train.READ_LOSS_EVERY, "variants": variants,
            "provenance": collect_provenance(base.device)}
+    if deterministic_check:
+        out["deterministic"] = _deterministic_check(base, config, subset, epochs, loss_fn, progress, variants)
     write_json(run_dir(config) / "step_check.json", out)
+    return out
+
+
+DETERMINISTIC_REPEATS = 2
+
+
+def _deterministic_check(base, config: StudyConfig, subset, epochs: int, loss_fn, progress: bool,
+                         variants: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run's own training step (``config.train_step``) trained ``DETERMINISTIC_REPEATS`` times in
+    deterministic mode (``reproducibility.deterministic_mode``) from the check's start: the training images/s
+    of the last epoch of each against the default mode's (the step's variant in ``variants``, else one more
+    training), the cost (1 - deterministic / default), and whether the repeats' per-epoch losses are
+    bit-identical (equal as floats), with their largest relative difference from the default mode's. An
+    operation without a deterministic implementation is recorded as the error, naming it."""
+    from ..settings.reproducibility import CUBLAS_ENV, deterministic_mode, deterministic_settings
+
+    step = config.train_step
+    out: dict[str, Any] = {"train_step": step, "repeats": DETERMINISTIC_REPEATS,
+                           # cuBLAS sizes its workspace at the process's first call: what it was then matters
+                           "cublas_workspace_config_before": os.environ.get(CUBLAS_ENV)}
+    default = next((v for v in variants if v["train_step"] == step and not v.get("error")), None)
+    try:
+        if default is None:
+            default = _train_short(base, config, subset, step, epochs, loss_fn, progress)
+            B.free_memory()
+        repeats = []
+        for _ in range(DETERMINISTIC_REPEATS):
+            with deterministic_mode(True):
+                out["settings"] = deterministic_settings()
+                repeats.append(_train_short(base, config.replace(deterministic=True), subset, step, epochs, loss_fn,
+                                            progress))
+            B.free_memory()
+    except Exception as exc:  # noqa: BLE001 - e.g. an operation without a deterministic implementation
+        out.update(error=f"{type(exc).__name__}: {str(exc)[:400]}", bit_identical=None,
+                   default_images_per_s=default["images_per_s"] if default else None, deterministic_images_per_s=None)
+        return out
+    rates = [r["images_per_s"] for r in repeats]
+    rate = sum(rates) / len(rates)
+    out.update(default_losses=default["losses"], default_images_per_s=default["images_per_s"],
+               losses=[r["losses"] for r in repeats], images_per_s_repeats=rates, deterministic_images_per_s=rate,
+               relative_speed=rate / default["images_per_s"], cost=1 - rate / default["images_per_s"],
+               bit_identical=all(r["losses"] == repeats[0]["losses"] for r in repeats),
+               max_rel_difference_from_default=max(abs(a - b) / abs(b) for r in repeats
+                                                   for a, b in zip(r["losses"], default["losses"])))
     return out
 
 
@@ -308,6 +356,15 @@ def _train_short(base, config: StudyConfig, subset, step: str, epochs: int, loss
 
 
 # ----------------------------------------------------------------------------- the step check alone
+def deterministic_line(record: dict[str, Any]) -> str:
+    """One line of a step check's deterministic record (the command line prints it)."""
+    if record.get("error"):
+        return f"{record['train_step']:9s} deterministic: {record['error']}"
+    return (f"{record['train_step']:9s} deterministic images/s {record['deterministic_images_per_s']:8.1f} against "
+            f"{record['default_images_per_s']:.1f} by default (x{record['relative_speed']:.2f}); "
+            f"{record['repeats']} repeats' losses {'bit-identical' if record['bit_identical'] else 'DIFFER'}")
+
+
 def build_parser():
     import argparse
 
@@ -327,6 +384,10 @@ def build_parser():
     parser.add_argument("--images", type=int, default=None, help="images per epoch (default: the profile's)")
     parser.add_argument("--profile-steps", type=int, default=None,
                         help="steps profiled per training step (default: the profile's step_profile_steps)")
+    parser.add_argument("--deterministic-check", action="store_true", default=None,
+                        help="also train the profile's own train_step twice with deterministic=True: its images/s "
+                             "against the default mode's, and whether the repeats' losses are bit-identical "
+                             "(default: the profile's step_check_deterministic)")
     parser.add_argument("--read-loss-every", type=int, default=None,
                         help="the training loop's READ_LOSS_EVERY (default: the loop's own; 1 reads every step's "
                              "loss as the loop once did)")
@@ -341,7 +402,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         overrides = {k: v for k, v in (("step_check_steps", args.steps), ("step_check_images", args.images),
-                                       ("step_profile_steps", args.profile_steps)) if v is not None}
+                                       ("step_profile_steps", args.profile_steps),
+                                       ("step_check_deterministic", args.deterministic_check)) if v is not None}
         bench = get_bench_settings(args.profile, **overrides)
         if args.read_loss_every is not None:
             if args.read_loss_every < 1:
@@ -350,13 +412,16 @@ def main(argv=None) -> int:
         for encoder in args.encoders:
             config = get_config(args.profile, encoder=encoder, results_dir=args.results_dir)
             check = train_step_check(config, bench.step_check_images, steps=tuple(bench.step_check_steps),
-                                     profile_steps=bench.step_profile_steps)
+                                     profile_steps=bench.step_profile_steps,
+                                     deterministic_check=bench.step_check_deterministic)
             for v in check["variants"]:
                 p = v.get("profile") or {}
                 print(f"{encoder:12s} {v['train_step']:9s} images/s {v['images_per_s'] or float('nan'):8.1f} "
                       f"max rel. loss diff {v['max_rel_loss_difference'] if v['max_rel_loss_difference'] is not None else float('nan'):.1e} "
                       f"GPU kernels {p.get('gpu_busy_ms') or float('nan'):7.2f} ms per step "
                       f"{v.get('error') or p.get('error') or ''}", flush=True)
+            if check.get("deterministic"):
+                print(f"{encoder:12s} {deterministic_line(check['deterministic'])}", flush=True)
     except USER_ERRORS as exc:
         return user_error_exit(exc)
     return 0

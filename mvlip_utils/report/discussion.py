@@ -414,3 +414,4 @@ def steps_sentence(runs: Mapping[str, Mapping[str, Any]]) -> str:
     if len(failed):
         text += " Failed: " + ", ".join(f"{r.tower} {r.step}" for r in failed.itertuples()) + " (see the training chapters)."
     return text
+

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .profiles import needs_cuda
+from .profiles import records_edition
 
 FINDINGS, SETUP, TRAIN, EVALUATE, BENCHMARK, DISCUSSION = (
     "00_findings", "01_setup", "02_train", "03_evaluate", "04_benchmark", "05_discussion")
@@ -40,7 +40,7 @@ class Step:
         else book/executed/<profile>/ (per-encoder ones under <encoder>/); the findings at book/executed/."""
         if self.notebook == FINDINGS:
             return Path(book_dir) / "executed" / f"{FINDINGS}.ipynb"
-        kind = "recorded" if needs_cuda(self.profile) and self.notebook in RECORDED_STEPS else "executed"
+        kind = "recorded" if records_edition(self.profile) and self.notebook in RECORDED_STEPS else "executed"
         base = Path(book_dir) / kind / self.profile
         if self.encoder:
             base = base / self.encoder

@@ -31,12 +31,16 @@ def config_from_parameters(namespace: Mapping[str, Any], **fixed: Any):
     """The StudyConfig of a notebook's parameters: ``namespace`` holds ``profile`` and any StudyConfig
     field (None = the profile's value); ``fixed`` overrides (e.g. encoder=...)."""
     from .profiles import StudyConfig, get_config
+    from .reproducibility import prepare_environment
 
     if "profile" not in namespace:
         raise ValueError("the notebook's parameters must define 'profile'")
     values = {f.name: namespace[f.name] for f in fields(StudyConfig) if f.name != "profile" and f.name in namespace}
     values.update(fixed)
-    return get_config(namespace["profile"], **values)
+    config = get_config(namespace["profile"], **values)
+    # a deterministic run needs CUBLAS_WORKSPACE_CONFIG before the notebook's first cuBLAS call: set it now
+    prepare_environment(config.deterministic)
+    return config
 
 
 def bench_from_parameters(namespace: Mapping[str, Any]):
@@ -77,7 +81,7 @@ NOTEBOOK_EXTRAS: dict[str, tuple[tuple[str, Any, str], ...]] = {
             ("progress", False, "tqdm progress bars (handy in JupyterLab)")),
     EVALUATE: (("n_examples", 8, "example predictions shown with their images"),),
 }
-BENCH_FIELDS = {TRAIN: ("step_check_images", "step_check_steps", "step_profile_steps"),
+BENCH_FIELDS = {TRAIN: ("step_check_images", "step_check_steps", "step_profile_steps", "step_check_deterministic"),
                 BENCHMARK: ("warmup", "repeats", "eval_repeats", "eval_workers", "best_batch", "resolutions",
                             "sweep_batch", "sweep_precision", "compile_timeout_s")}
 

@@ -1,7 +1,9 @@
 """Every setting of the study in one place: each parameter's default and help text, and the three profiles.
 
 ``smoke`` is the offline default: the same tower families at tiny widths, random weights, a generated
-coloured-shapes dataset at 64 px, so that the whole study runs on a 2-core CPU in minutes.
+coloured-shapes dataset at 64 px, so that the whole study runs on a 2-core CPU in minutes. ``cuda-smoke`` is
+the same on a CUDA GPU, with every training step checked (the GPU test tier runs it; a test profile, its
+edition is never recorded).
 ``speed`` measures time, throughput and memory at paper size without the paper's inputs: the paper's
 architectures and protocol at 224 px with random weights, on a generated ImageNet-mini-shaped folder of
 real JPEG files (1,000 wnid classes), a few epochs, on a CUDA GPU. Its accuracy means nothing.
@@ -77,6 +79,11 @@ class StudyConfig:
                                       "replayed as CUDA graphs: mode reduce-overhead)")
     device: str = _param("auto", "auto, cpu, cuda or cuda:N")
     seed: int = _param(0, "seed of the towers' initialisation, data order and caption draws")
+    deterministic: bool = _param(False, "True: deterministic algorithms (torch.use_deterministic_algorithms, "
+                                        "CUBLAS_WORKSPACE_CONFIG, cuDNN and inductor settings: "
+                                        "mvlip_utils.reproducibility), so that a run repeats bit for bit on the same "
+                                        "GPU and software, resumed or not; slower. False: PyTorch's defaults (the "
+                                        "paper's)")
     num_workers: int = _param(0, "DataLoader worker processes")
     data_cache: bool = _param(False, "True: train and evaluate from a uint8 cache of the CLIP-preprocessed "
                                      "images (the same input tensors, no JPEG decoding every epoch)")
@@ -116,12 +123,20 @@ class BenchSettings:
                                                         "first (from eager, fused, compiled, graphed)")
     step_profile_steps: int = _param(0, "training: steps of each checked step profiled with torch.profiler "
                                         "after its check (where the time goes); 0: none")
+    step_check_deterministic: bool = _param(False, "training: after the check, train the run's own step twice "
+                                                   "more in deterministic mode: its images/s against the default "
+                                                   "mode's, and whether the two repeats' losses are bit-identical")
 
 
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": dict(
         profile="smoke", model_size="smoke", data="generated", image_size=64, epochs=6,
         batch_size=32, lr=1e-3, pretrained=False, device="auto",
+    ),
+    # the smoke edition on a CUDA GPU (the GPU test tier runs its whole study): tiny towers, generated data
+    "cuda-smoke": dict(
+        profile="cuda-smoke", model_size="smoke", data="generated", image_size=64, epochs=2,
+        batch_size=32, lr=1e-3, pretrained=False, device="cuda",
     ),
     "speed": dict(
         profile="speed", model_size="paper", data="generated-imagenet", generated_classes=1000,
@@ -142,11 +157,16 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 BENCH_PROFILES: dict[str, dict[str, Any]] = {
     "smoke": dict(warmup=2, repeats=5, eval_repeats=2, eval_workers=2, best_batch=64, sweep_batch=32,
-                  compile_timeout_s=0, step_check_images=192, step_profile_steps=3),
+                  compile_timeout_s=0, step_check_images=192, step_profile_steps=3, step_check_deterministic=True),
+    "cuda-smoke": dict(warmup=1, repeats=3, eval_repeats=1, eval_workers=2, best_batch=64, resolutions=[64, 128],
+                       sweep_batch=32, compile_timeout_s=0, step_check_images=128,
+                       step_check_steps=["eager", "fused", "compiled", "graphed"], step_profile_steps=3,
+                       step_check_deterministic=True),
     "speed": dict(warmup=5, repeats=20, eval_repeats=2, eval_workers=4, best_batch=256,
                   resolutions=[224, 448, 672, 896, 1024], sweep_batch=128, sweep_precision="bf16",
                   compile_timeout_s=120, step_check_images=1024,
-                  step_check_steps=["eager", "fused", "compiled", "graphed"], step_profile_steps=8),
+                  step_check_steps=["eager", "fused", "compiled", "graphed"], step_profile_steps=8,
+                  step_check_deterministic=True),
     "paper": dict(warmup=5, repeats=20, eval_repeats=2, eval_workers=4, best_batch=256,
                   resolutions=[224, 448, 672, 896, 1024], sweep_batch=128, sweep_precision="bf16",
                   compile_timeout_s=120, step_check_images=1024),
@@ -157,6 +177,9 @@ PROFILE_MEANING = {
     "smoke": ("Random-weight smoke run: tiny towers, generated coloured shapes, a few epochs on a CPU. It shows "
               "that the pipeline works; none of its numbers (accuracy, loss or speed) says anything about "
               "the paper's claims."),
+    "cuda-smoke": ("Random-weight smoke run on a CUDA GPU: the smoke edition's tiny towers and generated coloured "
+                   "shapes, there to test the GPU path (the GPU test tier); none of its numbers says anything about "
+                   "the paper's claims."),
     "speed": ("Random-weight speed run: the paper's architectures, protocol and 224 px on a generated "
               "ImageNet-mini-shaped folder of random JPEG images. Accuracy and loss here are meaningless "
               "(random weights, random images); time, throughput and memory are what it measures."),
@@ -259,6 +282,17 @@ def changed_parameters(saved: dict[str, Any], config: StudyConfig) -> dict[str, 
     defaults = StudyConfig().to_dict()
     return {k: (saved.get(k, defaults[k]), v) for k, v in config.to_dict().items()
             if k not in RUN_IRRELEVANT and saved.get(k, defaults[k]) != v}
+
+
+# Profiles that test the code on a GPU: their editions are build products (book/executed/, results/<profile>/
+# git-ignored), never recorded into book/recorded/ as the editions the book reports.
+TEST_PROFILES = ("cuda-smoke",)
+
+
+def records_edition(profile: str) -> bool:
+    """Whether a profile's edition is recorded (its GPU chapters kept as executed under book/recorded/ and
+    included in every book, never run again on a machine without CUDA): the GPU profiles but the test ones."""
+    return needs_cuda(profile) and profile not in TEST_PROFILES
 
 
 def needs_cuda(profile: str) -> bool:

@@ -12,7 +12,7 @@ Editions of profiles that need a CUDA GPU (``speed``, ``paper``) are *recorded*:
 per-encoder notebooks go to ``book/recorded/<profile>/`` (committed with the run folders' small files), and
 a machine without CUDA includes them as they were executed, never running them again; their discussion
 only reads run files, so it is executed (``book/executed/<profile>/``) wherever the book is built. Other
-editions are build products under ``book/executed/<profile>/``.
+editions, the GPU test profile ``cuda-smoke``'s too, are build products under ``book/executed/<profile>/``.
 
 Reuse: the expensive state lives in the run folders (``results/<profile>/<encoder>/``): the train notebook
 loads a finished run and resumes an unfinished one. On top of that, a notebook whose executed copy is
@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from ..settings.profiles import ENCODERS, PROFILES, get_config, needs_cuda
+from ..settings.profiles import ENCODERS, PROFILES, get_config, needs_cuda, records_edition
 from .book import _ANSI, PROJECT_ROOT, build_book, write_toc
 from ..train.launch import run_pinned
 from .reuse import executed_fingerprint, files_digest, fingerprint, library_hash, step_inputs
@@ -256,7 +256,7 @@ def recorded_editions(root: Path, exclude: Sequence[str] = ()) -> dict[str, list
     out = {}
     book_dir = Path(root) / "book"
     for profile in PROFILES:
-        if profile in exclude or not needs_cuda(profile) or not Step(SETUP, None, profile).output(book_dir).is_file():
+        if profile in exclude or not records_edition(profile) or not Step(SETUP, None, profile).output(book_dir).is_file():
             continue
         encoders = [e for e in ENCODERS if all(Step(nb, e, profile).output(book_dir).is_file() for nb in PER_ENCODER)]
         if encoders:
@@ -323,7 +323,7 @@ def run_study(profile: str = "smoke", encoders: Sequence[str] | None = None,
         order = sorted(editions, key=list(PROFILES).index)
         all_encoders = [e for e in ENCODERS if any(e in editions[p] for p in order)]
         report.append(run_step(ctx, Step(FINDINGS, None, profile), all_encoders, order, index="findings"))
-        if needs_cuda(profile):
+        if records_edition(profile):
             write_edition_record(root, profile, encoders, report)
     study_s = time.perf_counter() - t0
     log(f"[study] notebooks: {study_s:.1f} s")

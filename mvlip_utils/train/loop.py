@@ -14,7 +14,8 @@ stays identical to one process); ``batch_size`` is the global batch, rank 0 alon
 
 Per epoch the run folder gets a row in ``history.csv`` and ``timings.csv`` and an atomically written
 ``checkpoint.pt`` (``run_folder``). Shuffling and caption draws are seeded per epoch, so a resumed run ends
-with the same metrics as an uninterrupted one.
+with the same metrics as an uninterrupted one. On a GPU that holds bit for bit only with ``deterministic=True``
+(``reproducibility``): PyTorch's default kernels may add in another order from one run to the next.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from .experiment import (Experiment, build_experiment, caption_features, evaluat
                          make_optimizer, training_tower)
 from ..settings.precision import autocast_region, precision_context
 from ..settings.profiles import StudyConfig
+from ..settings.reproducibility import deterministic_mode, prepare_environment
 from .results import CHECKPOINT, clear_run, read_timings
 from .run_folder import (finished_run_history, load_checkpoint, save_checkpoint, write_final_results,
                          write_run_config)
@@ -184,6 +186,16 @@ def validate(experiment: Experiment, loss_fn: ClipLoss, progress: bool = True) -
 def train_run(config: StudyConfig, resume: bool = True, progress: bool = True,
               stop_after_epoch: int | None = None,
               on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> pd.DataFrame:
+    """Train (or resume) the run of ``config`` (``_train_run``), in deterministic mode when
+    ``config.deterministic`` (``reproducibility.deterministic_mode``: the previous settings are restored after
+    the run; an operation without a deterministic implementation stops it with an error that names it)."""
+    with deterministic_mode(config.deterministic):
+        return _train_run(config, resume, progress, stop_after_epoch, on_epoch_end)
+
+
+def _train_run(config: StudyConfig, resume: bool = True, progress: bool = True,
+               stop_after_epoch: int | None = None,
+               on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> pd.DataFrame:
     """Train (or resume) the run of ``config``; returns its history. ``stop_after_epoch`` ends early
     (as an interruption would) after that epoch's checkpoint, without writing metrics.json.
 
@@ -361,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
             failed = run_pinned(jobs, devices, ".")
             return 1 if failed else 0
         config = get_config(args.profile, **overrides)
+        prepare_environment(config.deterministic)  # before anything touches CUDA (the cuBLAS workspace)
         info = dist_mod.init_from_env(config.device)
         try:
             history = train_run(config, resume=not args.no_resume, progress=not args.quiet)
