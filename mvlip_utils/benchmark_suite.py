@@ -322,7 +322,8 @@ def build_parser():
                     "profiled), per encoder, into <results-dir>/<profile>/<encoder>/step_check.json with the "
                     "provenance of the measurement. For measuring steps apart from a study's runs.")
     parser.add_argument("--profile", default="smoke", choices=list(PROFILES))
-    parser.add_argument("--encoders", nargs="+", default=list(ENCODERS), choices=list(ENCODERS))
+    parser.add_argument("--encoders", nargs="+", default=list(ENCODERS),
+                        help=f"the paper's {list(ENCODERS)} (default) and any timm image model by name")
     parser.add_argument("--results-dir", required=True, help="folder of the run folders written (not a study's)")
     parser.add_argument("--steps", nargs="+", choices=list(TRAIN_STEPS), default=None,
                         help="the steps compared, eager first (default: the profile's step_check_steps)")
