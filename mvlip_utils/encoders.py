@@ -33,6 +33,11 @@ def is_paper_encoder(encoder: str) -> bool:
     return encoder in PAPER_ENCODERS
 
 
+def has_selective_scan(encoder: str) -> bool:
+    """MambaVision's towers: the paper's and any ``mamba_vision_*`` model of the mambavision package."""
+    return encoder == "mambavision" or split_name(encoder)[0].startswith("mamba_vision")
+
+
 def split_name(encoder: str) -> tuple[str, str | None]:
     """(architecture, pretrained tag or None) of a timm name: ``convnext_atto.d2_in1k`` -> (convnext_atto, d2_in1k)."""
     arch, _, tag = encoder.partition(".")
