@@ -114,8 +114,11 @@ def test_check_overrides_names_the_bad_parameter():
         study.check_overrides("smoke", ["vit"], {"epoch": 2})
     with pytest.raises(ValueError, match="precision"):
         study.check_overrides("smoke", ["vit"], {"precision": "fp8"})
-    with pytest.raises(ValueError, match="unknown encoder"):
+    with pytest.raises(ValueError, match=r"--encoders: parameter encoder='resnet'.*closest timm names"):
         study.check_overrides("smoke", ["resnet"], {})
+    with pytest.raises(ValueError, match="names an encoder twice"):
+        study.check_overrides("smoke", ["convnext_atto", "convnext_atto"], {})
+    study.check_overrides("smoke", ["vit", "convnext_atto"], {})  # a timm model beside the paper's towers
     study.check_overrides("smoke", ["vit"], {"epochs": 1, "repeats": 2}, notebook_names={"repeats"})
     # resume would only act where a step runs anyway (it is no part of the fingerprint): --force is the way
     with pytest.raises(ValueError, match="use --force"):

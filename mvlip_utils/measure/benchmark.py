@@ -336,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "printed as one JSON record.",
         epilog="example: python -m mvlip_utils.measure.benchmark --encoder swin --size paper --precision bf16 "
                "--batch-size 256 --channels-last --mode train")
-    parser.add_argument("--encoder", required=True, help="mambavision, swin or vit")
+    parser.add_argument("--encoder", required=True, help="mambavision, swin, vit or any timm image model by name")
     parser.add_argument("--size", default="paper", help="paper or smoke (the tower's size)")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=32)

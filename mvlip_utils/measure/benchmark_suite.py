@@ -377,7 +377,8 @@ def build_parser():
                     "profiled), per encoder, into <results-dir>/<profile>/<encoder>/step_check.json with the "
                     "provenance of the measurement. For measuring steps apart from a study's runs.")
     parser.add_argument("--profile", default="smoke", choices=list(PROFILES))
-    parser.add_argument("--encoders", nargs="+", default=list(ENCODERS), choices=list(ENCODERS))
+    parser.add_argument("--encoders", nargs="+", default=list(ENCODERS),
+                        help=f"the paper's {list(ENCODERS)} (default) and any timm image model by name")
     parser.add_argument("--results-dir", required=True, help="folder of the run folders written (not a study's)")
     parser.add_argument("--steps", nargs="+", choices=list(TRAIN_STEPS), default=None,
                         help="the steps compared, eager first (default: the profile's step_check_steps)")
@@ -395,6 +396,7 @@ def build_parser():
 
 
 def main(argv=None) -> int:
+    from ..models.timm_towers import check_encoder
     from ..train import loop as train
     from ..settings.params import USER_ERRORS, user_error_exit
     from ..settings.profiles import get_bench_settings, get_config
@@ -411,6 +413,7 @@ def main(argv=None) -> int:
             train.READ_LOSS_EVERY = args.read_loss_every
         for encoder in args.encoders:
             config = get_config(args.profile, encoder=encoder, results_dir=args.results_dir)
+            check_encoder(encoder)
             check = train_step_check(config, bench.step_check_images, steps=tuple(bench.step_check_steps),
                                      profile_steps=bench.step_profile_steps,
                                      deterministic_check=bench.step_check_deterministic)

@@ -5,7 +5,7 @@
 ``vit``          CLIP ViT-B/32's own image tower (``vit_base_patch32_clip_224.openai``)
 
 Two sizes: ``paper`` (exactly these architectures) and ``smoke`` (the same families at tiny widths and
-depths). Pretrained weights come from a local file when ``weights_path`` is given, else from the usual
+depths). Any other timm image model name is built by ``timm_towers`` at its own size (issue 19). Pretrained weights come from a local file when ``weights_path`` is given, else from the usual
 caches/hubs; when they cannot be had the error names the weight, where it looked and how to go on.
 There is never a silent fall-back to random weights. Weight files are read without running code from them
 (``weights.read_state_dict``; ``trust_pickled_weights`` is the opt-in for a pickled file the user trusts).
@@ -21,26 +21,20 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .ssm import install_mamba_ssm_shim
+import timm
+
+from ..settings.encoders import DerivedNames
+from .image_tower import (EMBED_DIM, SSM_BACKEND, ImageTower, WeightsUnavailableError, count_parameters,  # noqa: F401
+                          feature_dim)
+from .timm_towers import architecture as timm_architecture, create_timm_tower
 from .weights import read_state_dict
 
-SSM_BACKEND = install_mamba_ssm_shim()  # must precede `import mambavision`
 
-import warnings  # noqa: E402
-
-import timm  # noqa: E402
-
-with warnings.catch_warnings():  # mambavision 1.2.0 imports timm's deprecated module paths
-    warnings.simplefilter("ignore", FutureWarning)
-    import mambavision  # noqa: E402,F401  (registers mamba_vision_* into timm)
-
-EMBED_DIM = 512
-
-TIMM_NAMES = {
+TIMM_NAMES = DerivedNames({  # an extra encoder is its own timm name (``timm_towers``)
     "mambavision": "mamba_vision_B_21k",
     "swin": "swin_base_patch4_window7_224.ms_in22k_ft_in1k",
     "vit": "vit_base_patch32_clip_224.openai",
-}
+}, lambda encoder: encoder)
 
 # Environment variables a user can point at local checkpoint files (README: "Reproduce the paper").
 WEIGHTS_ENV = {
@@ -58,37 +52,6 @@ SMOKE_OVERRIDES: dict[str, dict[str, Any]] = {
     "swin": dict(embed_dim=32, depths=(1, 1, 1), num_heads=(2, 4, 8), window_size=8, drop_path_rate=0.0),
     "vit": dict(embed_dim=64, depth=2, num_heads=2, patch_size=8),
 }
-
-
-class ImageTower(nn.Module):
-    """A timm backbone without its classifier, then Linear(num_features -> 512)."""
-
-    def __init__(self, backbone: nn.Module, encoder_name: str, timm_name: str, embed_dim: int = EMBED_DIM):
-        super().__init__()
-        self.backbone = backbone
-        self.encoder_name = encoder_name
-        self.timm_name = timm_name
-        self.proj = nn.Linear(feature_dim(backbone), embed_dim)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.backbone(images))
-
-
-def feature_dim(backbone: nn.Module) -> int:
-    """Width of the pooled features: timm's ``num_features``; MambaVision keeps it in its final norm."""
-    if hasattr(backbone, "num_features"):
-        return int(backbone.num_features)
-    return int(backbone.norm.num_features)
-
-
-def count_parameters(module: nn.Module) -> dict[str, int]:
-    total = sum(p.numel() for p in module.parameters())
-    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    return {"total": total, "trainable": trainable, "frozen": total - trainable}
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights were asked for but cannot be had."""
 
 
 def _unavailable(encoder: str, what: str, looked: list[str], cause: BaseException | None) -> WeightsUnavailableError:
@@ -140,6 +103,8 @@ def _mambavision_pretrained(backbone: nn.Module, weights_path: str | None, trust
 def architecture(encoder: str, size: str = "paper", image_size: int = 224) -> dict[str, Any]:
     """What defines the tower's architecture (timm name and the overrides of its size): a finished run is
     only reused when this is unchanged."""
+    if encoder not in TIMM_NAMES:  # any other timm model, at its own size
+        return timm_architecture(encoder, image_size)
     overrides = dict(SMOKE_OVERRIDES[encoder]) if size == "smoke" else {}
     return {"timm_name": TIMM_NAMES[encoder], "size": size, "image_size": image_size,
             "overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()}}
@@ -166,8 +131,9 @@ def create_image_tower(encoder: str, size: str = "paper", pretrained: bool = Fal
 
     A torch weights file is loaded without running code from it (``weights.read_state_dict``); one that
     needs more is refused unless ``trust_pickled_weights`` (or MVLIP_TRUST_PICKLED_WEIGHTS=1)."""
-    if encoder not in TIMM_NAMES:
-        raise ValueError(f"parameter encoder={encoder!r} is not one of {list(TIMM_NAMES)}")
+    if encoder not in TIMM_NAMES:  # any other timm image model, at its own size (``timm_towers``)
+        return create_timm_tower(encoder, pretrained=pretrained, weights_path=weights_path, image_size=image_size,
+                                 embed_dim=embed_dim, trust_pickled_weights=trust_pickled_weights)
     if size not in ("paper", "smoke"):
         raise ValueError(f"parameter size={size!r} is not one of ['paper', 'smoke']")
     if pretrained and size != "paper":

@@ -12,7 +12,18 @@ import pandas as pd
 
 from ..measure.records import BEST, COMPILED, PAPER, PAPER_FUSED, STRICT, benchmark_rate, benchmark_record
 from .findings import eval_loop_record, ran_on_gpu, relative_change, speed_record
-from ..settings.profiles import ENCODER_LABELS, TOWER_NAMES
+from ..settings.encoders import marked
+from ..settings.profiles import ENCODER_LABELS, ENCODERS, TOWER_NAMES
+
+
+def model_label(encoder: str) -> str:
+    """The model's name in the discussion's tables and figures: an extra encoder's is marked "beyond the paper"."""
+    return marked(ENCODER_LABELS[encoder], encoder)
+
+
+def tower_label(encoder: str) -> str:
+    """The image tower's name in the discussion's tables: an extra encoder's is marked "beyond the paper"."""
+    return marked(TOWER_NAMES[encoder], encoder)
 
 TABLE1_METRICS = {"accuracy": "Accuracy", "precision_weighted": "Precision (weighted)",
                   "recall_weighted": "Recall (weighted)", "f1_weighted": "F1 (weighted)",
@@ -52,7 +63,7 @@ def table1(runs: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any]) -> pd.
     frame["paper: MVLIP vs CLIP(Swin) (%)"] = [
         relative_change(paper["mambavision"].get(k), paper["swin"].get(k)) for k in TABLE1_METRICS]
     for encoder, run in runs.items():
-        frame[f"ours {ENCODER_LABELS.get(encoder, encoder)}"] = [float(run["metrics"].get(k, math.nan))
+        frame[f"ours {model_label(encoder)}"] = [float(run["metrics"].get(k, math.nan))
                                                                  for k in TABLE1_METRICS]
     ours = {e: runs[e]["metrics"] for e in ("mambavision", "swin") if e in runs}
     frame["ours: MVLIP vs CLIP(Swin) (%)"] = [
@@ -66,12 +77,12 @@ def table2(runs: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any]) -> pd.
     """Table 2: the paper's throughput beside ours, the model alone at the paper's conditions and the
     paper's method (the whole evaluation loop, JPEG decoding), each also relative to CLIP(ViT) in percent."""
     paper = ref["table2_throughput_images_per_s"]
-    encoders = [e for e in ENCODER_LABELS if e in paper or e in runs]
+    encoders = [e for e in ENCODERS if e in paper or e in runs] + [e for e in runs if e not in ENCODERS]
 
     alone = {e: benchmark_rate(runs.get(e, {}), kind="model_only", setting=PAPER, mode="inference")
              for e in encoders}
     loop = {e: benchmark_rate(runs.get(e, {}), kind="eval_loop", source="jpeg") for e in encoders}
-    frame = pd.DataFrame(index=[ENCODER_LABELS[e] for e in encoders])
+    frame = pd.DataFrame(index=[model_label(e) for e in encoders])
     for label, values in (("paper", {e: paper.get(e, math.nan) for e in encoders}),
                           ("ours, model only", alone), ("ours, paper's method", loop)):
         frame[f"{label} (images/s)"] = [values[e] for e in encoders]
@@ -96,7 +107,7 @@ def model_only_table(runs: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     if frame.empty:
         return frame
     out = pd.DataFrame({
-        "tower": frame.encoder.map(TOWER_NAMES), "setting": frame.setting, "mode": frame["mode"],
+        "tower": frame.encoder.map(tower_label), "setting": frame.setting, "mode": frame["mode"],
         "precision": frame.precision, "batch": frame.batch_size, "images/s": frame.images_per_s,
         "p10-p90": [f"{lo:.0f}-{hi:.0f}" if pd.notna(lo) and pd.notna(hi) else "–"
                     for lo, hi in zip(frame.get("images_per_s_p10", pd.Series(math.nan, index=frame.index)),
@@ -115,7 +126,7 @@ def eval_loop_table(runs: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
         return frame
     alone = {e: (speed_record(run) or {}).get("images_per_s") for e, run in runs.items()}
     out = pd.DataFrame({
-        "tower": frame.encoder.map(TOWER_NAMES),
+        "tower": frame.encoder.map(tower_label),
         "data": frame.source.map({"jpeg": "JPEG decoding", "uint8_cache": "uint8 cache"}),
         "workers": frame.num_workers, "images/s": frame.images_per_s,
         "slowest-fastest pass": [f"{lo:.0f}-{hi:.0f}" for lo, hi in zip(frame.images_per_s_min, frame.images_per_s_max)],
@@ -145,7 +156,7 @@ def step_check_table(runs: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
         if not check:
             continue
         for variant in check["variants"]:
-            rows.append({"tower": TOWER_NAMES[encoder], "step": variant["train_step"],
+            rows.append({"tower": tower_label(encoder), "step": variant["train_step"],
                          "images/s": variant.get("images_per_s"),
                          "speed-up": variant.get("speedup"),
                          "largest loss difference (rel.)": variant.get("max_rel_loss_difference"),
@@ -172,7 +183,7 @@ def step_profile_table(runs: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
                 continue
             unprofiled = check["batch_size"] / variant["images_per_s"] * 1e3 if variant.get("images_per_s") else math.nan
             busy = profile["gpu_busy_ms"]
-            rows.append({"tower": TOWER_NAMES[encoder], "step": variant["train_step"],
+            rows.append({"tower": tower_label(encoder), "step": variant["train_step"],
                          "same losses": variant.get("within_tolerance"),
                          "step ms": unprofiled, "step ms profiled": profile["step_ms"],
                          "GPU kernels ms": busy, "kernels / step": busy / unprofiled if busy is not None else None,
@@ -209,7 +220,7 @@ def projection_table(projection: Mapping[str, Any]) -> pd.DataFrame:
     """Minutes of the paper's study per encoder: measured projection by stage and the two floors."""
     rows = []
     for p in projection["per_encoder"]:
-        rows.append({"tower": TOWER_NAMES[p["encoder"]], "training": p["train_minutes"],
+        rows.append({"tower": tower_label(p["encoder"]), "training": p["train_minutes"],
                      "validation": p["validation_minutes"], "checkpoints": p["checkpoint_minutes"],
                      "set-up": p["setup_minutes"], "projected total": p["projected_minutes"],
                      "model-only floor": p.get("model_only_minutes", math.nan),

@@ -29,7 +29,7 @@ import pandas as pd
 
 from ..measure.sweep import fit_growth_exponent
 from ..measure.records import BEST, PAPER, benchmark_record
-from ..settings.profiles import ENCODER_LABELS
+from ..settings.profiles import ENCODER_LABELS, ENCODERS
 
 VERDICTS = ("supported", "partly", "not supported", "no verdict")
 MIN_SPEED_GAP_PERCENT = 3.0
@@ -263,9 +263,15 @@ def judge_scaling(claim, runs, ref) -> dict[str, Any]:
 JUDGES = {"table1": judge_table1, "loss": judge_loss, "throughput": judge_throughput, "scaling": judge_scaling}
 
 
+def paper_runs(runs: Mapping[str, Any]) -> dict[str, Any]:
+    """The runs of the paper's towers: the claims are the paper's, judged on its towers only (an encoder
+    beyond the paper, ``encoders``, never changes a verdict)."""
+    return {e: run for e, run in runs.items() if e in ENCODERS}
+
+
 def judge(claim: Mapping[str, Any], runs: Mapping[str, Any], ref: Mapping[str, Any]) -> dict[str, Any]:
-    """The verdict on one claim from one edition's runs: {ours, verdict, reason}."""
-    out = JUDGES[claim["kind"]](claim, runs, ref)
+    """The verdict on one claim from one edition's runs (those of the paper's towers): {ours, verdict, reason}."""
+    out = JUDGES[claim["kind"]](claim, paper_runs(runs), ref)
     assert out["verdict"] in VERDICTS, out
     return out
 
@@ -340,7 +346,7 @@ def disclosures(ref: Mapping[str, Any], editions: Mapping[str, Mapping[str, Any]
     counts = ref["model_params_millions"]
     ours = {}
     for runs in editions.values():
-        for encoder, run in runs.items():
+        for encoder, run in paper_runs(runs).items():
             if run["config"].get("model_size") == "paper" and "parameters" in run["config"]:
                 ours[encoder] = run["config"]["parameters"]["image_tower"]["total"] / 1e6
     if ours:
@@ -374,7 +380,7 @@ def throughput_overview(runs: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
                   ("eval_loop", {"source": "jpeg"}, "paper's method, JPEG decoding"),
                   ("eval_loop", {"source": "uint8_cache"}, "paper's method, uint8 cache")]
     rows = []
-    for encoder, run in runs.items():
+    for encoder, run in paper_runs(runs).items():
         for kind, match, label in conditions:
             r = benchmark_record(run, kind=kind, **match)
             if r is None or pd.isna(r.get("images_per_s")):

@@ -13,10 +13,18 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from ..settings.encoders import marked
 from ..settings.profiles import ENCODER_LABELS
 
 COLOURS = {"mambavision": "tab:green", "swin": "tab:blue", "vit": "tab:orange"}
 PALETTE = {ENCODER_LABELS[e]: c for e, c in COLOURS.items()}
+EXTRA_COLOURS = ("tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
+
+
+def palette(labels) -> dict[str, str]:
+    """PALETTE for the paper's towers; the other labels (extra encoders) in turn from EXTRA_COLOURS."""
+    extras = sorted(label for label in set(labels) if label not in PALETTE)
+    return {**PALETTE, **{label: EXTRA_COLOURS[i % len(EXTRA_COLOURS)] for i, label in enumerate(extras)}}
 
 
 def loss_curves(history: pd.DataFrame, label: str):
@@ -43,11 +51,12 @@ def loss_curves_beside_the_authors(runs: Mapping[str, Mapping[str, Any]], author
         axes[0, 0].plot(h.epoch, h.train_loss, marker=".", color=COLOURS[encoder], label=ENCODER_LABELS[encoder])
         axes[0, 1].plot(h.epoch, h.val_zeroshot_loss, marker=".", color=COLOURS[encoder],
                         label=ENCODER_LABELS[encoder])
+    labels = {encoder: marked(ENCODER_LABELS[encoder], encoder) for encoder in runs}
+    colours = palette(labels.values())
     for encoder, run in runs.items():
-        h = run["history"]
-        axes[1, 0].plot(h.epoch, h.train_loss, marker="o", color=COLOURS[encoder], label=ENCODER_LABELS[encoder])
-        axes[1, 1].plot(h.epoch, h.val_zeroshot_loss, marker="o", color=COLOURS[encoder],
-                        label=ENCODER_LABELS[encoder])
+        h, label = run["history"], labels[encoder]
+        axes[1, 0].plot(h.epoch, h.train_loss, marker="o", color=colours[label], label=label)
+        axes[1, 1].plot(h.epoch, h.val_zeroshot_loss, marker="o", color=colours[label], label=label)
     titles = (("The authors: training loss (Figure 2)", "The authors: validation loss (Figure 3)"),
               (f"Ours, {edition}: training loss", f"Ours, {edition}: validation loss (zero-shot CE)"))
     for row in range(2):
@@ -64,7 +73,7 @@ def throughput_by_condition(frame: pd.DataFrame, title: str = "Throughput of the
     and optionally low/high for a spread drawn as error bars), log-scaled."""
     fig, ax = plt.subplots(figsize=(10, 0.45 * len(frame) + 1.5))
     conditions = list(dict.fromkeys(frame["condition"]))
-    sns.barplot(data=frame, y="condition", x="images/s", hue="tower", order=conditions, palette=PALETTE, ax=ax,
+    sns.barplot(data=frame, y="condition", x="images/s", hue="tower", order=conditions, palette=palette(frame.tower), ax=ax,
                 errorbar=None)
     if {"low", "high"} <= set(frame.columns):
         for bar, (_, row) in zip(_bars_in_order(ax, frame, conditions), frame.iterrows()):
@@ -94,7 +103,7 @@ def resolution_sweep(sweeps: pd.DataFrame, highlight: str | None = None):
     records with an ``encoder`` column), with slope-1 and slope-2 guides through ``highlight``'s first point
     (default: the first tower)."""
     data = sweeps[sweeps["images_per_s"].notna()].assign(
-        tower=lambda f: f.encoder.map(ENCODER_LABELS), ms_per_image=lambda f: f.seconds_per_image * 1e3,
+        tower=lambda f: f.encoder.map(lambda e: marked(ENCODER_LABELS[e], e)), ms_per_image=lambda f: f.seconds_per_image * 1e3,
         memory_per_image_mib=lambda f: f.get("marginal_memory_per_image_bytes", np.nan) / 2**20)
     columns = [("ms_per_image", "ms per image")]
     if data["memory_per_image_mib"].notna().sum() >= 2:
@@ -102,7 +111,7 @@ def resolution_sweep(sweeps: pd.DataFrame, highlight: str | None = None):
     fig, axes = plt.subplots(1, len(columns), figsize=(5.5 * len(columns), 4), squeeze=False)
     highlight = highlight or data["encoder"].iloc[0]
     for ax, (column, label) in zip(axes[0], columns):
-        sns.lineplot(data=data, x="pixels", y=column, hue="tower", palette=PALETTE, marker="o", ax=ax)
+        sns.lineplot(data=data, x="pixels", y=column, hue="tower", palette=palette(data.tower), marker="o", ax=ax)
         base = data[data.encoder == highlight].sort_values("pixels")
         if len(base) and pd.notna(base[column].iloc[0]):
             x = base.pixels.to_numpy(dtype=float)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from .encoders import encoder_folder
 from .profiles import records_edition
 
 FINDINGS, SETUP, TRAIN, EVALUATE, BENCHMARK, DISCUSSION = (
@@ -43,7 +44,7 @@ class Step:
         kind = "recorded" if records_edition(self.profile) and self.notebook in RECORDED_STEPS else "executed"
         base = Path(book_dir) / kind / self.profile
         if self.encoder:
-            base = base / self.encoder
+            base = base / encoder_folder(self.encoder)
         return base / f"{self.notebook}.ipynb"
 
 

@@ -23,10 +23,13 @@ import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-ENCODERS = ("mambavision", "swin", "vit")
-# What the book calls each model (the paper's names) and its image tower
-ENCODER_LABELS = {"mambavision": "MVLIP", "swin": "CLIP(Swin)", "vit": "CLIP(ViT)"}
-TOWER_NAMES = {"mambavision": "MambaVision-B-21K", "swin": "Swin-B", "vit": "ViT-B/32"}
+from .encoders import PAPER_ENCODERS, DerivedNames, encoder_label, tower_name
+
+ENCODERS = PAPER_ENCODERS  # the paper's towers; `encoder` also takes any timm image model (mvlip_utils.encoders)
+# What the book calls each model (the paper's names) and its image tower; an extra (timm) encoder's are
+# derived from its name: ENCODER_LABELS["convnext_atto"] == "CLIP(convnext_atto)"
+ENCODER_LABELS = DerivedNames({"mambavision": "MVLIP", "swin": "CLIP(Swin)", "vit": "CLIP(ViT)"}, encoder_label)
+TOWER_NAMES = DerivedNames({"mambavision": "MambaVision-B-21K", "swin": "Swin-B", "vit": "ViT-B/32"}, tower_name)
 MODEL_SIZES = ("smoke", "paper")
 # fp32: every float32 op in full fp32 (TF32 off for matmuls and cuDNN convolutions).
 # fp32-tf32conv: PyTorch's default float32 mode, what the paper ran as "FP32": matmuls in fp32, cuDNN
@@ -53,7 +56,9 @@ class StudyConfig:
 
     profile: str = _param("smoke", "smoke (offline default, CPU, random weights), speed (paper size, random "
                                    "weights, generated JPEGs, CUDA) or paper (the paper's protocol)")
-    encoder: str = _param("mambavision", "mambavision (MVLIP), swin (CLIP(Swin)) or vit (CLIP(ViT))")
+    encoder: str = _param("mambavision", "mambavision (MVLIP), swin (CLIP(Swin)), vit (CLIP(ViT)), or any timm "
+                                         "image model with its optional pretrained tag (e.g. convnext_atto, "
+                                         "convnext_base.fb_in22k_ft_in1k), run at its own size beyond the paper")
     model_size: str = _param("smoke", "smoke (tiny towers of each family) or paper (the paper's architectures)")
     data: str = _param("generated", "generated (offline coloured shapes), generated-imagenet (ImageNet-mini-"
                                     "shaped JPEG folder, random images) or a folder with train/ and val/")
@@ -88,7 +93,8 @@ class StudyConfig:
     data_cache: bool = _param(False, "True: train and evaluate from a uint8 cache of the CLIP-preprocessed "
                                      "images (the same input tensors, no JPEG decoding every epoch)")
     pretrained: bool = _param(False, "True: pretrained towers (paper profile); False: random weights")
-    image_weights: str | None = _param(None, "local checkpoint file for the image tower (or MVLIP_*_WEIGHTS)")
+    image_weights: str | None = _param(None, "local checkpoint file for the image tower (or MVLIP_*_WEIGHTS; a timm "
+                                             "encoder's: MVLIP_WEIGHTS_<NAME>)")
     text_weights: str | None = _param(None, "local checkpoint file for the text tower (or MVLIP_TEXT_WEIGHTS)")
     trust_pickled_weights: bool = _param(False, "True: a pickled weights file or old run checkpoint that needs more "
                                                 "than tensors is loaded in full, which can run code from it; only for "
@@ -206,7 +212,10 @@ def _checked_keys(overrides: dict[str, Any], cls: type = StudyConfig) -> dict[st
 
 def validate(config: StudyConfig) -> StudyConfig:
     """Raise ValueError naming the first bad parameter."""
-    choices = {"encoder": ENCODERS, "model_size": MODEL_SIZES, "precision": PRECISIONS,
+    if not isinstance(config.encoder, str) or not config.encoder:  # timm's registry is asked by models.timm_towers
+        raise ValueError(f"parameter encoder={config.encoder!r} must be a paper tower {list(PAPER_ENCODERS)} or a "
+                         "timm model name")
+    choices = {"model_size": MODEL_SIZES, "precision": PRECISIONS,
                "device": DEVICES, "profile": tuple(PROFILES), "train_step": TRAIN_STEPS}
     for name, allowed in choices.items():
         value = getattr(config, name)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ..settings.encoders import marked
 from ..settings.notebooks import CHAPTER_TITLES, DISCUSSION, FINDINGS, PER_ENCODER, SETUP, Step, edition_record_path
 from ..settings.profiles import ENCODER_LABELS, PROFILES, TOWER_NAMES
 
@@ -45,7 +46,7 @@ def toc_text(editions: dict[str, Sequence[str]], root: Path = PROJECT_ROOT) -> s
         for encoder in editions[profile]:
             for nb in PER_ENCODER:
                 lines += [f"      - file: {path(Step(nb, encoder, profile))}",
-                          f"        title: \"{profile}: {ENCODER_LABELS[encoder]} ({TOWER_NAMES[encoder]}): "
+                          f"        title: \"{profile}: {ENCODER_LABELS[encoder]} ({marked(TOWER_NAMES[encoder], encoder)}): "
                           f"{CHAPTER_TITLES[nb]}\""]
         lines += [f"      - file: {path(Step(DISCUSSION, None, profile))}",
                   f"        title: \"{profile}: {CHAPTER_TITLES[DISCUSSION]}\""]

@@ -29,6 +29,7 @@ named at the end.
 from __future__ import annotations
 
 import argparse
+import json
 import ast
 import os
 import re
@@ -38,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from ..models.timm_towers import check_encoder
 from ..settings.profiles import ENCODERS, PROFILES, get_config, needs_cuda, records_edition
 from .book import _ANSI, PROJECT_ROOT, build_book, write_toc
 from ..train.launch import run_pinned
@@ -115,9 +117,13 @@ def check_overrides(profile: str, encoders: Sequence[str], overrides: dict[str, 
                     notebook_names: Iterable[str] = ()) -> None:
     """Fail before any notebook runs when a parameter is unknown or invalid (the error names it).
     ``notebook_names``: parameters some notebook defines beyond the StudyConfig fields."""
-    bad = [e for e in encoders if e not in ENCODERS]
-    if bad:
-        raise ValueError(f"--encoders: unknown encoder(s) {bad}; choose from {list(ENCODERS)}")
+    for encoder in encoders:  # a paper tower or a timm image model; the error names the closest timm names
+        try:
+            check_encoder(encoder)
+        except ValueError as exc:
+            raise ValueError(f"--encoders: {exc}") from None
+    if len(set(encoders)) != len(encoders):
+        raise ValueError(f"--encoders: {list(encoders)} names an encoder twice")
     for key in ("profile", "encoder", "encoders"):
         if key in overrides:
             raise ValueError(f"-p {key}=...: choose profile and encoders with --profile and --encoders")
@@ -258,7 +264,11 @@ def recorded_editions(root: Path, exclude: Sequence[str] = ()) -> dict[str, list
     for profile in PROFILES:
         if profile in exclude or not records_edition(profile) or not Step(SETUP, None, profile).output(book_dir).is_file():
             continue
-        encoders = [e for e in ENCODERS if all(Step(nb, e, profile).output(book_dir).is_file() for nb in PER_ENCODER)]
+        record = edition_record_path(book_dir, profile)
+        extras = [e for e in (json.loads(record.read_text()).get("encoders", []) if record.is_file() else [])
+                  if e not in ENCODERS]  # timm encoders the edition ran beyond the paper's towers
+        encoders = [e for e in (*ENCODERS, *extras)
+                    if all(Step(nb, e, profile).output(book_dir).is_file() for nb in PER_ENCODER)]
         if encoders:
             out[profile] = encoders
     return out
@@ -386,7 +396,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                epilog=parameter_help_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="smoke", choices=list(PROFILES))
     parser.add_argument("--encoders", nargs="+", default=list(ENCODERS), metavar="ENCODER",
-                        help=f"image towers to run, from {list(ENCODERS)} (default: all)")
+                        help=f"image towers to run: the paper's {list(ENCODERS)} (default: all three) and any timm "
+                             "image model by name, e.g. convnext_atto (run at its own size, beyond the paper)")
     parser.add_argument("--force", action="store_true", help="execute every notebook again and retrain")
     parser.add_argument("--no-book", action="store_true", help="run the notebooks, do not build the book")
     parser.add_argument("--gpus", default=None, metavar="LIST",

@@ -355,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     from .launch import run_pinned
+    from ..models.timm_towers import check_encoder
     from ..settings.params import USER_ERRORS, user_error_exit
     from ..settings.profiles import get_config
 
@@ -366,13 +367,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.encoders:  # one process per encoder, each on its device
             encoders = [e for e in args.encoders.split(",") if e]
             for encoder in encoders:
-                get_config(args.profile, **{**overrides, "encoder": encoder})
+                check_encoder(get_config(args.profile, **{**overrides, "encoder": encoder}).encoder)
             devices = args.gpus.split(",") if args.gpus else ["0"] * len(encoders)
             rest = _without(argv, ("--encoders", "--gpus"))
             jobs = {e: [sys.executable, "-m", "mvlip_utils.train", *rest, "--encoder", e] for e in encoders}
             failed = run_pinned(jobs, devices, ".")
             return 1 if failed else 0
         config = get_config(args.profile, **overrides)
+        check_encoder(config.encoder)  # a paper tower or a timm image model (the error names the closest)
         prepare_environment(config.deterministic)  # before anything touches CUDA (the cuBLAS workspace)
         info = dist_mod.init_from_env(config.device)
         try:

@@ -32,6 +32,8 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from ..settings.encoders import encoder_folder
+
 HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_zeroshot_loss", "accuracy", "top5",
                    "precision_weighted", "recall_weighted", "f1_weighted"]
 METRIC_KEYS = ["accuracy", "top5", "precision_weighted", "recall_weighted", "f1_weighted",
@@ -39,8 +41,9 @@ METRIC_KEYS = ["accuracy", "top5", "precision_weighted", "recall_weighted", "f1_
 
 
 def run_dir(config: Any) -> Path:
-    """``results_dir/profile/encoder`` for a StudyConfig (or anything with those attributes)."""
-    return Path(config.results_dir) / config.profile / config.encoder
+    """``results_dir/profile/encoder`` for a StudyConfig (or anything with those attributes); an extra
+    encoder's folder is its file-safe name (``encoders.encoder_folder``)."""
+    return Path(config.results_dir) / config.profile / encoder_folder(config.encoder)
 
 
 def edition_dir(config: Any) -> Path:
@@ -352,7 +355,7 @@ def load_all_runs(results_dir: str | os.PathLike, profile: str, encoders: Iterab
     missing runs are left out."""
     runs = {}
     for encoder in encoders:
-        run = Path(results_dir) / profile / encoder
+        run = Path(results_dir) / profile / encoder_folder(encoder)
         if not is_finished(run):
             continue
         entry: dict[str, Any] = {"run_dir": run, "config": load_config(run), "history": load_history(run),

@@ -1,0 +1,270 @@
+"""Any timm image model as the study's image tower: timm's model without its classifier (``num_classes=0``)
+plus the study's new 512-d projection, as for the paper's towers (``towers.create_image_tower`` hands every
+name that is not a paper tower to ``create_timm_tower``).
+
+Size: an extra encoder always runs at its own size (the smoke profile's tiny family members exist only for the
+paper's towers), at the run's ``image_size``: models that take ``img_size`` (ViTs, Swins, ...) are built for it,
+convolutional ones take any size; a model that cannot run at that size stops with one error naming the size
+its weights were made for.
+
+Pretrained weights (``pretrained=True``), first found wins; a file is read by ``weights.read_state_dict`` (no
+code runs from it) and handed to timm, which converts its keys and drops the classifier as for its own files:
+1. the ``image_weights`` parameter (``--image-weights``, ``-p image_weights=...``);
+2. the environment variable ``MVLIP_WEIGHTS_<NAME>`` (``weights_env``: the name upper-cased, every other
+   character ``_``: ``convnext_atto.d2_in1k`` -> ``MVLIP_WEIGHTS_CONVNEXT_ATTO_D2_IN1K``);
+3. the Hugging Face hub cache (``model.safetensors``, else ``pytorch_model.bin``, or the file timm's config
+   names) of the tag's hub repository, then, unless ``HF_HUB_OFFLINE=1``, a download into that cache; for a
+   weight published at a URL (MambaVision's, older timm weights) ``$TORCH_HOME/hub/checkpoints/`` and a download.
+Without any, the error names the model, where it looked and how to go on: never random weights in silence.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..settings.encoders import PAPER_ENCODERS, is_paper_encoder, split_name
+from .image_tower import EMBED_DIM, ImageTower, WeightsUnavailableError
+from .weights import read_state_dict
+
+HF_FILES = ("model.safetensors", "pytorch_model.bin")  # timm's hub files, the safe one first
+
+
+# ------------------------------------------------------------------------------------ validation
+def timm_registry():
+    """timm, with MambaVision's models registered (``image_tower``, imported above, imports mambavision behind
+    its scan shim)."""
+    import timm
+
+    return timm
+
+
+def closest_names(encoder: str, n: int = 5) -> list[str]:
+    """The timm names (architectures, and pretrained tags when one was asked for) closest to ``encoder``."""
+    timm = timm_registry()
+    arch, tag = split_name(encoder)
+    pool = timm.list_pretrained() if tag else timm.list_models()
+    pool = sorted(set(pool) | set(PAPER_ENCODERS))
+    close = difflib.get_close_matches(encoder, pool, n=n, cutoff=0.5)
+    if not close:  # a long name: match its parts (e.g. 'convnxt_tiny' -> 'convnext_tiny')
+        close = difflib.get_close_matches(arch, pool, n=n, cutoff=0.3)
+    return close
+
+
+def check_encoder(encoder: str) -> str:
+    """``encoder`` when it is a paper tower or a timm image model (with a tag timm knows, if it has one);
+    ValueError naming the closest names otherwise."""
+    if not isinstance(encoder, str) or not encoder:
+        raise ValueError(f"parameter encoder={encoder!r} must be a paper tower {list(PAPER_ENCODERS)} or a timm "
+                         "model name")
+    if is_paper_encoder(encoder):
+        return encoder
+    timm = timm_registry()
+    arch, tag = split_name(encoder)
+    if not timm.is_model(arch):
+        raise ValueError(f"parameter encoder={encoder!r} is neither a paper tower {list(PAPER_ENCODERS)} nor a timm "
+                         f"model; closest timm names: {', '.join(closest_names(encoder)) or 'none'}")
+    if tag is not None and encoder not in timm.list_pretrained(f"{arch}.*"):
+        tags = timm.list_pretrained(f"{arch}.*")
+        raise ValueError(f"parameter encoder={encoder!r}: timm has no pretrained tag {tag!r} for {arch!r}; "
+                         f"it has: {', '.join(tags) or 'none (use the name without a tag)'}")
+    cfg = timm.models.get_pretrained_cfg(encoder if tag else arch)
+    size = getattr(cfg, "input_size", None) if cfg is not None else None
+    if size is not None and (len(size) != 3 or size[0] != 3):
+        raise ValueError(f"parameter encoder={encoder!r} is not an image model of 3-channel images (timm's "
+                         f"input size {tuple(size)}); CLIP's image tower needs one")
+    return encoder
+
+
+def weights_env(encoder: str) -> str:
+    """The environment variable of an extra encoder's weights file: ``MVLIP_WEIGHTS_<NAME>``."""
+    return "MVLIP_WEIGHTS_" + re.sub(r"[^A-Z0-9]", "_", encoder.upper())
+
+
+def is_mambavision_model(arch: str) -> bool:
+    """MambaVision's own models (registered by ``import mambavision``; their weights are MambaVision's files)."""
+    return arch.startswith("mamba_vision")
+
+
+class TimmImageTower(ImageTower):
+    """An ImageTower whose projection's input width is measured (the pooled features' width: timm's
+    ``num_features``, or ``head_hidden_size`` for models with a pre-logits layer)."""
+
+    def __init__(self, backbone: nn.Module, encoder_name: str, features: int, embed_dim: int = EMBED_DIM):
+        nn.Module.__init__(self)
+        self.backbone = backbone
+        self.encoder_name = encoder_name
+        self.timm_name = encoder_name
+        self.proj = nn.Linear(features, embed_dim)
+
+
+def architecture(encoder: str, image_size: int) -> dict[str, Any]:
+    """What defines an extra encoder's tower (``towers.architecture`` for a name that is not a paper tower)."""
+    return {"timm_name": encoder, "size": "own", "image_size": image_size, "overrides": {}}
+
+
+def _create(timm, name: str, image_size: int, **kwargs: Any) -> nn.Module:
+    """timm's model built for ``image_size`` where its constructor takes ``img_size``, else at its own."""
+    try:
+        return timm.create_model(name, num_classes=0, img_size=image_size, **kwargs)
+    except TypeError as exc:
+        if "img_size" not in str(exc):
+            raise
+    return timm.create_model(name, num_classes=0, **kwargs)
+
+
+def _needed_size(timm, encoder: str) -> str:
+    arch, tag = split_name(encoder)
+    cfg = timm.models.get_pretrained_cfg(encoder if tag else arch)
+    size = getattr(cfg, "input_size", None) if cfg is not None else None
+    return f"{size[-1]} px" if size else "another size"
+
+
+def _probe(backbone: nn.Module, encoder: str, image_size: int, timm) -> int:
+    """The width of the pooled features for one ``image_size`` image; a model that cannot take it stops with
+    one error naming the size it needs. Run in eval mode (BatchNorm statistics untouched), no RNG drawn."""
+    if not callable(getattr(backbone, "forward_features", None)):
+        raise ValueError(f"parameter encoder={encoder!r} is not an image model (no forward_features): CLIP's image "
+                         "tower needs timm's image-model interface")
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            out = backbone(torch.zeros(1, 3, image_size, image_size))
+    except Exception as exc:
+        need = _needed_size(timm, encoder)
+        raise ValueError(f"encoder {encoder!r} does not run at image_size={image_size} px (it needs {need}: "
+                         f"set image_size to it, e.g. -p image_size={need.split()[0]}, or choose another model); "
+                         f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    finally:
+        backbone.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"parameter encoder={encoder!r} is not an image model with pooled features (without its "
+                         f"classifier it returns {shape}, not (batch, features))")
+    return int(out.shape[1])
+
+
+# ------------------------------------------------------------------------------------ pretrained weights
+def _unavailable(encoder: str, looked: list[str], cause: BaseException | None) -> WeightsUnavailableError:
+    where = "\n  ".join(looked)
+    msg = (f"pretrained weights for encoder={encoder!r} are not available.\nLooked in:\n  {where}\n"
+           f"To go on: download the weights file on a machine with internet (e.g. model.safetensors of its hub "
+           f"repository) and pass its path as image_weights=... (or set {weights_env(encoder)}=/path/to/file), "
+           f"or run with pretrained=False (random weights).")
+    if cause is not None:
+        msg += f"\nCause: {type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"
+    return WeightsUnavailableError(msg)
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def find_weights(encoder: str, weights_path: str | None = None) -> tuple[str, list[str]]:
+    """The weights file of ``encoder`` (see the module's docstring for the order) and where it looked; raises
+    ``WeightsUnavailableError`` when there is none (and FileNotFoundError for a given path that is no file)."""
+    env = weights_env(encoder)
+    if weights_path:
+        if not Path(weights_path).is_file():
+            raise FileNotFoundError(f"parameter image_weights={weights_path!r}: no such file")
+        return str(weights_path), []
+    if os.environ.get(env):
+        if not Path(os.environ[env]).is_file():
+            raise FileNotFoundError(f"environment variable {env}={os.environ[env]!r}: no such file")
+        return os.environ[env], []
+    looked = [f"parameter image_weights (unset)", f"environment variable {env} (unset)"]
+    timm = timm_registry()
+    arch, tag = split_name(encoder)
+    if is_mambavision_model(arch):
+        model_cfg = timm.create_model(arch, pretrained=False).default_cfg  # MambaVision keeps its URL there
+        url, repo, files = model_cfg.get("url"), None, ()
+    else:
+        cfg = timm.models.get_pretrained_cfg(encoder if tag else arch)
+        if cfg is None:
+            raise _unavailable(encoder, looked + ["timm's pretrained configurations (none for this name)"], None)
+        url, repo = cfg.url, (cfg.hf_hub_id or None)
+        files = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else HF_FILES
+    cause: BaseException | None = None
+    if repo:
+        from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+
+        for name in files:
+            cached = try_to_load_from_cache(repo, name)
+            if isinstance(cached, str) and Path(cached).is_file():
+                return cached, looked
+        looked.append(f"the Hugging Face hub cache {constants.HF_HUB_CACHE}, repository {repo!r}, files {list(files)}")
+        if not _offline():
+            for name in files:
+                try:
+                    return hf_hub_download(repo, name), looked
+                except Exception as exc:  # offline, or the repository lacks this file
+                    cause = exc
+            looked.append(f"the Hugging Face hub, repository {repo!r} (download failed)")
+        else:
+            looked.append("the Hugging Face hub (not asked: HF_HUB_OFFLINE=1)")
+    if url:
+        target = Path(torch.hub.get_dir()) / "checkpoints" / (f"{arch}.pth.tar" if is_mambavision_model(arch)
+                                                              else Path(url).name)
+        if target.is_file():
+            return str(target), looked
+        looked.append(str(target))
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(url, str(target), progress=True)
+            return str(target), looked
+        except Exception as exc:
+            target.unlink(missing_ok=True)
+            looked.append(f"{url} (download failed)")
+            cause = exc
+    raise _unavailable(encoder, looked, cause)
+
+
+def _check_loadable(encoder: str, path: str) -> None:
+    if Path(path).suffix == ".npz":
+        raise ValueError(f"encoder {encoder!r}: the weights file {path!r} is a .npz, which timm reads with its own "
+                         "code; convert it to .safetensors (timm.create_model(..., pretrained=True) on a machine "
+                         "with internet, then safetensors.torch.save_file(model.state_dict(), ...)) and pass that file")
+
+
+# -------------------------------------------------------------------------------------------- the tower
+def create_timm_tower(encoder: str, pretrained: bool = False, weights_path: str | None = None,
+                      image_size: int = 224, embed_dim: int = EMBED_DIM,
+                      trust_pickled_weights: bool = False) -> TimmImageTower:
+    """The timm model ``encoder`` (with its pretrained tag, if any) without its classifier, built for
+    ``image_size`` where it can be, with pretrained weights when asked (see the module's docstring), and a
+    new ``embed_dim`` projection."""
+    check_encoder(encoder)
+    timm = timm_registry()
+    arch, tag = split_name(encoder)
+    if pretrained:
+        path, _ = find_weights(encoder, weights_path)
+        _check_loadable(encoder, path)
+        state = read_state_dict(path, trust=trust_pickled_weights)
+        if is_mambavision_model(arch):
+            backbone = _create(timm, arch, image_size)
+            state = {k: v for k, v in state.items() if not k.startswith("head.")}  # the classifier is replaced
+            result = backbone.load_state_dict(state, strict=False)
+            if result.missing_keys or result.unexpected_keys:
+                raise ValueError(f"weights file {path!r} does not fit {arch}: missing {result.missing_keys[:5]}, "
+                                 f"unexpected {result.unexpected_keys[:5]}")
+        else:
+            try:
+                backbone = _create(timm, encoder, image_size, pretrained=True,
+                                   pretrained_cfg_overlay=dict(state_dict=state, file=path))
+            except RuntimeError as exc:  # other keys or shapes
+                raise ValueError(f"weights file {path!r} does not fit {encoder!r} ({str(exc).splitlines()[0]})") from exc
+            for cfg in (getattr(backbone, "pretrained_cfg", None), getattr(backbone, "default_cfg", None)):
+                if isinstance(cfg, dict):
+                    cfg.pop("state_dict", None)  # keep no copy of the tensors in the config
+        del state
+    else:
+        backbone = _create(timm, encoder if not is_mambavision_model(arch) else arch, image_size)
+    features = _probe(backbone, encoder, image_size, timm)
+    return TimmImageTower(backbone, encoder, features, embed_dim)

@@ -1,0 +1,305 @@
+"""Any timm image model as an encoder (issue 19), on the CPU with timm's tiny test models: names, folders and
+labels; the tower and its projection; weights from a made local file, the environment variable and the Hugging
+Face cache; the refusals; the training command line and 02_train through papermill; the discussion beside the
+paper's towers, and findings that an extra encoder never changes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from mvlip_utils.report import discussion, findings, plots
+from mvlip_utils.settings import encoders, notebooks
+from mvlip_utils.train import results
+from mvlip_utils.models import timm_towers
+from mvlip_utils.study.book import toc_text
+from mvlip_utils.models.model import MVLIP, create_text_tower
+from mvlip_utils.settings.profiles import ENCODER_LABELS, ENCODERS, TOWER_NAMES, get_config
+from mvlip_utils.models.towers import WeightsUnavailableError, architecture, create_image_tower
+from mvlip_utils.models.weights import UnsafeWeightsError
+
+ROOT = Path(__file__).resolve().parents[1]
+REF = results.paper_reference()
+EXTRA = "test_convnext"  # timm's tiny ConvNeXt (0.2 M parameters), built for its tests
+
+
+# ------------------------------------------------------------------------------------ names
+def test_paper_encoders_keep_their_names_folders_and_labels():
+    for encoder in ENCODERS:
+        assert encoders.encoder_folder(encoder) == encoder
+        assert ENCODER_LABELS[encoder] == {"mambavision": "MVLIP", "swin": "CLIP(Swin)", "vit": "CLIP(ViT)"}[encoder]
+    assert list(ENCODER_LABELS) == list(ENCODERS) and "convnext_atto" not in ENCODER_LABELS  # iteration: the paper's
+    assert ENCODER_LABELS["convnext_atto"] == "CLIP(convnext_atto)" == ENCODER_LABELS.get("convnext_atto")
+    assert TOWER_NAMES["convnext_base.fb_in22k_ft_in1k"] == "convnext_base.fb_in22k_ft_in1k"
+    assert discussion.tower_label("convnext_atto") == "convnext_atto, beyond the paper"
+    assert discussion.tower_label("swin") == "Swin-B"
+
+
+def test_two_models_never_share_a_folder():
+    """Every timm name (architectures and pretrained tags, MambaVision's too) and the paper's towers get a
+    lowercase [a-z0-9._-] folder, all different even on a case-insensitive disk."""
+    timm_towers.timm_registry()
+    names = set(timm.list_models()) | set(timm.list_pretrained()) | set(ENCODERS)
+    folders = {name: encoders.encoder_folder(name) for name in names}
+    assert all(encoders._SAFE.fullmatch(f) for f in folders.values())
+    assert len({f.lower() for f in folders.values()}) == len(names)
+    assert folders["convnext_atto.d2_in1k"] == "convnext_atto.d2_in1k"
+    assert folders["mamba_vision_T"].startswith("mamba_vision_t-") and folders["mamba_vision_T"] != "mamba_vision_t"
+    config = get_config("smoke", encoder="mamba_vision_T", results_dir="r")
+    assert results.run_dir(config) == Path("r/smoke") / folders["mamba_vision_T"]
+    step = notebooks.Step(notebooks.TRAIN, "mamba_vision_T", "smoke")
+    assert step.output(Path("book")).parent.name == folders["mamba_vision_T"]
+
+
+def test_a_misspelt_or_unknown_name_is_refused_with_the_closest_timm_names():
+    """timm's registry is the models stage's (timm_towers.check_encoder, which the command lines, the study
+    runner and the tower's creation call); the settings check only the name's form."""
+    with pytest.raises(ValueError, match="closest timm names: convnext_atto"):
+        timm_towers.check_encoder("convnxt_atto")
+    with pytest.raises(ValueError, match="closest timm names: convnext_atto"):
+        create_image_tower("convnxt_atto", image_size=64)
+    with pytest.raises(ValueError, match=r"no pretrained tag 'in99k'.*convnext_atto.d2_in1k"):
+        timm_towers.check_encoder("convnext_atto.in99k")
+    with pytest.raises(ValueError, match="parameter encoder=''"):
+        get_config("smoke", encoder="")
+    assert timm_towers.check_encoder("convnext_atto.d2_in1k") == "convnext_atto.d2_in1k"
+    assert timm_towers.check_encoder("mamba_vision_T") == "mamba_vision_T"  # registered by mambavision
+
+
+# ------------------------------------------------------------------------------------ the tower
+@pytest.mark.parametrize("name, features", [(EXTRA, 64), ("test_vit", 64), ("test_mambaout", 256)])
+def test_the_tower_is_timm_without_its_classifier_and_a_new_512d_projection(name, features):
+    """At the smoke profile's 64 px, at the model's own size; the projection's width is the pooled features'
+    (test_mambaout's pre-logits layer widens 64 to 256); CLIP's image features are unit vectors."""
+    torch.manual_seed(0)
+    tower = create_image_tower(name, size="smoke", image_size=64)
+    assert tower.proj.in_features == features and tower.proj.out_features == 512
+    assert tower.backbone.num_classes == 0 and tower.timm_name == name
+    reference = timm.create_model(name, num_classes=0, **({"img_size": 64} if name == "test_vit" else {}))
+    assert sum(p.numel() for p in tower.backbone.parameters()) == sum(p.numel() for p in reference.parameters())
+    if name == "test_vit":  # built for 64 px (timm's img_size), not its default 160
+        assert tuple(tower.backbone.patch_embed.img_size) == (64, 64)
+    model = MVLIP(tower, create_text_tower())
+    features_out = model.encode_image(torch.randn(3, 3, 64, 64))
+    assert features_out.shape == (3, 512)
+    assert torch.allclose(features_out.norm(dim=-1), torch.ones(3), atol=1e-5)
+    assert architecture(name, "smoke", 64) == {"timm_name": name, "size": "own", "image_size": 64, "overrides": {}}
+
+
+def test_a_model_that_cannot_take_the_image_size_stops_naming_the_size_it_needs():
+    # Inception-v3 takes no img_size and its stem needs 75 px or more; its weights were made at 299 px
+    with pytest.raises(ValueError, match=r"does not run at image_size=64 px \(it needs 299 px") as info:
+        create_image_tower("inception_v3", size="smoke", image_size=64)
+    assert len(str(info.value).splitlines()) == 1
+
+
+def test_a_model_that_is_not_an_image_model_is_refused():
+    @timm.models.register_model
+    def mvlip_test_not_an_image_model(pretrained=False, **kwargs):
+        return nn.Linear(8, 8)
+
+    with pytest.raises(ValueError, match="is not an image model"):
+        create_image_tower("mvlip_test_not_an_image_model", image_size=64)
+
+
+# ------------------------------------------------------------------------------------ weights
+def _state(name=EXTRA, seed=5):
+    torch.manual_seed(seed)
+    source = timm.create_model(name, num_classes=1000)
+    return {k: v.clone().contiguous() for k, v in source.state_dict().items()}
+
+
+def _holds(tower, state):
+    mine = tower.backbone.state_dict()
+    expected = {k: v for k, v in state.items() if not k.startswith("head.fc.")}
+    assert set(expected) == set(mine)
+    assert all(torch.equal(mine[k], v) for k, v in expected.items())
+
+
+def test_weights_from_a_local_safetensors_or_pth_file_and_the_environment_variable(tmp_path, monkeypatch):
+    state = _state()
+    st, pth = tmp_path / "model.safetensors", tmp_path / "pytorch_model.bin"
+    save_file(state, str(st))
+    torch.save({"state_dict": state}, pth)
+    _holds(create_image_tower(EXTRA, pretrained=True, weights_path=str(st), image_size=64), state)
+    _holds(create_image_tower(EXTRA, pretrained=True, weights_path=str(pth), image_size=64), state)
+    assert timm_towers.weights_env("convnext_atto.d2_in1k") == "MVLIP_WEIGHTS_CONVNEXT_ATTO_D2_IN1K"
+    monkeypatch.setenv(timm_towers.weights_env(EXTRA), str(st))
+    tower = create_image_tower(EXTRA, pretrained=True, image_size=64)
+    _holds(tower, state)
+    assert tower.backbone.pretrained_cfg["file"] == str(st) and "state_dict" not in tower.backbone.pretrained_cfg
+    # pretrained=False ignores the variable: random weights, different from the file's
+    random = create_image_tower(EXTRA, pretrained=False, image_size=64)
+    assert not torch.equal(random.backbone.stem[0].weight, state["stem.0.weight"])
+
+
+class Payload:  # a type a weights file must not need
+    pass
+
+
+def test_a_weights_file_that_would_run_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": _state(), "extra": Payload()}, path)
+    with pytest.raises(UnsafeWeightsError, match="Payload"):
+        create_image_tower(EXTRA, pretrained=True, weights_path=str(path), image_size=64)
+
+
+def _hf_cache(root: Path, repo: str, filename: str, state) -> Path:
+    """A Hugging Face hub cache holding ``filename`` of ``repo`` (the layout huggingface_hub writes)."""
+    folder = root / f"models--{repo.replace('/', '--')}"
+    snapshot = folder / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text("0" * 40)
+    save_file(state, str(snapshot / filename))
+    return snapshot / filename
+
+
+def test_pretrained_weights_from_the_hub_cache_offline_or_an_error_naming_where_it_looked(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    name = "test_convnext.r160_in1k"
+    repo = timm.models.get_pretrained_cfg(name).hf_hub_id
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(WeightsUnavailableError) as info:
+        create_image_tower(name, pretrained=True, image_size=64)
+    text = str(info.value)
+    for part in (f"encoder={name!r}", "MVLIP_WEIGHTS_TEST_CONVNEXT_R160_IN1K", repo, str(tmp_path / "hub"),
+                 "image_weights=", "pretrained=False"):
+        assert part in text, part
+    state = _state()
+    path = _hf_cache(tmp_path / "hub", repo, "model.safetensors", state)
+    found, _ = timm_towers.find_weights(name)
+    assert Path(found) == path
+    _holds(create_image_tower(name, pretrained=True, image_size=64), state)
+
+
+# ------------------------------------------------------------------------------------ command lines
+def _cli(args, tmp_path, expect_rc):
+    proc = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == expect_rc, proc.stderr[-3000:]
+    return proc
+
+
+TINY = ["--generated-classes", "4", "--generated-train-per-class", "8", "--generated-val-per-class", "2",
+        "--batch-size", "8", "--epochs", "1"]
+
+
+def test_the_refusals_are_one_error_line(tmp_path):
+    for args, named in ((["mvlip_utils.train", "--encoder", "convnxt_atto"], "closest timm names: convnext_atto"),
+                        (["mvlip_utils.study", "--encoders", "swin", "convnxt_atto", "--no-book"],
+                         "closest timm names: convnext_atto"),
+                        (["mvlip_utils.train", "--encoder", "inception_v3", "--data-dir", str(tmp_path / "d"),
+                          "--results-dir", str(tmp_path / "r"), *TINY], "it needs 299 px")):
+        stderr = _cli(args, tmp_path, 2).stderr
+        lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and named in lines[0] and "Traceback" not in stderr, stderr[-2000:]
+
+
+def test_the_training_command_line_trains_an_extra_encoder(tmp_path):
+    out = _cli(["mvlip_utils.train", "--encoder", EXTRA, "--quiet", "--data-dir", str(tmp_path / "d"),
+                "--results-dir", str(tmp_path / "r"), *TINY], tmp_path, 0).stdout
+    run = tmp_path / "r" / "smoke" / EXTRA
+    assert f"run folder: {run}" in out
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["encoder"] == EXTRA and saved["parameters"]["image_tower"]["total"] > 0
+    assert len(pd.read_csv(run / "history.csv")) == 1 and (run / "metrics.json").is_file()
+
+
+def test_02_train_runs_an_extra_encoder_through_papermill(tmp_path):
+    import nbformat
+    import papermill
+
+    from mvlip_utils.study.runner import kernel_for_this_python
+
+    out = tmp_path / "02_train.ipynb"
+    papermill.execute_notebook(
+        str(ROOT / "notebooks" / "02_train.ipynb"), str(out), kernel_name=kernel_for_this_python(), cwd=str(ROOT),
+        progress_bar=False, parameters=dict(profile="smoke", encoder=EXTRA, epochs=1, generated_classes=4,
+                                            generated_train_per_class=8, generated_val_per_class=2, batch_size=8,
+                                            results_dir=str(tmp_path / "r"), data_dir=str(tmp_path / "d"),
+                                            step_check_images=16, step_profile_steps=0))
+    text = "\n".join(o.get("text", "") + json.dumps(o.get("data", {})) for c in nbformat.read(out, 4).cells
+                     for o in c.get("outputs", []))
+    assert f"CLIP({EXTRA})" in text and "trained the run" in text
+    assert (tmp_path / "r" / "smoke" / EXTRA / "step_check.json").is_file()
+
+
+# ------------------------------------------------------------------------------------ discussion and findings
+def run(encoder, acc=0.5, loss=1.5, pretrained=True, benchmark=None):
+    """A finished run as ``results.load_all_runs`` returns it (the paper's conditions, on a GPU)."""
+    metrics = {k: acc for k in ("accuracy", "precision_weighted", "recall_weighted", "f1_weighted")}
+    metrics.update(zeroshot_loss=loss, n_classes=1000, epochs=20, n_val=3923)
+    config = {"encoder": encoder, "pretrained": pretrained, "model_size": "paper", "data": "data/imagenet-mini",
+              "image_size": 224, "resolved_device": "cuda", "device_name": "NVIDIA H200"}
+    return {"config": config, "metrics": metrics, "benchmark": benchmark, "run_dir": f"results/x/{encoder}"}
+
+
+def speed(ips, loop=None, sweep=None):
+    rows = [{"kind": "model_only", "setting": "paper's conditions", "mode": "inference", "precision": "fp32-tf32conv",
+             "batch_size": 32, "device_name": "NVIDIA H200", "images_per_s": ips, "images_per_s_p10": ips * 0.99,
+             "images_per_s_p90": ips * 1.01}]
+    if loop:
+        rows.append({"kind": "eval_loop", "source": "jpeg", "num_workers": 4, "images_per_s": loop,
+                     "images_per_s_min": loop * 0.98, "images_per_s_max": loop * 1.02})
+    for res, ms in (sweep or {}).items():
+        rows.append({"kind": "resolution_sweep", "resolution": res, "pixels": res * res, "images_per_s": 1e3 / ms,
+                     "seconds_per_image": ms / 1e3, "marginal_memory_per_image_bytes": float(res * res)})
+    return pd.DataFrame(rows)
+
+
+def _edition(extra: bool):
+    """Runs of the paper's towers with evidence for every kind of claim (a GPU speed edition), and optionally
+    an extra encoder that is faster and scales better than all of them."""
+    runs = {"mambavision": run("mambavision", 0.55, pretrained=True, benchmark=speed(1000, loop=300, sweep={224: 1.0, 448: 4.0})),
+            "swin": run("swin", 0.50, pretrained=True, benchmark=speed(900, loop=290)),
+            "vit": run("vit", 0.40, pretrained=True, benchmark=speed(3000, loop=320, sweep={224: 0.3, 448: 1.2}))}
+    if extra:
+        runs[EXTRA] = run(EXTRA, 0.99, loss=0.01, pretrained=True,
+                          benchmark=speed(9000, loop=900, sweep={224: 0.1, 448: 0.2}))
+    return runs
+
+
+def test_findings_are_the_same_with_and_without_an_extra_encoder():
+    without, with_extra = {"speed": _edition(False)}, {"speed": _edition(True)}
+    pd.testing.assert_frame_equal(findings.findings_table(without, REF), findings.findings_table(with_extra, REF))
+    pd.testing.assert_frame_equal(findings.verdicts_by_edition(without, REF),
+                                  findings.verdicts_by_edition(with_extra, REF))
+    assert findings.disclosures(REF, without) == findings.disclosures(REF, with_extra)
+    assert f"CLIP({EXTRA})" not in set(findings.throughput_overview(with_extra["speed"]).tower)
+    assert set(findings.findings_table(with_extra, REF).verdict) - {"no verdict"}  # there are verdicts to keep
+
+
+def test_the_discussion_shows_an_extra_encoder_beyond_the_paper():
+    runs = _edition(True)
+    for run in runs.values():
+        run["metrics"].update(precision_macro=0.5, recall_macro=0.5, f1_macro=0.5, top5=0.9)
+    t1 = discussion.table1(runs, REF)
+    assert t1.loc["Accuracy", f"ours CLIP({EXTRA}), beyond the paper"] == 0.99
+    assert t1.loc["Accuracy", "ours: MVLIP vs CLIP(Swin) (%)"] == pytest.approx(10.0)  # the paper's comparison
+    t2 = discussion.table2(runs, REF)
+    extra = f"CLIP({EXTRA}), beyond the paper"
+    assert list(t2.index) == ["MVLIP", "CLIP(Swin)", "CLIP(ViT)", extra]
+    assert t2.loc[extra, "ours, model only (images/s)"] == 9000
+    assert t2.loc[extra, "ours, model only: vs CLIP(ViT) (%)"] == pytest.approx(200.0)
+    assert f"{EXTRA}, beyond the paper" in set(discussion.model_only_table(runs).tower)
+    assert f"{EXTRA}, beyond the paper" in set(discussion.eval_loop_table(runs).tower)
+    sweeps = discussion.benchmark_frame(runs, "resolution_sweep")
+    fig = plots.resolution_sweep(sweeps, "mambavision")
+    assert extra in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    toc = toc_text({"smoke": ["mambavision", EXTRA]})
+    assert f"book/executed/smoke/{EXTRA}/02_train" in toc
+    assert f"CLIP({EXTRA}) ({EXTRA}, beyond the paper): training" in toc
