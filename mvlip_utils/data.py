@@ -372,6 +372,18 @@ def _files_signature(paths: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
+def _cache_is_current(path: Path, image_size: int, paths: list[str], files: str) -> bool:
+    """Whether ``path`` is a readable cache of these very files at ``image_size``."""
+    if not path.is_file():
+        return False
+    try:
+        old = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        return (old.get("format") == CACHE_FORMAT and old.get("image_size") == image_size
+                and old.get("paths") == paths and old.get("files") == files)
+    except Exception:  # noqa: BLE001 - unreadable cache: rebuild it
+        return False
+
+
 def cache_preprocessed(dataset: ImageFolderSplit, path, image_size: int = 224, num_workers: int = 0,
                        overwrite: bool = False, progress: bool = True) -> Path:
     """Preprocess ``dataset`` once: open_clip's Resize(bicubic) + CenterCrop + RGB, kept as uint8, and
@@ -379,34 +391,37 @@ def cache_preprocessed(dataset: ImageFolderSplit, path, image_size: int = 224, n
     "format"}`` with torch.save. Reuses an existing file with the same image_size, file list and files
     (``files``: their sizes and modification times, so images rewritten at the same paths, e.g. a
     regenerated dataset, are cached again) unless ``overwrite``. Serve with ``CachedImageDataset`` and
-    finish with ``normalize_on_device``."""
+    finish with ``normalize_on_device``.
+
+    Safe when several processes need the same cache at once: the build holds ``path``'s lock
+    (``shared_files.build_lock``) and checks again once it has it, so the second process reuses what the first
+    built; the file is written under a name of its own and renamed onto ``path``, so a reader never sees half
+    of it."""
+    from .shared_files import atomic_path, build_lock
+
     path = Path(path)
     if not hasattr(dataset, "samples"):
         raise TypeError(f"dataset must be an ImageFolderSplit (with .samples), got {type(dataset).__name__}")
     paths = [p for p, _ in dataset.samples]
     files = _files_signature(paths)
-    if path.is_file() and not overwrite:
-        try:
-            old = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-            if (old.get("format") == CACHE_FORMAT and old.get("image_size") == image_size
-                    and old.get("paths") == paths and old.get("files") == files):
-                return path
-        except Exception:  # noqa: BLE001 - unreadable cache: rebuild it
-            pass
-    n = len(paths)
-    images = torch.empty((n, 3, image_size, image_size), dtype=torch.uint8)
-    labels = torch.empty((n,), dtype=torch.int64)
-    loader = DataLoader(_UInt8View(dataset, image_size), batch_size=64, shuffle=False, num_workers=num_workers)
-    i = 0
-    for x, y in tqdm(loader, desc=f"caching {path.name}", disable=not progress, leave=False):
-        images[i:i + len(x)] = x
-        labels[i:i + len(x)] = y
-        i += len(x)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": CACHE_FORMAT, "images": images, "labels": labels, "paths": paths, "files": files,
-                "classes": list(getattr(dataset, "classes", [])), "image_size": image_size}, tmp)
-    os.replace(tmp, path)
+    if not overwrite and _cache_is_current(path, image_size, paths, files):
+        return path
+    with build_lock(path):
+        if not overwrite and _cache_is_current(path, image_size, paths, files):
+            return path  # another process built it while this one waited
+        n = len(paths)
+        images = torch.empty((n, 3, image_size, image_size), dtype=torch.uint8)
+        labels = torch.empty((n,), dtype=torch.int64)
+        loader = DataLoader(_UInt8View(dataset, image_size), batch_size=64, shuffle=False, num_workers=num_workers)
+        i = 0
+        for x, y in tqdm(loader, desc=f"caching {path.name}", disable=not progress, leave=False):
+            images[i:i + len(x)] = x
+            labels[i:i + len(x)] = y
+            i += len(x)
+        with atomic_path(path) as tmp:
+            torch.save({"format": CACHE_FORMAT, "images": images, "labels": labels, "paths": paths,
+                        "files": files, "classes": list(getattr(dataset, "classes", [])),
+                        "image_size": image_size}, tmp)
     return path
 
 

@@ -36,7 +36,7 @@ from . import data as data_mod
 from . import distributed as dist_mod
 from . import results
 from .evaluate import progress_iter, synchronize, to_model_input
-from .experiment import (Experiment, build_experiment, caption_features, evaluate_experiment,
+from .experiment import (Experiment, build_experiment, caption_features, evaluate_experiment, prepare_shared_inputs,
                          make_optimizer, training_tower)
 from .precision import autocast_region, precision_context
 from .profiles import StudyConfig
@@ -352,8 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.encoders:  # one process per encoder, each on its device
             encoders = [e for e in args.encoders.split(",") if e]
-            for encoder in encoders:
-                get_config(args.profile, **{**overrides, "encoder": encoder})
+            configs = [get_config(args.profile, **{**overrides, "encoder": encoder}) for encoder in encoders]
+            prepare_shared_inputs(configs, progress=not args.quiet)  # once, before the processes start
             devices = args.gpus.split(",") if args.gpus else ["0"] * len(encoders)
             rest = _without(argv, ("--encoders", "--gpus"))
             jobs = {e: [sys.executable, "-m", "mvlip_utils.train", *rest, "--encoder", e] for e in encoders}
