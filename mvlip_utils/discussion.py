@@ -246,10 +246,12 @@ def _pct(value: float) -> str:
     return f"{value:+.1f}%" if math.isfinite(value) else "–"
 
 
-def table1_sentence(t1: pd.DataFrame, runs: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any]) -> str:
+def table1_sentence(t1: pd.DataFrame, runs: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any],
+                    absent: Mapping[str, str] | None = None) -> str:
     """What Table 1 shows, paper and ours, with absolute points beside the percentages, and whether these
-    runs can test it (``findings.accuracy_evidence_gaps``)."""
-    from .findings import accuracy_evidence_gaps
+    runs can test it (``findings.accuracy_evidence_gaps``); ``absent``: {encoder: how its run is not
+    finished} (``results.unfinished_runs``)."""
+    from .findings import absent_run_reasons, accuracy_evidence_gaps
 
     paper_pct = t1.loc["Accuracy", "paper: MVLIP vs CLIP(Swin) (%)"]
     points = (t1.loc["Accuracy", "paper MVLIP"] - t1.loc["Accuracy", "paper CLIP(Swin)"]) * 100
@@ -262,17 +264,19 @@ def table1_sentence(t1: pd.DataFrame, runs: Mapping[str, Mapping[str, Any]], ref
         text += ("These runs meet the paper's conditions, so they test its Table 1." if not gaps else
                  "They cannot test the paper's Table 1: " + "; ".join(gaps) + ".")
     else:
-        text += "This edition lacks a MVLIP or CLIP(Swin) run to compare."
+        text += ("This edition lacks a MVLIP or CLIP(Swin) run to compare: "
+                 + "; ".join(absent_run_reasons(("mambavision", "swin"), runs, absent)) + ".")
     return text
 
 
-def table2_sentence(runs: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any]) -> str:
+def table2_sentence(runs: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any],
+                    absent: Mapping[str, str] | None = None) -> str:
     """The throughput claims judged on this edition (``findings.judge``: the same rule as the findings)."""
     from .findings import judge, paper_claims
 
     parts = []
     for claim in (c for c in paper_claims(ref) if c["kind"] == "throughput"):
-        result = judge(claim, runs, ref)
+        result = judge(claim, runs, ref, absent)
         parts.append(f"*{claim['claim']}* (paper {claim['paper']}): here **{result['verdict']}**"
                      + (f", {result['ours']}" if result["ours"] != "–" else "") + f"; {result['reason']}.")
     return " ".join(parts)

@@ -120,10 +120,18 @@ def speed_evidence_gaps(run: Mapping[str, Any], ref: Mapping[str, Any]) -> list[
     return gaps
 
 
-def _gaps(runs: Mapping[str, Mapping[str, Any]], encoders, rule, ref) -> list[str]:
-    missing = [ENCODER_LABELS[e] for e in encoders if e not in runs]
+def absent_run_reasons(encoders, runs: Mapping[str, Any], absent: Mapping[str, str] | None = None) -> list[str]:
+    """Why each of ``encoders`` has no run in ``runs``: "the CLIP(Swin) run of this edition is missing" (or
+    "failed: ...", "is partial: 1 of 2 epochs", from ``absent``: ``results.unfinished_runs``)."""
+    absent = absent or {}
+    return [f"the {ENCODER_LABELS[e]} run of this edition {absent.get(e, 'is not among its finished runs')}"
+            for e in encoders if e not in runs]
+
+
+def _gaps(runs: Mapping[str, Mapping[str, Any]], encoders, rule, ref, absent=None) -> list[str]:
+    missing = absent_run_reasons(encoders, runs, absent)
     if missing:
-        return [f"no finished run of {', '.join(missing)}"]
+        return missing
     gaps: list[str] = []
     for e in encoders:
         gaps += [g for g in rule(runs[e], ref) if g not in gaps]
@@ -143,8 +151,9 @@ def _direction(gain: float, no_difference: bool, better: str, worse: str) -> str
     return "no difference" if no_difference else (better if gain > 0 else worse)
 
 
-def judge_table1(claim: Mapping[str, Any], runs: Mapping[str, Any], ref: Mapping[str, Any]) -> dict[str, Any]:
-    gaps = _gaps(runs, ("mambavision", "swin"), accuracy_evidence_gaps, ref)
+def judge_table1(claim: Mapping[str, Any], runs: Mapping[str, Any], ref: Mapping[str, Any],
+                 absent: Mapping[str, str] | None = None) -> dict[str, Any]:
+    gaps = _gaps(runs, ("mambavision", "swin"), accuracy_evidence_gaps, ref, absent)
     mv, sw = (runs[e]["metrics"] if e in runs else {} for e in ("mambavision", "swin"))
     key = claim["metric"]
     a, b = float(mv.get(key, math.nan)), float(sw.get(key, math.nan))
@@ -160,8 +169,8 @@ def judge_table1(claim: Mapping[str, Any], runs: Mapping[str, Any], ref: Mapping
                        f"standard error is {2 * se * 100:.2f} points over {n} images")
 
 
-def judge_loss(claim, runs, ref) -> dict[str, Any]:
-    gaps = _gaps(runs, ("mambavision", "swin"), accuracy_evidence_gaps, ref)
+def judge_loss(claim, runs, ref, absent=None) -> dict[str, Any]:
+    gaps = _gaps(runs, ("mambavision", "swin"), accuracy_evidence_gaps, ref, absent)
     a, b = (float(runs[e]["metrics"].get("zeroshot_loss", math.nan)) if e in runs else math.nan
             for e in ("mambavision", "swin"))
     reduction = -relative_change(a, b)
@@ -213,9 +222,9 @@ def speed_gap(a: Mapping[str, Any], b: Mapping[str, Any], spread_low: str = "ima
     return gain, (not math.isfinite(gain)) or abs(gain) < MIN_SPEED_GAP_PERCENT or overlap
 
 
-def judge_throughput(claim, runs, ref) -> dict[str, Any]:
+def judge_throughput(claim, runs, ref, absent=None) -> dict[str, Any]:
     other = claim["other"]
-    gaps = _gaps(runs, ("mambavision", other), speed_evidence_gaps, ref)
+    gaps = _gaps(runs, ("mambavision", other), speed_evidence_gaps, ref, absent)
     if gaps:
         return dict(ours="–", verdict="no verdict", reason="; ".join(gaps))
     a, b = speed_record(runs["mambavision"]), speed_record(runs[other])
@@ -256,8 +265,8 @@ def growth_exponents(runs: Mapping[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def judge_scaling(claim, runs, ref) -> dict[str, Any]:
-    gaps = _gaps(runs, ("mambavision", "vit"), speed_evidence_gaps, ref)
+def judge_scaling(claim, runs, ref, absent=None) -> dict[str, Any]:
+    gaps = _gaps(runs, ("mambavision", "vit"), speed_evidence_gaps, ref, absent)
     exps = growth_exponents({e: runs[e] for e in ("mambavision", "vit") if e in runs})
     if gaps or len(exps) < 2:
         return dict(ours="–", verdict="no verdict", reason="; ".join(gaps) or "no resolution sweep")
@@ -283,36 +292,69 @@ def judge_scaling(claim, runs, ref) -> dict[str, Any]:
 JUDGES = {"table1": judge_table1, "loss": judge_loss, "throughput": judge_throughput, "scaling": judge_scaling}
 
 
-def judge(claim: Mapping[str, Any], runs: Mapping[str, Any], ref: Mapping[str, Any]) -> dict[str, Any]:
-    """The verdict on one claim from one edition's runs: {ours, verdict, reason}."""
-    out = JUDGES[claim["kind"]](claim, runs, ref)
+def judge(claim: Mapping[str, Any], runs: Mapping[str, Any], ref: Mapping[str, Any],
+          absent: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The verdict on one claim from one edition's runs: {ours, verdict, reason}. ``absent``: {encoder: how
+    its run is not finished} (``results.unfinished_runs``), named in the reason of a claim that needs it."""
+    out = JUDGES[claim["kind"]](claim, runs, ref, absent)
     assert out["verdict"] in VERDICTS, out
     return out
 
 
 # ------------------------------------------------------------------------------------------ tables
-def verdicts_by_edition(editions: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any]) -> pd.DataFrame:
-    """One row per (claim, edition): what that edition's runs say (``editions``: {profile: runs})."""
+def read_editions(results_dir, profiles, encoders) -> tuple[dict[str, dict], dict[str, dict[str, str]]]:
+    """The editions the findings read: ({profile: its finished runs}, {profile: {encoder: how its run is not
+    finished}}), for every profile in ``profiles`` with any run folder (finished, partial or failed); a
+    profile with none is left out."""
+    from .results import load_all_runs, unfinished_runs
+
+    editions, absent = {}, {}
+    for profile in profiles:
+        runs, unfinished = load_all_runs(results_dir, profile, encoders), unfinished_runs(results_dir, profile, encoders)
+        if runs or any(not phrase.endswith("is missing") for phrase in unfinished.values()):
+            editions[profile], absent[profile] = runs, unfinished
+    return editions, absent
+
+
+def unfinished_sentence(absent: Mapping[str, Mapping[str, str]]) -> str:
+    """The runs of the editions read that are not finished, and so give no verdict ("" when none)."""
+    parts = [f"in **{profile}** the {ENCODER_LABELS[e]} run {phrase}" for profile, runs in absent.items()
+             for e, phrase in runs.items()]
+    return ("Runs without a verdict of their own: " + "; ".join(parts) + ".") if parts else ""
+
+
+VERDICT_COLUMNS = ["claim id", "claim", "edition", "ours", "verdict", "reason"]
+
+
+def verdicts_by_edition(editions: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any],
+                        absent: Mapping[str, Mapping[str, str]] | None = None) -> pd.DataFrame:
+    """One row per (claim, edition): what that edition's runs say (``editions``: {profile: runs}; ``absent``:
+    {profile: {encoder: how its run is not finished}}, ``read_editions``'). No editions: no rows."""
     rows = []
     for claim in paper_claims(ref):
         for profile, runs in editions.items():
             rows.append({"claim id": claim["id"], "claim": claim["claim"], "edition": profile,
-                         **judge(claim, runs, ref)})
-    return pd.DataFrame(rows)
+                         **judge(claim, runs, ref, (absent or {}).get(profile))})
+    return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
 
 
-def findings_table(editions: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any]) -> pd.DataFrame:
+def findings_table(editions: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any],
+                   absent: Mapping[str, Mapping[str, str]] | None = None) -> pd.DataFrame:
     """One row per claim: the paper's number, ours from the edition with evidence (the last such in
     ``editions``' order, so list them from the least to the most faithful), the verdict and the reason."""
-    detail = verdicts_by_edition(editions, ref)
+    detail = verdicts_by_edition(editions, ref, absent)
     rows = []
     for claim in paper_claims(ref):
         mine = detail[detail["claim id"] == claim["id"]]
+        if mine.empty:
+            rows.append({"claim": claim["claim"], "paper": claim["paper"], "ours": "–", "verdict": "no verdict",
+                         "reason": "no edition has a run"})
+            continue
         with_evidence = mine[mine["verdict"] != "no verdict"]
         pick = (with_evidence if len(with_evidence) else mine).iloc[-1]
         closest = mine.iloc[-1]  # editions are listed from the least to the most faithful
         reason = pick["reason"] if len(with_evidence) else (
-            f"no edition has the conditions; the closest, {closest['edition']}, has {closest['reason']}")
+            f"no edition has the conditions; the closest, {closest['edition']}: {closest['reason']}")
         rows.append({"claim": claim["claim"], "paper": claim["paper"],
                      "ours": f"{pick['ours']} [{pick['edition']}]" if len(with_evidence) else "–",
                      "verdict": pick["verdict"], "reason": reason})

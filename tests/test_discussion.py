@@ -133,3 +133,14 @@ def test_the_step_profile_table_sentence_and_kernels_of_a_check():
     assert [b.get_width() for b in bars[8:]] == pytest.approx([110 - 90, 90 - 78.4])
     assert discussion.step_profile_sentence({"swin": {"step_check": None}}) == \
         "No training step was profiled in this edition."
+
+
+def test_sentences_name_a_missing_failed_or_partial_run():
+    partial = runs()
+    del partial["swin"]
+    absent = {"swin": "is partial: 1 of 2 epochs"}
+    t1 = discussion.table1(partial, REF)
+    assert discussion.table1_sentence(t1, partial, REF, absent).endswith(
+        "lacks a MVLIP or CLIP(Swin) run to compare: the CLIP(Swin) run of this edition is partial: 1 of 2 epochs.")
+    text = discussion.table2_sentence(partial, REF, {"swin": "failed: it stopped before its first epoch ended"})
+    assert "here **no verdict**; the CLIP(Swin) run of this edition failed: it stopped before its first epoch ended" in text
