@@ -49,6 +49,31 @@ def relative_change(value: float, base: float) -> float:
     return (value - base) / base * 100.0
 
 
+def chance_reason(key: str, a: float, b: float, n_classes: Any, n_val: Any) -> str | None:
+    """Why the relative change of metric ``key`` between ``a`` and ``b`` (two runs of one edition) says
+    nothing, or None when it may: both values are at the chance level of ``n_classes`` classes. A score
+    (accuracy, precision, recall, F1, weighted or macro) is at chance when it is no higher than a uniform
+    guess's k/n_classes (k = 5 for top-5) plus twice that rate's binomial standard error over the ``n_val``
+    validation images; the zero-shot loss when it is no lower than a uniform guess's ln(n_classes). (Random
+    weights give such values: a ratio of two of them is noise, however large.)"""
+    try:
+        a, b, n_classes, n_val = float(a), float(b), int(n_classes), int(n_val)
+    except (TypeError, ValueError):
+        return None
+    if not (math.isfinite(a) and math.isfinite(b)) or n_classes < 2:
+        return None
+    if key == "zeroshot_loss":
+        level = math.log(n_classes)
+        return f"both at chance (a uniform guess's ln {n_classes} = {level:.3f} or above)" if min(a, b) >= level else None
+    if n_val < 1:
+        return None
+    k = 5 if key == "top5" else 1
+    rate = min(1.0, k / n_classes)
+    ceiling = rate + 2 * math.sqrt(rate * (1 - rate) / n_val)
+    return (f"both at chance ({k}/{n_classes}, at most {ceiling:.4f} over {n_val} images)"
+            if max(a, b) <= ceiling else None)
+
+
 # ------------------------------------------------------------------------------------------ the claims
 def paper_claims(ref: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The paper's claims with its numbers, computed from ``paper_tables.json``: one per Table 1 metric,
@@ -58,7 +83,7 @@ def paper_claims(ref: Mapping[str, Any]) -> list[dict[str, Any]]:
     out = []
     for key, name in TABLE1_CLAIM_METRICS.items():
         mv, swin = t1["mambavision"][key], t1["swin"][key]
-        out.append(dict(id=key, kind="table1", metric=key, threshold=low_metrics,
+        out.append(dict(id=key, kind="table1", metric=key, threshold=low_metrics, short=name,
                         claim=f"MVLIP's {name} is {low_metrics:.0f}-{max(claims['metrics_improvement_percent']):.0f}% "
                               f"above CLIP(Swin)'s (Table 1)",
                         paper=f"{relative_change(mv, swin):+.2f}% ({mv:.4f} vs {swin:.4f}, "
@@ -66,14 +91,16 @@ def paper_claims(ref: Mapping[str, Any]) -> list[dict[str, Any]]:
     loss = claims["val_zeroshot_loss_final"]
     reduction = -relative_change(loss["mambavision"], loss["swin"])
     out.append(dict(id="val_loss", kind="loss", threshold=float(claims["val_loss_reduction_percent"]),
+                    short="validation loss",
                     claim=f"MVLIP's validation loss is {claims['val_loss_reduction_percent']}% lower than CLIP(Swin)'s",
                     paper=f"{reduction:.1f}% lower ({loss['mambavision']:.4f} vs {loss['swin']:.4f})"))
     for other in ("vit", "swin"):
         gain = relative_change(t2["mambavision"], t2[other])
         out.append(dict(id=f"throughput_{other}", kind="throughput", other=other, threshold=math.floor(gain),
+                        short=f"throughput against {ENCODER_LABELS[other]}",
                         claim=f"MVLIP's throughput is {math.floor(gain):.0f}% above {ENCODER_LABELS[other]}'s (Table 2)",
                         paper=f"{gain:+.1f}% ({t2['mambavision']:.1f} vs {t2[other]:.1f} images/s)"))
-    out.append(dict(id="scaling", kind="scaling", threshold=None,
+    out.append(dict(id="scaling", kind="scaling", threshold=None, short="linear against quadratic scaling",
                     claim="MambaVision's cost grows linearly with the image size, ViT's quadratically (self-"
                           "attention), so MVLIP is the more efficient at high resolution",
                     paper="argued, not measured"))
@@ -158,7 +185,9 @@ def judge_table1(claim: Mapping[str, Any], runs: Mapping[str, Any], ref: Mapping
     key = claim["metric"]
     a, b = float(mv.get(key, math.nan)), float(sw.get(key, math.nan))
     gain = relative_change(a, b)
-    ours = f"{gain:+.2f}% ({a:.4f} vs {b:.4f})" if math.isfinite(gain) else "–"
+    noise = chance_reason(key, a, b, mv.get("n_classes"), mv.get("n_val"))
+    ours = (f"{noise} ({a:.4f} vs {b:.4f})" if noise else
+            f"{gain:+.2f}% ({a:.4f} vs {b:.4f})" if math.isfinite(gain) else "–")
     if gaps:
         return dict(ours=ours, verdict="no verdict", reason="; ".join(gaps))
     n = int(mv.get("n_val", 0)) or 1
@@ -174,7 +203,10 @@ def judge_loss(claim, runs, ref, absent=None) -> dict[str, Any]:
     a, b = (float(runs[e]["metrics"].get("zeroshot_loss", math.nan)) if e in runs else math.nan
             for e in ("mambavision", "swin"))
     reduction = -relative_change(a, b)
-    ours = f"{reduction:.1f}% lower ({a:.4f} vs {b:.4f})" if math.isfinite(reduction) else "–"
+    mv = runs["mambavision"]["metrics"] if "mambavision" in runs else {}
+    noise = chance_reason("zeroshot_loss", a, b, mv.get("n_classes"), mv.get("n_val"))
+    ours = (f"{noise} ({a:.4f} vs {b:.4f})" if noise else
+            f"{reduction:.1f}% lower ({a:.4f} vs {b:.4f})" if math.isfinite(reduction) else "–")
     if gaps:
         return dict(ours=ours, verdict="no verdict", reason="; ".join(gaps))
     return dict(ours=ours, verdict=_verdict(reduction, claim["threshold"], False),
@@ -323,7 +355,7 @@ def unfinished_sentence(absent: Mapping[str, Mapping[str, str]]) -> str:
     return ("Runs without a verdict of their own: " + "; ".join(parts) + ".") if parts else ""
 
 
-VERDICT_COLUMNS = ["claim id", "claim", "edition", "ours", "verdict", "reason"]
+VERDICT_COLUMNS = ["claim id", "claim", "short", "edition", "ours", "verdict", "reason"]
 
 
 def verdicts_by_edition(editions: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any],
@@ -333,9 +365,17 @@ def verdicts_by_edition(editions: Mapping[str, Mapping[str, Any]], ref: Mapping[
     rows = []
     for claim in paper_claims(ref):
         for profile, runs in editions.items():
-            rows.append({"claim id": claim["id"], "claim": claim["claim"], "edition": profile,
+            rows.append({"claim id": claim["id"], "claim": claim["claim"], "short": claim["short"], "edition": profile,
                          **judge(claim, runs, ref, (absent or {}).get(profile))})
     return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
+
+
+def verdicts_by_claim(editions: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any],
+                      absent: Mapping[str, Mapping[str, str]] | None = None) -> pd.DataFrame:
+    """``verdicts_by_edition`` for the reader: indexed by the claim's short name and the edition (so a claim
+    is named once, not on every edition's row), with what the edition measured and its verdict."""
+    detail = verdicts_by_edition(editions, ref, absent).rename(columns={"short": "the paper's claim on"})
+    return detail.set_index(["the paper's claim on", "edition"])[["ours", "verdict"]]
 
 
 def findings_table(editions: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any],

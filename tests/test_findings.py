@@ -228,3 +228,36 @@ def test_findings_chapter_executes_over_an_edition_with_a_missing_run(tmp_path):
             assert "the CLIP(ViT) run is partial: 1 of 2 epochs" in text
         else:
             assert "No finished runs were found" in text and "no edition has a run" in text
+
+
+# --------------------------------------------------------------------------- no ratios of noise (issue 20)
+def test_values_at_chance_level_give_their_reason_not_a_percentage():
+    # the speed edition's random-weight runs: 1000 classes, 3000 validation images
+    runs = {e: run(e, acc, loss, pretrained=False, data="generated-imagenet", epochs=2, n_val=3000)
+            for e, acc, loss in (("mambavision", 0.0003, 6.9151), ("swin", 0.0010, 6.9090))}
+    out = findings.judge(claim("accuracy"), runs, REF)
+    assert out["ours"] == "both at chance (1/1000, at most 0.0022 over 3000 images) (0.0003 vs 0.0010)"
+    assert "%" not in out["ours"] and out["verdict"] == "no verdict"
+    loss = findings.judge(claim("val_loss"), runs, REF)
+    assert loss["ours"].startswith("both at chance (a uniform guess's ln 1000 = 6.908 or above)")
+    # one of them clearly above chance: the relative change is a measurement again
+    runs["mambavision"] = run("mambavision", 0.02, 6.5, pretrained=False, data="generated-imagenet", epochs=2, n_val=3000)
+    assert findings.judge(claim("accuracy"), runs, REF)["ours"].startswith("+1900.00% (0.0200 vs 0.0010)")
+    assert findings.judge(claim("val_loss"), runs, REF)["ours"].startswith("5.9% lower")
+    # the rule's edge: chance + twice the standard error of 1/1000 over 3000 images
+    assert findings.chance_reason("accuracy", 0.0021, 0.0, 1000, 3000) is not None
+    assert findings.chance_reason("accuracy", 0.0022, 0.0, 1000, 3000) is None
+    assert findings.chance_reason("top5", 0.005, 0.006, 1000, 3000) is not None  # 5/1000
+    assert findings.chance_reason("accuracy", 0.0, 0.0, None, 3000) is None  # unknown classes: no rule
+
+
+def test_the_verdicts_by_claim_name_each_claim_once():
+    base = dict(pretrained=False, data="generated-imagenet", epochs=2, n_val=3000)
+    editions = {"smoke": {e: run(e, 0.5, 1.0, size="smoke", classes=10, n_val=120) for e in ("mambavision", "swin", "vit")},
+                "speed": {e: run(e, 0.001, 6.91, **base) for e in ("mambavision", "swin", "vit")}}
+    table = findings.verdicts_by_claim(editions, REF)
+    claims = table.index.get_level_values(0)
+    assert list(dict.fromkeys(claims)) == [c["short"] for c in findings.paper_claims(REF)]
+    assert list(table.columns) == ["ours", "verdict"]  # the long claim text is not a column
+    assert not any("%" in str(v) for v in table.xs("speed", level="edition")["ours"].iloc[:5])
+    assert table.loc[("accuracy", "smoke"), "ours"].startswith("+0.00%")  # ten classes, far above chance
