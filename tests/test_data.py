@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from mvlip_utils.data import cache as C
 from mvlip_utils.data import folders as D
 from mvlip_utils.data import generated as G
 
@@ -250,28 +251,28 @@ def test_loader_is_deterministic_for_a_seed(generated):
 def test_cache_matches_transform(tmp_path, generated):
     copy = shutil.copytree(generated, tmp_path / "shapes")  # this test rewrites an image
     train, _, _ = D.load_splits(copy, image_size=20, progress=False)
-    path = D.cache_preprocessed(train, tmp_path / "cache" / "train.pt", image_size=20, progress=False)
-    cached = D.CachedImageDataset(path)
+    path = C.cache_preprocessed(train, tmp_path / "cache" / "train.pt", image_size=20, progress=False)
+    cached = C.CachedImageDataset(path)
     assert len(cached) == len(train) and cached.images.dtype == torch.uint8
     assert cached.images.shape == (len(train), 3, 20, 20) and cached.targets == train.targets
     xb = torch.stack([cached[i][0] for i in range(len(cached))])
-    got = D.normalize_on_device(xb, "cpu")
+    got = C.normalize_on_device(xb, "cpu")
     want = torch.stack([train[i][0] for i in range(len(train))])
     assert torch.equal(got, want)  # bit-identical inputs: why data_cache is in profiles.RUN_IRRELEVANT
     # reused when nothing changed; rebuilt when the size changes
     mtime = path.stat().st_mtime_ns
-    assert D.cache_preprocessed(train, path, image_size=20, progress=False) == path
+    assert C.cache_preprocessed(train, path, image_size=20, progress=False) == path
     assert path.stat().st_mtime_ns == mtime
     # an image rewritten at the same path (e.g. a regenerated dataset) is cached again, not served stale
     first = Path(train.samples[0][0])
     Image.new("RGB", (24, 24), (0, 255, 0)).save(first)
     os.utime(first, ns=(mtime + 10**9, mtime + 10**9))
-    D.cache_preprocessed(train, path, image_size=20, progress=False)
+    C.cache_preprocessed(train, path, image_size=20, progress=False)
     assert path.stat().st_mtime_ns != mtime
-    assert D.CachedImageDataset(path)[0][0][:, 10, 10].tolist() == [0, 255, 0]
-    D.cache_preprocessed(train, path, image_size=12, progress=False)
-    assert D.CachedImageDataset(path).images.shape[-1] == 12
+    assert C.CachedImageDataset(path)[0][0][:, 10, 10].tolist() == [0, 255, 0]
+    C.cache_preprocessed(train, path, image_size=12, progress=False)
+    assert C.CachedImageDataset(path).images.shape[-1] == 12
     with pytest.raises(FileNotFoundError, match="nope.pt"):
-        D.CachedImageDataset(tmp_path / "nope.pt")
+        C.CachedImageDataset(tmp_path / "nope.pt")
     with pytest.raises(ValueError, match="batch_uint8"):
-        D.normalize_on_device(xb.float(), "cpu")
+        C.normalize_on_device(xb.float(), "cpu")

@@ -134,3 +134,28 @@ def test_the_step_profile_table_sentence_and_kernels_of_a_check():
     assert [b.get_width() for b in bars[8:]] == pytest.approx([110 - 90, 90 - 78.4])
     assert discussion.step_profile_sentence({"swin": {"step_check": None}}) == \
         "No training step was profiled in this edition."
+
+
+def test_sentences_name_a_missing_failed_or_partial_run():
+    partial = runs()
+    del partial["swin"]
+    absent = {"swin": "is partial: 1 of 2 epochs"}
+    t1 = discussion.table1(partial, REF)
+    assert discussion.table1_sentence(t1, partial, REF, absent).endswith(
+        "lacks a MVLIP or CLIP(Swin) run to compare: the CLIP(Swin) run of this edition is partial: 1 of 2 epochs.")
+    text = discussion.table2_sentence(partial, REF, {"swin": "failed: it stopped before its first epoch ended"})
+    assert "here **no verdict**; the CLIP(Swin) run of this edition failed: it stopped before its first epoch ended" in text
+
+
+def test_table1_gives_the_chance_reason_instead_of_a_ratio_of_noise():
+    chance = runs(mv=0.0003, swin=0.001, vit=0.001, loss=(6.9151, 6.909, 6.909))
+    for run in chance.values():
+        run["metrics"].update(n_classes=1000, n_val=3000)
+    t1 = discussion.table1(chance, REF)
+    ours = t1["ours: MVLIP vs CLIP(Swin) (%)"]
+    assert ours["Accuracy"] == "both at chance (1/1000, at most 0.0022 over 3000 images)"
+    assert ours["Validation loss (zero-shot CE)"].startswith("both at chance (a uniform guess's ln 1000")
+    assert all(isinstance(v, str) for k, v in ours.items() if k != "Top-5 accuracy")
+    text = discussion.table1_sentence(t1, chance, REF)
+    assert "are both at chance (1/1000, at most 0.0022 over 3000 images) (0.0003 vs 0.0010)" in text
+    assert "noise, not a finding" in text

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from mvlip_utils.report import findings
+from mvlip_utils.report import disclosures, findings
 from mvlip_utils.train import results
 
 REF = results.paper_reference()
@@ -64,7 +64,7 @@ def test_table1_needs_the_papers_conditions_and_says_which_are_missing():
     for gap in ("tiny towers", "random weights", "generated data", "10 classes, not 1000", "6 epochs, not 20"):
         assert gap in out["reason"]
     del runs["swin"]
-    assert findings.judge(claim("val_loss"), runs, REF)["reason"] == "no finished run of CLIP(Swin)"
+    assert findings.judge(claim("val_loss"), runs, REF)["reason"] == "the CLIP(Swin) run of this edition is not among its finished runs"
 
 
 def test_loss_verdict():
@@ -122,7 +122,7 @@ def test_findings_table_takes_the_edition_with_evidence_and_one_vocabulary():
     table = findings.findings_table({"smoke": smoke, "speed": gpu}, REF)
     assert len(table) == 8 and set(table.verdict) <= set(findings.VERDICTS)
     assert table.verdict.iloc[:5].eq("no verdict").all()  # no edition is pretrained on ImageNet-mini
-    assert table.reason.iloc[0].startswith("no edition has the conditions; the closest, speed, has random weights")
+    assert table.reason.iloc[0].startswith("no edition has the conditions; the closest, speed: random weights")
     assert table.ours.iloc[5].endswith("[speed]") and table.verdict.iloc[5] == "not supported"
     detail = findings.verdicts_by_edition({"smoke": smoke, "speed": gpu}, REF)
     assert len(detail) == 16 and set(detail.edition) == {"smoke", "speed"}
@@ -130,10 +130,135 @@ def test_findings_table_takes_the_edition_with_evidence_and_one_vocabulary():
 
 
 def test_rules_and_disclosures_are_computed_from_the_constants_and_the_tables():
-    rules = "\n".join(findings.rules_text())
+    rules = "\n".join(disclosures.rules_text())
     assert f"{findings.MIN_SPEED_GAP_PERCENT:.0f}%" in rules and str(findings.QUADRATIC_MIN) in rules
     gpu = {"mambavision": {"config": {"model_size": "paper", "parameters": {"image_tower": {"total": 97_200_000}}}}}
-    text = "\n".join(findings.disclosures(REF, {"speed": gpu}))
+    text = "\n".join(disclosures.disclosures(REF, {"speed": gpu}))
     assert "the text tower included" in text and "lowest mean training loss" in text
     assert "0.59 accuracy" in text and "6.68 points" in text
     assert "MVLIP 97.7 M in the paper, 97.2 M here" in text
+
+
+# ------------------------------------------------------------- missing, failed and partial runs (issue 17)
+def _run_folder(root, encoder, epochs=2, done=2, metrics=True, config=True, bad_metrics=False):
+    """A run folder as train.train_run leaves it: config.json at the start, a history row per epoch, and
+    metrics.json at the end (``done`` epochs trained of ``epochs``)."""
+    run = root / "speed" / encoder
+    run.mkdir(parents=True)
+    if config:
+        results.write_json(run / "config.json", {**globals()["run"](encoder, pretrained=False)["config"],
+                                                 "epochs": epochs})
+    if done:
+        results.write_history(run, [{"epoch": e, "train_loss": 1.0, "accuracy": 0.001} for e in range(1, done + 1)])
+    if metrics:
+        results.write_json(run / "metrics.json", {**globals()["run"](encoder)["metrics"],
+                                                  "epochs": done + 1 if bad_metrics else done})
+    return run
+
+
+@pytest.mark.parametrize("case, state, detail", [
+    ("finished", "finished", "2 of 2 epochs"),
+    ("missing", "missing", "no run files"),
+    ("partial", "partial", "1 of 2 epochs"),
+    ("no epoch", "failed", "it stopped before its first epoch ended"),
+    ("not evaluated", "failed", "it trained 2 of 2 epochs but has no final evaluation (no metrics.json)"),
+    ("disagree", "failed", "its files disagree: config.json says 2 epochs, history.csv has 2, metrics.json says 3"),
+    ("no config", "failed", "config.json is missing beside ['history.csv', 'metrics.json']"),
+])
+def test_run_state_from_the_run_folder_files(tmp_path, case, state, detail):
+    kwargs = {"finished": {}, "partial": dict(done=1, metrics=False), "no epoch": dict(done=0, metrics=False),
+              "not evaluated": dict(metrics=False), "disagree": dict(bad_metrics=True),
+              "no config": dict(config=False)}
+    run = _run_folder(tmp_path, "swin", **kwargs[case]) if case != "missing" else tmp_path / "speed" / "swin"
+    assert results.run_state(run) == (state, detail)
+    loaded = results.load_all_runs(tmp_path, "speed", ["swin"])
+    assert list(loaded) == (["swin"] if state == "finished" else [])
+    unfinished = results.unfinished_runs(tmp_path, "speed", ["swin"])
+    assert unfinished == ({} if state == "finished" else {"swin": results.run_state_phrase(state, detail)})
+
+
+@pytest.mark.parametrize("case, says", [
+    ("missing", "the CLIP(Swin) run of this edition is missing"),
+    ("partial", "the CLIP(Swin) run of this edition is partial: 1 of 2 epochs"),
+    ("failed", "the CLIP(Swin) run of this edition failed: it stopped before its first epoch ended"),
+])
+def test_verdict_rows_say_which_run_is_missing_failed_or_partial(tmp_path, case, says):
+    for encoder in ("mambavision", "vit"):
+        _run_folder(tmp_path, encoder)
+    if case != "missing":
+        _run_folder(tmp_path, "swin", done=1 if case == "partial" else 0, metrics=False)
+    editions, absent = findings.read_editions(tmp_path, ["smoke", "speed"], ["mambavision", "swin", "vit"])
+    assert list(editions) == ["speed"] and list(editions["speed"]) == ["mambavision", "vit"]
+    detail = findings.verdicts_by_edition(editions, REF, absent).set_index("claim id")
+    for claim_id in ("accuracy", "val_loss", "throughput_swin"):
+        assert detail.loc[claim_id, "verdict"] == "no verdict" and detail.loc[claim_id, "reason"] == says
+    assert says not in detail.loc["throughput_vit", "reason"]  # a claim that does not need CLIP(Swin)
+    table = findings.findings_table(editions, REF, absent)
+    assert table.reason.iloc[0] == f"no edition has the conditions; the closest, speed: {says}"
+    sentence = findings.unfinished_sentence(absent)
+    assert f"in **speed** the CLIP(Swin) run {says.split('of this edition ')[1]}" in sentence
+
+
+def test_findings_without_any_edition_still_give_one_row_per_claim():
+    editions, absent = {}, {}
+    assert findings.verdicts_by_edition(editions, REF, absent).empty
+    table = findings.findings_table(editions, REF, absent)
+    assert len(table) == len(findings.paper_claims(REF)) and set(table.verdict) == {"no verdict"}
+    assert findings.unfinished_sentence(absent) == ""
+
+
+@pytest.mark.slow
+def test_findings_chapter_executes_over_an_edition_with_a_missing_run(tmp_path):
+    """00_findings through papermill over a speed edition whose CLIP(Swin) run is missing and CLIP(ViT) run
+    partial (the KeyError: 'claim id' of issue 17), and over no runs at all."""
+    import nbformat
+    import papermill
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    _run_folder(tmp_path, "mambavision")
+    _run_folder(tmp_path, "vit", done=1, metrics=False)
+    for results_dir in (tmp_path, tmp_path / "empty"):
+        out = tmp_path / f"00_findings_{results_dir.name}.ipynb"
+        papermill.execute_notebook(str(root / "notebooks" / "00_findings.ipynb"), str(out), kernel_name="mvlip",
+                                   parameters={"results_dir": str(results_dir)}, cwd=str(root), progress_bar=False)
+        text = "\n".join(str(o.get("data", {}).get("text/markdown", "")) + str(o.get("data", {}).get("text/html", ""))
+                         for c in nbformat.read(out, 4).cells for o in c.get("outputs", []))
+        if results_dir == tmp_path:
+            assert "the CLIP(Swin) run of this edition is missing" in text
+            assert "the CLIP(ViT) run is partial: 1 of 2 epochs" in text
+        else:
+            assert "No finished runs were found" in text and "no edition has a run" in text
+
+
+# --------------------------------------------------------------------------- no ratios of noise (issue 20)
+def test_values_at_chance_level_give_their_reason_not_a_percentage():
+    # the speed edition's random-weight runs: 1000 classes, 3000 validation images
+    runs = {e: run(e, acc, loss, pretrained=False, data="generated-imagenet", epochs=2, n_val=3000)
+            for e, acc, loss in (("mambavision", 0.0003, 6.9151), ("swin", 0.0010, 6.9090))}
+    out = findings.judge(claim("accuracy"), runs, REF)
+    assert out["ours"] == "both at chance (1/1000, at most 0.0022 over 3000 images) (0.0003 vs 0.0010)"
+    assert "%" not in out["ours"] and out["verdict"] == "no verdict"
+    loss = findings.judge(claim("val_loss"), runs, REF)
+    assert loss["ours"].startswith("both at chance (a uniform guess's ln 1000 = 6.908 or above)")
+    # one of them clearly above chance: the relative change is a measurement again
+    runs["mambavision"] = run("mambavision", 0.02, 6.5, pretrained=False, data="generated-imagenet", epochs=2, n_val=3000)
+    assert findings.judge(claim("accuracy"), runs, REF)["ours"].startswith("+1900.00% (0.0200 vs 0.0010)")
+    assert findings.judge(claim("val_loss"), runs, REF)["ours"].startswith("5.9% lower")
+    # the rule's edge: chance + twice the standard error of 1/1000 over 3000 images
+    assert findings.chance_reason("accuracy", 0.0021, 0.0, 1000, 3000) is not None
+    assert findings.chance_reason("accuracy", 0.0022, 0.0, 1000, 3000) is None
+    assert findings.chance_reason("top5", 0.005, 0.006, 1000, 3000) is not None  # 5/1000
+    assert findings.chance_reason("accuracy", 0.0, 0.0, None, 3000) is None  # unknown classes: no rule
+
+
+def test_the_verdicts_by_claim_name_each_claim_once():
+    base = dict(pretrained=False, data="generated-imagenet", epochs=2, n_val=3000)
+    editions = {"smoke": {e: run(e, 0.5, 1.0, size="smoke", classes=10, n_val=120) for e in ("mambavision", "swin", "vit")},
+                "speed": {e: run(e, 0.001, 6.91, **base) for e in ("mambavision", "swin", "vit")}}
+    table = findings.verdicts_by_claim(editions, REF)
+    claims = table.index.get_level_values(0)
+    assert list(dict.fromkeys(claims)) == [c["short"] for c in findings.paper_claims(REF)]
+    assert list(table.columns) == ["ours", "verdict"]  # the long claim text is not a column
+    assert not any("%" in str(v) for v in table.xs("speed", level="edition")["ours"].iloc[:5])
+    assert table.loc[("accuracy", "smoke"), "ours"].startswith("+0.00%")  # ten classes, far above chance

@@ -158,3 +158,14 @@ def test_a_separate_run_is_set_beside_the_editions_run_its_prediction_and_losses
     assert "differ from the edition's by at most 2.0e-06" in compiled
     assert "predicted" not in graphed and "at most 0.0e+00" in graphed
     assert scale.probe_sentences(proj, tmp_path / "none") == []
+
+
+def test_a_projection_without_a_run_says_whose_run_it_lacks():
+    runs = {"mambavision": timed_run("mambavision", 400.0, 1200.0), "vit": timed_run("vit", 900.0, 2000.0)}
+    full = scale.projection_sentence(scale.study_projection(runs, REF))
+    assert full.startswith("Projected from the measured epochs, the paper's whole study takes")
+    proj = scale.study_projection(runs, REF, absent={"swin": "is partial: 1 of 2 epochs"})
+    assert proj["missing"] == {"swin": "is partial: 1 of 2 epochs"} and proj["encoders"] == ["mambavision", "vit"]
+    assert scale.projection_sentence(proj).startswith(
+        "Without CLIP(Swin) (its run is partial: 1 of 2 epochs), projected from the measured epochs, the paper's "
+        "study of the encoders with a finished run takes")

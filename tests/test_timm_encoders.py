@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from mvlip_utils.report import discussion, findings, plots
+from mvlip_utils.report import disclosures, discussion, findings, plots
 from mvlip_utils.settings import encoders, notebooks
 from mvlip_utils.train import results
 from mvlip_utils.models import timm_towers
@@ -278,7 +278,7 @@ def test_findings_are_the_same_with_and_without_an_extra_encoder():
     pd.testing.assert_frame_equal(findings.findings_table(without, REF), findings.findings_table(with_extra, REF))
     pd.testing.assert_frame_equal(findings.verdicts_by_edition(without, REF),
                                   findings.verdicts_by_edition(with_extra, REF))
-    assert findings.disclosures(REF, without) == findings.disclosures(REF, with_extra)
+    assert disclosures.disclosures(REF, without) == disclosures.disclosures(REF, with_extra)
     assert f"CLIP({EXTRA})" not in set(findings.throughput_overview(with_extra["speed"]).tower)
     assert set(findings.findings_table(with_extra, REF).verdict) - {"no verdict"}  # there are verdicts to keep
 

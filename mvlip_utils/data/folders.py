@@ -11,7 +11,7 @@ What lives here
   Layout problems raise at once with the path named; unreadable images are found when the split is
   scanned and skipped (logged, and listed in ``ds.skipped``), never deep inside a DataLoader worker.
 - ``make_loader``: a DataLoader whose order is fixed by a seed (and whose workers are seeded).
-- ``cache_preprocessed`` / ``CachedImageDataset`` / ``normalize_on_device``: the deterministic CLIP
+- (in ``cache``) ``cache_preprocessed`` / ``CachedImageDataset`` / ``normalize_on_device``: the deterministic CLIP
   preprocessing done once and stored as uint8 (resize + crop, before normalisation); the /255 and
   mean/std are applied on the device.
 
@@ -29,7 +29,6 @@ Decisions (documented here because callers depend on them)
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import random
@@ -342,102 +341,3 @@ def make_loader(dataset, batch_size: int, shuffle: bool, drop_last: bool, num_wo
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
                       num_workers=num_workers, generator=g, worker_init_fn=_seed_worker,
                       pin_memory=pin_memory, persistent_workers=False)
-
-
-
-# ------------------------------------------------------------------------------ preprocessed cache
-CACHE_FORMAT = "mvlip-uint8-v1"
-
-
-class _UInt8View(Dataset):
-    def __init__(self, dataset: ImageFolderSplit, image_size: int):
-        self.samples = dataset.samples
-        self.geom = _geometry_transform(image_size)
-
-    def __len__(self):
-        return len(self.samples)
-
-    def __getitem__(self, i):
-        path, label = self.samples[i]
-        arr = np.asarray(self.geom(load_image(path)), dtype=np.uint8)  # (H, W, 3)
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous(), label
-
-
-def _files_signature(paths: Sequence[str]) -> str:
-    """Digest of each file's size and modification time: changes when a file is rewritten in place."""
-    digest = hashlib.sha256()
-    for p in paths:
-        stat = os.stat(p)
-        digest.update(f"{p}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
-
-
-def cache_preprocessed(dataset: ImageFolderSplit, path, image_size: int = 224, num_workers: int = 0,
-                       overwrite: bool = False, progress: bool = True) -> Path:
-    """Preprocess ``dataset`` once: open_clip's Resize(bicubic) + CenterCrop + RGB, kept as uint8, and
-    save ``{"images": uint8 (N,3,H,W), "labels": int64 (N,), "paths", "files", "classes", "image_size",
-    "format"}`` with torch.save. Reuses an existing file with the same image_size, file list and files
-    (``files``: their sizes and modification times, so images rewritten at the same paths, e.g. a
-    regenerated dataset, are cached again) unless ``overwrite``. Serve with ``CachedImageDataset`` and
-    finish with ``normalize_on_device``."""
-    path = Path(path)
-    if not hasattr(dataset, "samples"):
-        raise TypeError(f"dataset must be an ImageFolderSplit (with .samples), got {type(dataset).__name__}")
-    paths = [p for p, _ in dataset.samples]
-    files = _files_signature(paths)
-    if path.is_file() and not overwrite:
-        try:
-            old = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-            if (old.get("format") == CACHE_FORMAT and old.get("image_size") == image_size
-                    and old.get("paths") == paths and old.get("files") == files):
-                return path
-        except Exception:  # noqa: BLE001 - unreadable cache: rebuild it
-            pass
-    n = len(paths)
-    images = torch.empty((n, 3, image_size, image_size), dtype=torch.uint8)
-    labels = torch.empty((n,), dtype=torch.int64)
-    loader = DataLoader(_UInt8View(dataset, image_size), batch_size=64, shuffle=False, num_workers=num_workers)
-    i = 0
-    for x, y in tqdm(loader, desc=f"caching {path.name}", disable=not progress, leave=False):
-        images[i:i + len(x)] = x
-        labels[i:i + len(x)] = y
-        i += len(x)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": CACHE_FORMAT, "images": images, "labels": labels, "paths": paths, "files": files,
-                "classes": list(getattr(dataset, "classes", [])), "image_size": image_size}, tmp)
-    os.replace(tmp, path)
-    return path
-
-
-class CachedImageDataset(Dataset):
-    """Items ``(uint8 image (3,H,W), label)`` from a ``cache_preprocessed`` file (memory-mapped)."""
-
-    def __init__(self, path):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"preprocessed cache not found: {self.path}")
-        blob = torch.load(self.path, map_location="cpu", mmap=True, weights_only=True)
-        if not isinstance(blob, dict) or blob.get("format") != CACHE_FORMAT:
-            raise ValueError(f"{self.path}: not a {CACHE_FORMAT} cache file")
-        self.images, self.labels = blob["images"], blob["labels"]
-        self.paths, self.classes, self.image_size = blob["paths"], blob["classes"], blob["image_size"]
-        self.targets = self.labels.tolist()
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int):
-        return self.images[index], int(self.labels[index])
-
-
-def normalize_on_device(batch_uint8: torch.Tensor, device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 (B,3,H,W) -> float on ``device``: /255 then CLIP mean/std (what clip_transform's
-    ToTensor + Normalize do)."""
-    if batch_uint8.dtype != torch.uint8 or batch_uint8.ndim != 4 or batch_uint8.shape[1] != 3:
-        raise ValueError(f"batch_uint8 must be a uint8 tensor (B,3,H,W), got {batch_uint8.dtype} "
-                         f"{tuple(batch_uint8.shape)}")
-    x = batch_uint8.to(device=device, non_blocking=True).to(torch.float32).div_(255.0)
-    mean = torch.tensor(OPENAI_DATASET_MEAN, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(OPENAI_DATASET_STD, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
-    return x.sub_(mean).div_(std).to(dtype)

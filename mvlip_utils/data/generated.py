@@ -11,7 +11,9 @@
 Both datasets are written once and reused: a complete ``manifest.json`` with the same parameters means
 nothing is written; a manifest of this module with other parameters (or an unfinished one) means the
 dataset is removed and written again in place; a non-empty folder without our manifest is refused with a
-ValueError naming it (we never delete files we did not write).
+ValueError naming it (we never delete files we did not write). Any number of processes may ask for the same
+dataset at once: the check and the writing hold the dataset's lock (``<root>.lock``, ``shared_files``), so
+one writes and the others then find it complete; every file is written under a name of its own and renamed.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
+
+from .shared_files import atomic_path, build_lock
 
 logger = logging.getLogger("mvlip_utils.generated")
 
@@ -154,20 +158,24 @@ def make_generated_dataset(root, n_classes: int = 10, train_per_class: int = 40,
                          {"n_classes": n_classes, "train_per_class": int(train_per_class),
                           "val_per_class": int(val_per_class), "image_size": int(image_size), "seed": int(seed)},
                          classes)
-    if _reuse_or_prepare(root, manifest, GENERATOR_NAME, ".png"):
+    if _is_current(root, manifest, ".png"):
         return root
-    combos = generated_class_combos(n_classes)
-    jobs = [(split, si, ci, i) for si, (split, n) in enumerate((("train", train_per_class), ("val", val_per_class)))
-            for ci in range(n_classes) for i in range(n)]
-    for split in ("train", "val"):
-        for cls in manifest["classes"]:
-            (root / split / cls).mkdir(parents=True, exist_ok=True)
-    for split, si, ci, i in tqdm(jobs, desc=f"generating {root.name}", disable=not progress, leave=False):
-        colour, shape = combos[ci]
-        rng = np.random.default_rng([int(seed), si, ci, i])
-        img = _draw_sample(colour, shape, int(image_size), rng)
-        img.save(root / split / f"{colour} {shape}" / f"{i:04d}.png", format="PNG", optimize=False)
-    _finish_manifest(root, manifest)
+    with build_lock(root):
+        if _reuse_or_prepare(root, manifest, GENERATOR_NAME, ".png"):
+            return root  # (another process may have written it while this one waited for the lock)
+        combos = generated_class_combos(n_classes)
+        jobs = [(split, si, ci, i) for si, (split, n) in enumerate((("train", train_per_class), ("val", val_per_class)))
+                for ci in range(n_classes) for i in range(n)]
+        for split in ("train", "val"):
+            for cls in manifest["classes"]:
+                (root / split / cls).mkdir(parents=True, exist_ok=True)
+        for split, si, ci, i in tqdm(jobs, desc=f"generating {root.name}", disable=not progress, leave=False):
+            colour, shape = combos[ci]
+            rng = np.random.default_rng([int(seed), si, ci, i])
+            img = _draw_sample(colour, shape, int(image_size), rng)
+            with atomic_path(root / split / f"{colour} {shape}" / f"{i:04d}.png") as tmp:
+                img.save(tmp, format="PNG", optimize=False)
+        _finish_manifest(root, manifest)
     return root
 
 
@@ -180,10 +188,20 @@ def _files_match(root: Path, manifest: dict, suffix: str) -> bool:
     return True
 
 
+def _is_current(root: Path, manifest: dict, suffix: str) -> bool:
+    """Whether ``root`` holds this very dataset, complete (reads only; no lock needed: a dataset is only
+    ever removed under its lock after its manifest has changed)."""
+    try:
+        return json.loads((root / "manifest.json").read_text()) == manifest and _files_match(root, manifest, suffix)
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
 def _reuse_or_prepare(root: Path, manifest: dict, generator: str, suffix: str) -> bool:
     """True when ``root`` already holds this very dataset (nothing to write); else ``root`` is made ready for
     writing it (an older dataset of this generator removed) and an unfinished manifest is written first, so
-    that an interrupted run is recognised and written again next time."""
+    that an interrupted run is recognised and written again next time. Call it holding ``root``'s
+    ``build_lock``: it removes and writes."""
     mpath = root / "manifest.json"
     if mpath.is_file():
         try:
@@ -205,14 +223,17 @@ def _reuse_or_prepare(root: Path, manifest: dict, generator: str, suffix: str) -
         raise ValueError(f"{root}: exists and is not empty but has no manifest.json from {generator}; "
                          "refusing to write into it (pick an empty or new folder)")
     root.mkdir(parents=True, exist_ok=True)
-    mpath.write_text(json.dumps({**manifest, "complete": False}, indent=2))
+    _write_manifest(root, {**manifest, "complete": False})
     return False
 
 
+def _write_manifest(root: Path, manifest: dict) -> None:
+    with atomic_path(root / "manifest.json") as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2))
+
+
 def _finish_manifest(root: Path, manifest: dict) -> None:
-    tmp = root / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, root / "manifest.json")
+    _write_manifest(root, manifest)
 
 
 # ------------------------------------------------------------------------------ random JPEG files
@@ -225,7 +246,8 @@ def write_random_jpeg(job: tuple[str, int, int, int]) -> int:
     low = rng.integers(0, 256, size=(int(rng.integers(3, 9)), int(rng.integers(3, 9)), 3), dtype=np.uint8)
     img = np.asarray(Image.fromarray(low).resize((w, h), Image.BICUBIC), dtype=np.int16)
     img = np.clip(img + rng.integers(-14, 15, size=img.shape), 0, 255).astype(np.uint8)  # texture
-    Image.fromarray(img).save(path, format="JPEG", quality=90)
+    with atomic_path(path) as tmp:  # a name of its own, renamed when whole
+        Image.fromarray(img).save(tmp, format="JPEG", quality=90)
     return os.path.getsize(path)
 
 
@@ -288,16 +310,19 @@ def make_imagenet_like_dataset(root, n_classes: int = 1000, train_per_class: int
                           "val_per_class": int(val_per_class), "seed": int(seed), "min_side": int(min_side),
                           "max_side": int(max_side)},
                          wnids)
-    if _reuse_or_prepare(root, manifest, IMAGENET_LIKE_NAME, ".JPEG"):
+    if _is_current(root, manifest, ".JPEG"):
         return root
-    jobs = []
-    for si, (split, n) in enumerate((("train", train_per_class), ("val", val_per_class))):
-        for ci, wnid in enumerate(wnids):
-            folder = root / split / wnid
-            folder.mkdir(parents=True, exist_ok=True)
-            jobs += [(str(folder / f"{wnid}_{i:04d}.JPEG"), _jpeg_seed(seed, si, ci, i), min_side, max_side)
-                     for i in range(int(n))]
-    workers = workers or max(1, min(32, os.cpu_count() or 1))
-    write_random_jpegs(jobs, workers, progress=progress, desc=f"generating {root.name}")
-    _finish_manifest(root, manifest)
+    with build_lock(root):
+        if _reuse_or_prepare(root, manifest, IMAGENET_LIKE_NAME, ".JPEG"):
+            return root  # (another process may have written it while this one waited for the lock)
+        jobs = []
+        for si, (split, n) in enumerate((("train", train_per_class), ("val", val_per_class))):
+            for ci, wnid in enumerate(wnids):
+                folder = root / split / wnid
+                folder.mkdir(parents=True, exist_ok=True)
+                jobs += [(str(folder / f"{wnid}_{i:04d}.JPEG"), _jpeg_seed(seed, si, ci, i), min_side, max_side)
+                         for i in range(int(n))]
+        workers = workers or max(1, min(32, os.cpu_count() or 1))
+        write_random_jpegs(jobs, workers, progress=progress, desc=f"generating {root.name}")
+        _finish_manifest(root, manifest)
     return root

@@ -223,6 +223,16 @@ STEP_CHECK_TOLERANCE = 1e-4  # relative difference of per-epoch mean losses that
 
 def train_step_check(config: StudyConfig, images: int, epochs: int = 2, steps: tuple[str, ...] = ("eager", "fused"),
                      progress: bool = False, profile_steps: int = 0, deterministic_check: bool = False) -> dict[str, Any]:
+    """``_train_step_check`` holding the device's timing lock when this runs in a chain of the study that
+    shares its GPU with others (``device_share.timing_lock``: the check's images/s are measured alone)."""
+    from ..train.device_share import timing_lock
+
+    with timing_lock():
+        return _train_step_check(config, images, epochs, steps, progress, profile_steps, deterministic_check)
+
+
+def _train_step_check(config: StudyConfig, images: int, epochs: int = 2, steps: tuple[str, ...] = ("eager", "fused"),
+                      progress: bool = False, profile_steps: int = 0, deterministic_check: bool = False) -> dict[str, Any]:
     """Train ``epochs`` short epochs on the first ``images`` training images from the same start (seed,
     data order, caption draws) once per training step (``profiles.TRAIN_STEPS``: the eager one the authors
     ran, fused AdamW, and on a GPU torch.compile too) and compare the per-epoch mean losses with the eager

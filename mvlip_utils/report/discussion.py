@@ -66,11 +66,21 @@ def table1(runs: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any]) -> pd.
         frame[f"ours {model_label(encoder)}"] = [float(run["metrics"].get(k, math.nan))
                                                                  for k in TABLE1_METRICS]
     ours = {e: runs[e]["metrics"] for e in ("mambavision", "swin") if e in runs}
-    frame["ours: MVLIP vs CLIP(Swin) (%)"] = [
-        relative_change(ours["mambavision"].get(k), ours["swin"].get(k)) if len(ours) == 2 else math.nan
-        for k in TABLE1_METRICS]
+    frame["ours: MVLIP vs CLIP(Swin) (%)"] = [_ours_change(ours, k) for k in TABLE1_METRICS]
     frame.index.name = "metric"
     return frame
+
+
+def _ours_change(ours: Mapping[str, Mapping[str, Any]], key: str) -> float | str:
+    """MVLIP against CLIP(Swin) in percent for metric ``key``; where both are at chance level
+    (``findings.chance_reason``) that reason instead, not a ratio of noise; NaN without both runs."""
+    from .findings import chance_reason
+
+    if len(ours) < 2:
+        return math.nan
+    a, b = ours["mambavision"].get(key), ours["swin"].get(key)
+    meta = ours["mambavision"]
+    return chance_reason(key, a, b, meta.get("n_classes"), meta.get("n_val")) or relative_change(a, b)
 
 
 def table2(runs: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any]) -> pd.DataFrame:
@@ -257,10 +267,12 @@ def _pct(value: float) -> str:
     return f"{value:+.1f}%" if math.isfinite(value) else "–"
 
 
-def table1_sentence(t1: pd.DataFrame, runs: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any]) -> str:
+def table1_sentence(t1: pd.DataFrame, runs: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any],
+                    absent: Mapping[str, str] | None = None) -> str:
     """What Table 1 shows, paper and ours, with absolute points beside the percentages, and whether these
-    runs can test it (``findings.accuracy_evidence_gaps``)."""
-    from .findings import accuracy_evidence_gaps
+    runs can test it (``findings.accuracy_evidence_gaps``); ``absent``: {encoder: how its run is not
+    finished} (``results.unfinished_runs``)."""
+    from .findings import absent_run_reasons, accuracy_evidence_gaps
 
     paper_pct = t1.loc["Accuracy", "paper: MVLIP vs CLIP(Swin) (%)"]
     points = (t1.loc["Accuracy", "paper MVLIP"] - t1.loc["Accuracy", "paper CLIP(Swin)"]) * 100
@@ -268,22 +280,26 @@ def table1_sentence(t1: pd.DataFrame, runs: Mapping[str, Mapping[str, Any]], ref
     if {"mambavision", "swin"} <= set(runs):
         ours = t1.loc["Accuracy", "ours: MVLIP vs CLIP(Swin) (%)"]
         a, b = t1.loc["Accuracy", "ours MVLIP"], t1.loc["Accuracy", "ours CLIP(Swin)"]
-        text += f"In these runs MVLIP is {ours:+.2f}% ({(a - b) * 100:+.2f} points) relative to CLIP(Swin) ({a:.4f} vs {b:.4f}). "
+        text += (f"In these runs MVLIP and CLIP(Swin) are {ours} ({a:.4f} vs {b:.4f}): their relative difference is "
+                 "noise, not a finding. " if isinstance(ours, str) else
+                 f"In these runs MVLIP is {ours:+.2f}% ({(a - b) * 100:+.2f} points) relative to CLIP(Swin) ({a:.4f} vs {b:.4f}). ")
         gaps = accuracy_evidence_gaps(runs["mambavision"], ref)
         text += ("These runs meet the paper's conditions, so they test its Table 1." if not gaps else
                  "They cannot test the paper's Table 1: " + "; ".join(gaps) + ".")
     else:
-        text += "This edition lacks a MVLIP or CLIP(Swin) run to compare."
+        text += ("This edition lacks a MVLIP or CLIP(Swin) run to compare: "
+                 + "; ".join(absent_run_reasons(("mambavision", "swin"), runs, absent)) + ".")
     return text
 
 
-def table2_sentence(runs: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any]) -> str:
+def table2_sentence(runs: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any],
+                    absent: Mapping[str, str] | None = None) -> str:
     """The throughput claims judged on this edition (``findings.judge``: the same rule as the findings)."""
     from .findings import judge, paper_claims
 
     parts = []
     for claim in (c for c in paper_claims(ref) if c["kind"] == "throughput"):
-        result = judge(claim, runs, ref)
+        result = judge(claim, runs, ref, absent)
         parts.append(f"*{claim['claim']}* (paper {claim['paper']}): here **{result['verdict']}**"
                      + (f", {result['ours']}" if result["ours"] != "–" else "") + f"; {result['reason']}.")
     return " ".join(parts)

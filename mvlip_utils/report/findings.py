@@ -49,6 +49,31 @@ def relative_change(value: float, base: float) -> float:
     return (value - base) / base * 100.0
 
 
+def chance_reason(key: str, a: float, b: float, n_classes: Any, n_val: Any) -> str | None:
+    """Why the relative change of metric ``key`` between ``a`` and ``b`` (two runs of one edition) says
+    nothing, or None when it may: both values are at the chance level of ``n_classes`` classes. A score
+    (accuracy, precision, recall, F1, weighted or macro) is at chance when it is no higher than a uniform
+    guess's k/n_classes (k = 5 for top-5) plus twice that rate's binomial standard error over the ``n_val``
+    validation images; the zero-shot loss when it is no lower than a uniform guess's ln(n_classes). (Random
+    weights give such values: a ratio of two of them is noise, however large.)"""
+    try:
+        a, b, n_classes, n_val = float(a), float(b), int(n_classes), int(n_val)
+    except (TypeError, ValueError):
+        return None
+    if not (math.isfinite(a) and math.isfinite(b)) or n_classes < 2:
+        return None
+    if key == "zeroshot_loss":
+        level = math.log(n_classes)
+        return f"both at chance (a uniform guess's ln {n_classes} = {level:.3f} or above)" if min(a, b) >= level else None
+    if n_val < 1:
+        return None
+    k = 5 if key == "top5" else 1
+    rate = min(1.0, k / n_classes)
+    ceiling = rate + 2 * math.sqrt(rate * (1 - rate) / n_val)
+    return (f"both at chance ({k}/{n_classes}, at most {ceiling:.4f} over {n_val} images)"
+            if max(a, b) <= ceiling else None)
+
+
 # ------------------------------------------------------------------------------------------ the claims
 def paper_claims(ref: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The paper's claims with its numbers, computed from ``paper_tables.json``: one per Table 1 metric,
@@ -58,7 +83,7 @@ def paper_claims(ref: Mapping[str, Any]) -> list[dict[str, Any]]:
     out = []
     for key, name in TABLE1_CLAIM_METRICS.items():
         mv, swin = t1["mambavision"][key], t1["swin"][key]
-        out.append(dict(id=key, kind="table1", metric=key, threshold=low_metrics,
+        out.append(dict(id=key, kind="table1", metric=key, threshold=low_metrics, short=name,
                         claim=f"MVLIP's {name} is {low_metrics:.0f}-{max(claims['metrics_improvement_percent']):.0f}% "
                               f"above CLIP(Swin)'s (Table 1)",
                         paper=f"{relative_change(mv, swin):+.2f}% ({mv:.4f} vs {swin:.4f}, "
@@ -66,14 +91,16 @@ def paper_claims(ref: Mapping[str, Any]) -> list[dict[str, Any]]:
     loss = claims["val_zeroshot_loss_final"]
     reduction = -relative_change(loss["mambavision"], loss["swin"])
     out.append(dict(id="val_loss", kind="loss", threshold=float(claims["val_loss_reduction_percent"]),
+                    short="validation loss",
                     claim=f"MVLIP's validation loss is {claims['val_loss_reduction_percent']}% lower than CLIP(Swin)'s",
                     paper=f"{reduction:.1f}% lower ({loss['mambavision']:.4f} vs {loss['swin']:.4f})"))
     for other in ("vit", "swin"):
         gain = relative_change(t2["mambavision"], t2[other])
         out.append(dict(id=f"throughput_{other}", kind="throughput", other=other, threshold=math.floor(gain),
+                        short=f"throughput against {ENCODER_LABELS[other]}",
                         claim=f"MVLIP's throughput is {math.floor(gain):.0f}% above {ENCODER_LABELS[other]}'s (Table 2)",
                         paper=f"{gain:+.1f}% ({t2['mambavision']:.1f} vs {t2[other]:.1f} images/s)"))
-    out.append(dict(id="scaling", kind="scaling", threshold=None,
+    out.append(dict(id="scaling", kind="scaling", threshold=None, short="linear against quadratic scaling",
                     claim="MambaVision's cost grows linearly with the image size, ViT's quadratically (self-"
                           "attention), so MVLIP is the more efficient at high resolution",
                     paper="argued, not measured"))
@@ -120,10 +147,18 @@ def speed_evidence_gaps(run: Mapping[str, Any], ref: Mapping[str, Any]) -> list[
     return gaps
 
 
-def _gaps(runs: Mapping[str, Mapping[str, Any]], encoders, rule, ref) -> list[str]:
-    missing = [ENCODER_LABELS[e] for e in encoders if e not in runs]
+def absent_run_reasons(encoders, runs: Mapping[str, Any], absent: Mapping[str, str] | None = None) -> list[str]:
+    """Why each of ``encoders`` has no run in ``runs``: "the CLIP(Swin) run of this edition is missing" (or
+    "failed: ...", "is partial: 1 of 2 epochs", from ``absent``: ``results.unfinished_runs``)."""
+    absent = absent or {}
+    return [f"the {ENCODER_LABELS[e]} run of this edition {absent.get(e, 'is not among its finished runs')}"
+            for e in encoders if e not in runs]
+
+
+def _gaps(runs: Mapping[str, Mapping[str, Any]], encoders, rule, ref, absent=None) -> list[str]:
+    missing = absent_run_reasons(encoders, runs, absent)
     if missing:
-        return [f"no finished run of {', '.join(missing)}"]
+        return missing
     gaps: list[str] = []
     for e in encoders:
         gaps += [g for g in rule(runs[e], ref) if g not in gaps]
@@ -143,13 +178,16 @@ def _direction(gain: float, no_difference: bool, better: str, worse: str) -> str
     return "no difference" if no_difference else (better if gain > 0 else worse)
 
 
-def judge_table1(claim: Mapping[str, Any], runs: Mapping[str, Any], ref: Mapping[str, Any]) -> dict[str, Any]:
-    gaps = _gaps(runs, ("mambavision", "swin"), accuracy_evidence_gaps, ref)
+def judge_table1(claim: Mapping[str, Any], runs: Mapping[str, Any], ref: Mapping[str, Any],
+                 absent: Mapping[str, str] | None = None) -> dict[str, Any]:
+    gaps = _gaps(runs, ("mambavision", "swin"), accuracy_evidence_gaps, ref, absent)
     mv, sw = (runs[e]["metrics"] if e in runs else {} for e in ("mambavision", "swin"))
     key = claim["metric"]
     a, b = float(mv.get(key, math.nan)), float(sw.get(key, math.nan))
     gain = relative_change(a, b)
-    ours = f"{gain:+.2f}% ({a:.4f} vs {b:.4f})" if math.isfinite(gain) else "–"
+    noise = chance_reason(key, a, b, mv.get("n_classes"), mv.get("n_val"))
+    ours = (f"{noise} ({a:.4f} vs {b:.4f})" if noise else
+            f"{gain:+.2f}% ({a:.4f} vs {b:.4f})" if math.isfinite(gain) else "–")
     if gaps:
         return dict(ours=ours, verdict="no verdict", reason="; ".join(gaps))
     n = int(mv.get("n_val", 0)) or 1
@@ -160,12 +198,15 @@ def judge_table1(claim: Mapping[str, Any], runs: Mapping[str, Any], ref: Mapping
                        f"standard error is {2 * se * 100:.2f} points over {n} images")
 
 
-def judge_loss(claim, runs, ref) -> dict[str, Any]:
-    gaps = _gaps(runs, ("mambavision", "swin"), accuracy_evidence_gaps, ref)
+def judge_loss(claim, runs, ref, absent=None) -> dict[str, Any]:
+    gaps = _gaps(runs, ("mambavision", "swin"), accuracy_evidence_gaps, ref, absent)
     a, b = (float(runs[e]["metrics"].get("zeroshot_loss", math.nan)) if e in runs else math.nan
             for e in ("mambavision", "swin"))
     reduction = -relative_change(a, b)
-    ours = f"{reduction:.1f}% lower ({a:.4f} vs {b:.4f})" if math.isfinite(reduction) else "–"
+    mv = runs["mambavision"]["metrics"] if "mambavision" in runs else {}
+    noise = chance_reason("zeroshot_loss", a, b, mv.get("n_classes"), mv.get("n_val"))
+    ours = (f"{noise} ({a:.4f} vs {b:.4f})" if noise else
+            f"{reduction:.1f}% lower ({a:.4f} vs {b:.4f})" if math.isfinite(reduction) else "–")
     if gaps:
         return dict(ours=ours, verdict="no verdict", reason="; ".join(gaps))
     return dict(ours=ours, verdict=_verdict(reduction, claim["threshold"], False),
@@ -193,9 +234,9 @@ def speed_gap(a: Mapping[str, Any], b: Mapping[str, Any], spread_low: str = "ima
     return gain, (not math.isfinite(gain)) or abs(gain) < MIN_SPEED_GAP_PERCENT or overlap
 
 
-def judge_throughput(claim, runs, ref) -> dict[str, Any]:
+def judge_throughput(claim, runs, ref, absent=None) -> dict[str, Any]:
     other = claim["other"]
-    gaps = _gaps(runs, ("mambavision", other), speed_evidence_gaps, ref)
+    gaps = _gaps(runs, ("mambavision", other), speed_evidence_gaps, ref, absent)
     if gaps:
         return dict(ours="–", verdict="no verdict", reason="; ".join(gaps))
     a, b = speed_record(runs["mambavision"]), speed_record(runs[other])
@@ -236,8 +277,8 @@ def growth_exponents(runs: Mapping[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def judge_scaling(claim, runs, ref) -> dict[str, Any]:
-    gaps = _gaps(runs, ("mambavision", "vit"), speed_evidence_gaps, ref)
+def judge_scaling(claim, runs, ref, absent=None) -> dict[str, Any]:
+    gaps = _gaps(runs, ("mambavision", "vit"), speed_evidence_gaps, ref, absent)
     exps = growth_exponents({e: runs[e] for e in ("mambavision", "vit") if e in runs})
     if gaps or len(exps) < 2:
         return dict(ours="–", verdict="no verdict", reason="; ".join(gaps) or "no resolution sweep")
@@ -269,92 +310,83 @@ def paper_runs(runs: Mapping[str, Any]) -> dict[str, Any]:
     return {e: run for e, run in runs.items() if e in ENCODERS}
 
 
-def judge(claim: Mapping[str, Any], runs: Mapping[str, Any], ref: Mapping[str, Any]) -> dict[str, Any]:
-    """The verdict on one claim from one edition's runs (those of the paper's towers): {ours, verdict, reason}."""
-    out = JUDGES[claim["kind"]](claim, paper_runs(runs), ref)
+def judge(claim: Mapping[str, Any], runs: Mapping[str, Any], ref: Mapping[str, Any],
+          absent: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The verdict on one claim from one edition's runs (those of the paper's towers): {ours, verdict, reason}.
+    ``absent``: {encoder: how its run is not finished} (``results.unfinished_runs``), named in the reason of a
+    claim that needs it."""
+    absent = {e: why for e, why in (absent or {}).items() if e in ENCODERS}
+    out = JUDGES[claim["kind"]](claim, paper_runs(runs), ref, absent)
     assert out["verdict"] in VERDICTS, out
     return out
 
 
 # ------------------------------------------------------------------------------------------ tables
-def verdicts_by_edition(editions: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any]) -> pd.DataFrame:
-    """One row per (claim, edition): what that edition's runs say (``editions``: {profile: runs})."""
+def read_editions(results_dir, profiles, encoders) -> tuple[dict[str, dict], dict[str, dict[str, str]]]:
+    """The editions the findings read: ({profile: its finished runs}, {profile: {encoder: how its run is not
+    finished}}), for every profile in ``profiles`` with any run folder (finished, partial or failed); a
+    profile with none is left out."""
+    from ..train.results import load_all_runs, unfinished_runs
+
+    editions, absent = {}, {}
+    for profile in profiles:
+        runs, unfinished = load_all_runs(results_dir, profile, encoders), unfinished_runs(results_dir, profile, encoders)
+        if runs or any(not phrase.endswith("is missing") for phrase in unfinished.values()):
+            editions[profile], absent[profile] = runs, unfinished
+    return editions, absent
+
+
+def unfinished_sentence(absent: Mapping[str, Mapping[str, str]]) -> str:
+    """The runs of the editions read that are not finished, and so give no verdict ("" when none)."""
+    parts = [f"in **{profile}** the {ENCODER_LABELS[e]} run {phrase}" for profile, runs in absent.items()
+             for e, phrase in runs.items()]
+    return ("Runs without a verdict of their own: " + "; ".join(parts) + ".") if parts else ""
+
+
+VERDICT_COLUMNS = ["claim id", "claim", "short", "edition", "ours", "verdict", "reason"]
+
+
+def verdicts_by_edition(editions: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any],
+                        absent: Mapping[str, Mapping[str, str]] | None = None) -> pd.DataFrame:
+    """One row per (claim, edition): what that edition's runs say (``editions``: {profile: runs}; ``absent``:
+    {profile: {encoder: how its run is not finished}}, ``read_editions``'). No editions: no rows."""
     rows = []
     for claim in paper_claims(ref):
         for profile, runs in editions.items():
-            rows.append({"claim id": claim["id"], "claim": claim["claim"], "edition": profile,
-                         **judge(claim, runs, ref)})
-    return pd.DataFrame(rows)
+            rows.append({"claim id": claim["id"], "claim": claim["claim"], "short": claim["short"], "edition": profile,
+                         **judge(claim, runs, ref, (absent or {}).get(profile))})
+    return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
 
 
-def findings_table(editions: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any]) -> pd.DataFrame:
+def verdicts_by_claim(editions: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any],
+                      absent: Mapping[str, Mapping[str, str]] | None = None) -> pd.DataFrame:
+    """``verdicts_by_edition`` for the reader: indexed by the claim's short name and the edition (so a claim
+    is named once, not on every edition's row), with what the edition measured and its verdict."""
+    detail = verdicts_by_edition(editions, ref, absent).rename(columns={"short": "the paper's claim on"})
+    return detail.set_index(["the paper's claim on", "edition"])[["ours", "verdict"]]
+
+
+def findings_table(editions: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any],
+                   absent: Mapping[str, Mapping[str, str]] | None = None) -> pd.DataFrame:
     """One row per claim: the paper's number, ours from the edition with evidence (the last such in
     ``editions``' order, so list them from the least to the most faithful), the verdict and the reason."""
-    detail = verdicts_by_edition(editions, ref)
+    detail = verdicts_by_edition(editions, ref, absent)
     rows = []
     for claim in paper_claims(ref):
         mine = detail[detail["claim id"] == claim["id"]]
+        if mine.empty:
+            rows.append({"claim": claim["claim"], "paper": claim["paper"], "ours": "–", "verdict": "no verdict",
+                         "reason": "no edition has a run"})
+            continue
         with_evidence = mine[mine["verdict"] != "no verdict"]
         pick = (with_evidence if len(with_evidence) else mine).iloc[-1]
         closest = mine.iloc[-1]  # editions are listed from the least to the most faithful
         reason = pick["reason"] if len(with_evidence) else (
-            f"no edition has the conditions; the closest, {closest['edition']}, has {closest['reason']}")
+            f"no edition has the conditions; the closest, {closest['edition']}: {closest['reason']}")
         rows.append({"claim": claim["claim"], "paper": claim["paper"],
                      "ours": f"{pick['ours']} [{pick['edition']}]" if len(with_evidence) else "–",
                      "verdict": pick["verdict"], "reason": reason})
     return pd.DataFrame(rows)
-
-
-def rules_text() -> list[str]:
-    """The verdict rules as the findings chapter prints them (from this module's constants)."""
-    return [
-        "**supported**: our measurement reaches the paper's claim; **partly**: the same direction, smaller "
-        "than claimed; **not supported**: no difference, or the opposite direction; **no verdict**: no "
-        "edition has the conditions the claim needs (the reason names what is missing).",
-        "Table 1 and the validation loss need runs with the paper's architectures, pretrained weights, a "
-        "1,000-class ImageNet-like validation set, 224 px and the paper's number of epochs. A difference "
-        "smaller than twice its binomial standard error over the validation images is no difference.",
-        "Throughput needs the paper-size towers at 224 px on a GPU (random weights do not change speed). The "
-        "verdict compares the image towers alone at the paper's conditions (its float32 mode, batch 32, "
-        f"inference), each the median of repeated batches; a gap under {MIN_SPEED_GAP_PERCENT:.0f}% or inside "
-        "the two measurements' 10th-90th percentile ranges is no difference. The paper's own method (the "
-        "whole evaluation loop with JPEG decoding) is reported beside it.",
-        f"Scaling: supported when MambaVision's time per image grows about linearly with the pixel count "
-        f"(fitted exponent b <= {LINEAR_MAX}), ViT's about quadratically (b >= {QUADRATIC_MIN}) and MVLIP is "
-        "faster than CLIP(ViT) at the largest resolution measured; partly when MambaVision's exponent is the "
-        "lower one and one of the other two holds.",
-    ]
-
-
-def disclosures(ref: Mapping[str, Any], editions: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """What a reader of the paper's numbers and of ours should know, from ``paper_tables.json`` and the
-    runs' config.json: the authors' code, the pretrained CLIP(ViT) row, parameter counts, absolute gaps."""
-    code, t1 = ref["authors_code"], ref["table1_final_epoch"]
-    vit = t1["vit_pretrained_not_finetuned_fp16"]
-    out = [f"The authors' released code optimised {code['optimised_parameters']}, and chose its \"best\" "
-           f"checkpoint by {code['best_checkpoint_by']}; {code['curves_from']} come from that code. Our runs "
-           "follow the paper (frozen text tower) and report the final epoch, so the paper's numbers and ours "
-           "differ in protocol where a paper-profile run is compared with them.",
-           f"Table 2's CLIP(ViT) row is {code['table2_vit_row']} ({vit['accuracy']:.2f} accuracy, weighted "
-           f"P/R/F1 {vit['precision_weighted']:.2f}/{vit['recall_weighted']:.2f}/{vit['f1_weighted']:.2f}, "
-           f"zero-shot loss {vit['val_zeroshot_loss']:.4f}), not the fine-tuned CLIP(ViT) that Table 1's protocol "
-           f"would give; its throughput was measured as {code['table2_method']}."]
-    gain = relative_change(t1["mambavision"]["accuracy"], t1["swin"]["accuracy"])
-    out.append(f"The paper's \"{gain:+.2f}%\" accuracy gain is {(t1['mambavision']['accuracy'] - t1['swin']['accuracy']) * 100:.2f} "
-               f"points ({t1['mambavision']['accuracy']:.4f} against {t1['swin']['accuracy']:.4f}); relative "
-               "percentages of small numbers look larger than the absolute gap.")
-    counts = ref["model_params_millions"]
-    ours = {}
-    for runs in editions.values():
-        for encoder, run in paper_runs(runs).items():
-            if run["config"].get("model_size") == "paper" and "parameters" in run["config"]:
-                ours[encoder] = run["config"]["parameters"]["image_tower"]["total"] / 1e6
-    if ours:
-        pairs = [f"{ENCODER_LABELS[e]} {counts[e]:.1f} M in the paper, {ours[e]:.1f} M here" for e in counts
-                 if e in ours and e != "note"]
-        out.append("Parameter counts of the image towers with their 512-d projection: " + "; ".join(pairs) +
-                   " (the paper's counts include its classifier head or another projection).")
-    return out
 
 
 def summary_sentence(table: pd.DataFrame) -> str:

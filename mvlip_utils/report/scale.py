@@ -21,6 +21,7 @@ from typing import Any, Mapping
 from ..measure.records import PAPER, PAPER_FUSED, benchmark_record
 from ..measure.flops import peak_flops, utilisation_fields
 from ..train.results import load_config, read_json
+from ..settings.profiles import ENCODER_LABELS
 
 ASSUMPTIONS = (
     "per-image times of the last epoch measured, scaled to the paper's counts; one validation pass "
@@ -75,12 +76,14 @@ def encoder_projection(run: Mapping[str, Any], ref: Mapping[str, Any]) -> dict[s
 
 
 def study_projection(runs: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any],
-                     probe_checks: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+                     probe_checks: Mapping[str, Mapping[str, Any]] | None = None,
+                     absent: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The whole study on one GPU and with one GPU per encoder, projected from ``runs`` (one edition), with
     the FLOP and model-only floors and the provenance of the runs behind them, and the study bound by the
     fastest exact steps' kernel time (``kernel_bound_projection``) where the step checks were profiled:
     ``probe_checks`` (``read_probe_step_checks``: measured apart from the edition) where given, else the
-    runs' own."""
+    runs' own. ``absent``: {encoder: how its run is not finished} (``results.unfinished_runs``), kept as
+    ``missing``: the projection then covers the other encoders only, and its sentence says so."""
     per = [p for p in (encoder_projection(run, ref) for run in runs.values()) if p is not None]
 
     def total(key: str, how=sum) -> float | None:
@@ -105,7 +108,7 @@ def study_projection(runs: Mapping[str, Mapping[str, Any]], ref: Mapping[str, An
             "fp32_floor_minutes_one_gpu_per_encoder": total("fp32_floor_minutes", max),
             "model_only_minutes": total("model_only_minutes"),
             "model_only_minutes_one_gpu_per_encoder": total("model_only_minutes", max),
-            "assumptions": ASSUMPTIONS, "per_encoder": per, "provenance": provenance,
+            "assumptions": ASSUMPTIONS, "per_encoder": per, "provenance": provenance, "missing": dict(absent or {}),
             "kernel_bound": kernel_bound_projection(per, profiled_checks(runs, probe_checks or {}), ref)}
 
 
@@ -338,7 +341,12 @@ def projection_sentence(projection: Mapping[str, Any]) -> str:
     """The projected study against the project's targets and the floors, in one paragraph."""
     one, per = projection["one_gpu_minutes"], projection["four_gpu_minutes"]
     slowest = max(projection["per_encoder"], key=lambda p: p["projected_minutes"])
-    text = (f"Projected from the measured epochs, the paper's whole study takes **{one:.0f} minutes** on one GPU "
+    missing = projection.get("missing") or {}
+    lead = "projected from the measured epochs"
+    text = ("Without " + " and ".join(f"{ENCODER_LABELS[e]} (its run {phrase})" for e, phrase in missing.items())
+            + f", {lead}" if missing else lead[0].upper() + lead[1:])
+    text += (f", the paper's "
+             f"{'study of the encoders with a finished run' if missing else 'whole study'} takes **{one:.0f} minutes** on one GPU "
             f"(the encoders one after another) and **{per:.0f} minutes** with one GPU per encoder (the slowest, "
             f"{slowest['encoder']}, bounds it), against the targets of {TARGET_MINUTES['one_gpu']:.0f} and "
             f"{TARGET_MINUTES['one_gpu_per_encoder']:.0f} minutes: the first is "

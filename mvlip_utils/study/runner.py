@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import ast
+import contextlib
 import os
 import re
 import sys
@@ -42,9 +43,10 @@ from typing import Any, Callable, Iterable, Sequence
 from ..models.timm_towers import check_encoder
 from ..settings.profiles import ENCODERS, PROFILES, get_config, needs_cuda, records_edition
 from .book import _ANSI, PROJECT_ROOT, build_book, write_toc
+from ..train import device_share
 from ..train.launch import run_pinned
 from .reuse import executed_fingerprint, files_digest, fingerprint, library_hash, step_inputs
-from ..settings.notebooks import (DISCUSSION, FINDINGS, NOTEBOOKS, PER_ENCODER, SETUP, TRAIN, Step,
+from ..settings.notebooks import (BENCHMARK, DISCUSSION, FINDINGS, NOTEBOOKS, PER_ENCODER, SETUP, TRAIN, Step,
                         edition_record_path, plan)
 from ..settings.params import parameter_names
 
@@ -251,7 +253,9 @@ def run_step(ctx: StudyContext, step: Step, encoders: Sequence[str], editions: S
         ctx.log(f"[study {index}] {step.label:<34} reused (unchanged)")
         return step.label, "reused", 0.0
     ctx.log(f"[study {index}] {step.label:<34} running ...")
-    seconds = execute_step(step, source, output, params, ctx.kernel_name, ctx.root, current, ctx.timeout)
+    # a benchmark chapter times alone on its device: chains sharing it take its lock (device_share)
+    with device_share.timing_lock(ctx.log) if step.notebook == BENCHMARK else contextlib.nullcontext():
+        seconds = execute_step(step, source, output, params, ctx.kernel_name, ctx.root, current, ctx.timeout)
     ctx.log(f"[study {index}] {step.label:<34} done in {seconds:6.1f} s")
     return step.label, "executed", seconds
 
@@ -362,6 +366,9 @@ def run_chains_in_parallel(ctx: StudyContext, profile: str, encoders: Sequence[s
         for key, value in ctx.overrides.items():
             cmd += ["-p", f"{key}={value!r}"]
         jobs[encoder] = cmd
+    for line in device_share.sharing_lines(encoders, gpus):
+        ctx.log(f"[study] {line}")
+    env = {encoder: device_share.chain_env(encoder, encoders, gpus) for encoder in encoders}
     report: list[tuple[str, str, float]] = []
 
     def collect(_: str, line: str) -> None:
@@ -370,7 +377,7 @@ def run_chains_in_parallel(ctx: StudyContext, profile: str, encoders: Sequence[s
             report.append((match.group(1).strip(), "reused" if match.group(2) == "reused" else "executed",
                            float(match.group(3) or 0.0)))
 
-    failed = run_pinned(jobs, gpus, ctx.root, ctx.log, collect)
+    failed = run_pinned(jobs, gpus, ctx.root, ctx.log, collect, env)
     return report, failed
 
 
@@ -387,6 +394,16 @@ def write_edition_record(root: Path, profile: str, encoders: Sequence[str], step
 
 
 # -------------------------------------------------------------------------------------------- CLI
+def gpus_argument(value: str | None, n_encoders: int, encoder_steps_only: bool = False) -> list[str] | None:
+    """``--gpus``: "auto" -> ``device_share.auto_devices`` (None with one GPU or none), "none" or empty -> None
+    (the encoders in turn), else the comma-separated entries. A chain's own process never fans out again."""
+    if encoder_steps_only or not value or value.strip().lower() == "none":
+        return None
+    if value.strip().lower() == "auto":
+        return device_share.auto_devices(n_encoders)
+    return [g.strip() for g in value.split(",")]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line. A bad parameter or encoder ends in one ``error: ...`` line (exit 2); a notebook that
     fails, or a book build that fails, in the message that names it (exit 1)."""
@@ -400,9 +417,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "image model by name, e.g. convnext_atto (run at its own size, beyond the paper)")
     parser.add_argument("--force", action="store_true", help="execute every notebook again and retrain")
     parser.add_argument("--no-book", action="store_true", help="run the notebooks, do not build the book")
-    parser.add_argument("--gpus", default=None, metavar="LIST",
+    parser.add_argument("--gpus", default="auto", metavar="LIST",
                         help="one entry per encoder, e.g. 0,1,2: each encoder's chain in its own process on that "
-                             "GPU (the same index twice shares a GPU; 'cpu' runs a chain without one)")
+                             "GPU (the same index twice shares a GPU: the benchmark chapters there run one at a time; "
+                             "'cpu' runs a chain without one); 'auto' (the default): one chain per visible GPU, "
+                             "shared round-robin when there are fewer GPUs than encoders, and the encoders in turn "
+                             "in one process when one GPU or none is visible; 'none': always in turn")
     parser.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                         help="override a parameter of every notebook (e.g. -p epochs=2 -p device=cpu); the "
                              "parameters are listed below")
@@ -412,7 +432,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("MVLIP_COMMAND", "python -m mvlip_utils.study " + " ".join(
         argv if argv is not None else sys.argv[1:]))
     try:
-        gpus = [g.strip() for g in args.gpus.split(",")] if args.gpus else None
+        gpus = gpus_argument(args.gpus, len(args.encoders), args.encoder_steps_only)
+        if args.gpus == "auto" and not args.encoder_steps_only:
+            print(f"[study] --gpus auto: {'one chain per GPU, on ' + ','.join(gpus) if gpus else 'one GPU or none visible, the encoders in turn'}")
         run_study(args.profile, args.encoders, parse_overrides(args.param), force=args.force,
                   book=not args.no_book, root=args.root, gpus=gpus, encoder_steps_only=args.encoder_steps_only)
     except USER_ERRORS as exc:

@@ -40,7 +40,7 @@ def to_model_input(images: torch.Tensor, device: str) -> torch.Tensor:
     """A batch on ``device`` ready for the image tower: uint8 batches from the preprocessed cache are
     normalised there (CLIP mean/std), float batches from the transform are moved as they are."""
     if images.dtype == torch.uint8:
-        from ..data.folders import normalize_on_device
+        from ..data.cache import normalize_on_device
 
         return normalize_on_device(images, device)
     return images.to(device, non_blocking=True)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data import cache as data_cache
 from ..data import folders as data_mod
 from . import distributed as dist_mod
 from ..data import generated
@@ -119,15 +120,47 @@ def build_experiment(config: StudyConfig, progress: bool = True) -> Experiment:
     return Experiment(config, device, model, bank, train_set, val_set, list(classnames), Path(root), val_files)
 
 
-def cached_split(config: StudyConfig, root: Path, split: str, dataset, progress: bool = True):
-    """``dataset`` served from its uint8 cache under ``data_dir/cache`` (built once, on rank 0)."""
+def cache_path(config: StudyConfig, root: Path, split: str) -> Path:
+    """Where the uint8 cache of ``split`` of the dataset at ``root`` lives for ``config``'s image size."""
     key = hashlib.sha1(str(Path(root).resolve()).encode()).hexdigest()[:8]
-    path = Path(config.data_dir) / "cache" / f"{Path(root).name}-{key}-{split}-{config.image_size}px.pt"
+    return Path(config.data_dir) / "cache" / f"{Path(root).name}-{key}-{split}-{config.image_size}px.pt"
+
+
+def cached_split(config: StudyConfig, root: Path, split: str, dataset, progress: bool = True):
+    """``dataset`` served from its uint8 cache under ``data_dir/cache`` (built once, on rank 0; a process that
+    finds another building the same cache waits for it and reuses it: ``data.cache_preprocessed``)."""
+    path = cache_path(config, root, split)
     with dist_mod.main_first():
         if dist_mod.is_main():
-            data_mod.cache_preprocessed(dataset, path, config.image_size, num_workers=config.num_workers,
+            data_cache.cache_preprocessed(dataset, path, config.image_size, num_workers=config.num_workers,
                                         progress=progress)
-    return data_mod.CachedImageDataset(path)
+    return data_cache.CachedImageDataset(path)
+
+
+def prepare_shared_inputs(configs, progress: bool = True) -> list[Path]:
+    """Build what the runs of ``configs`` (one per encoder of an edition) share, once, before they start: the
+    generated dataset and, for the runs with ``data_cache``, the uint8 caches of both splits at each image size
+    asked for. Returns the dataset folders and cache files, in that order, each once. (Each run would find or
+    build them itself, safely; done first, the chains that run at once do not wait for each other's build.)"""
+    prepared: list[Path] = []
+    for config in configs:
+        root = dataset_root(config, progress)
+        if root not in prepared:
+            prepared.append(root)
+        if not config.data_cache:
+            continue
+        splits = None
+        for split in ("train", "val"):
+            path = cache_path(config, root, split)
+            if path in prepared:
+                continue
+            if splits is None:
+                train_set, val_set, _ = data_mod.load_splits(root, image_size=config.image_size, progress=progress)
+                splits = {"train": train_set, "val": val_set}
+            data_cache.cache_preprocessed(splits[split], path, config.image_size, num_workers=config.num_workers,
+                                        progress=progress)
+            prepared.append(path)
+    return prepared
 
 
 def sample_paths(dataset) -> list[str]:
@@ -153,7 +186,7 @@ def eval_loader(experiment: Experiment, source: str = "run", num_workers: int | 
     elif source == "files":
         dataset = experiment.val_files
     elif source == "cache":
-        dataset = (experiment.val_set if isinstance(experiment.val_set, data_mod.CachedImageDataset) else
+        dataset = (experiment.val_set if isinstance(experiment.val_set, data_cache.CachedImageDataset) else
                    cached_split(config, experiment.data_root, "val", experiment.val_files, progress=False))
     else:
         raise ValueError(f"parameter source={source!r} is not one of ['run', 'files', 'cache']")

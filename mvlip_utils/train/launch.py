@@ -21,13 +21,16 @@ def device_env(device: str) -> dict[str, str]:
 
 
 def run_pinned(jobs: Mapping[str, Sequence[str]], devices: Sequence[str], cwd: str | os.PathLike,
-               log: Callable[[str], None] = print, on_line: Callable[[str, str], None] | None = None) -> list[str]:
+               log: Callable[[str], None] = print, on_line: Callable[[str, str], None] | None = None,
+               extra_env: Mapping[str, Mapping[str, str]] | None = None) -> list[str]:
     """Run every job (name -> command) at once, job i on ``devices[i]``; returns the names of the jobs that
-    failed. ``on_line(name, line)`` sees every output line too."""
+    failed. ``on_line(name, line)`` sees every output line too; ``extra_env``: {name: variables} added to a
+    job's environment."""
     if len(devices) != len(jobs):
         raise ValueError(f"--gpus: {len(devices)} entries for {len(jobs)} encoders {list(jobs)}; give one each")
-    procs = {name: (device, subprocess.Popen(list(cmd), cwd=Path(cwd), env=device_env(device), stdout=subprocess.PIPE,
-                                             stderr=subprocess.STDOUT, text=True))
+    extra_env = extra_env or {}
+    procs = {name: (device, subprocess.Popen(list(cmd), cwd=Path(cwd), env={**device_env(device), **extra_env.get(name, {})},
+                                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
              for (name, cmd), device in zip(jobs.items(), devices)}
     lock = threading.Lock()
 

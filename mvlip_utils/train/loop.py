@@ -37,7 +37,7 @@ from ..data import folders as data_mod
 from . import distributed as dist_mod
 from . import results
 from .evaluate import progress_iter, synchronize, to_model_input
-from .experiment import (Experiment, build_experiment, caption_features, evaluate_experiment,
+from .experiment import (Experiment, build_experiment, caption_features, evaluate_experiment, prepare_shared_inputs,
                          make_optimizer, training_tower)
 from ..settings.precision import autocast_region, precision_context
 from ..settings.profiles import StudyConfig
@@ -366,8 +366,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.encoders:  # one process per encoder, each on its device
             encoders = [e for e in args.encoders.split(",") if e]
-            for encoder in encoders:
-                check_encoder(get_config(args.profile, **{**overrides, "encoder": encoder}).encoder)
+            configs = [get_config(args.profile, **{**overrides, "encoder": encoder}) for encoder in encoders]
+            for config in configs:
+                check_encoder(config.encoder)
+            prepare_shared_inputs(configs, progress=not args.quiet)  # once, before the processes start
             devices = args.gpus.split(",") if args.gpus else ["0"] * len(encoders)
             rest = _without(argv, ("--encoders", "--gpus"))
             jobs = {e: [sys.executable, "-m", "mvlip_utils.train", *rest, "--encoder", e] for e in encoders}

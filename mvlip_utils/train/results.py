@@ -24,7 +24,6 @@ import shlex
 import socket
 import subprocess
 import sys
-import tempfile
 from importlib import metadata, resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -33,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from ..settings.encoders import encoder_folder
+from ..data.shared_files import atomic_path
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_zeroshot_loss", "accuracy", "top5",
                    "precision_weighted", "recall_weighted", "f1_weighted"]
@@ -53,18 +53,10 @@ def edition_dir(config: Any) -> Path:
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a reader sees the old or the new file, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -349,14 +341,73 @@ def read_benchmark(path: str | os.PathLike) -> dict[str, Any]:
     return blob
 
 
+RUN_STATES = ("finished", "missing", "partial", "failed")
+
+
+def run_state(run: str | os.PathLike) -> tuple[str, str]:
+    """What the run folder ``run`` holds, read from its training files (``RUN_FILES``), as (state, detail):
+
+    - ``finished``: config.json, history.csv and metrics.json readable, with the same number of epochs;
+    - ``missing``: none of the training files (the run never started, or its folder is gone);
+    - ``partial``: config.json and 1..epochs-1 epochs in history.csv, no metrics.json (stopped, or killed,
+      after an epoch's checkpoint); detail "1 of 2 epochs";
+    - ``failed``: anything else that a run left: no epoch finished, every epoch trained but no final
+      evaluation (metrics.json), files that cannot be read, or that disagree on the number of epochs;
+      detail says which.
+
+    (What 04_benchmark writes, benchmark.json, is not part of the state: the speed verdicts name its absence.)"""
+    run = Path(run)
+    present = [name for name in RUN_FILES if (run / name).is_file()]
+    if not present:
+        return "missing", "no run files"
+    if "config.json" not in present:
+        return "failed", f"config.json is missing beside {present}"
+    try:
+        config = load_config(run)
+        history = load_history(run) if "history.csv" in present else None
+        metrics = load_metrics(run) if "metrics.json" in present else None
+    except (OSError, ValueError, pd.errors.ParserError) as exc:  # JSONDecodeError is a ValueError
+        return "failed", f"a run file cannot be read ({type(exc).__name__})"
+    epochs, done = config.get("epochs"), 0 if history is None else len(history)
+    if metrics is not None:
+        if history is None:
+            return "failed", "metrics.json is there but history.csv is missing"
+        if metrics.get("epochs", done) != done or (epochs is not None and epochs != done):
+            return "failed", (f"its files disagree: config.json says {epochs} epochs, history.csv has {done}, "
+                              f"metrics.json says {metrics.get('epochs')}")
+        return "finished", f"{done} of {epochs} epochs" if epochs is not None else f"{done} epochs"
+    if done == 0:
+        return "failed", "it stopped before its first epoch ended"
+    if epochs is None or done < epochs:
+        return "partial", f"{done} of {epochs} epochs"
+    return "failed", f"it trained {done} of {epochs} epochs but has no final evaluation (no metrics.json)"
+
+
+def run_state_phrase(state: str, detail: str) -> str:
+    """How a sentence says a run's state: "is missing", "is partial: 1 of 2 epochs", "failed: ..."."""
+    return {"finished": "is finished", "missing": "is missing", "partial": f"is partial: {detail}"}.get(
+        state, f"failed: {detail}")
+
+
+def unfinished_runs(results_dir: str | os.PathLike, profile: str, encoders: Iterable[str]) -> dict[str, str]:
+    """{encoder: how its run is not finished} for every encoder of ``profile`` whose run is not
+    (``run_state_phrase``: "is missing", "failed: ...", "is partial: 1 of 2 epochs")."""
+    out = {}
+    for encoder in encoders:
+        state, detail = run_state(Path(results_dir) / profile / encoder_folder(encoder))
+        if state != "finished":
+            out[encoder] = run_state_phrase(state, detail)
+    return out
+
+
 def load_all_runs(results_dir: str | os.PathLike, profile: str, encoders: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """Every finished run of ``profile``: {encoder: {run_dir, config, history, metrics, and where they exist
-    timings (DataFrame), step_check (dict), benchmark (DataFrame of records), benchmark_provenance}};
-    missing runs are left out."""
+    """Every finished run of ``profile`` (``run_state``): {encoder: {run_dir, config, history, metrics, and
+    where they exist timings (DataFrame), step_check (dict), benchmark (DataFrame of records),
+    benchmark_provenance}}; missing, partial and failed runs are left out (``unfinished_runs`` says why)."""
     runs = {}
     for encoder in encoders:
         run = Path(results_dir) / profile / encoder_folder(encoder)
-        if not is_finished(run):
+        if run_state(run)[0] != "finished":
             continue
         entry: dict[str, Any] = {"run_dir": run, "config": load_config(run), "history": load_history(run),
                                  "metrics": load_metrics(run), "timings": None, "step_check": None,

@@ -1,0 +1,117 @@
+"""Chains that share a device (``--gpus 0,0,1``, or ``--gpus auto`` with fewer GPUs than encoders): training may
+overlap, timing may not. Two benchmark chapters timing at once on one GPU would each publish a throughput
+lowered by the other, so every chain takes its device's timing lock around what publishes a throughput
+measured apart from training: the benchmark chapter (04_benchmark, taken by the chain's runner around the
+notebook) and the training chapter's step check (taken by ``benchmark_suite.train_step_check``). The
+training epochs themselves overlap; the training chapter says so (``training_note``).
+
+- ``auto_devices``: ``--gpus auto``, one chain per visible GPU, shared round-robin when there are fewer
+  GPUs than encoders; None (the encoders in turn, in one process) with one GPU or none.
+- ``shared_devices`` / ``sharing_lines``: which device serves several chains, and the line that tells the user.
+- ``chain_env``: the environment of one chain (the lock's path, the chains it shares its device with).
+- ``timing_lock``: the device's lock in a chain (a no-op outside one, and in a notebook whose runner holds it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+from filelock import FileLock
+
+LOCK_ENV = "MVLIP_DEVICE_LOCK"  # the timing lock's file of this chain's device
+HELD_ENV = "MVLIP_DEVICE_LOCK_HELD"  # "1" while the chain's runner holds it (its notebook must not wait for it)
+SHARED_ENV = "MVLIP_DEVICE_SHARED_WITH"  # the other encoders whose chains run on this device, comma-separated
+
+
+def auto_devices(n_chains: int, count: int | None = None) -> list[str] | None:
+    """``--gpus auto``: chain i on GPU i mod the number of visible GPUs (``count``: torch.cuda.device_count());
+    None, the chains one after another in one process, where one GPU or none is visible."""
+    if count is None:
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count < 2:
+        return None
+    return [str(i % count) for i in range(n_chains)]
+
+
+def shared_devices(encoders: Sequence[str], devices: Sequence[str]) -> dict[str, list[str]]:
+    """{device: its encoders} for every device that serves more than one chain, in the order given."""
+    by_device: dict[str, list[str]] = {}
+    for encoder, device in zip(encoders, devices):
+        by_device.setdefault(str(device), []).append(encoder)
+    return {device: names for device, names in by_device.items() if len(names) > 1}
+
+
+def _device_name(device: str) -> str:
+    return "the CPU" if device == "cpu" else f"GPU {device}"
+
+
+def sharing_lines(encoders: Sequence[str], devices: Sequence[str]) -> list[str]:
+    """One line per shared device, for the user: what runs one at a time there."""
+    lines = []
+    for device, names in shared_devices(encoders, devices).items():
+        who = ", ".join(names[:-1]) + f" and {names[-1]}"
+        name = _device_name(device)
+        lines.append(f"{name[0].upper()}{name[1:]} is shared by {who}: their benchmark chapters (and the training "
+                     "chapters' step checks) run one at a time; their training epochs overlap")
+    return lines
+
+
+def lock_file(device: str, lock_dir: str | os.PathLike | None = None) -> Path:
+    """The timing lock of ``device`` (one per device on this machine: two studies share it too)."""
+    folder = Path(lock_dir) if lock_dir else Path(tempfile.gettempdir()) / "mvlip-device-locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"device-{device}.lock"
+
+
+def chain_env(encoder: str, encoders: Sequence[str], devices: Sequence[str],
+              lock_dir: str | os.PathLike | None = None) -> dict[str, str]:
+    """The environment variables of ``encoder``'s chain: its device's timing lock and the encoders it shares
+    the device with."""
+    device = str(devices[list(encoders).index(encoder)])
+    others = [e for e, d in zip(encoders, devices) if str(d) == device and e != encoder]
+    return {LOCK_ENV: str(lock_file(device, lock_dir)), SHARED_ENV: ",".join(others)}
+
+
+def shared_with(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The encoders whose chains share this chain's device (empty outside a shared chain)."""
+    value = (os.environ if environ is None else environ).get(SHARED_ENV, "")
+    return [e for e in value.split(",") if e]
+
+
+@contextlib.contextmanager
+def timing_lock(log=None) -> Iterator[None]:
+    """Hold this chain's device timing lock (``LOCK_ENV``) for the block; nothing outside a chain, or where
+    the chain's runner already holds it for this notebook (``HELD_ENV``)."""
+    path = os.environ.get(LOCK_ENV)
+    if not path or os.environ.get(HELD_ENV) == "1":
+        yield
+        return
+    lock = FileLock(path)
+    if log is not None and shared_with():
+        log(f"waiting for the timing lock of this device (shared with {', '.join(shared_with())}) ...")
+    with lock:
+        previous = os.environ.get(HELD_ENV)
+        os.environ[HELD_ENV] = "1"  # the notebook started now inherits it: it must not wait for its runner
+        try:
+            yield
+        finally:
+            if previous is None:
+                os.environ.pop(HELD_ENV, None)
+            else:
+                os.environ[HELD_ENV] = previous
+
+
+def training_note(encoder_label: str, environ: Mapping[str, str] | None = None) -> str:
+    """The training chapter's sentence when its GPU was shared ("" when not)."""
+    others = shared_with(environ)
+    if not others:
+        return ""
+    return (f"This run's device was shared with the chain(s) of {', '.join(others)} (the study's `--gpus`): "
+            f"{encoder_label}'s training epochs overlapped theirs, so their times and images/s include that "
+            "sharing; the step check below ran alone on the device (one chain at a time).")
