@@ -9,7 +9,7 @@ import torch
 from sklearn.metrics import f1_score, precision_score, recall_score, top_k_accuracy_score
 
 from mvlip_utils.train import experiment as exp, results, run_folder, loop as train
-from mvlip_utils.models import towers
+from mvlip_utils.models import timm_towers, towers
 from mvlip_utils.train.evaluate import classification_metrics
 from mvlip_utils.settings.profiles import get_config
 
@@ -36,8 +36,10 @@ def test_profiles_hold_the_papers_protocol_and_name_bad_parameters():
         ("paper", 224, 32, 1e-4, "fp32-tf32conv", False, "generated-imagenet", 1000, "cuda")
     with pytest.raises(ValueError, match="train_step='jit'"):
         get_config("smoke", train_step="jit")
-    with pytest.raises(ValueError, match="encoder='resnet'"):
-        get_config("smoke", encoder="resnet")
+    with pytest.raises(ValueError, match="encoder=''"):  # the name's form; timm's registry is the models'
+        get_config("smoke", encoder="")
+    with pytest.raises(ValueError, match="encoder='resnet'.*closest timm names"):
+        timm_towers.check_encoder("resnet")
     with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['epoch'\]"):
         get_config("smoke", epoch=3)
     with pytest.raises(ValueError, match="lr=-1"):
