@@ -27,6 +27,7 @@ from mvlip_utils.models.model import MVLIP, create_text_tower
 from mvlip_utils.settings.profiles import ENCODER_LABELS, ENCODERS, TOWER_NAMES, get_config
 from mvlip_utils.models.towers import WeightsUnavailableError, architecture, create_image_tower
 from mvlip_utils.models.weights import UnsafeWeightsError
+from test_findings import speed  # the benchmark records of a run, as the findings tests make them
 
 ROOT = Path(__file__).resolve().parents[1]
 REF = results.paper_reference()
@@ -246,19 +247,6 @@ def run(encoder, acc=0.5, loss=1.5, pretrained=True, benchmark=None):
     config = {"encoder": encoder, "pretrained": pretrained, "model_size": "paper", "data": "data/imagenet-mini",
               "image_size": 224, "resolved_device": "cuda", "device_name": "NVIDIA H200"}
     return {"config": config, "metrics": metrics, "benchmark": benchmark, "run_dir": f"results/x/{encoder}"}
-
-
-def speed(ips, loop=None, sweep=None):
-    rows = [{"kind": "model_only", "setting": "paper's conditions", "mode": "inference", "precision": "fp32-tf32conv",
-             "batch_size": 32, "device_name": "NVIDIA H200", "images_per_s": ips, "images_per_s_p10": ips * 0.99,
-             "images_per_s_p90": ips * 1.01}]
-    if loop:
-        rows.append({"kind": "eval_loop", "source": "jpeg", "num_workers": 4, "images_per_s": loop,
-                     "images_per_s_min": loop * 0.98, "images_per_s_max": loop * 1.02})
-    for res, ms in (sweep or {}).items():
-        rows.append({"kind": "resolution_sweep", "resolution": res, "pixels": res * res, "images_per_s": 1e3 / ms,
-                     "seconds_per_image": ms / 1e3, "marginal_memory_per_image_bytes": float(res * res)})
-    return pd.DataFrame(rows)
 
 
 def _edition(extra: bool):
