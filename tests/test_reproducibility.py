@@ -16,14 +16,7 @@ from mvlip_utils.train import results
 from mvlip_utils.train import run_folder, loop as train
 from mvlip_utils.study import runner as study
 from mvlip_utils.settings.profiles import PROFILES, get_config
-
-
-def tiny_config(tmp_path, **overrides):
-    values = dict(encoder="vit", epochs=2, generated_classes=4, generated_train_per_class=16,
-                  generated_val_per_class=4, batch_size=16, image_size=32, device="cpu",
-                  data_dir=str(tmp_path / "data"), results_dir=str(tmp_path / "results"))
-    values.update(overrides)
-    return get_config("smoke", **values)
+from test_train_evaluate import tiny_config
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ import math
 import os
 import shutil
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -153,17 +153,13 @@ def make_generated_dataset(root, n_classes: int = 10, train_per_class: int = 40,
     _check_ints(("train_per_class", train_per_class, 1), ("val_per_class", val_per_class, 0),
                 ("image_size", image_size, 16), ("seed", seed, 0))
     root = Path(root)
-    classes = [f"{c} {s}" for c, s in generated_class_combos(n_classes)]
+    combos = generated_class_combos(n_classes)
     manifest = _manifest(GENERATOR_NAME, GENERATOR_VERSION,
                          {"n_classes": n_classes, "train_per_class": int(train_per_class),
                           "val_per_class": int(val_per_class), "image_size": int(image_size), "seed": int(seed)},
-                         classes)
-    if _is_current(root, manifest, ".png"):
-        return root
-    with build_lock(root):
-        if _reuse_or_prepare(root, manifest, GENERATOR_NAME, ".png"):
-            return root  # (another process may have written it while this one waited for the lock)
-        combos = generated_class_combos(n_classes)
+                         [f"{c} {s}" for c, s in combos])
+
+    def write() -> None:
         jobs = [(split, si, ci, i) for si, (split, n) in enumerate((("train", train_per_class), ("val", val_per_class)))
                 for ci in range(n_classes) for i in range(n)]
         for split in ("train", "val"):
@@ -175,8 +171,8 @@ def make_generated_dataset(root, n_classes: int = 10, train_per_class: int = 40,
             img = _draw_sample(colour, shape, int(image_size), rng)
             with atomic_path(root / split / f"{colour} {shape}" / f"{i:04d}.png") as tmp:
                 img.save(tmp, format="PNG", optimize=False)
-        _finish_manifest(root, manifest)
-    return root
+
+    return _build_once(root, manifest, GENERATOR_NAME, ".png", write)
 
 
 def _files_match(root: Path, manifest: dict, suffix: str) -> bool:
@@ -232,8 +228,18 @@ def _write_manifest(root: Path, manifest: dict) -> None:
         tmp.write_text(json.dumps(manifest, indent=2))
 
 
-def _finish_manifest(root: Path, manifest: dict) -> None:
-    _write_manifest(root, manifest)
+def _build_once(root: Path, manifest: dict, generator: str, suffix: str, write: Callable[[], None]) -> Path:
+    """``root`` holding the dataset that ``manifest`` describes: reused when it is there, else written by
+    ``write()`` under ``root``'s lock, once however many processes ask at the same time (each checks again
+    once it holds the lock); the complete manifest is written last."""
+    if _is_current(root, manifest, suffix):
+        return root
+    with build_lock(root):
+        if _reuse_or_prepare(root, manifest, generator, suffix):
+            return root  # (another process may have written it while this one waited for the lock)
+        write()
+        _write_manifest(root, manifest)
+    return root
 
 
 # ------------------------------------------------------------------------------ random JPEG files
@@ -310,11 +316,8 @@ def make_imagenet_like_dataset(root, n_classes: int = 1000, train_per_class: int
                           "val_per_class": int(val_per_class), "seed": int(seed), "min_side": int(min_side),
                           "max_side": int(max_side)},
                          wnids)
-    if _is_current(root, manifest, ".JPEG"):
-        return root
-    with build_lock(root):
-        if _reuse_or_prepare(root, manifest, IMAGENET_LIKE_NAME, ".JPEG"):
-            return root  # (another process may have written it while this one waited for the lock)
+
+    def write() -> None:
         jobs = []
         for si, (split, n) in enumerate((("train", train_per_class), ("val", val_per_class))):
             for ci, wnid in enumerate(wnids):
@@ -322,7 +325,7 @@ def make_imagenet_like_dataset(root, n_classes: int = 1000, train_per_class: int
                 folder.mkdir(parents=True, exist_ok=True)
                 jobs += [(str(folder / f"{wnid}_{i:04d}.JPEG"), _jpeg_seed(seed, si, ci, i), min_side, max_side)
                          for i in range(int(n))]
-        workers = workers or max(1, min(32, os.cpu_count() or 1))
-        write_random_jpegs(jobs, workers, progress=progress, desc=f"generating {root.name}")
-        _finish_manifest(root, manifest)
-    return root
+        write_random_jpegs(jobs, workers or max(1, min(32, os.cpu_count() or 1)), progress=progress,
+                           desc=f"generating {root.name}")
+
+    return _build_once(root, manifest, IMAGENET_LIKE_NAME, ".JPEG", write)
