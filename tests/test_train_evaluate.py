@@ -34,6 +34,9 @@ def test_profiles_hold_the_papers_protocol_and_name_bad_parameters():
     assert (speed.model_size, speed.image_size, speed.batch_size, speed.lr, speed.precision, speed.pretrained,
             speed.data, speed.generated_classes, speed.device) == \
         ("paper", 224, 32, 1e-4, "fp32-tf32conv", False, "generated-imagenet", 1000, "cuda")
+    # ... trained with the paper profile's step and numerics, on at least 10,000 images an epoch (whole batches)
+    assert (speed.train_step, speed.precision, speed.data_cache) == (paper.train_step, paper.precision, paper.data_cache)
+    assert speed.generated_classes * speed.generated_train_per_class // speed.batch_size * speed.batch_size >= 10_000
     with pytest.raises(ValueError, match="train_step='jit'"):
         get_config("smoke", train_step="jit")
     with pytest.raises(ValueError, match="encoder=''"):  # the name's form; timm's registry is the models'
@@ -129,6 +132,9 @@ def test_a_run_writes_every_results_file_with_the_documented_keys(finished_run):
     assert list(timings.columns) == results.TIMING_COLUMNS and list(timings.epoch) == [1, 2]
     assert (timings.train_images == 64).all() and (timings.val_images == 16).all()  # 4 batches of 16, 16 val
     assert (timings[["train_seconds", "validation_seconds", "checkpoint_seconds", "setup_seconds"]] > 0).all().all()
+    # every epoch's background checkpoint write is timed (the last one once the run waited for it at its end),
+    # and so is the wait for each epoch's first batch
+    assert (timings.checkpoint_write_seconds > 0).all() and (timings.loader_start_seconds > 0).all()
     assert (timings.epoch_seconds >= timings.train_seconds + timings.validation_seconds).all()
 
 

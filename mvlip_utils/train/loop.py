@@ -43,7 +43,7 @@ from ..settings.precision import autocast_region, precision_context
 from ..settings.profiles import StudyConfig
 from ..settings.reproducibility import deterministic_mode, prepare_environment
 from .results import CHECKPOINT, clear_run, read_timings
-from .run_folder import (finished_run_history, load_checkpoint, save_checkpoint, write_final_results,
+from .run_folder import (CheckpointWriter, finished_run_history, load_checkpoint, write_final_results,
                          write_run_config)
 from ..models.towers import WeightsUnavailableError
 
@@ -58,8 +58,7 @@ class NonFiniteLossError(FloatingPointError):
 # next step's kernels are launched only then and the GPU idles meanwhile. The loop keeps the losses on the
 # device and reads them (the progress bar's running mean, the finite check) every this many steps and at
 # the end of the epoch; a non-finite loss is still reported with its step, at most this many steps later.
-# The history is the same either way; on an H200, Swin-B's speed did not differ consistently either
-# (results/speed-probe/step-check-read-every-step).
+# The history is the same either way.
 READ_LOSS_EVERY = 50
 
 # The names of a training step's phases in a torch.profiler trace (``step_profile`` reads them back).
@@ -98,14 +97,17 @@ def training_visual(experiment: Experiment):
 
 
 def train_one_epoch(experiment: Experiment, optimizer, scheduler, loss_fn: ClipLoss, epoch: int,
-                    progress: bool = True) -> float:
-    """One epoch under the run's precision (the TF32 mode holds for the backward pass too)."""
+                    progress: bool = True, timing: dict[str, float] | None = None) -> float:
+    """One epoch under the run's precision (the TF32 mode holds for the backward pass too); returns its mean
+    training loss. ``timing``, if given, gets ``loader_start_seconds``: how long the epoch waited for its first
+    batch (the DataLoader's workers starting), time in which the GPU has nothing to do."""
     with precision_context(experiment.config.precision, experiment.device, autocast=False):
-        return _train_one_epoch(experiment, optimizer, scheduler, loss_fn, epoch, progress)
+        return _train_one_epoch(experiment, optimizer, scheduler, loss_fn, epoch, progress,
+                                timing if timing is not None else {})
 
 
 def _train_one_epoch(experiment: Experiment, optimizer, scheduler, loss_fn: ClipLoss, epoch: int,
-                     progress: bool) -> float:
+                     progress: bool, timing: dict[str, float]) -> float:
     config = experiment.config
     model = experiment.model
     model.train()
@@ -126,7 +128,10 @@ def _train_one_epoch(experiment: Experiment, optimizer, scheduler, loss_fn: Clip
     losses: list[torch.Tensor] = []  # each step's loss, left on the device: read back every READ_LOSS_EVERY steps
     bars: list = []
     batches = progress_iter(loader, f"{config.encoder} epoch {epoch}/{config.epochs}", progress, bars)
+    started = time.perf_counter()
     for step, (images, labels) in enumerate(batches):
+        if step == 0:
+            timing["loader_start_seconds"] = time.perf_counter() - started
         with record_function(PHASES["forward"]):
             # captions: drawn for the whole global batch (as one process does), this rank's slice kept
             local = len(labels)
@@ -249,52 +254,72 @@ def _train_run(config: StudyConfig, resume: bool = True, progress: bool = True,
     setup_seconds = time.perf_counter() - setup_started
     evaluation = None
     steps_per_epoch = len(experiment.train_set) // config.batch_size
-    for epoch in range(start_epoch + 1, config.epochs + 1):
-        if experiment.device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats(experiment.device)
-        started = time.perf_counter()
-        train_loss = train_one_epoch(experiment, optimizer, scheduler, loss_fn, epoch, progress)
-        synchronize(experiment.device)
-        train_seconds = time.perf_counter() - started
-        row = timing = None
-        if main:
-            t = time.perf_counter()
-            val_loss, evaluation = validate(experiment, eval_loss_fn, progress)
-            validation_seconds = time.perf_counter() - t
-            row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                   "val_zeroshot_loss": evaluation["zeroshot_loss"],
-                   **{k: evaluation[k] for k in results.HISTORY_COLUMNS[4:]}}
-            history.append(row)
-            results.write_history(run, history)
-            t = time.perf_counter()
-            save_checkpoint(experiment, optimizer, scheduler, epoch, history)
-            timing = {"epoch": epoch, "train_seconds": train_seconds, "train_images": steps_per_epoch * config.batch_size,
-                      "validation_seconds": validation_seconds, "val_images": evaluation["n_val"],
-                      "checkpoint_seconds": time.perf_counter() - t, "epoch_seconds": time.perf_counter() - started,
-                      "setup_seconds": setup_seconds, "world_size": info.world_size,
-                      "peak_memory_gib": (torch.cuda.max_memory_allocated(experiment.device) / 2**30
-                                          if experiment.device.startswith("cuda") else math.nan)}
-            timings.append(timing)
-            results.write_timings(run, timings)
-            logger.info("epoch %d: %s (%.1fs)", epoch, {k: round(v, 4) for k, v in row.items()},
-                        time.perf_counter() - started)
-        if info.enabled:  # the others wait here while rank 0 evaluates, then share its row
-            row = dist_mod.broadcast_object(row)
-            if not main:
+    checkpoints = CheckpointWriter()  # the checkpoint is written while the next epoch trains
+    try:
+        for epoch in range(start_epoch + 1, config.epochs + 1):
+            if experiment.device.startswith("cuda"):
+                torch.cuda.reset_peak_memory_stats(experiment.device)
+            started = time.perf_counter()
+            epoch_timing: dict[str, float] = {}
+            train_loss = train_one_epoch(experiment, optimizer, scheduler, loss_fn, epoch, progress, epoch_timing)
+            synchronize(experiment.device)
+            train_seconds = time.perf_counter() - started
+            row = timing = None
+            if main:
+                t = time.perf_counter()
+                val_loss, evaluation = validate(experiment, eval_loss_fn, progress)
+                validation_seconds = time.perf_counter() - t
+                row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                       "val_zeroshot_loss": evaluation["zeroshot_loss"],
+                       **{k: evaluation[k] for k in results.HISTORY_COLUMNS[4:]}}
                 history.append(row)
-        if on_epoch_end and main:
-            on_epoch_end({**row, **timing})
-        if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < config.epochs:
-            return pd.DataFrame(history, columns=results.HISTORY_COLUMNS)
-    if main:
-        if evaluation is None:  # the checkpoint holds the last epoch but the final files are missing
-            evaluation = evaluate_experiment(experiment, progress)
-            results.write_history(run, history)
-        if not math.isfinite(evaluation["zeroshot_loss"]):
-            raise NonFiniteLossError(f"non-finite zero-shot loss at the end of {run}")
-        write_final_results(experiment, evaluation, len(history))
+                results.write_history(run, history)
+                t = time.perf_counter()
+                previous = checkpoints.save(experiment, optimizer, scheduler, epoch, history)
+                if timings and previous is not None:
+                    timings[-1]["checkpoint_write_seconds"] = previous  # the last epoch's write, now known
+                timing = {"epoch": epoch, "train_seconds": train_seconds,
+                          "train_images": steps_per_epoch * config.batch_size,
+                          "validation_seconds": validation_seconds, "val_images": evaluation["n_val"],
+                          "checkpoint_seconds": time.perf_counter() - t, "checkpoint_write_seconds": math.nan,
+                          "loader_start_seconds": epoch_timing.get("loader_start_seconds", math.nan),
+                          "epoch_seconds": time.perf_counter() - started,
+                          "setup_seconds": setup_seconds, "world_size": info.world_size,
+                          "peak_memory_gib": (torch.cuda.max_memory_allocated(experiment.device) / 2**30
+                                              if experiment.device.startswith("cuda") else math.nan)}
+                timings.append(timing)
+                results.write_timings(run, timings)
+                logger.info("epoch %d: %s (%.1fs)", epoch, {k: round(v, 4) for k, v in row.items()},
+                            time.perf_counter() - started)
+            if info.enabled:  # the others wait here while rank 0 evaluates, then share its row
+                row = dist_mod.broadcast_object(row)
+                if not main:
+                    history.append(row)
+            if on_epoch_end and main:
+                on_epoch_end({**row, **timing})
+            if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < config.epochs:
+                _finish_checkpoints(checkpoints, timings, run)
+                return pd.DataFrame(history, columns=results.HISTORY_COLUMNS)
+        if main:
+            _finish_checkpoints(checkpoints, timings, run)
+            if evaluation is None:  # the checkpoint holds the last epoch but the final files are missing
+                evaluation = evaluate_experiment(experiment, progress)
+                results.write_history(run, history)
+            if not math.isfinite(evaluation["zeroshot_loss"]):
+                raise NonFiniteLossError(f"non-finite zero-shot loss at the end of {run}")
+            write_final_results(experiment, evaluation, len(history))
+    finally:
+        checkpoints.join()  # a run that fails still finishes writing its last good checkpoint
     dist_mod.barrier()
     return pd.DataFrame(history, columns=results.HISTORY_COLUMNS)
+
+
+def _finish_checkpoints(checkpoints: CheckpointWriter, timings: list[dict[str, Any]], run) -> None:
+    """Wait for the last checkpoint write (raising its error) and record its seconds in the last timings row."""
+    seconds = checkpoints.wait()
+    if timings and seconds is not None and math.isnan(timings[-1].get("checkpoint_write_seconds", math.nan)):
+        timings[-1]["checkpoint_write_seconds"] = seconds
+        results.write_timings(run, timings)
 
 
 # ------------------------------------------------------------------------------------------- CLI

@@ -104,10 +104,12 @@ HISTORY_LABELS = {"train_loss": "train loss", "val_loss": "val loss", "val_zeros
                   "top5": "top-5", "precision_weighted": "precision (weighted)", "recall_weighted": "recall (weighted)",
                   "f1_weighted": "F1 (weighted)"}
 TIMING_LABELS = {"train_seconds": "train s", "train_images": "train images", "validation_seconds": "validation s",
-                 "val_images": "val images", "checkpoint_seconds": "checkpoint s", "epoch_seconds": "epoch s",
+                 "val_images": "val images", "checkpoint_seconds": "checkpoint wait s",
+                 "checkpoint_write_seconds": "checkpoint write s", "loader_start_seconds": "first batch s", "epoch_seconds": "epoch s",
                  "setup_seconds": "set-up s", "world_size": "ranks", "peak_memory_gib": "peak GiB"}
 TIMING_COLUMNS = ["epoch", "train_seconds", "train_images", "validation_seconds", "val_images", "checkpoint_seconds",
-                  "epoch_seconds", "setup_seconds", "world_size", "peak_memory_gib"]
+                  "checkpoint_write_seconds", "loader_start_seconds", "epoch_seconds", "setup_seconds", "world_size",
+                  "peak_memory_gib"]
 
 
 def write_timings(run: Path, rows: Iterable[dict[str, Any]]) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import random
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -89,10 +91,11 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def save_checkpoint(experiment: Experiment, optimizer, scheduler, epoch: int, history: list[dict]) -> Path:
-    """Write the run's state after ``epoch``: tensors and plain Python values only, so that it loads with
-    ``weights_only=True`` and no allowed types."""
-    state = {
+def checkpoint_state(experiment: Experiment, optimizer, scheduler, epoch: int, history: list[dict]) -> dict[str, Any]:
+    """The run's state after ``epoch`` as a host copy (tensors copied off the device, so that training may go
+    on changing its own): tensors and plain Python values only, so that it loads with ``weights_only=True``
+    and no allowed types."""
+    return _host_copy({
         "epoch": epoch,
         "model": _model_state(experiment.model, experiment.config.train_text),
         "optimizer": optimizer.state_dict(),
@@ -102,12 +105,80 @@ def save_checkpoint(experiment: Experiment, optimizer, scheduler, epoch: int, hi
         "config": experiment.config.to_dict(),
         "architecture": _architecture(experiment.config),
         "history": [{k: _plain(v) for k, v in row.items()} for row in history],
-    }
+    })
+
+
+def _host_copy(value: Any) -> Any:
+    """``value`` with every tensor replaced by a copy of it in host memory (lists, tuples, dicts walked)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _host_copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_host_copy(v) for v in value)
+    return value
+
+
+def write_checkpoint(state: dict[str, Any], path: Path) -> Path:
+    """Serialise a ``checkpoint_state`` to ``path`` atomically (a reader sees the old or the new file)."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    path = experiment.run_dir / CHECKPOINT
     results.atomic_write_bytes(path, buffer.getvalue())
     return path
+
+
+def save_checkpoint(experiment: Experiment, optimizer, scheduler, epoch: int, history: list[dict]) -> Path:
+    """Write the run's state after ``epoch`` now, waiting for the disk (``CheckpointWriter`` writes it in the
+    background)."""
+    return write_checkpoint(checkpoint_state(experiment, optimizer, scheduler, epoch, history),
+                            experiment.run_dir / CHECKPOINT)
+
+
+class CheckpointWriter:
+    """Writes a run's checkpoints off the training path. ``save`` waits for the previous write, takes the host
+    copy of the state (``checkpoint_state``: all that training waits for) and hands serialising and writing
+    it (about 1 GB for a paper-size tower) to a background thread, while training goes on. ``wait`` blocks
+    until the last write is on disk and raises its error, if it had one; ``write_seconds`` is the last write's
+    duration. The write is atomic, so an interruption at any moment leaves the previous checkpoint or the new
+    one, never half of one; the thread is not a daemon, so a run that ends (or fails) finishes its write."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.write_seconds: float | None = None
+
+    def save(self, experiment: Experiment, optimizer, scheduler, epoch: int, history: list[dict]) -> float | None:
+        """Start writing the state after ``epoch``; returns the seconds of the previous write (None if none)."""
+        previous = self.wait()
+        self.write_seconds = None
+        state = checkpoint_state(experiment, optimizer, scheduler, epoch, history)
+        path = experiment.run_dir / CHECKPOINT
+
+        def write() -> None:
+            started = time.perf_counter()
+            try:
+                write_checkpoint(state, path)
+            except BaseException as exc:  # noqa: BLE001 - raised in the training thread by wait()
+                self._error = exc
+            self.write_seconds = time.perf_counter() - started
+
+        self._thread = threading.Thread(target=write, name=f"checkpoint-epoch-{epoch}")
+        self._thread.start()
+        return previous
+
+    def wait(self) -> float | None:
+        """Block until the last write is done; its error, if any, is raised here. Returns its seconds."""
+        self.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        return self.write_seconds
+
+    def join(self) -> None:
+        """Block until the last write is done, raising nothing (for the way out of a failed run)."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
 
 
 def load_checkpoint(experiment: Experiment, optimizer, scheduler) -> tuple[int, list[dict]]:
