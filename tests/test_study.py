@@ -428,3 +428,13 @@ def test_papermill_reads_every_parameter_with_its_help(path):
     parsed = PythonTranslator.inspect({"source": source})
     assert [p.name for p in parsed] == study.notebook_parameters(path)
     assert all(p.help for p in parsed)
+
+
+def test_the_edition_record_says_how_the_chains_used_the_gpus(tmp_path):
+    steps = [("speed: 02_train [vit]", "executed", 12.34), ("speed: 02_train [swin]", "executed", 20.0)]
+    parallel = results.read_json(study.write_edition_record(tmp_path, "speed", ["vit", "swin"], steps, ["0", "1"]))
+    assert parallel["chain_gpus"] == ["0", "1"] and parallel["encoders"] == ["vit", "swin"]
+    assert parallel["steps"][0] == {"step": "speed: 02_train [vit]", "status": "executed", "seconds": 12.3}
+    assert "git_commit" in parallel["provenance"] and "gpus" in parallel["provenance"]
+    in_turn = results.read_json(study.write_edition_record(tmp_path, "speed", ["vit", "swin"], steps))
+    assert in_turn["chain_gpus"] is None

@@ -338,7 +338,7 @@ def run_study(profile: str = "smoke", encoders: Sequence[str] | None = None,
         all_encoders = [e for e in ENCODERS if any(e in editions[p] for p in order)]
         report.append(run_step(ctx, Step(FINDINGS, None, profile), all_encoders, order, index="findings"))
         if records_edition(profile):
-            write_edition_record(root, profile, encoders, report)
+            write_edition_record(root, profile, encoders, report, gpus)
     study_s = time.perf_counter() - t0
     log(f"[study] notebooks: {study_s:.1f} s")
     html = None
@@ -381,13 +381,14 @@ def run_chains_in_parallel(ctx: StudyContext, profile: str, encoders: Sequence[s
     return report, failed
 
 
-def write_edition_record(root: Path, profile: str, encoders: Sequence[str], steps) -> Path:
-    """book/recorded/<profile>/edition.json: the provenance of a recorded edition (GPU, driver, versions,
-    code commit, date, command) and the seconds of each step, for the book and the reader."""
+def write_edition_record(root: Path, profile: str, encoders: Sequence[str], steps, gpus=None) -> Path:
+    """book/recorded/<profile>/edition.json: a recorded edition's provenance (GPU, driver, versions, commit,
+    date, command), its chains' --gpus entries (``chain_gpus``; null: in turn) and each step's seconds."""
     from ..train.results import collect_provenance, write_json
 
     path = edition_record_path(Path(root) / "book", profile)
     write_json(path, {"profile": profile, "encoders": list(encoders), "provenance": collect_provenance("cuda"),
+                      "chain_gpus": list(gpus) if gpus is not None else None,
                       "steps": [{"step": label, "status": status, "seconds": round(seconds, 1)}
                                 for label, status, seconds in steps]})
     return path
