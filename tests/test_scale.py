@@ -129,6 +129,9 @@ def test_the_kernel_bound_comes_from_the_editions_own_profiled_checks():
     assert swin["kernel_share_of_step"] == pytest.approx(64.0 / (32 / 400 * 1e3))
     assert swin["fastest_step"] == "graphed" and swin["fastest_speedup_over_eager"] == pytest.approx(400 / 280)
     assert bound["per_encoder"]["vit"]["train_step"] == "eager"
+    failed_eager = {**profiled_check(), "variants": [{"train_step": "eager", "images_per_s": None, "error": "OOM"},
+                                                     *profiled_check()["variants"][1:]]}
+    assert scale.kernel_bound(failed_eager)["fastest_speedup_over_eager"] is None
     train = 20 * 34720 / 500 / 60
     assert swin["minutes"] == pytest.approx(per["swin"]["projected_minutes"] - per["swin"]["train_minutes"] + train)
     assert bound["one_gpu_minutes"] == pytest.approx(swin["minutes"] + bound["per_encoder"]["vit"]["minutes"])

@@ -137,7 +137,7 @@ def kernel_bound(check: Mapping[str, Any]) -> dict[str, Any] | None:
     """From a profiled step check: the step that kept the eager losses with the least GPU kernel time per
     step, the images/s that kernel time alone allows (the GPU never waiting), and the share of its measured
     step its kernels take; beside it the step that trained fastest in the check and its speed-up over eager.
-    None without a GPU profile."""
+    None without a GPU profile; the speed-up None where eager has no images/s."""
     exact = [v for v in check["variants"] if v.get("within_tolerance") and v.get("images_per_s")]
     profiled = [v for v in exact if (v.get("profile") or {}).get("gpu_busy_ms")]
     if not profiled:
@@ -145,13 +145,13 @@ def kernel_bound(check: Mapping[str, Any]) -> dict[str, Any] | None:
     batch = check["batch_size"]
     least = min(profiled, key=lambda v: v["profile"]["gpu_busy_ms"])
     fastest = max(exact, key=lambda v: v["images_per_s"])
-    eager = next(v for v in check["variants"] if v["train_step"] == "eager")
+    eager = next((v for v in check["variants"] if v["train_step"] == "eager" and v.get("images_per_s")), None)
     kernel_ms = least["profile"]["gpu_busy_ms"]
     return {"train_step": least["train_step"], "kernel_ms_per_step": kernel_ms, "batch_size": batch,
             "images_per_s": batch / kernel_ms * 1e3, "measured_images_per_s": least["images_per_s"],
             "kernel_share_of_step": kernel_ms / (batch / least["images_per_s"] * 1e3),
             "fastest_step": fastest["train_step"], "fastest_images_per_s": fastest["images_per_s"],
-            "fastest_speedup_over_eager": fastest["images_per_s"] / eager["images_per_s"]}
+            "fastest_speedup_over_eager": fastest["images_per_s"] / eager["images_per_s"] if eager else None}
 
 
 def kernel_bound_projection(per: list[Mapping[str, Any]], checks: Mapping[str, Mapping[str, Any]],
@@ -191,7 +191,8 @@ def kernel_bound_sentence(projection: Mapping[str, Any]) -> str | None:
         commits.setdefault(str(prov.get("git_commit"))[:7], []).append(encoder)
     dates = sorted(str(p.get("date_utc"))[:16] for p in bound["provenance"].values())
     gpus = sorted({str(p.get("gpu_name")) for p in bound["provenance"].values()})
-    fastest = ", ".join(f"{r['fastest_step']} for {e} (x{r['fastest_speedup_over_eager']:.2f} over eager)"
+    fastest = ", ".join(f"{r['fastest_step']} for {e}" + (f" (x{r['fastest_speedup_over_eager']:.2f} over eager)"
+                                                          if r["fastest_speedup_over_eager"] else "")
                         for e, r in rows.items())
     kernels = ", ".join(f"{r['kernel_ms_per_step']:.1f} ms ({e}, {r['train_step']}; "
                         f"{r['kernel_share_of_step']:.0%} of its measured step)" for e, r in rows.items())
