@@ -1,18 +1,20 @@
-"""Paper scale: the projection of the paper's study from measured epochs, its floors, the DDP note."""
+"""Paper scale: the projection of the paper's study from measured epochs, its floors, the kernel bound from the
+edition's own profiled step checks, and what one GPU and several mean for an edition."""
 
 import pandas as pd
 import pytest
 
 from mvlip_utils.train import results
-from mvlip_utils.report import scale
+from mvlip_utils.report import discussion, scale
 
 REF = results.paper_reference()
 
 
-def timed_run(encoder, train_ips, val_ips, checkpoint_s=2.0, setup_s=30.0, flops=None, model_only=None):
+def timed_run(encoder, train_ips, val_ips, checkpoint_s=2.0, setup_s=30.0, flops=None, model_only=None,
+              first_epoch_s=999.0):
     timings = pd.DataFrame([
-        {"epoch": 1, "train_seconds": 999.0, "train_images": 3200, "validation_seconds": 99.0, "val_images": 1000,
-         "checkpoint_seconds": 9.0, "setup_seconds": setup_s},  # warm-up epoch: not used
+        {"epoch": 1, "train_seconds": first_epoch_s, "train_images": 3200, "validation_seconds": 99.0,
+         "val_images": 1000, "checkpoint_seconds": 9.0, "setup_seconds": setup_s},  # only its extra time is used
         {"epoch": 2, "train_seconds": 3200 / train_ips, "train_images": 3200, "validation_seconds": 1000 / val_ips,
          "val_images": 1000, "checkpoint_seconds": checkpoint_s, "setup_seconds": setup_s}])
     rows = []
@@ -37,7 +39,7 @@ def test_projection_scales_the_last_epoch_to_the_papers_counts():
     assert p["train_minutes"] == pytest.approx(20 * 34720 / 400 / 60)
     assert p["validation_minutes"] == pytest.approx(20 * 3923 / 800 / 60)
     assert p["projected_minutes"] == pytest.approx(p["train_minutes"] + p["validation_minutes"]
-                                                   + 20 * 2.0 / 60 + 30.0 / 60)
+                                                   + 20 * 2.0 / 60 + (999.0 - 3200 / 400) / 60 + 30.0 / 60)
     assert scale.encoder_projection({"timings": None, "config": {}}, REF) is None
 
 
@@ -48,7 +50,7 @@ def test_study_projection_one_gpu_per_encoder_and_the_floors():
     proj = scale.study_projection(runs, REF)
     per = {p["encoder"]: p for p in proj["per_encoder"]}
     assert proj["one_gpu_minutes"] == pytest.approx(sum(p["projected_minutes"] for p in per.values()))
-    assert proj["four_gpu_minutes"] == pytest.approx(per["swin"]["projected_minutes"])  # the slowest encoder
+    assert proj["one_gpu_per_encoder_minutes"] == pytest.approx(per["swin"]["projected_minutes"])  # the slowest encoder
     floor = 20 * (34720 * 92e9 + 3923 * 31e9) / 66.9e12 / 60
     assert per["swin"]["fp32_floor_minutes"] == pytest.approx(floor)
     assert proj["fp32_floor_minutes_one_gpu_per_encoder"] == pytest.approx(floor)
@@ -60,104 +62,127 @@ def test_study_projection_one_gpu_per_encoder_and_the_floors():
     results.write_json("/dev/null", proj)  # strict JSON: writable as study_projection.json
 
 
-def test_ddp_note_reads_the_committed_two_gpu_measurement():
-    blob = scale.read_ddp_speedup()
-    assert blob is not None and blob["rows"], "results/h200-ddp/speedup.json is committed"
-    text = scale.ddp_sentence(blob)
-    assert "x1.01 (mambavision)" in text and "drop path" in text and "3.5413" in text
-    assert scale.ddp_sentence(None).startswith("No multi-GPU")
+def test_the_first_epochs_warm_up_is_counted_once_per_encoder():
+    run = timed_run("swin", train_ips=400.0, val_ips=800.0)
+    p = scale.encoder_projection(run, REF)
+    # epoch 1: 999 s for 3,200 images; at the last epoch's 400 images/s they take 8 s
+    assert p["first_epoch_extra_seconds"] == pytest.approx(999.0 - 3200 / 400)
+    assert p["warmup_minutes"] == pytest.approx((999.0 - 8.0) / 60)
+    steady = p["train_minutes"] + p["validation_minutes"] + p["checkpoint_minutes"] + p["setup_minutes"]
+    assert p["projected_minutes"] == pytest.approx(steady + p["warmup_minutes"])  # once, not once per epoch
+    assert p["train_minutes"] == pytest.approx(20 * 34720 / 400 / 60)  # the steady rate, warm-up apart
+    proj = scale.study_projection({"swin": run, "vit": timed_run("vit", 900.0, 2000.0)}, REF)
+    assert proj["warmup_minutes"] == pytest.approx(sum(q["warmup_minutes"] for q in proj["per_encoder"]))
+    assert "counted once per encoder: 991.00 s (swin)" in scale.projection_sentence(proj)
+    table = discussion.projection_table(proj)
+    assert table.loc[discussion.tower_label("swin"), "first-epoch warm-up"] == pytest.approx(991.0 / 60)
+    assert table[discussion.PROJECTION_STAGES].sum(axis=1).values == pytest.approx(table["projected total"].values)
 
 
-def test_the_fastest_exact_step_and_the_kernel_bound_of_the_editions_own_profiled_check():
-    """Without a check measured apart, the run's own profiled step check gives the kernel bound."""
-    run = timed_run("swin", train_ips=300, val_ips=700)
-    run["step_check"] = {"batch_size": 32, "provenance": {"git_commit": "edc0123", "date_utc": "2026-11-29T01:00",
-                                                          "gpu_name": "NVIDIA H200"}, "variants": [
-        {"train_step": "eager", "images_per_s": 280.0, "within_tolerance": True},
-        {"train_step": "fused", "images_per_s": 300.0, "within_tolerance": True},
-        {"train_step": "compiled", "images_per_s": 360.0, "within_tolerance": True, "profile": {"gpu_busy_ms": 80.0}},
-        {"train_step": "graphed", "images_per_s": 400.0, "within_tolerance": False,  # other losses: not taken
-         "profile": {"gpu_busy_ms": 60.0}}]}
-    best = scale.best_step(run, scale.encoder_projection(run, REF))
-    assert best["train_step"] == "compiled" and best["speedup_over_run_step"] == pytest.approx(1.2)
-    proj = scale.study_projection({"swin": run}, REF)
-    bound = proj["kernel_bound"]["per_encoder"]["swin"]
-    assert bound["source"] == "edition" and bound["train_step"] == "compiled"
-    assert bound["images_per_s"] == pytest.approx(32 / 80.0 * 1e3)
-    assert bound["kernel_share_of_step"] == pytest.approx(80.0 / (32 / 360 * 1e3))
-    text = scale.kernel_bound_sentence(proj, "results/speed-probe")
-    assert text.startswith("Profiled step checks (the training chapters', for swin:")
-    assert "80.0 ms (swin, compiled; 90% of its measured step)" in text and "commit edc0123 (swin)" in text
+def test_no_warm_up_without_a_first_epoch_and_a_later_one_or_when_the_first_is_no_slower():
+    run = timed_run("swin", train_ips=400.0, val_ips=800.0)
+    assert scale.first_epoch_extra_seconds(run["timings"].iloc[1:]) == 0.0  # one epoch, and not epoch 1
+    resumed = run["timings"].assign(epoch=[2, 3])  # a resumed run's timings start after epoch 1
+    assert scale.first_epoch_extra_seconds(resumed) == 0.0
+    faster = run["timings"].assign(train_seconds=[7.0, 8.0])  # epoch 1 faster than the last: nothing extra
+    assert scale.first_epoch_extra_seconds(faster) == 0.0
+    p = scale.encoder_projection({**run, "timings": faster}, REF)
+    assert p["warmup_minutes"] == 0.0
+    text = scale.projection_sentence(scale.study_projection({"swin": {**run, "timings": faster}}, REF))
+    assert "warm-up)," not in text and "counted once per encoder:" not in text
 
 
-def probe_check(eager_ips, steps, read_every=50, commit="abc1234"):
-    """A profiled step check as the benchmark_suite command writes it: steps (name, images/s, kernel ms)."""
-    variants = [{"train_step": "eager", "images_per_s": eager_ips, "within_tolerance": True,
-                 "profile": {"gpu_busy_ms": 32e3 / eager_ips * 0.9}}]
-    for name, ips, kernel_ms, same in steps:
-        variants.append({"train_step": name, "images_per_s": ips, "within_tolerance": same,
-                         "profile": {"gpu_busy_ms": kernel_ms}})
-    return {"batch_size": 32, "variants": variants, "read_loss_every": read_every, "device_name": "NVIDIA H200",
-            "provenance": {"git_commit": commit, "date_utc": "2026-11-29T02:40:00+00:00", "gpu_name": "NVIDIA H200"}}
+def test_the_targets_met_and_missed():
+    assert scale.TARGET_MINUTES == {"one_gpu": 66.0, "one_gpu_per_encoder": 33.0}
+    fast = {e: timed_run(e, 2000.0, 4000.0, setup_s=0.0, first_epoch_s=1.6) for e in ("mambavision", "swin", "vit")}
+    proj = scale.study_projection(fast, REF)
+    assert proj["one_gpu_minutes"] <= 66 and proj["one_gpu_per_encoder_minutes"] <= 33
+    assert "the first is met, the second met." in scale.projection_sentence(proj)
+    # 29.3 minutes each: one GPU per encoder meets 33, the three in turn (88) miss 66
+    middling = {e: timed_run(e, 400.0, 4000.0, setup_s=0.0, checkpoint_s=0.0, first_epoch_s=8.0)
+                for e in ("mambavision", "swin", "vit")}
+    proj = scale.study_projection(middling, REF)
+    assert proj["one_gpu_per_encoder_minutes"] == pytest.approx(20 * (34720 / 400 + 3923 / 4000) / 60)
+    assert "the first is missed, the second met." in scale.projection_sentence(proj)
 
 
-def test_the_kernel_bound_study_and_what_it_says_of_the_targets(tmp_path):
-    checks = {"swin": probe_check(280, [("compiled", 320, 81.0, True), ("graphed", 318, 79.0, True)]),
-              "vit": probe_check(800, [("graphed", 860, 24.0, True), ("compiled", 900, 20.0, False)])}
-    for encoder, check in checks.items():
-        results.write_json(tmp_path / "step-check" / encoder / "step_check.json", check)
-    read = scale.read_probe_step_checks(tmp_path)
-    assert set(read) == {"swin", "vit"} and read["swin"]["variants"][1]["images_per_s"] == 320
-    swin = scale.kernel_bound(read["swin"])
-    # the least kernel time among the steps with the eager losses; the fastest in the check beside it
-    assert swin["train_step"] == "graphed" and swin["images_per_s"] == pytest.approx(32 / 79.0 * 1e3)
-    assert swin["kernel_share_of_step"] == pytest.approx(79.0 / (32 / 318 * 1e3))
-    assert swin["fastest_step"] == "compiled" and swin["fastest_speedup_over_eager"] == pytest.approx(320 / 280)
-    assert scale.kernel_bound(read["vit"])["train_step"] == "graphed"  # compiled changed the losses: not taken
-    runs = {"swin": timed_run("swin", 300, 700), "vit": timed_run("vit", 800, 1500)}
-    proj = scale.study_projection(runs, REF, read)
+def profiled_check(commit="edc0123"):
+    """A training chapter's step check (eager against graphed), each step profiled (GPU kernel ms per step)."""
+    return {"batch_size": 32, "provenance": {"git_commit": commit, "date_utc": "2026-12-01T01:00",
+                                             "gpu_name": "NVIDIA H200"}, "variants": [
+        {"train_step": "eager", "images_per_s": 280.0, "within_tolerance": True, "profile": {"gpu_busy_ms": 95.0}},
+        {"train_step": "graphed", "images_per_s": 400.0, "within_tolerance": True, "profile": {"gpu_busy_ms": 64.0}}]}
+
+
+def test_the_kernel_bound_comes_from_the_editions_own_profiled_checks():
+    runs = {"swin": timed_run("swin", train_ips=400, val_ips=700), "vit": timed_run("vit", 900, 1500)}
+    runs["swin"]["step_check"] = profiled_check()
+    assert scale.study_projection(runs, REF)["kernel_bound"] is None  # vit's run has no step check
+    runs["vit"]["step_check"] = {**profiled_check("fed4567"), "variants": [
+        {"train_step": "eager", "images_per_s": 900.0, "within_tolerance": True, "profile": {"gpu_busy_ms": 30.0}},
+        {"train_step": "graphed", "images_per_s": 1000.0, "within_tolerance": False,  # other losses: not taken
+         "profile": {"gpu_busy_ms": 20.0}}]}
+    proj = scale.study_projection(runs, REF)
     bound, per = proj["kernel_bound"], {p["encoder"]: p for p in proj["per_encoder"]}
-    train = 20 * 34720 / (32 / 79.0 * 1e3) / 60
-    assert bound["per_encoder"]["swin"]["minutes"] == pytest.approx(
-        per["swin"]["projected_minutes"] - per["swin"]["train_minutes"] + train)
-    assert bound["four_gpu_minutes"] == pytest.approx(bound["per_encoder"]["swin"]["minutes"])
-    assert bound["one_gpu_minutes"] == pytest.approx(sum(r["minutes"] for r in bound["per_encoder"].values()))
-    assert bound["provenance"]["swin"]["git_commit"] == "abc1234"
-    text = scale.kernel_bound_sentence(proj, tmp_path)
-    assert f"{bound['one_gpu_minutes']:.0f} minutes on one GPU" in text and "commit abc1234 (swin, vit)" in text
-    assert "(swin bounds it)" in text
-    # without a profiled check for every encoder there is no kernel-bound study
-    assert scale.study_projection({**runs, "mambavision": timed_run("mambavision", 400, 900)}, REF, read)["kernel_bound"] is None
+    swin = bound["per_encoder"]["swin"]
+    assert swin["train_step"] == "graphed" and swin["images_per_s"] == pytest.approx(32 / 64.0 * 1e3)
+    assert swin["kernel_share_of_step"] == pytest.approx(64.0 / (32 / 400 * 1e3))
+    assert swin["fastest_step"] == "graphed" and swin["fastest_speedup_over_eager"] == pytest.approx(400 / 280)
+    assert bound["per_encoder"]["vit"]["train_step"] == "eager"
+    failed_eager = {**profiled_check(), "variants": [{"train_step": "eager", "images_per_s": None, "error": "OOM"},
+                                                     *profiled_check()["variants"][1:]]}
+    assert scale.kernel_bound(failed_eager)["fastest_speedup_over_eager"] is None
+    train = 20 * 34720 / 500 / 60
+    assert swin["minutes"] == pytest.approx(per["swin"]["projected_minutes"] - per["swin"]["train_minutes"] + train)
+    assert bound["one_gpu_minutes"] == pytest.approx(swin["minutes"] + bound["per_encoder"]["vit"]["minutes"])
+    assert bound["one_gpu_per_encoder_minutes"] == pytest.approx(max(r["minutes"] for r in bound["per_encoder"].values()))
+    assert "four_gpu_minutes" not in bound and "four_gpu_minutes" not in proj
+    text = scale.kernel_bound_sentence(proj)
+    assert text.startswith("The training chapters' profiled step checks (NVIDIA H200, 2026-12-01T01:00 UTC, "
+                           "commit edc0123 (swin), fed4567 (vit))")
+    assert "64.0 ms (swin, graphed; 80% of its measured step)" in text
+    assert f"{bound['one_gpu_minutes']:.0f} minutes on one GPU" in text and "probe" not in text
+    results.write_json("/dev/null", proj)
 
 
-def test_the_loss_read_sentence_compares_the_same_check_both_ways(tmp_path):
-    assert scale.loss_read_sentence(tmp_path) is None
-    results.write_json(tmp_path / "step-check" / "swin" / "step_check.json",
-                       probe_check(283.3, [("fused", 267.1, 80, True)]))
-    results.write_json(tmp_path / scale.READ_EVERY_STEP / "swin" / "step_check.json",
-                       probe_check(281.7, [("fused", 281.3, 80, True)], read_every=1))
-    text = scale.loss_read_sentence(tmp_path)
-    assert "swin eager 281.7 vs 283.3 images/s (+0.6%)" in text and "every 50 steps" in text
-    assert "No consistent difference" in text
+def record(gpus, chain_gpus):
+    return {"profile": "speed", "encoders": ["mambavision", "swin", "vit"], "chain_gpus": chain_gpus,
+            "provenance": {"gpus": gpus, "gpu_name": gpus[0], "date_utc": "2026-12-01T02:00:00+00:00"}}
 
 
-def test_a_separate_run_is_set_beside_the_editions_run_its_prediction_and_losses(tmp_path):
-    run = timed_run("swin", train_ips=300, val_ips=700)
-    run["history"] = pd.DataFrame({"epoch": [1, 2], "train_loss": [3.5, 3.4]})
-    run["step_check"] = {"variants": [{"train_step": "fused", "images_per_s": 300.0, "within_tolerance": True},
-                                      {"train_step": "compiled", "images_per_s": 330.0, "within_tolerance": True}]}
-    proj = scale.study_projection({"swin": run}, REF)
-    for name, step, loss in (("swin-compiled", "compiled", 3.4 * (1 + 2e-6)), ("swin-graphed", "graphed", 3.4)):
-        folder = tmp_path / name
-        results.write_json(folder / "config.json", {"encoder": "swin", "train_step": step})
-        pd.DataFrame([{"epoch": 2, "train_seconds": 10.0, "train_images": 3400}]).to_csv(folder / "timings.csv", index=False)
-        pd.DataFrame({"epoch": [1, 2], "train_loss": [3.5, loss]}).to_csv(folder / "history.csv", index=False)
-    compiled, graphed = scale.probe_sentences(proj, tmp_path, {"swin": run})
-    assert "340.0 images/s, against 300.0 for this edition's fused run (+13.3%)" in compiled
-    assert "predicted 330.0 (+3.0% measured against predicted)" in compiled  # compiled: the check's fastest
-    assert "differ from the edition's by at most 2.0e-06" in compiled
-    assert "predicted" not in graphed and "at most 0.0e+00" in graphed
-    assert scale.probe_sentences(proj, tmp_path / "none") == []
+def three_encoders():
+    return scale.study_projection({"mambavision": timed_run("mambavision", 450, 900),
+                                   "swin": timed_run("swin", 380, 700), "vit": timed_run("vit", 1200, 1500)}, REF)
+
+
+def test_gpus_sentence_for_chains_in_turn_on_one_gpu():
+    proj = three_encoders()
+    text = scale.gpus_sentence(record(["NVIDIA H200"], None), proj)
+    assert text.startswith("The edition was recorded on 2026-12-01 on a machine with one NVIDIA H200; its encoders' "
+                           "chains ran in turn on one GPU")
+    assert f"the sum of the encoders' projections ({proj['one_gpu_minutes']:.0f} minutes)" in text
+    assert f"({proj['one_gpu_per_encoder_minutes']:.0f} minutes, swin): assumed" in text
+    assert "not measured with the encoders in parallel" in text
+
+
+def test_gpus_sentence_for_chains_in_parallel_on_three_gpus_and_on_shared_ones():
+    proj = three_encoders()
+    text = scale.gpus_sentence(record(["NVIDIA H200"] * 3, ["0", "1", "2"]), proj)
+    assert text.startswith("The edition was recorded on 2026-12-01 on a machine with three NVIDIA H200s; its three")
+    assert "ran in parallel, one per GPU (GPU 0: mambavision; GPU 1: swin; GPU 2: vit)" in text
+    assert "slowest encoder's projection" in text and "as the chains ran here" in text
+    assert "added as if they ran one after another" in text and "assumed" not in text
+    shared = scale.gpus_sentence(record(["NVIDIA H200"] * 2, ["0", "1", "0"]), proj)
+    assert "ran in parallel on two GPUs, sharing (GPU 0: mambavision, vit; GPU 1: swin)" in shared
+    assert "upper bounds" in shared
+
+
+def test_gpus_sentence_without_a_record_names_the_runs_device_and_the_rule():
+    proj = three_encoders()
+    text = scale.gpus_sentence(None, proj)
+    assert text.startswith("This edition is not recorded") and "ran on NVIDIA H200." in text
+    assert "sum of the encoders' projections" in text and "slowest encoder's projection" in text
+    assert scale.gpus_sentence(None, scale.study_projection({}, REF)).count("no timed run") == 1
 
 
 def test_a_projection_without_a_run_says_whose_run_it_lacks():

@@ -226,13 +226,18 @@ def top_kernels(check: Mapping[str, Any]) -> tuple[str | None, pd.DataFrame]:
     return fastest["train_step"], frame
 
 
+PROJECTION_STAGES = ["training", "validation", "checkpoint waits", "first-epoch warm-up", "set-up"]
+
+
 def projection_table(projection: Mapping[str, Any]) -> pd.DataFrame:
-    """Minutes of the paper's study per encoder: measured projection by stage and the two floors."""
+    """Minutes of the paper's study per encoder: measured projection by stage (``PROJECTION_STAGES``) and
+    the two floors."""
     rows = []
     for p in projection["per_encoder"]:
         rows.append({"tower": tower_label(p["encoder"]), "training": p["train_minutes"],
-                     "validation": p["validation_minutes"], "checkpoints": p["checkpoint_minutes"],
-                     "set-up": p["setup_minutes"], "projected total": p["projected_minutes"],
+                     "validation": p["validation_minutes"], "checkpoint waits": p["checkpoint_minutes"],
+                     "first-epoch warm-up": p.get("warmup_minutes", 0.0), "set-up": p["setup_minutes"],
+                     "projected total": p["projected_minutes"],
                      "model-only floor": p.get("model_only_minutes", math.nan),
                      "FLOP floor (fp32 peak)": p.get("fp32_floor_minutes", math.nan)})
     return pd.DataFrame(rows).set_index("tower") if rows else pd.DataFrame()
