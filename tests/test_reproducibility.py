@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mvlip_utils.measure import benchmark_suite
-from mvlip_utils.report import determinism, discussion
+from mvlip_utils.report import determinism
 from mvlip_utils.settings import notebooks, params, profiles, reproducibility as repro
 from mvlip_utils.train import results
 from mvlip_utils.train import run_folder, loop as train

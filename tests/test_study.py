@@ -262,24 +262,20 @@ def test_fingerprint_follows_notebook_parameters_library_and_inputs(tmp_path):
 
 
 def test_step_inputs_are_read_under_results_dir(tmp_path):
-    """The discussion's separate measurements (<results_dir>/<profile>-probe/) and the findings' projections
-    (<results_dir>/<profile>/study_projection.json) are where the notebooks read them, like the run files."""
-    probe = tmp_path / "elsewhere" / "smoke-probe" / "probe.json"
-    probe.parent.mkdir(parents=True)
-    probe.write_text("{}")
-    (tmp_path / "results" / "smoke-probe").mkdir(parents=True)
-    (tmp_path / "results" / "smoke-probe" / "other.json").write_text("{}")
+    """The discussion's edition record (book/recorded/<profile>/edition.json: how its chains used the GPUs)
+    and the findings' projections (<results_dir>/<profile>/study_projection.json) are inputs, the run files
+    under results_dir."""
     discussion, findings = notebooks.Step(notebooks.DISCUSSION), notebooks.Step(notebooks.FINDINGS)
     overrides = {"results_dir": "elsewhere"}
     read = reuse.step_inputs(discussion, tmp_path, ["vit"], overrides)
-    assert probe in read and tmp_path / "elsewhere" / "smoke" / "vit" / "metrics.json" in read
-    assert all(p.is_relative_to(tmp_path / "elsewhere") for p in read)
+    assert tmp_path / "elsewhere" / "smoke" / "vit" / "metrics.json" in read
+    assert tmp_path / "book" / "recorded" / "smoke" / "edition.json" in read
+    assert all(p.is_relative_to(tmp_path / "elsewhere") for p in read if p.name != "edition.json")
     read = reuse.step_inputs(findings, tmp_path, ["vit"], overrides, ["smoke", "speed"])
     for profile in ("smoke", "speed"):
         assert tmp_path / "elsewhere" / profile / "study_projection.json" in read
     assert all(p.is_relative_to(tmp_path / "elsewhere") for p in read)
     # without the override: under results/
-    assert tmp_path / "results" / "smoke-probe" / "other.json" in reuse.step_inputs(discussion, tmp_path, ["vit"], {})
     assert tmp_path / "results" / "smoke" / "study_projection.json" in reuse.step_inputs(
         findings, tmp_path, ["vit"], {}, ["smoke"])
 

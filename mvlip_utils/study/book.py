@@ -74,3 +74,16 @@ def build_book(root: Path, toc: Path, log: Callable[[str], None] = print) -> Pat
         raise RuntimeError("jupyter-book build failed (warnings are errors):\n" +
                            "\n".join((warnings or out[-40:])[:60]))
     return root / "book" / "_build" / "html"
+
+
+def write_edition_record(root: Path, profile: str, encoders: Sequence[str], steps, gpus=None) -> Path:
+    """book/recorded/<profile>/edition.json: a recorded edition's provenance (GPU, driver, versions, commit,
+    date, command), its chains' --gpus entries (``chain_gpus``; null: in turn) and each step's seconds."""
+    from ..train.results import collect_provenance, write_json
+
+    path = edition_record_path(Path(root) / "book", profile)
+    write_json(path, {"profile": profile, "encoders": list(encoders), "provenance": collect_provenance("cuda"),
+                      "chain_gpus": list(gpus) if gpus is not None else None,
+                      "steps": [{"step": label, "status": status, "seconds": round(seconds, 1)}
+                                for label, status, seconds in steps]})
+    return path

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from ..settings.notebooks import BENCHMARK, DISCUSSION, FINDINGS, SETUP, Step
+from ..settings.notebooks import BENCHMARK, DISCUSSION, FINDINGS, SETUP, Step, edition_record_path
 from ..settings.params import parameter_names
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -102,9 +102,8 @@ def step_inputs(step: Step, root: Path, encoders: Sequence[str], overrides: dict
         return [f for f in run_files(run) if f.name != "benchmark.json"]
     profiles = editions if step.notebook == FINDINGS else [step.profile]
     files: list[Path] = []
-    if step.notebook == DISCUSSION:  # separate measurements it reports beside the edition's runs
-        probes = edition_folder(root, step.profile, overrides).with_name(f"{step.profile}-probe")
-        files += sorted(p for p in probes.rglob("*") if p.is_file()) if probes.is_dir() else []
+    if step.notebook == DISCUSSION:  # a recorded edition's record: on how many GPUs its chains ran
+        files.append(edition_record_path(Path(root) / "book", step.profile))
     for profile in profiles:
         if step.notebook == FINDINGS:
             files.append(edition_folder(root, profile, overrides) / "study_projection.json")

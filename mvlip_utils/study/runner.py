@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from ..models.timm_towers import check_encoder
 from ..settings.profiles import ENCODERS, PROFILES, get_config, needs_cuda, records_edition
-from .book import _ANSI, PROJECT_ROOT, build_book, write_toc
+from .book import _ANSI, PROJECT_ROOT, build_book, write_edition_record, write_toc
 from ..train import device_share
 from ..train.launch import run_pinned
 from .reuse import executed_fingerprint, files_digest, fingerprint, library_hash, step_inputs
@@ -320,13 +320,18 @@ def run_study(profile: str = "smoke", encoders: Sequence[str] | None = None,
     steps = plan(encoders, profile)
     if encoder_steps_only:
         steps = [s for s in steps if s.encoder]
+    record = (lambda: write_edition_record(root, profile, encoders, report, gpus)) if records_edition(profile) else None
     if gpus is None:
         for i, step in enumerate(steps, 1):
+            if step.notebook == DISCUSSION and record:
+                record()  # the discussion reads how the chains used the GPUs
             report.append(run_step(ctx, step, encoders, index=f"{i:2d}/{len(steps)}"))
     else:
         report.append(run_step(ctx, steps[0], encoders, index="setup"))
         chains, failed = run_chains_in_parallel(ctx, profile, encoders, gpus)
         report += chains
+        if record:
+            record()
         report.append(run_step(ctx, steps[-1], encoders, index="discussion"))
     editions = {}
     if not encoder_steps_only:
@@ -337,8 +342,8 @@ def run_study(profile: str = "smoke", encoders: Sequence[str] | None = None,
         order = sorted(editions, key=list(PROFILES).index)
         all_encoders = [e for e in ENCODERS if any(e in editions[p] for p in order)]
         report.append(run_step(ctx, Step(FINDINGS, None, profile), all_encoders, order, index="findings"))
-        if records_edition(profile):
-            write_edition_record(root, profile, encoders, report, gpus)
+        if record:
+            record()  # again, with every step's seconds
     study_s = time.perf_counter() - t0
     log(f"[study] notebooks: {study_s:.1f} s")
     html = None
@@ -379,19 +384,6 @@ def run_chains_in_parallel(ctx: StudyContext, profile: str, encoders: Sequence[s
 
     failed = run_pinned(jobs, gpus, ctx.root, ctx.log, collect, env)
     return report, failed
-
-
-def write_edition_record(root: Path, profile: str, encoders: Sequence[str], steps, gpus=None) -> Path:
-    """book/recorded/<profile>/edition.json: a recorded edition's provenance (GPU, driver, versions, commit,
-    date, command), its chains' --gpus entries (``chain_gpus``; null: in turn) and each step's seconds."""
-    from ..train.results import collect_provenance, write_json
-
-    path = edition_record_path(Path(root) / "book", profile)
-    write_json(path, {"profile": profile, "encoders": list(encoders), "provenance": collect_provenance("cuda"),
-                      "chain_gpus": list(gpus) if gpus is not None else None,
-                      "steps": [{"step": label, "status": status, "seconds": round(seconds, 1)}
-                                for label, status, seconds in steps]})
-    return path
 
 
 # -------------------------------------------------------------------------------------------- CLI
