@@ -12,14 +12,7 @@ log=${1:?usage: bash scripts/gpu_tier.sh LOG [pytest arguments]}
 shift
 case "$log" in /*) ;; *) log="$PWD/$log" ;; esac
 cd "$(dirname "$0")/.." || exit 2
-PY=${PYTHON:-python3}
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-if ! "$PY" -c "import papermill, open_clip" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 2
-  export PYTHONPATH="/tmp/site:$PYTHONPATH"
-fi
-"$PY" -m ipykernel install --user --name mvlip --display-name "Python (mvlip)" >/dev/null || exit 2
-export MVLIP_GIT_COMMIT="${MVLIP_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"
+. scripts/gpu_machine.sh  # $PY, PYTHONPATH, the wheels on a bare GPU machine, the kernel, MVLIP_GIT_COMMIT
 mkdir -p "$(dirname "$log")"
 {
   echo "# GPU test tier: $PY -m pytest -m gpu -q -rA $*"

@@ -73,7 +73,7 @@ def test_the_first_epochs_warm_up_is_counted_once_per_encoder():
     assert p["train_minutes"] == pytest.approx(20 * 34720 / 400 / 60)  # the steady rate, warm-up apart
     proj = scale.study_projection({"swin": run, "vit": timed_run("vit", 900.0, 2000.0)}, REF)
     assert proj["warmup_minutes"] == pytest.approx(sum(q["warmup_minutes"] for q in proj["per_encoder"]))
-    assert "counted once per encoder: 991.00 s (swin)" in scale.projection_sentence(proj)
+    assert "counted once per encoder: 991 s (swin)" in scale.projection_sentence(proj)
     table = discussion.projection_table(proj)
     assert table.loc[discussion.tower_label("swin"), "first-epoch warm-up"] == pytest.approx(991.0 / 60)
     assert table[discussion.PROJECTION_STAGES].sum(axis=1).values == pytest.approx(table["projected total"].values)
@@ -141,7 +141,7 @@ def test_the_kernel_bound_comes_from_the_editions_own_profiled_checks():
     assert text.startswith("The training chapters' profiled step checks (NVIDIA H200, 2026-12-01T01:00 UTC, "
                            "commit edc0123 (swin), fed4567 (vit))")
     assert "64.0 ms (swin, graphed; 80% of its measured step)" in text
-    assert f"{bound['one_gpu_minutes']:.0f} minutes on one GPU" in text and "probe" not in text
+    assert f"{bound['one_gpu_minutes']:.1f} minutes on one GPU" in text and "probe" not in text
     results.write_json("/dev/null", proj)
 
 

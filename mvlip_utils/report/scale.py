@@ -208,13 +208,13 @@ def kernel_bound_sentence(projection: Mapping[str, Any]) -> str | None:
         minutes = bound[key]
         slowest = max(rows, key=lambda e: rows[e]["minutes"]) if how is max else None
         train = (rows[slowest]["train_minutes"] if slowest else sum(r["train_minutes"] for r in rows.values()))
-        part = (f"{minutes:.0f} minutes on {name}" + (f" ({slowest} bounds it)" if slowest else "")
-                + f", {train:.0f} of them training, against the target of {target:.0f}: ")
+        part = (f"{minutes:.1f} minutes on {name}" + (f" ({slowest} bounds it)" if slowest else "")
+                + f", {train:.1f} of them training, against the target of {target:.0f}: ")
         if minutes <= target:
             part += "met only if the GPU never waited during training"
         elif train <= target:
-            part += (f"missed even then, unless validation, checkpoint waits, warm-up and set-up ({minutes - train:.1f} "
-                     f"minutes here) also shrank below {target - train:.1f}")
+            part += (f"missed even then, unless validation, checkpoint waits, warm-up and set-up ({minutes - train:.2f} "
+                     f"minutes here) also shrank below {target - train:.2f}")
         else:
             part += "missed even then, by the kernels' own time"
         parts.append(part)
@@ -254,7 +254,7 @@ def projection_sentence(projection: Mapping[str, Any]) -> str:
     warm = [p for p in projection["per_encoder"] if p.get("first_epoch_extra_seconds")]
     if warm:
         text += (" Their first epochs took longer than their last epochs' rate gives (compilation and warm-up), "
-                 "counted once per encoder: " + ", ".join(f"{p['first_epoch_extra_seconds']:.2f} s ({p['encoder']})"
+                 "counted once per encoder: " + ", ".join(f"{p['first_epoch_extra_seconds']:.0f} s ({p['encoder']})"
                                                           for p in warm) + ".")
     floors = []
     if projection.get("model_only_minutes"):
