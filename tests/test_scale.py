@@ -194,3 +194,18 @@ def test_a_projection_without_a_run_says_whose_run_it_lacks():
     assert scale.projection_sentence(proj).startswith(
         "Without CLIP(Swin) (its run is partial: 1 of 2 epochs), projected from the measured epochs, the paper's "
         "study of the encoders with a finished run takes")
+
+
+def test_the_projection_file_is_rewritten_only_when_its_values_change(tmp_path):
+    """A recorded edition's study_projection.json stays as recorded when the book is built elsewhere and the
+    run files read back differ only in a float's last bit; any real change is written."""
+    path = tmp_path / "study_projection.json"
+    proj = {"one_gpu_minutes": 81.14171990385356, "per_encoder": [{"encoder": "swin", "setup_seconds": 10.992498039999989}],
+            "kernel_bound": None}
+    assert scale.save_projection(path, proj) and results.read_json(path) == proj
+    recorded = path.read_bytes()
+    last_bit = {**proj, "per_encoder": [{"encoder": "swin", "setup_seconds": 10.992498039999987}]}
+    assert not scale.save_projection(path, last_bit) and path.read_bytes() == recorded
+    changed = {**proj, "one_gpu_minutes": 80.0}
+    assert scale.save_projection(path, changed) and results.read_json(path)["one_gpu_minutes"] == 80.0
+    assert scale.save_projection(path, {**changed, "missing": {"vit": "is partial"}})  # a new key is a change

@@ -18,12 +18,16 @@ GPUs an edition ran, and how its two study figures follow from that, says ``gpus
 
 from __future__ import annotations
 
+import json
+import math
 from collections import Counter
+from pathlib import Path
 from typing import Any, Mapping
 
 from ..measure.records import PAPER, PAPER_FUSED, benchmark_record
 from ..measure.flops import peak_flops, utilisation_fields
 from ..settings.profiles import ENCODER_LABELS, PROFILES
+from ..train.results import jsonable, write_json
 
 ASSUMPTIONS = (
     "per-image times of the last epoch measured, with the run's own training step, scaled to the paper's "
@@ -321,3 +325,26 @@ def gpus_sentence(edition: Mapping[str, Any] | None, projection: Mapping[str, An
             f"shared GPU overlapped, so their measured times carry each other's load. On one GPU the study takes "
             f"{sum_part}, with one GPU per encoder {max_part}; for the encoders that shared a GPU both are upper "
             "bounds of what each would take alone.")
+
+
+def save_projection(path: str | Path, projection: Mapping[str, Any]) -> bool:
+    """Write ``projection`` to ``path`` (study_projection.json) unless the file already holds the same
+    values, floats equal to 1e-9 relative: run files read back on another machine may differ in a float's
+    last bit, and building the book there must leave a recorded edition's file as it was recorded. Returns
+    whether it wrote."""
+    def same(a: Any, b: Any) -> bool:
+        if isinstance(a, float) or isinstance(b, float):
+            return (isinstance(a, (int, float)) and isinstance(b, (int, float))
+                    and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12))
+        if isinstance(a, dict) and isinstance(b, dict):
+            return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+        if isinstance(a, list) and isinstance(b, list):
+            return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        return a == b
+
+    path = Path(path)
+    new = json.loads(json.dumps(jsonable(projection), allow_nan=False))
+    if path.is_file() and same(json.loads(path.read_text()), new):
+        return False
+    write_json(path, projection)
+    return True
