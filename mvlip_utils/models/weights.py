@@ -30,7 +30,7 @@ TRUST_ENV = "MVLIP_TRUST_PICKLED_WEIGHTS"
 
 # The types pretrained-weight files may hold besides tensors and plain containers: MambaVision's release
 # .pth.tar was written by timm's train.py, which stores its command-line arguments as 'args', an
-# argparse.Namespace (of plain values). The study's own checkpoints need none (run_folder.save_checkpoint).
+# argparse.Namespace (of plain values). The study's own checkpoints need none (run_folder.CheckpointWriter).
 WEIGHTS_GLOBALS: tuple[type, ...] = (argparse.Namespace,)
 
 # How to go on when a pretrained-weight file is refused.

@@ -146,7 +146,7 @@ def is_finished(run: str | os.PathLike) -> bool:
 
 
 # The files a training run writes into its folder (checkpoint.pt aside); benchmark.json is 04_benchmark's
-CHECKPOINT = "checkpoint.pt"  # written after every epoch (run_folder.save_checkpoint)
+CHECKPOINT = "checkpoint.pt"  # written after every epoch (run_folder.CheckpointWriter)
 RUN_FILES = ("config.json", "history.csv", "timings.csv", "metrics.json", "per_class.csv", "confusion.csv",
              "predictions.csv", "step_check.json")
 

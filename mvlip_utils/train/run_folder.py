@@ -127,13 +127,6 @@ def write_checkpoint(state: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def save_checkpoint(experiment: Experiment, optimizer, scheduler, epoch: int, history: list[dict]) -> Path:
-    """Write the run's state after ``epoch`` now, waiting for the disk (``CheckpointWriter`` writes it in the
-    background)."""
-    return write_checkpoint(checkpoint_state(experiment, optimizer, scheduler, epoch, history),
-                            experiment.run_dir / CHECKPOINT)
-
-
 class CheckpointWriter:
     """Writes a run's checkpoints off the training path. ``save`` waits for the previous write, takes the host
     copy of the state (``checkpoint_state``: all that training waits for) and hands serialising and writing
