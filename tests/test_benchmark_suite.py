@@ -1,89 +1,149 @@
-"""What the benchmark chapter measures for one run (mvlip_utils.measure.benchmark_suite), on tiny smoke towers."""
+"""What the benchmark chapter measures for one encoder (mvlip_utils.measure.benchmark_suite), as the session's smoke
+study (conftest's ``smoke_study``) recorded it, with the parts that need no study checked on their own: FLOPs
+counted once per tower, an out-of-memory setting, the records the chapters look up, the step check's command."""
 
 import dataclasses
+import json
+import math
 
+import pandas as pd
 import pytest
+import torch
+from conftest import TINY
 
+from mvlip_utils.data.files import read_json, write_json
 from mvlip_utils.measure import benchmark_suite as suite
-from mvlip_utils.train import experiment as exp
-from mvlip_utils.train import results
-from mvlip_utils.settings.profiles import get_bench_settings, get_config
+from mvlip_utils.settings.profiles import BenchSettings, get_bench_settings, get_config
+from mvlip_utils.train import run_folder
+
+BENCH_FIELDS = {f.name for f in dataclasses.fields(BenchSettings)}
 
 
-@pytest.fixture(scope="module")
-def experiment(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("bench")
-    config = get_config("smoke", encoder="mambavision", generated_classes=3, generated_train_per_class=4,
-                        generated_val_per_class=4, image_size=32, batch_size=4, eval_batch_size=4, device="cpu",
-                        data_dir=str(tmp / "data"), results_dir=str(tmp / "results"))
-    return exp.build_experiment(config, progress=False)
+def records(smoke_study, encoder):
+    blob = run_folder.read_benchmark(smoke_study["results"] / encoder / "benchmark.json")
+    return blob["records"], blob["provenance"]
 
 
-BENCH = get_bench_settings("smoke", warmup=1, repeats=2, eval_repeats=2, eval_workers=2, best_batch=4,
-                           resolutions=[32, 48], sweep_batch=4)
+def test_the_session_studys_benchmark_chapters_measured_each_part(smoke_study):
+    """What 04_benchmark wrote for each tower of the session study (TINY's settings on the smoke profile)."""
+    bench = get_bench_settings("smoke", **{k: v for k, v in TINY.items() if k in BENCH_FIELDS})
+    for encoder in ("mambavision", "swin"):
+        found, provenance = records(smoke_study, encoder)
+        config = read_json(smoke_study["results"] / encoder / "seed-0" / "config.json")
+        kinds = [r["kind"] for r in found]
+        assert kinds == (["eval_loop"] * 2 + ["model_only"] * 3 + ["resolution_sweep"] * 2
+                         + (["scan_cost"] * 3 if encoder == "mambavision" else []) + ["flops"] * 2)
+        loop = [r for r in found if r["kind"] == "eval_loop"]
+        assert [(r["source"], r["num_workers"]) for r in loop] == [("jpeg", bench.eval_workers), ("uint8_cache", 0)]
+        for r in loop:  # every validation image, each pass timed
+            assert r["n_images"] == config["n_val"] and r["repeats"] == bench.eval_repeats
+            assert r["images_per_s_min"] <= r["images_per_s"] <= r["images_per_s_max"]
+        alone = [(r["setting"], r["mode"], r["precision"], r["batch_size"], r["channels_last"])
+                 for r in found if r["kind"] == "model_only"]
+        assert alone == [(suite.PAPER, "inference", "fp32", TINY["eval_batch_size"], False),
+                         (suite.PAPER, "train", "fp32", TINY["batch_size"], False),
+                         (suite.BEST, "inference", "bf16", TINY["best_batch"], True)]
+        sweep = [r for r in found if r["kind"] == "resolution_sweep"]
+        assert [(r["resolution"], r["batch_size"]) for r in sweep] == [(32, 8), (64, 2)]  # pixels per batch held
+        counted = read_json(smoke_study["results"] / encoder / "flops.json")
+        assert sweep[0]["flops_per_image"] < sweep[1]["flops_per_image"] == counted["inference"]  # at 64 px
+        assert [r["flops_per_image"] for r in found if r["kind"] == "flops"] == [counted["inference"], counted["train"]]
+        assert [r["flops_per_image"] for r in found if r["kind"] == "model_only"][:2] == [counted["inference"],
+                                                                                         counted["train"]]
+        for r in (r for r in found if r["kind"] == "scan_cost"):
+            assert r["ratio_min"] <= r["ratio"] <= r["ratio_max"]
+            assert r["images_per_s_with_scan"] == pytest.approx(r["batch_size"] / r["a_median_s"])
+        assert provenance["encoder"] == encoder and provenance["bench_settings"]["repeats"] == TINY["repeats"]
 
 
-def test_eval_loop_records_the_papers_method_from_files_and_from_the_cache(experiment):
-    records = suite.eval_loop_records(experiment, BENCH)
-    assert [(r["source"], r["num_workers"]) for r in records] == [("jpeg", 2), ("uint8_cache", 0)]
-    for r in records:
-        assert r["kind"] == "eval_loop" and r["n_images"] == 12 and r["repeats"] == 2
-        assert r["images_per_s_min"] <= r["images_per_s"] <= r["images_per_s_max"]
-
-
-def test_model_only_records_cover_the_papers_conditions_and_the_best_settings(experiment):
-    config = experiment.config.replace(precision="fp32-tf32conv")
+def test_flops_are_counted_once_per_tower_architecture(tmp_path):
+    config = get_config("smoke", encoder="vit", image_size=32, results_dir=str(tmp_path), device="cpu")
+    path = run_folder.encoder_dir(config) / "flops.json"
     flops = suite.run_flops(config, "cpu")
-    records = suite.model_only_records(experiment.model.visual, config, BENCH, "cpu", flops)
-    got = [(r["setting"], r["mode"], r["precision"], r["batch_size"], r.get("optimizer")) for r in records]
-    assert got == [(suite.PAPER, "inference", "fp32-tf32conv", 4, None), (suite.PAPER, "train", "fp32-tf32conv", 4, "foreach"),
-                   (suite.PAPER_FUSED, "train", "fp32-tf32conv", 4, "fused"),
-                   (suite.STRICT, "inference", "fp32", 4, None), (suite.STRICT, "train", "fp32", 4, "foreach"),
-                   (suite.BEST, "inference", "bf16", 4, None), (suite.BEST, "train", "bf16", 4, "fused")]
-    assert all(r["kind"] == "model_only" and r["images_per_s"] > 0 for r in records)
-    assert records[1]["flops_per_image"] == flops["train"] and records[0]["flops_per_image"] == flops["inference"]
-    # FLOPs are counted once and kept in the run folder
-    path = results.run_dir(config) / "flops.json"
-    assert results.read_json(path)["train"] == flops["train"] > flops["inference"] > 0
-    path.write_text(path.read_text().replace(str(flops["train"]), "1.5"))
+    saved = read_json(path)
+    assert saved["train"] == flops["train"] > flops["inference"] > 0 and saved["image_size"] == 32
+    write_json(path, {**saved, "train": 1.5})  # kept: read back, not counted again
     assert suite.run_flops(config, "cpu")["train"] == 1.5
+    write_json(path, {**saved, "train": 1.5, "architecture": {"another": "tower"}})  # another tower: counted again
+    assert suite.run_flops(config, "cpu")["train"] == flops["train"]
+    assert [(r["kind"], r["mode"], r["flops_per_image"]) for r in suite.flops_records(flops, config)] == [
+        ("flops", "inference", flops["inference"]), ("flops", "train", flops["train"])]
 
 
-def test_compile_runs_in_a_child_process_with_a_time_limit(experiment):
-    config = experiment.config
-    skipped = suite.compiled_record(config, dataclasses.replace(BENCH, compile_timeout_s=0), "cpu")
-    assert skipped["error"].startswith("skipped") and skipped["setting"] == suite.COMPILED
-    timed_out = suite.compiled_record(config, dataclasses.replace(BENCH, compile_timeout_s=1), "cpu")
-    assert timed_out["error"] == "timed out after 1 s" and timed_out["images_per_s"] is None
-    done = suite.compiled_record(config, dataclasses.replace(BENCH, compile_timeout_s=240), "cpu", backend="eager")
-    assert done.get("error") is None, done.get("error")
-    assert done["compile"] is True and done["images_per_s"] > 0 and done["compile_backend"] == "eager"
+class OOMAbove(torch.nn.Module):
+    """Runs out of memory at a batch larger than ``limit`` (as a GPU does at the best settings' large batch)."""
+
+    def __init__(self, limit, message="CUDA out of memory. Tried to allocate 80.00 GiB (fake)"):
+        super().__init__()
+        self.limit, self.message, self.lin = limit, message, torch.nn.Linear(3, 2)
+
+    def forward(self, x):
+        if x.shape[0] > self.limit:
+            raise torch.cuda.OutOfMemoryError(self.message) if "memory" in self.message else RuntimeError(self.message)
+        return self.lin(x.mean(dim=(2, 3)))
 
 
-def test_sweep_and_scan_cost(experiment):
-    from mvlip_utils.models.towers import create_image_tower
-
-    config = experiment.config
-    sweep = suite.sweep_records(lambda r: create_image_tower("mambavision", "smoke", image_size=r), config, BENCH, "cpu")
-    assert [r["resolution"] for r in sweep] == [32, 48] and all(r["kind"] == "resolution_sweep" for r in sweep)
-    scan = suite.scan_cost_records(experiment.model.visual, config, dataclasses.replace(BENCH, repeats=2), "cpu", rounds=2)
-    assert [(r["mode"], r["precision"]) for r in scan] == [("inference", "fp32"), ("train", "fp32"), ("inference", "bf16")]
-    for r in scan:
-        assert r["kind"] == "scan_cost" and r["ratio_min"] <= r["ratio"] <= r["ratio_max"] and r["rounds"] == 2
-        assert r["images_per_s_with_scan"] == pytest.approx(r["batch_size"] / r["a_median_s"])
+def test_an_out_of_memory_at_the_large_batch_keeps_the_other_settings():
+    config = get_config("smoke", encoder="vit", image_size=16, batch_size=4, eval_batch_size=4, device="cpu")
+    bench = get_bench_settings("smoke", warmup=1, repeats=1, best_batch=64)
+    out = suite.model_only_records(OOMAbove(limit=8), config, bench, "cpu")
+    assert [r["images_per_s"] is not None for r in out] == [True, True, False]
+    assert out[2]["setting"] == suite.BEST and out[2]["error"].startswith("out of memory")
+    with pytest.raises(RuntimeError, match="shape mismatch"):  # any other error is not a measurement
+        suite.model_only_records(OOMAbove(limit=8, message="shape mismatch"), config, bench, "cpu")
 
 
-def test_the_step_check_command_writes_each_encoders_check_with_its_provenance(tmp_path, monkeypatch):
-    from mvlip_utils.train import loop as train
+def test_benchmark_records_are_found_by_their_fields():
+    frame = pd.DataFrame([{"kind": "model_only", "setting": suite.PAPER, "mode": "inference", "images_per_s": 10.0},
+                          {"kind": "model_only", "setting": suite.PAPER, "mode": "train", "images_per_s": None},
+                          {"kind": "eval_loop", "source": "jpeg", "images_per_s": 5.0}])
+    entry = {"benchmark": frame}
+    assert suite.benchmark_record(entry, kind="eval_loop", source="jpeg")["images_per_s"] == 5.0
+    assert suite.benchmark_record(entry, kind="model_only", mode="inference")["images_per_s"] == 10.0
+    assert suite.benchmark_record(entry, kind="model_only", setting=suite.BEST) is None
+    assert suite.benchmark_record(entry, kind="flops", no_such_field=1) is None
+    assert suite.benchmark_record({"benchmark": None}, kind="eval_loop") is None
+    assert suite.benchmark_rate(entry, kind="eval_loop") == 5.0
+    assert math.isnan(suite.benchmark_rate(entry, kind="model_only", mode="train"))
+    assert math.isnan(suite.benchmark_rate({}, kind="eval_loop"))
 
-    monkeypatch.setattr(train, "READ_LOSS_EVERY", train.READ_LOSS_EVERY)  # the command sets it: restored after
-    monkeypatch.chdir(tmp_path)
-    code = suite.main(["--profile", "smoke", "--encoders", "vit", "--results-dir", "probe", "--images", "96",
-                       "--profile-steps", "1", "--read-loss-every", "1"])
-    assert code == 0
-    check = results.read_json(tmp_path / "probe" / "smoke" / "vit" / "step_check.json")
-    assert [v["train_step"] for v in check["variants"]] == ["eager", "fused"]
-    assert check["read_loss_every"] == 1 and check["provenance"]["command"] and check["provenance"]["versions"]
-    assert check["variants"][1]["profile"]["steps"] == 1 and check["variants"][1]["within_tolerance"]
-    assert suite.main(["--profile", "smoke", "--encoders", "vit", "--results-dir", "probe",
-                       "--read-loss-every", "0"]) == 2
+
+def test_the_step_check_command_checks_each_encoder_with_the_profiles_settings(tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def check(config, images, steps, profile_steps, deterministic_check):
+        calls.append((config.encoder, config.results_dir, images, steps, profile_steps, deterministic_check))
+        return {"variants": [{"train_step": "eager", "images_per_s": 10.0, "max_rel_loss_difference": 0.0},
+                             {"train_step": "fused", "images_per_s": None, "max_rel_loss_difference": None,
+                              "error": "RuntimeError: x"}],
+                "deterministic": {"train_step": "eager", "error": "RuntimeError: no deterministic kernel"}}
+
+    monkeypatch.setattr(suite, "train_step_check", check)
+    assert suite.main(["--profile", "smoke", "--encoders", "vit", "swin", "--results-dir", str(tmp_path),
+                       "--images", "64", "--steps", "eager", "fused"]) == 0
+    smoke = get_bench_settings("smoke")
+    assert calls == [(e, str(tmp_path), 64, ("eager", "fused"), smoke.step_profile_steps, smoke.step_check_deterministic)
+                     for e in ("vit", "swin")]
+    out = capsys.readouterr().out
+    assert "RuntimeError: x" in out and "deterministic: RuntimeError: no deterministic kernel" in out
+    assert suite.main(["--profile", "smoke", "--encoders", "resnet", "--results-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+    with pytest.raises(SystemExit):
+        suite.main(["--profile", "smoke", "--results-dir", str(tmp_path), "--steps", "fast"])
+
+
+def test_the_session_studys_step_check_compares_each_step_with_the_eager_one(smoke_study):
+    for encoder in ("mambavision", "swin"):
+        check = json.loads((smoke_study["results"] / encoder / "step_check.json").read_text())
+        assert [v["train_step"] for v in check["variants"]] == ["eager", "fused"]
+        eager, fused = check["variants"]
+        assert len(eager["losses"]) == check["epochs"] == 2 and check["images"] == 32
+        assert eager["max_rel_loss_difference"] == 0.0 and eager["speedup"] == 1.0
+        worst = max(abs(a - b) / abs(b) for a, b in zip(fused["losses"], eager["losses"]))
+        assert fused["max_rel_loss_difference"] == pytest.approx(worst)
+        assert fused["within_tolerance"] == (worst <= suite.STEP_CHECK_TOLERANCE)
+        assert fused["within_tolerance"]  # fused AdamW computes the eager step's losses
+        assert check["provenance"]["command"] and check["provenance"]["versions"]
+        repeat = check["deterministic"]
+        assert repeat["train_step"] == "eager" and repeat["default_losses"] == eager["losses"]
+        assert repeat["bit_identical"] is True and repeat["losses"][0] == repeat["losses"][1]

@@ -1,8 +1,7 @@
-"""Tests for mvlip_utils.data.folders: tiny datasets under tmp_path, CPU only, a few seconds in all."""
+"""Tests for mvlip_utils.data.folders and .cache: tiny datasets under tmp_path, CPU only, a few seconds in all."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -18,11 +17,6 @@ from PIL import Image
 from mvlip_utils.data import cache as C
 from mvlip_utils.data import folders as D
 from mvlip_utils.data import generated as G
-
-
-def _digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def _rand_img(rng, size=(20, 16), mode="RGB") -> Image.Image:
@@ -276,3 +270,23 @@ def test_cache_matches_transform(tmp_path, generated):
         C.CachedImageDataset(tmp_path / "nope.pt")
     with pytest.raises(ValueError, match="batch_uint8"):
         C.normalize_on_device(xb.float(), "cpu")
+
+
+def test_the_cache_follows_the_class_list_a_train_only_class_shifts_the_labels(tmp_path):
+    """A cache is labelled by indices into the class list: a class added to train/ alone (sorting first)
+    shifts every val label, so the val cache, whose images are unchanged, is built again with the new labels."""
+    root = _make_folder(tmp_path / "ds", {"train": {"cat": 2, "dog": 2}, "val": {"cat": 1, "dog": 2}})
+    _, val, names = D.load_splits(root, image_size=8, progress=False)
+    path = C.cache_preprocessed(val, tmp_path / "cache" / "val.pt", image_size=8, progress=False)
+    assert names == ["cat", "dog"] and C.CachedImageDataset(path).targets == [0, 1, 1]
+    built = path.stat().st_mtime_ns
+    assert C.cache_preprocessed(val, path, image_size=8, progress=False) == path
+    assert path.stat().st_mtime_ns == built  # the same images and classes: reused
+    _make_folder(root, {"train": {"aardvark": 2}}, seed=1)  # a training-only class, first in sorted order
+    _, val, names = D.load_splits(root, image_size=8, progress=False)
+    assert names == ["aardvark", "cat", "dog"] and val.targets == [1, 2, 2]
+    C.cache_preprocessed(val, path, image_size=8, progress=False)
+    cached = C.CachedImageDataset(path)
+    assert path.stat().st_mtime_ns != built
+    assert cached.targets == val.targets == [1, 2, 2] and cached.classes == ["aardvark", "cat", "dog"]
+    assert [cached[i][1] for i in range(len(cached))] == [1, 2, 2]

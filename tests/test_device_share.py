@@ -1,4 +1,4 @@
-"""Chains sharing a device (issue 17 item 3, issue 20 item 5): --gpus auto, the line that tells the user, and
+"""Chains sharing a device: --gpus auto, the line that tells the user, and
 the timing lock that makes the benchmark chapters (and step checks) of chains on one GPU run one at a time."""
 
 from __future__ import annotations
@@ -93,15 +93,13 @@ pathlib.Path('bench-times').mkdir(exist_ok=True)
 
 @pytest.mark.slow
 def test_the_study_runs_the_benchmark_chapters_of_a_shared_device_one_at_a_time(tmp_path, monkeypatch):
-    from test_study import _notebook, _tiny_study
+    from conftest import fake_study
 
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # the device locks of this test only
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    _tiny_study(tmp_path)
-    _notebook(tmp_path / "notebooks" / "04_benchmark.ipynb", BENCH_TIMES,
-              parameters="profile = 'smoke'\nencoder = 'vit'\nresults_dir = None\nresume = True")
+    fake_study(tmp_path, setup="pass", benchmark=BENCH_TIMES)
     lines: list[str] = []
     report = study.run_study("smoke", ["swin", "vit"], book=False, root=tmp_path, log=lines.append, gpus=["cpu", "cpu"])
     assert report["failed"] == []

@@ -1,21 +1,15 @@
 """DDP through torchrun: 2 CPU processes (gloo) train exactly what one process trains with the same global batch."""
 
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from mvlip_utils.train import distributed as dist_mod
-from mvlip_utils.train import experiment as exp, results, run_folder, loop as train
-from mvlip_utils.settings.profiles import get_config
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(encoder="vit", epochs=2, generated_classes=4, generated_train_per_class=16, generated_val_per_class=4,
-            batch_size=16, image_size=32, device="cpu")
+from mvlip_utils.train import experiment as exp, run_folder, loop as train
+from conftest import ROOT, child_env, tiny_config
 
 
 def test_rank_slices_of_the_single_process_batches():
@@ -35,21 +29,23 @@ def test_rank_slices_of_the_single_process_batches():
 
 def test_two_gloo_processes_train_what_one_process_trains(tmp_path):
     data_dir = str(tmp_path / "data")
-    single = get_config("smoke", **TINY, data_dir=data_dir, results_dir=str(tmp_path / "one"))
+    single = tiny_config(tmp_path, results_dir=str(tmp_path / "one"))
     expected = train.train_run(single, progress=False)
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = child_env(OMP_NUM_THREADS="1")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
                "-m", "mvlip_utils.train", "--profile", "smoke", "--quiet",
                "--data-dir", data_dir, "--results-dir", str(tmp_path / "two")]
-    for key, value in TINY.items():
-        command += [f"--{key.replace('_', '-')}", str(value)]
+    for key in ("encoder", "epochs", "generated_classes", "generated_train_per_class", "generated_val_per_class",
+                "batch_size", "image_size", "device"):
+        command += [f"--{key.replace('_', '-')}", str(getattr(single, key))]
+    command += ["--seeds", "0"]
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     config_two = single.replace(results_dir=str(tmp_path / "two"))
-    one_run, two_run = results.run_dir(single), results.run_dir(config_two)
-    got = results.load_history(two_run)
+    one_run, two_run = run_folder.run_dir(single), run_folder.run_dir(config_two)
+    got = run_folder.load_history(two_run)
     assert list(got.epoch) == [1, 2]
     # the same per-epoch training loss (each rank computes the global batch's loss) and evaluation
     np.testing.assert_allclose(got.train_loss, expected.train_loss, rtol=1e-5)
@@ -67,8 +63,8 @@ def test_two_gloo_processes_train_what_one_process_trains(tmp_path):
     differ = torch.cat([(a[k] - b[k]).flatten() for k in a if k.startswith("visual.")]).norm()
     assert moved > 0.1 and differ < 1e-4 * moved, (float(moved), float(differ))
     # rank 0 alone wrote the run folder, with the world size recorded nowhere that changes results
-    assert results.is_finished(two_run)
-    assert results.load_metrics(two_run)["accuracy"] == pytest.approx(results.load_metrics(one_run)["accuracy"])
+    assert run_folder.run_state(two_run)[0] == "finished"
+    assert run_folder.load_metrics(two_run)["accuracy"] == pytest.approx(run_folder.load_metrics(one_run)["accuracy"])
 
 
 def test_global_batch_must_divide_over_processes():

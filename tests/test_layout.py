@@ -1,8 +1,8 @@
-"""The package's layout (issue 18): stage subpackages whose imports all point down, and small modules.
+"""The package's layout (issue 18): stage subpackages whose imports all point down.
 
 Every import of every module is read with ``ast`` (those inside functions too), so that a module may
-import only from its own stage and the stages before it (``mvlip_utils.STAGES``), the modules import
-each other without a cycle, and no module is longer than ``MAX_LINES``.
+import only from its own stage and the stages before it (``mvlip_utils.STAGES``) and the modules import
+each other without a cycle. (A module's length is not limited: issue 26.)
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import pytest
 import mvlip_utils
 
 PACKAGE = Path(mvlip_utils.__file__).resolve().parent
-MAX_LINES = 450
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -100,12 +99,6 @@ def test_imports_point_down_the_stages(graph):
 
 def test_modules_import_each_other_without_a_cycle(graph):
     assert import_cycle(graph) is None
-
-
-def test_no_module_is_longer_than_the_limit():
-    long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py")
-            if (n := len(p.read_text().splitlines())) > MAX_LINES}
-    assert long == {}, f"modules over {MAX_LINES} lines"
 
 
 def test_the_checks_catch_an_upward_import_and_a_cycle(tmp_path):

@@ -1,9 +1,10 @@
-"""One place for numerical precision: TF32 mode for a whole region, bf16 autocast for a forward pass."""
+"""One place for numerical precision: TF32 mode for a whole region, bf16 or fp16 autocast for a forward pass."""
 
 import pytest
 import torch
 
 from mvlip_utils.settings.precision import autocast_region, precision_context
+from mvlip_utils.settings.profiles import PRECISIONS
 
 
 def _flags():
@@ -12,7 +13,8 @@ def _flags():
 
 
 @pytest.mark.parametrize("precision, matmul_tf32, conv_tf32", [
-    ("fp32", False, False), ("fp32-tf32conv", False, True), ("tf32", True, True), ("bf16", False, False)])
+    ("fp32", False, False), ("fp32-tf32conv", False, True), ("tf32", True, True), ("bf16", False, False),
+    ("fp16", False, False)])
 def test_precision_context_sets_the_tf32_mode_and_restores_it(precision, matmul_tf32, conv_tf32):
     before = _flags()
     with precision_context(precision, "cpu", autocast=False):
@@ -21,18 +23,29 @@ def test_precision_context_sets_the_tf32_mode_and_restores_it(precision, matmul_
     assert _flags() == before
 
 
-def test_bf16_autocast_covers_the_forward_only_where_asked():
+def test_every_precision_of_the_settings_is_handled():
+    assert set(PRECISIONS) == {"fp32", "fp32-tf32conv", "tf32", "bf16", "fp16"}
+    for precision in PRECISIONS:
+        with precision_context(precision, "cpu"):
+            pass
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_autocast_covers_the_forward_only_where_asked(precision, dtype):
     layer = torch.nn.Linear(4, 4)
     x = torch.randn(2, 4)
-    with autocast_region("bf16", "cpu"):
-        assert layer(x).dtype == torch.bfloat16
+    with autocast_region(precision, "cpu"):
+        assert layer(x).dtype == dtype
     with autocast_region("fp32", "cpu"):
         assert layer(x).dtype == torch.float32
-    with precision_context("bf16", torch.device("cpu")):
-        assert layer(x).dtype == torch.bfloat16
+    with precision_context(precision, torch.device("cpu")):
+        assert layer(x).dtype == dtype
+    with precision_context(precision, "cpu", autocast=False):
+        assert layer(x).dtype == torch.float32
+    assert layer(x).dtype == torch.float32
 
 
 def test_unknown_precision_is_named():
-    with pytest.raises(ValueError, match="precision='fp16'"):
-        with precision_context("fp16"):
+    with pytest.raises(ValueError, match="precision='fp8'"):
+        with precision_context("fp8"):
             pass

@@ -1,7 +1,8 @@
-"""The ``deterministic`` parameter (mvlip_utils.reproducibility): the settings it makes and restores, an
+"""The ``deterministic`` parameter (settings/reproducibility.py): the settings it makes and restores, an
 operation without a deterministic implementation named, the parameter in every entry point and in the run's
-saved configuration (a resume with the other value refused), bit-identical runs and resume on the CPU, and
-the step check's deterministic timing. The GPU side is tests/test_gpu_tier.py."""
+saved configuration (a run of the other value refused), a deterministic run on the CPU, and the step check's
+comparison of the fused step with the eager one and its deterministic timing. The GPU side is
+tests/test_gpu_tier.py; an exact resume is tests/test_checkpoint.py's."""
 
 import os
 
@@ -9,14 +10,14 @@ import pandas as pd
 import pytest
 import torch
 
+from mvlip_utils.data.files import read_json
 from mvlip_utils.measure import benchmark_suite
-from mvlip_utils.report import determinism
+from mvlip_utils.models.towers import architecture
+from mvlip_utils.report import tables
 from mvlip_utils.settings import notebooks, params, profiles, reproducibility as repro
-from mvlip_utils.train import results
-from mvlip_utils.train import run_folder, loop as train
-from mvlip_utils.study import runner as study
 from mvlip_utils.settings.profiles import PROFILES, get_config
-from test_train_evaluate import tiny_config
+from mvlip_utils.study import runner as study
+from mvlip_utils.train import loop as train, run_folder as rf
 
 
 @pytest.fixture
@@ -122,56 +123,63 @@ def test_the_test_profile_needs_a_gpu_but_its_edition_is_never_recorded():
 
 
 # ------------------------------------------------------------------------- runs that repeat exactly
-def test_deterministic_runs_repeat_and_resume_bit_for_bit_and_refuse_the_other_mode(tmp_path, clean_settings):
-    config = tiny_config(tmp_path, deterministic=True, results_dir=str(tmp_path / "a"))
-    first = train.train_run(config, progress=False)
+def test_a_deterministic_run_restores_the_settings_records_the_mode_and_refuses_the_other(finished_runs, tmp_path,
+                                                                                        clean_settings):
+    """On the CPU deterministic mode picks the kernels the default mode runs: the deterministic run of seed 0
+    is bit for bit the finished runs' seed 0 (trained in the default mode)."""
+    config = finished_runs["config"].replace(seed=0, deterministic=True, results_dir=str(tmp_path / "results"))
+    history = train.train_run(config, progress=False)
     assert repro.current_settings() == clean_settings  # restored after the run
-    assert results.load_config(results.run_dir(config))["deterministic"] is True
-
-    # the interrupted run's first epoch repeats the first run's; after the resume, every epoch does
-    interrupted = config.replace(results_dir=str(tmp_path / "c"))
-    train.train_run(interrupted, progress=False, stop_after_epoch=1)
-    saved = torch.load(results.run_dir(interrupted) / run_folder.CHECKPOINT, weights_only=True)
-    assert saved["config"]["deterministic"] is True
-    # resuming in the other mode is refused like any other parameter, nothing changed
-    with pytest.raises(run_folder.RunMismatchError, match=r"deterministic True \(saved\) vs False \(now\)"):
-        train.train_run(interrupted.replace(deterministic=False), progress=False)
-    resumed = train.train_run(interrupted, progress=False)
-    pd.testing.assert_frame_equal(resumed, first, check_exact=True)
+    run = rf.run_dir(config)
+    assert rf.load_config(run)["deterministic"] is True
+    assert torch.load(run / rf.CHECKPOINT, weights_only=True)["config"]["deterministic"] is True
+    whole = rf.run_dir(finished_runs["config"].replace(seed=0))
+    pd.testing.assert_frame_equal(history, rf.load_history(whole), check_exact=True)
     timing = {"eval_images_per_s"}
-    metrics = [{k: v for k, v in results.load_metrics(results.run_dir(c)).items() if k not in timing}
-               for c in (config, interrupted)]
+    metrics = [{k: v for k, v in rf.load_metrics(r).items() if k not in timing} for r in (run, whole)]
     assert repr(metrics[0]) == repr(metrics[1])  # NaN (top-5 with 4 classes) compares by its text
-    final = [torch.load(results.run_dir(c) / run_folder.CHECKPOINT, weights_only=True)["model"] for c in (config, interrupted)]
-    assert all(torch.equal(final[0][k], final[1][k]) for k in final[0])
-    # a finished run of the other mode is not loaded as this one either
-    with pytest.raises(run_folder.RunMismatchError, match="deterministic"):
-        run_folder.reusable_run(config.replace(deterministic=False))
+    # a finished run of the other mode is not loaded as this one, either way
+    tower = architecture("vit", "smoke", 32)
+    with pytest.raises(rf.RunMismatchError, match=r"deterministic True \(saved\) vs False \(now\)"):
+        rf.finished_run_history(config.replace(deterministic=False), tower)
+    with pytest.raises(rf.RunMismatchError, match=r"deterministic False \(saved\) vs True \(now\)"):
+        train.train_run(finished_runs["config"].replace(seed=0, deterministic=True), progress=False)
 
 
-def test_the_step_check_times_the_runs_step_in_deterministic_mode_and_checks_its_repeats(tmp_path, clean_settings):
-    config = tiny_config(tmp_path, train_step="fused")
-    check = benchmark_suite.train_step_check(config, 32, steps=("eager", "fused"), deterministic_check=True, epochs=1)
-    record = check["deterministic"]
+def test_the_step_check_compares_the_fused_step_and_times_the_runs_step_in_deterministic_mode(finished_runs,
+                                                                                            tmp_path, clean_settings):
+    """benchmark_suite.train_step_check: two short epochs from the same start with each step; fused AdamW
+    changes only the order of floating-point work, so the per-epoch losses agree within 1e-4; then the run's
+    own step twice more in deterministic mode, bit-identical."""
+    config = finished_runs["config"].replace(seed=0, train_step="fused", results_dir=str(tmp_path / "results"))
+    check = benchmark_suite.train_step_check(config, 32, steps=("eager", "fused"), deterministic_check=True, epochs=2)
     assert repro.current_settings() == clean_settings
+    assert (check["images"], check["epochs"], check["batch_size"]) == (32, 2, 16)
+    assert check["read_loss_every"] == train.READ_LOSS_EVERY and check["provenance"]["versions"]
+    eager, fused = check["variants"]
+    assert (eager["train_step"], fused["train_step"]) == ("eager", "fused")
+    assert len(eager["losses"]) == 2 and eager["losses"] != fused["losses"][::-1]
+    assert fused["max_rel_loss_difference"] <= benchmark_suite.STEP_CHECK_TOLERANCE and fused["within_tolerance"]
+    assert eager["speedup"] == 1.0 and fused["images_per_s"] > 0
+    record = check["deterministic"]
     assert record["train_step"] == "fused" and record.get("error") is None
-    assert record["bit_identical"] is True and len(record["losses"]) == 2 == len(record["images_per_s_repeats"])
-    fused = check["variants"][1]
+    assert record["bit_identical"] is True and record["losses"][0] == record["losses"][1]
+    assert len(record["losses"]) == 2 == len(record["images_per_s_repeats"])
     assert record["default_losses"] == fused["losses"] and record["default_images_per_s"] == fused["images_per_s"]
     assert record["deterministic_images_per_s"] > 0 and record["relative_speed"] == pytest.approx(
         record["deterministic_images_per_s"] / fused["images_per_s"])
     assert record["settings"]["use_deterministic_algorithms"] is True
-    assert results.read_json(results.run_dir(config) / "step_check.json")["deterministic"]["bit_identical"] is True
-    # the training chapter's table and sentence
-    table = determinism.deterministic_table(check)
-    assert list(table["mode"]) == ["fused, default", "fused, deterministic (repeat 1)", "fused, deterministic (repeat 2)"]
+    saved = read_json(rf.encoder_dir(config) / "step_check.json")
+    assert saved["variants"][1]["train_step"] == "fused" and saved["deterministic"]["bit_identical"] is True
+    # the training chapter's table
+    table = tables.deterministic_table(check)
+    assert list(table.index) == ["default", "deterministic, repeat 1", "deterministic, repeat 2"]
     assert table["loss per epoch"].iloc[1] == table["loss per epoch"].iloc[2]
-    sentence = determinism.deterministic_sentence(check, "CLIP(ViT)")
-    assert "repeats are bit-identical" in sentence and f"{record['deterministic_images_per_s']:.1f} images/s" in sentence
-    assert determinism.deterministic_table({"variants": []}).empty
-    assert "No deterministic-mode check" in determinism.deterministic_sentence({"variants": []}, "CLIP(ViT)")
+    assert table["images/s"].iloc[0] == fused["images_per_s"] and table["of the default's"].iloc[0] == 1.0
+    assert tables.deterministic_table({"variants": []}).empty and tables.deterministic_table(None).empty
     failed = {"deterministic": {"train_step": "fused", "error": "NondeterministicOperationError: ... put_ ..."}}
-    assert determinism.deterministic_table(failed).empty and "put_" in determinism.deterministic_sentence(failed, "x")
+    assert tables.deterministic_table(failed).empty
+    assert "put_" in benchmark_suite.deterministic_line(failed["deterministic"])
 
 
 def test_the_step_check_command_line_takes_the_deterministic_check():

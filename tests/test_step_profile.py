@@ -1,5 +1,7 @@
 """step_profile: where a training step's time goes, read back from torch.profiler's trace."""
 
+import copy
+import dataclasses
 import gzip
 import json
 import time
@@ -10,7 +12,7 @@ import torch
 from mvlip_utils.train import experiment as exp
 from mvlip_utils.measure import step_profile
 from mvlip_utils.train import loop as train
-from test_train_evaluate import tiny_config
+from conftest import tiny_config
 
 PHASES = train.PHASES
 
@@ -76,14 +78,20 @@ class SlowImages(torch.utils.data.Dataset):
         return self.dataset[i]
 
 
-def test_a_profiled_epoch_measures_the_wait_for_data_and_keeps_its_trace(tmp_path):
-    config = tiny_config(tmp_path, epochs=1, batch_size=8, generated_train_per_class=8, num_workers=0)
-    experiment = exp.build_experiment(config, progress=False)
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    """A tiny run's experiment (4 classes x 8 training images, batch 8: 4 steps an epoch), built once."""
+    config = tiny_config(tmp_path_factory.mktemp("step-profile"), epochs=2, batch_size=8, generated_train_per_class=8,
+                         num_workers=0)
+    return exp.build_experiment(config, progress=False)
+
+
+def test_a_profiled_epoch_measures_the_wait_for_data_and_keeps_its_trace(experiment, tmp_path):
     delay = 0.01  # 80 ms per batch of 8, loaded in the main process
-    experiment.train_set = SlowImages(experiment.train_set, delay)
-    optimizer, scheduler = exp.make_optimizer(experiment)
+    slow = dataclasses.replace(experiment, train_set=SlowImages(experiment.train_set, delay))
+    optimizer, scheduler = exp.make_optimizer(slow)
     trace = tmp_path / "trace.json.gz"
-    summary = step_profile.profile_training_epoch(experiment, optimizer, scheduler, train.ClipLoss(), epoch=1,
+    summary = step_profile.profile_training_epoch(slow, optimizer, scheduler, train.ClipLoss(), epoch=1,
                                                   steps=2, trace_path=trace)
     assert summary["steps"] == 2 and summary["device"] == "cpu" and summary["gpu_busy_ms"] is None
     assert 8 * delay * 1e3 <= summary["data_wait_ms"] < summary["step_ms"]
@@ -93,18 +101,20 @@ def test_a_profiled_epoch_measures_the_wait_for_data_and_keeps_its_trace(tmp_pat
     names = {e.get("name") for e in json.loads(gzip.decompress(trace.read_bytes()))["traceEvents"]}
     assert {PHASES["forward"], PHASES["backward"], PHASES["optimizer"]} <= names
     with pytest.raises(ValueError, match="steps=4 needs 48 training images"):
-        step_profile.profile_training_epoch(experiment, optimizer, scheduler, train.ClipLoss(), 1, steps=4)
+        step_profile.profile_training_epoch(slow, optimizer, scheduler, train.ClipLoss(), 1, steps=4)
 
 
-def test_reading_the_losses_back_in_blocks_changes_nothing(tmp_path, monkeypatch):
-    """The loop reads its losses back every READ_LOSS_EVERY steps: the same history as reading every step,
-    and a non-finite loss is still named with its step."""
-    config = tiny_config(tmp_path, epochs=2, generated_train_per_class=8)
-    histories = []
-    for every in (1, 50):
+def test_reading_the_losses_back_in_blocks_changes_nothing(experiment, monkeypatch):
+    """The loop reads its losses back every READ_LOSS_EVERY steps: the same epoch losses as reading every step
+    (from the same start), and a non-finite loss is still named with its step."""
+    start = copy.deepcopy(experiment.model.state_dict())
+    losses = {}
+    for every in (1, 3):  # every step; a block of 3 and the part block left at the epoch's end
         monkeypatch.setattr(train, "READ_LOSS_EVERY", every)
-        histories.append(train.train_run(config.replace(results_dir=str(tmp_path / f"r{every}")), progress=False))
-    assert histories[0].train_loss.tolist() == histories[1].train_loss.tolist()
+        experiment.model.load_state_dict(start)
+        optimizer, scheduler = exp.make_optimizer(experiment)
+        losses[every] = train.train_one_epoch(experiment, optimizer, scheduler, train.ClipLoss(), 1, False)
+    assert losses[1] == losses[3]
 
     original, calls = train.contrastive_loss, []
 
@@ -112,6 +122,8 @@ def test_reading_the_losses_back_in_blocks_changes_nothing(tmp_path, monkeypatch
         calls.append(1)
         return original(*args, **kwargs) * (float("nan") if len(calls) == 2 else 1.0)
 
-    monkeypatch.setattr(train, "contrastive_loss", exploding_at_step_1)
+    monkeypatch.setattr(train, "contrastive_loss", exploding_at_step_1)  # read back after step 2, named step 1
+    experiment.model.load_state_dict(start)
+    optimizer, scheduler = exp.make_optimizer(experiment)
     with pytest.raises(train.NonFiniteLossError, match="epoch 1, step 1;"):
-        train.train_run(config.replace(results_dir=str(tmp_path / "nan")), progress=False)
+        train.train_one_epoch(experiment, optimizer, scheduler, train.ClipLoss(), 1, False)

@@ -6,7 +6,6 @@ paper's towers, and findings that an extra encoder never changes."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,19 +17,18 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from mvlip_utils.report import disclosures, discussion, findings, plots
+from mvlip_utils.report import tables
 from mvlip_utils.settings import encoders, notebooks
-from mvlip_utils.train import results
+from mvlip_utils.train import run_folder
 from mvlip_utils.models import timm_towers
 from mvlip_utils.study.book import toc_text
 from mvlip_utils.models.model import MVLIP, create_text_tower
 from mvlip_utils.settings.profiles import ENCODER_LABELS, ENCODERS, TOWER_NAMES, get_config
 from mvlip_utils.models.towers import WeightsUnavailableError, architecture, create_image_tower
 from mvlip_utils.models.weights import UnsafeWeightsError
-from test_findings import speed  # the benchmark records of a run, as the findings tests make them
 
-ROOT = Path(__file__).resolve().parents[1]
-REF = results.paper_reference()
+from conftest import ROOT, child_env
+
 EXTRA = "test_convnext"  # timm's tiny ConvNeXt (0.2 M parameters), built for its tests
 
 
@@ -42,8 +40,8 @@ def test_paper_encoders_keep_their_names_folders_and_labels():
     assert list(ENCODER_LABELS) == list(ENCODERS) and "convnext_atto" not in ENCODER_LABELS  # iteration: the paper's
     assert ENCODER_LABELS["convnext_atto"] == "CLIP(convnext_atto)" == ENCODER_LABELS.get("convnext_atto")
     assert TOWER_NAMES["convnext_base.fb_in22k_ft_in1k"] == "convnext_base.fb_in22k_ft_in1k"
-    assert discussion.tower_label("convnext_atto") == "convnext_atto, beyond the paper"
-    assert discussion.tower_label("swin") == "Swin-B"
+    assert tables.tower_label("convnext_atto") == "convnext_atto, beyond the paper"
+    assert tables.tower_label("swin") == "Swin-B" and tables.tower_label("swin", "smoke") == "tiny Swin"
 
 
 def test_two_models_never_share_a_folder():
@@ -57,7 +55,7 @@ def test_two_models_never_share_a_folder():
     assert folders["convnext_atto.d2_in1k"] == "convnext_atto.d2_in1k"
     assert folders["mamba_vision_T"].startswith("mamba_vision_t-") and folders["mamba_vision_T"] != "mamba_vision_t"
     config = get_config("smoke", encoder="mamba_vision_T", results_dir="r")
-    assert results.run_dir(config) == Path("r/smoke") / folders["mamba_vision_T"]
+    assert run_folder.run_dir(config) == Path("r/smoke") / folders["mamba_vision_T"] / "seed-0"
     step = notebooks.Step(notebooks.TRAIN, "mamba_vision_T", "smoke")
     assert step.output(Path("book")).parent.name == folders["mamba_vision_T"]
 
@@ -190,13 +188,13 @@ def test_pretrained_weights_from_the_hub_cache_offline_or_an_error_naming_where_
 # ------------------------------------------------------------------------------------ command lines
 def _cli(args, tmp_path, expect_rc):
     proc = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=600, cwd=tmp_path,
-                          env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"})
+                          env=child_env(HF_HUB_OFFLINE="1"))
     assert proc.returncode == expect_rc, proc.stderr[-3000:]
     return proc
 
 
 TINY = ["--generated-classes", "4", "--generated-train-per-class", "8", "--generated-val-per-class", "2",
-        "--batch-size", "8", "--epochs", "1"]
+        "--batch-size", "8", "--epochs", "1", "--seeds", "0"]
 
 
 def test_the_refusals_are_one_error_line(tmp_path):
@@ -213,7 +211,7 @@ def test_the_refusals_are_one_error_line(tmp_path):
 def test_the_training_command_line_trains_an_extra_encoder(tmp_path):
     out = _cli(["mvlip_utils.train", "--encoder", EXTRA, "--quiet", "--data-dir", str(tmp_path / "d"),
                 "--results-dir", str(tmp_path / "r"), *TINY], tmp_path, 0).stdout
-    run = tmp_path / "r" / "smoke" / EXTRA
+    run = tmp_path / "r" / "smoke" / EXTRA / "seed-0"
     assert f"run folder: {run}" in out
     saved = json.loads((run / "config.json").read_text())
     assert saved["encoder"] == EXTRA and saved["parameters"]["image_tower"]["total"] > 0
@@ -232,62 +230,16 @@ def test_02_train_runs_an_extra_encoder_through_papermill(tmp_path):
         progress_bar=False, parameters=dict(profile="smoke", encoder=EXTRA, epochs=1, generated_classes=4,
                                             generated_train_per_class=8, generated_val_per_class=2, batch_size=8,
                                             results_dir=str(tmp_path / "r"), data_dir=str(tmp_path / "d"),
-                                            step_check_images=16, step_profile_steps=0))
+                                            step_check_images=16, step_profile_steps=0, seeds=[0]))
     text = "\n".join(o.get("text", "") + json.dumps(o.get("data", {})) for c in nbformat.read(out, 4).cells
                      for o in c.get("outputs", []))
-    assert f"CLIP({EXTRA})" in text and "trained the run" in text
+    assert f"CLIP({EXTRA})" in text
+    assert len(pd.read_csv(tmp_path / "r" / "smoke" / EXTRA / "seed-0" / "history.csv")) == 1
     assert (tmp_path / "r" / "smoke" / EXTRA / "step_check.json").is_file()
 
 
-# ------------------------------------------------------------------------------------ discussion and findings
-def run(encoder, acc=0.5, loss=1.5, pretrained=True, benchmark=None):
-    """A finished run as ``results.load_all_runs`` returns it (the paper's conditions, on a GPU)."""
-    metrics = {k: acc for k in ("accuracy", "precision_weighted", "recall_weighted", "f1_weighted")}
-    metrics.update(zeroshot_loss=loss, n_classes=1000, epochs=20, n_val=3923)
-    config = {"encoder": encoder, "pretrained": pretrained, "model_size": "paper", "data": "data/imagenet-mini",
-              "image_size": 224, "resolved_device": "cuda", "device_name": "NVIDIA H200"}
-    return {"config": config, "metrics": metrics, "benchmark": benchmark, "run_dir": f"results/x/{encoder}"}
-
-
-def _edition(extra: bool):
-    """Runs of the paper's towers with evidence for every kind of claim (a GPU speed edition), and optionally
-    an extra encoder that is faster and scales better than all of them."""
-    runs = {"mambavision": run("mambavision", 0.55, pretrained=True, benchmark=speed(1000, loop=300, sweep={224: 1.0, 448: 4.0})),
-            "swin": run("swin", 0.50, pretrained=True, benchmark=speed(900, loop=290)),
-            "vit": run("vit", 0.40, pretrained=True, benchmark=speed(3000, loop=320, sweep={224: 0.3, 448: 1.2}))}
-    if extra:
-        runs[EXTRA] = run(EXTRA, 0.99, loss=0.01, pretrained=True,
-                          benchmark=speed(9000, loop=900, sweep={224: 0.1, 448: 0.2}))
-    return runs
-
-
-def test_findings_are_the_same_with_and_without_an_extra_encoder():
-    without, with_extra = {"speed": _edition(False)}, {"speed": _edition(True)}
-    pd.testing.assert_frame_equal(findings.findings_table(without, REF), findings.findings_table(with_extra, REF))
-    pd.testing.assert_frame_equal(findings.verdicts_by_edition(without, REF),
-                                  findings.verdicts_by_edition(with_extra, REF))
-    assert disclosures.disclosures(REF, without) == disclosures.disclosures(REF, with_extra)
-    assert f"CLIP({EXTRA})" not in set(findings.throughput_overview(with_extra["speed"]).tower)
-    assert set(findings.findings_table(with_extra, REF).verdict) - {"no verdict"}  # there are verdicts to keep
-
-
-def test_the_discussion_shows_an_extra_encoder_beyond_the_paper():
-    runs = _edition(True)
-    for run in runs.values():
-        run["metrics"].update(precision_macro=0.5, recall_macro=0.5, f1_macro=0.5, top5=0.9)
-    t1 = discussion.table1(runs, REF)
-    assert t1.loc["Accuracy", f"ours CLIP({EXTRA}), beyond the paper"] == 0.99
-    assert t1.loc["Accuracy", "ours: MVLIP vs CLIP(Swin) (%)"] == pytest.approx(10.0)  # the paper's comparison
-    t2 = discussion.table2(runs, REF)
-    extra = f"CLIP({EXTRA}), beyond the paper"
-    assert list(t2.index) == ["MVLIP", "CLIP(Swin)", "CLIP(ViT)", extra]
-    assert t2.loc[extra, "ours, model only (images/s)"] == 9000
-    assert t2.loc[extra, "ours, model only: vs CLIP(ViT) (%)"] == pytest.approx(200.0)
-    assert f"{EXTRA}, beyond the paper" in set(discussion.model_only_table(runs).tower)
-    assert f"{EXTRA}, beyond the paper" in set(discussion.eval_loop_table(runs).tower)
-    sweeps = discussion.benchmark_frame(runs, "resolution_sweep")
-    fig = plots.resolution_sweep(sweeps, "mambavision")
-    assert extra in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+# ------------------------------------------------------------------------------------ the book
+def test_the_book_names_an_extra_encoders_chapters_as_beyond_the_paper():
     toc = toc_text({"smoke": ["mambavision", EXTRA]})
     assert f"book/executed/smoke/{EXTRA}/02_train" in toc
-    assert f"CLIP({EXTRA}) ({EXTRA}, beyond the paper): training" in toc
+    assert f"CLIP({EXTRA}) ({EXTRA}): training, smoke edition" in toc

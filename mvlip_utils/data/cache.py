@@ -1,6 +1,4 @@
-"""The uint8 cache of CLIP-preprocessed images: each split decoded, resized and centre-cropped once into a
-uint8 tensor file (built under a lock, written atomically, reused while the files and size are unchanged),
-read back as a dataset and normalised on the device."""
+"""The uint8 cache of CLIP-preprocessed images: built once per split, read back as a dataset, normalised on device."""
 
 from __future__ import annotations
 
@@ -18,7 +16,6 @@ from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 from .folders import ImageFolderSplit, _geometry_transform, load_image
 
-# ------------------------------------------------------------------------------ preprocessed cache
 CACHE_FORMAT = "mvlip-uint8-v1"
 
 
@@ -45,42 +42,35 @@ def _files_signature(paths: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
-def _cache_is_current(path: Path, image_size: int, paths: list[str], files: str) -> bool:
-    """Whether ``path`` is a readable cache of these very files at ``image_size``."""
+def _cache_is_current(path: Path, image_size: int, paths: list[str], files: str, classes: list[str]) -> bool:
+    """Whether ``path`` is a readable cache of these very files, labelled by these classes, at ``image_size``."""
     if not path.is_file():
         return False
     try:
         old = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
         return (old.get("format") == CACHE_FORMAT and old.get("image_size") == image_size
-                and old.get("paths") == paths and old.get("files") == files)
+                and old.get("paths") == paths and old.get("files") == files and old.get("classes") == classes)
     except Exception:  # noqa: BLE001 - unreadable cache: rebuild it
         return False
 
 
 def cache_preprocessed(dataset: ImageFolderSplit, path, image_size: int = 224, num_workers: int = 0,
                        overwrite: bool = False, progress: bool = True) -> Path:
-    """Preprocess ``dataset`` once: open_clip's Resize(bicubic) + CenterCrop + RGB, kept as uint8, and
-    save ``{"images": uint8 (N,3,H,W), "labels": int64 (N,), "paths", "files", "classes", "image_size",
-    "format"}`` with torch.save. Reuses an existing file with the same image_size, file list and files
-    (``files``: their sizes and modification times, so images rewritten at the same paths, e.g. a
-    regenerated dataset, are cached again) unless ``overwrite``. Serve with ``CachedImageDataset`` and
-    finish with ``normalize_on_device``.
-
-    Safe when several processes need the same cache at once: the build holds ``path``'s lock
-    (``shared_files.build_lock``) and checks again once it has it, so the second process reuses what the first
-    built; the file is written under a name of its own and renamed onto ``path``, so a reader never sees half
-    of it."""
-    from .shared_files import atomic_path, build_lock
+    """Preprocess ``dataset`` once (Resize, CenterCrop, RGB as uint8) into ``path``: ``{"images": uint8 (N,3,H,W),
+    "labels": int64 (N,), "paths", "files", "classes", "image_size", "format"}``. Reused while image_size, the
+    files (sizes, mtimes) and classes are unchanged, unless ``overwrite``; built under ``path``'s lock."""
+    from .files import atomic_path, build_lock
 
     path = Path(path)
     if not hasattr(dataset, "samples"):
         raise TypeError(f"dataset must be an ImageFolderSplit (with .samples), got {type(dataset).__name__}")
     paths = [p for p, _ in dataset.samples]
     files = _files_signature(paths)
-    if not overwrite and _cache_is_current(path, image_size, paths, files):
+    classes = list(getattr(dataset, "classes", []))
+    if not overwrite and _cache_is_current(path, image_size, paths, files, classes):
         return path
     with build_lock(path):
-        if not overwrite and _cache_is_current(path, image_size, paths, files):
+        if not overwrite and _cache_is_current(path, image_size, paths, files, classes):
             return path  # another process built it while this one waited
         n = len(paths)
         images = torch.empty((n, 3, image_size, image_size), dtype=torch.uint8)
@@ -93,8 +83,7 @@ def cache_preprocessed(dataset: ImageFolderSplit, path, image_size: int = 224, n
             i += len(x)
         with atomic_path(path) as tmp:
             torch.save({"format": CACHE_FORMAT, "images": images, "labels": labels, "paths": paths,
-                        "files": files, "classes": list(getattr(dataset, "classes", [])),
-                        "image_size": image_size}, tmp)
+                        "files": files, "classes": classes, "image_size": image_size}, tmp)
     return path
 
 
@@ -120,8 +109,7 @@ class CachedImageDataset(Dataset):
 
 
 def normalize_on_device(batch_uint8: torch.Tensor, device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 (B,3,H,W) -> float on ``device``: /255 then CLIP mean/std (what clip_transform's
-    ToTensor + Normalize do)."""
+    """uint8 (B,3,H,W) -> ``dtype`` on ``device``: /255 then CLIP mean/std (clip_transform's ToTensor + Normalize)."""
     if batch_uint8.dtype != torch.uint8 or batch_uint8.ndim != 4 or batch_uint8.shape[1] != 3:
         raise ValueError(f"batch_uint8 must be a uint8 tensor (B,3,H,W), got {batch_uint8.dtype} "
                          f"{tuple(batch_uint8.shape)}")

@@ -1,34 +1,16 @@
-"""Reading image data for the study: caption templates, class names, CLIP preprocessing, ImageFolder splits,
-seeded loaders and the uint8 cache. (The generated datasets of the offline profiles are ``generated``'s.)
+"""Reading image folders: caption templates, class names, CLIP preprocessing, ImageFolder splits and seeded loaders.
 
-What lives here
-- ``TEMPLATES``: the paper's 10 caption templates (the authors' code), and ``sample_captions``.
-- ``class_names_for_folders``: ImageNet wnid folders -> CLIP's curated ImageNet class names; any other
-  folder name -> the name with "_" replaced by " ".
-- ``clip_transform``: open_clip's own CLIP preprocessing (Resize bicubic, CenterCrop, RGB, CLIP mean/std).
-- ``ImageFolderSplit`` and ``load_splits``: ImageNet-mini
-  (``ROOT/train/<wnid>/*.JPEG``, ``ROOT/val/<wnid>/*.JPEG``) or any ImageFolder with class-name folders.
-  Layout problems raise at once with the path named; unreadable images are found when the split is
-  scanned and skipped (logged, and listed in ``ds.skipped``), never deep inside a DataLoader worker.
-- ``make_loader``: a DataLoader whose order is fixed by a seed (and whose workers are seeded).
-- (in ``cache``) ``cache_preprocessed`` / ``CachedImageDataset`` / ``normalize_on_device``: the deterministic CLIP
-  preprocessing done once and stored as uint8 (resize + crop, before normalisation); the /255 and
-  mean/std are applied on the device.
-
-Decisions (documented here because callers depend on them)
-- Classes are the train split's class folders, sorted (so wnid folders follow open_clip's sorted-wnid
-  order). A train class folder with no readable image is an error naming it. Val class folders that are
-  absent from train are an error naming them; empty val class folders are fine (a logged warning).
-- Image modes: everything is converted to RGB before the transform. 16/32-bit greyscale (I;16, I) is
-  rescaled to 8 bits first (PIL's plain convert would clip it to white); alpha is dropped as PIL's
-  ``convert("RGB")`` does (the same as torchvision's ImageFolder loader and open_clip). No EXIF rotation
-  (ImageFolder and the authors' code do none).
-- Files are recognised by extension, case-insensitively (``IMG_EXTENSIONS``); other files and hidden
-  files (``.DS_Store``, ``._x.jpg``) are ignored. Class folders are walked recursively, like ImageFolder.
+- Classes are the train split's class folders, sorted (wnid folders follow open_clip's sorted-wnid order); a
+  train class without a readable image, or a val class absent from train, is an error naming it.
+- Unreadable images are found when a split is scanned and skipped (logged, listed in ``ds.skipped``).
+- Images are converted to RGB (16/32-bit greyscale rescaled to 8 bits, alpha dropped; no EXIF rotation).
+- Image files are recognised by extension, case-insensitively; hidden files are ignored; folders are walked
+  recursively, like torchvision's ImageFolder.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -48,25 +30,17 @@ from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 logger = logging.getLogger("mvlip_utils.data")
 
-# --------------------------------------------------------------------------------------- captions
-TEMPLATES: tuple[str, ...] = (
-    "a photo of a {}",
-    "a picture of a {}",
-    "an image of a {}",
-    "a {} in the photo",
-    "this is a {}",
-    "this is a photo of a {}",
-    "a cropped photo of a {}",
-    "a good photo of a {}",
-    "a close-up photo of a {}",
+TEMPLATES: tuple[str, ...] = (  # the paper's 10 caption templates (the authors' code)
+    "a photo of a {}", "a picture of a {}", "an image of a {}", "a {} in the photo", "this is a {}",
+    "this is a photo of a {}", "a cropped photo of a {}", "a good photo of a {}", "a close-up photo of a {}",
     "a bright photo of a {}",
 )
 
 
 def sample_captions(labels, classnames: Sequence[str], generator: torch.Generator | None = None,
                     templates: Sequence[str] = TEMPLATES) -> list[str]:
-    """One caption per label: a template drawn uniformly at random (as the authors' training did),
-    filled with that label's class name. Pass a seeded ``torch.Generator`` for a reproducible draw."""
+    """One caption per label: a template drawn uniformly at random, filled with that label's class name.
+    Pass a seeded ``torch.Generator`` for a reproducible draw."""
     labels = torch.as_tensor(labels).reshape(-1)
     if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= len(classnames)):
         raise ValueError(f"labels: values must lie in [0, {len(classnames)}) (len(classnames)); "
@@ -75,34 +49,24 @@ def sample_captions(labels, classnames: Sequence[str], generator: torch.Generato
     return [templates[int(t)].format(classnames[int(y)]) for t, y in zip(picks, labels)]
 
 
-
-# ----------------------------------------------------------------------------------- class names
 WNID_RE = re.compile(r"^n\d{8}$")
-_WNID_TO_INDEX: dict[str, int] | None = None
 
 
+@functools.lru_cache(maxsize=None)
 def _wnid_to_index() -> dict[str, int]:
-    global _WNID_TO_INDEX
-    if _WNID_TO_INDEX is None:
-        from timm.data import ImageNetInfo
+    from timm.data import ImageNetInfo
 
-        info = ImageNetInfo()  # imagenet-1k: the 1000 wnids in sorted order
-        wnids = [info.index_to_label_name(i) for i in range(info.num_classes())]
-        if len(wnids) != len(open_clip.IMAGENET_CLASSNAMES):
-            raise RuntimeError(f"timm's ImageNet wnid list has {len(wnids)} entries but "
-                               f"open_clip.IMAGENET_CLASSNAMES has {len(open_clip.IMAGENET_CLASSNAMES)}")
-        _WNID_TO_INDEX = {w: i for i, w in enumerate(wnids)}
-    return _WNID_TO_INDEX
+    info = ImageNetInfo()  # imagenet-1k: the 1000 wnids in sorted order
+    wnids = [info.index_to_label_name(i) for i in range(info.num_classes())]
+    if len(wnids) != len(open_clip.IMAGENET_CLASSNAMES):
+        raise RuntimeError(f"timm's ImageNet wnid list has {len(wnids)} entries but "
+                           f"open_clip.IMAGENET_CLASSNAMES has {len(open_clip.IMAGENET_CLASSNAMES)}")
+    return {w: i for i, w in enumerate(wnids)}
 
 
 def class_names_for_folders(folder_names: Sequence[str]) -> list[str]:
-    """Folder names -> the class names that go into the captions.
-
-    ImageNet wnid folders (``n`` + 8 digits) -> open_clip's curated CLIP ImageNet names (the list is in
-    sorted-wnid order, and timm's ImageNetInfo supplies that wnid order). Any other folder -> its name
-    with "_" replaced by " ". A wnid that is not one of ImageNet-1k's, or a mix of wnid and other folders,
-    raises ValueError naming the folders.
-    """
+    """Folder names -> caption class names: ImageNet wnid folders -> open_clip's CLIP ImageNet names, any other
+    folder -> its name with "_" replaced by " ". ValueError for unknown wnids or a mix of both kinds."""
     names = [str(f) for f in folder_names]
     is_wnid = [bool(WNID_RE.match(n)) for n in names]
     if any(is_wnid) and not all(is_wnid):
@@ -120,10 +84,9 @@ def class_names_for_folders(folder_names: Sequence[str]) -> list[str]:
     return [n.replace("_", " ") for n in names]
 
 
-# ----------------------------------------------------------------------------------- transforms
 def clip_transform(image_size: int = 224):
     """open_clip's CLIP eval preprocessing: Resize(image_size, bicubic), CenterCrop, RGB, ToTensor,
-    Normalize(OpenAI CLIP mean/std). Deterministic (no augmentation), as in the authors' code."""
+    Normalize(OpenAI CLIP mean/std); no augmentation."""
     if not isinstance(image_size, int) or image_size < 1:
         raise ValueError(f"image_size must be a positive int, got {image_size!r}")
     return open_clip.image_transform(image_size, is_train=False, mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD)
@@ -131,8 +94,7 @@ def clip_transform(image_size: int = 224):
 
 def _geometry_transform(image_size: int):
     """The part of clip_transform before ToTensor/Normalize (Resize, CenterCrop, RGB): PIL -> PIL."""
-    tf = clip_transform(image_size)
-    steps = tf.transforms
+    steps = clip_transform(image_size).transforms
     names = [type(s).__name__ for s in steps]
     if names[-2:] != ["MaybeToTensor", "Normalize"] and names[-2:] != ["ToTensor", "Normalize"]:
         raise RuntimeError(f"unexpected open_clip transform layout {names}; update _geometry_transform")
@@ -142,8 +104,7 @@ def _geometry_transform(image_size: int):
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode -> RGB. 16/32-bit greyscale is rescaled to 8 bits (not clipped); palette images
-    with transparency go through RGBA; alpha is dropped as PIL's convert("RGB") does."""
+    """Any PIL mode -> RGB: 16/32-bit greyscale rescaled to 8 bits (not clipped), alpha dropped."""
     mode = img.mode
     if mode == "RGB":
         return img
@@ -168,7 +129,6 @@ def load_image(path) -> Image.Image:
         return to_rgb(im)
 
 
-# ------------------------------------------------------------------------------------- datasets
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 CHECKS = ("verify", "decode", "none")
 
@@ -186,9 +146,8 @@ def _list_images(folder: Path) -> list[Path]:
 
 
 def _check_file(path: Path, check: str) -> str | None:
-    """None if the file looks like a readable image, else the reason. "verify": PIL open + verify (PNG
-    chunks and CRCs are checked); JPEGs whose last 4 KiB lack the end-of-image marker, and formats whose
-    verify checks little, are decoded fully. "decode": always decode fully."""
+    """None if the file looks like a readable image, else the reason. "verify": PIL's verify, plus a full decode
+    of truncated JPEGs and of formats verify checks little; "decode": always a full decode."""
     try:
         with Image.open(path) as im:
             fmt = im.format
@@ -217,13 +176,9 @@ def _check_file(path: Path, check: str) -> str | None:
 class ImageFolderSplit(Dataset):
     """One split of an ImageFolder (``split_dir/<class folder>/**/<image>``) with a fixed class list.
 
-    ``classes`` are folder names (label = index in that list); folders under ``split_dir`` that are not in
-    ``classes`` raise ValueError naming them. Files are scanned on construction (``check``: "verify",
-    "decode" or "none"); unreadable ones are logged and left out, listed in ``.skipped`` as
-    (path, reason). Items are ``(transform(rgb_image), label)``; the default transform is
-    ``clip_transform(image_size)``. Attributes: root, classes, class_to_idx, samples [(path, label)],
-    targets, skipped, transform, empty_classes (class folders with no readable image).
-    """
+    Label = index in ``classes``; other folders raise ValueError. Files are scanned on construction (``check``:
+    "verify", "decode" or "none"); unreadable ones are left out and listed in ``.skipped`` as (path, reason).
+    Items are ``(transform(rgb_image), label)``, by default ``clip_transform(image_size)``."""
 
     def __init__(self, split_dir, classes: Sequence[str], transform: Callable | None = None,
                  image_size: int = 224, check: str = "verify", progress: bool = True, workers: int = 8):
@@ -240,7 +195,6 @@ class ImageFolderSplit(Dataset):
             raise ValueError(f"{self.root}: class folder(s) {extra[:10]}{' ...' if len(extra) > 10 else ''} "
                              f"are not among the {len(self.classes)} known classes")
         self.transform = transform if transform is not None else clip_transform(image_size)
-
         candidates: list[tuple[Path, int]] = []
         for c in present:
             candidates.extend((p, self.class_to_idx[c]) for p in _list_images(self.root / c))
@@ -281,13 +235,8 @@ class ImageFolderSplit(Dataset):
 
 def load_splits(root, transform: Callable | None = None, image_size: int = 224, *, check: str = "verify",
                 progress: bool = True):
-    """``root/train`` and ``root/val`` -> (train_ds, val_ds, classnames).
-
-    Classes are the sorted class folders of train/; ``classnames`` are their caption names
-    (``class_names_for_folders``). Errors name the path: missing root, train/ or val/
-    (FileNotFoundError); no class folders, an empty (or all-unreadable) train class folder, val class
-    folders absent from train (ValueError). Empty val class folders only log a warning.
-    """
+    """``root/train`` and ``root/val`` -> (train_ds, val_ds, classnames). FileNotFoundError for a missing folder,
+    ValueError for no class folders, an empty train class or val classes absent from train."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset root not found: {root}")
@@ -322,7 +271,6 @@ def load_splits(root, transform: Callable | None = None, image_size: int = 224, 
     return train, val, classnames
 
 
-# --------------------------------------------------------------------------------------- loaders
 def _seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32  # set per worker by the DataLoader from its generator
     np.random.seed(seed)
@@ -336,8 +284,6 @@ def make_loader(dataset, batch_size: int, shuffle: bool, drop_last: bool, num_wo
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if not isinstance(num_workers, int) or num_workers < 0:
         raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
-    g = torch.Generator()
-    g.manual_seed(int(seed))
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
-                      num_workers=num_workers, generator=g, worker_init_fn=_seed_worker,
-                      pin_memory=pin_memory, persistent_workers=False)
+                      num_workers=num_workers, generator=torch.Generator().manual_seed(int(seed)),
+                      worker_init_fn=_seed_worker, pin_memory=pin_memory, persistent_workers=False)

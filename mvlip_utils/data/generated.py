@@ -1,23 +1,13 @@
 """The generated datasets of the offline profiles: coloured shapes (smoke) and ImageNet-mini-shaped JPEGs (speed).
 
-- ``make_generated_dataset``: a small deterministic coloured-shapes ImageFolder ("red circle", ...), the
-  ``smoke`` profile's data: small PNGs that a tiny tower learns to tell apart in a few CPU epochs.
-- ``make_imagenet_like_dataset``: ImageNet-mini's layout (``train/<wnid>/*.JPEG``, ``val/<wnid>/*.JPEG``, the
-  first N of ImageNet-1k's wnids) filled with real JPEG files of random content at ImageNet-like sizes
-  (300-500 px a side), the ``speed`` profile's data: JPEG decoding, resizing and the 1,000-class zero-shot
-  head cost what they cost on ImageNet-mini, while the images mean nothing.
-- ``write_random_jpeg(s)``: the JPEG files themselves (smooth colour fields plus noise).
-
-Both datasets are written once and reused: a complete ``manifest.json`` with the same parameters means
-nothing is written; a manifest of this module with other parameters (or an unfinished one) means the
-dataset is removed and written again in place; a non-empty folder without our manifest is refused with a
-ValueError naming it (we never delete files we did not write). Any number of processes may ask for the same
-dataset at once: the check and the writing hold the dataset's lock (``<root>.lock``, ``shared_files``), so
-one writes and the others then find it complete; every file is written under a name of its own and renamed.
+Each is written once and reused while its ``manifest.json`` matches; one of ours with other parameters (or
+unfinished) is rewritten in place; a non-empty folder without our manifest is refused (ValueError). Writing
+holds the dataset's lock (``<root>.lock``) and every file is written atomically.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -30,32 +20,23 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from .shared_files import atomic_path, build_lock
+from .files import atomic_path, build_lock
 
 logger = logging.getLogger("mvlip_utils.generated")
 
-# ------------------------------------------------------------------------------ coloured shapes (smoke)
-# the name stays the one written into earlier manifests, so that existing datasets are still recognised
-GENERATOR_NAME = "mvlip_utils.data.make_generated_dataset"
+GENERATOR_NAME = "mvlip_utils.data.make_generated_dataset"  # as in existing manifests: do not rename
 GENERATOR_VERSION = 1
 
 COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (215, 40, 40),
-    "blue": (40, 80, 225),
-    "green": (35, 165, 60),
-    "yellow": (235, 215, 40),
-    "purple": (135, 55, 190),
-    "orange": (245, 135, 25),
-    "pink": (245, 125, 185),
-    "cyan": (40, 205, 215),
+    "red": (215, 40, 40), "blue": (40, 80, 225), "green": (35, 165, 60), "yellow": (235, 215, 40),
+    "purple": (135, 55, 190), "orange": (245, 135, 25), "pink": (245, 125, 185), "cyan": (40, 205, 215),
 }
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "diamond", "hexagon", "ring")
 
 
 def generated_class_combos(n_classes: int) -> list[tuple[str, str]]:
-    """The first ``n_classes`` (colour, shape) pairs, in an order where neighbouring classes differ in
-    both colour and shape (diagonals of the colour x shape grid): red circle, blue square,
-    green triangle, ... Every pair appears once; at most len(COLOURS) * len(SHAPES) classes."""
+    """The first ``n_classes`` (colour, shape) pairs, neighbours differing in both (red circle, blue square,
+    ...); at most len(COLOURS) * len(SHAPES) classes."""
     colours, n_s = list(COLOURS), len(SHAPES)
     limit = len(colours) * n_s
     if not isinstance(n_classes, int) or not 1 <= n_classes <= limit:
@@ -79,12 +60,8 @@ def _shape_polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> 
     if shape == "hexagon":
         return rot([(r * math.cos(k * math.pi / 3), r * math.sin(k * math.pi / 3)) for k in range(6)])
     if shape == "star":
-        pts = []
-        for k in range(10):
-            rr = r if k % 2 == 0 else 0.42 * r
-            a = -math.pi / 2 + k * math.pi / 5
-            pts.append((rr * math.cos(a), rr * math.sin(a)))
-        return rot(pts)
+        polar = [(r if k % 2 == 0 else 0.42 * r, -math.pi / 2 + k * math.pi / 5) for k in range(10)]
+        return rot([(rr * math.cos(a), rr * math.sin(a)) for rr, a in polar])
     if shape == "cross":
         w = 0.33 * r
         return rot([(-w, -r), (w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r), (-w, w),
@@ -93,10 +70,8 @@ def _shape_polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> 
 
 
 def _draw_sample(colour: str, shape: str, image_size: int, rng: np.random.Generator) -> Image.Image:
-    """One image: a jittered coloured shape on a shaded, slightly tinted background, plus noise.
-    Drawn at 4x and downsampled (anti-aliased edges)."""
-    ss = 4
-    big = image_size * ss
+    """One image: a jittered coloured shape on a shaded, tinted background plus noise, drawn at 4x and downsampled."""
+    big = image_size * 4
     shade = rng.uniform(70, 190)
     tint = rng.uniform(-12, 12, size=3)
     bg = tuple(int(np.clip(shade + t, 0, 255)) for t in tint)
@@ -104,8 +79,7 @@ def _draw_sample(colour: str, shape: str, image_size: int, rng: np.random.Genera
     draw = ImageDraw.Draw(img)
     fill = tuple(int(np.clip(c + j, 0, 255)) for c, j in zip(COLOURS[colour], rng.uniform(-25, 25, size=3)))
     r = rng.uniform(0.16, 0.32) * big
-    cx = rng.uniform(r, big - r)
-    cy = rng.uniform(r, big - r)
+    cx, cy = rng.uniform(r, big - r), rng.uniform(r, big - r)
     angle = rng.uniform(0, 2 * math.pi)
     if shape == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
@@ -126,30 +100,18 @@ def _check_ints(*checks: tuple[str, object, int]) -> None:
 
 
 def _manifest(generator: str, version: int, params: dict, classes: list[str]) -> dict:
-    """A dataset's manifest.json: its generator, parameters, classes and the images per class and split
-    (``params`` holds n_classes, train_per_class and val_per_class)."""
+    """A dataset's manifest.json (``params`` holds at least n_classes, train_per_class and val_per_class)."""
     train, val, n_classes = params["train_per_class"], params["val_per_class"], params["n_classes"]
-    return {
-        "generator": generator,
-        "version": version,
-        "params": params,
-        "classes": classes,
-        "counts": {"train": {c: train for c in classes}, "val": {c: val for c in classes},
-                   "train_total": train * n_classes, "val_total": val * n_classes},
-        "complete": True,
-    }
+    return {"generator": generator, "version": version, "params": params, "classes": classes,
+            "counts": {"train": {c: train for c in classes}, "val": {c: val for c in classes},
+                       "train_total": train * n_classes, "val_total": val * n_classes},
+            "complete": True}
 
 
 def make_generated_dataset(root, n_classes: int = 10, train_per_class: int = 40, val_per_class: int = 10,
                            image_size: int = 64, seed: int = 0, progress: bool = True) -> Path:
-    """Write (or reuse) the offline coloured-shapes dataset at ``root`` and return ``Path(root)``.
-
-    Layout: root/train/<class name>/NNNN.png, root/val/<class name>/NNNN.png, root/manifest.json
-    (parameters, class list, counts). Class names are "<colour> <shape>" ("red circle", ...). Each image
-    is drawn from its own RNG stream (seed, split, class, index), so the same parameters give
-    byte-identical files. Shape position, size, rotation, colour, background shade/tint and pixel noise
-    vary per image. See the module docstring for what happens when ``root`` already holds something.
-    """
+    """Write (or reuse) the coloured-shapes dataset at ``root`` (``root/{train,val}/<colour> <shape>/NNNN.png``);
+    each image has its own RNG stream (seed, split, class, index), so equal parameters give identical files."""
     _check_ints(("train_per_class", train_per_class, 1), ("val_per_class", val_per_class, 0),
                 ("image_size", image_size, 16), ("seed", seed, 0))
     root = Path(root)
@@ -185,8 +147,7 @@ def _files_match(root: Path, manifest: dict, suffix: str) -> bool:
 
 
 def _is_current(root: Path, manifest: dict, suffix: str) -> bool:
-    """Whether ``root`` holds this very dataset, complete (reads only; no lock needed: a dataset is only
-    ever removed under its lock after its manifest has changed)."""
+    """Whether ``root`` holds this very dataset, complete (reads only; no lock needed)."""
     try:
         return json.loads((root / "manifest.json").read_text()) == manifest and _files_match(root, manifest, suffix)
     except (OSError, json.JSONDecodeError):
@@ -194,10 +155,8 @@ def _is_current(root: Path, manifest: dict, suffix: str) -> bool:
 
 
 def _reuse_or_prepare(root: Path, manifest: dict, generator: str, suffix: str) -> bool:
-    """True when ``root`` already holds this very dataset (nothing to write); else ``root`` is made ready for
-    writing it (an older dataset of this generator removed) and an unfinished manifest is written first, so
-    that an interrupted run is recognised and written again next time. Call it holding ``root``'s
-    ``build_lock``: it removes and writes."""
+    """True when ``root`` already holds this very dataset; else ``root`` is cleared of an older dataset of this
+    generator and given an unfinished manifest. Call it holding ``root``'s ``build_lock``."""
     mpath = root / "manifest.json"
     if mpath.is_file():
         try:
@@ -229,9 +188,8 @@ def _write_manifest(root: Path, manifest: dict) -> None:
 
 
 def _build_once(root: Path, manifest: dict, generator: str, suffix: str, write: Callable[[], None]) -> Path:
-    """``root`` holding the dataset that ``manifest`` describes: reused when it is there, else written by
-    ``write()`` under ``root``'s lock, once however many processes ask at the same time (each checks again
-    once it holds the lock); the complete manifest is written last."""
+    """``root`` holding the dataset ``manifest`` describes: reused, else written once by ``write()`` under
+    ``root``'s lock (checked again once held); the complete manifest is written last."""
     if _is_current(root, manifest, suffix):
         return root
     with build_lock(root):
@@ -242,10 +200,8 @@ def _build_once(root: Path, manifest: dict, generator: str, suffix: str, write: 
     return root
 
 
-# ------------------------------------------------------------------------------ random JPEG files
 def write_random_jpeg(job: tuple[str, int, int, int]) -> int:
-    """Write one JPEG (smooth colour field plus noise, sides drawn in lo..hi px) from ``(path, seed, lo,
-    hi)``; returns its size in bytes. For timing JPEG decoding at ImageNet-like file sizes."""
+    """Write one JPEG (smooth colour field plus noise, sides in lo..hi px) from ``(path, seed, lo, hi)``; its bytes."""
     path, seed, lo, hi = job
     rng = np.random.default_rng(seed)
     w, h = (int(v) for v in rng.integers(lo, hi + 1, size=2))
@@ -260,21 +216,13 @@ def write_random_jpeg(job: tuple[str, int, int, int]) -> int:
 def write_random_jpegs(jobs: Sequence[tuple[str, int, int, int]], workers: int = 1, chunksize: int = 16,
                        progress: bool = False, desc: str = "writing JPEGs") -> list[int]:
     """``write_random_jpeg`` for every job, over ``workers`` forked processes; the files' sizes."""
-    bar = tqdm(total=len(jobs), desc=desc, disable=not progress, leave=False)
-    if workers > 1:
-        import multiprocessing as mp
+    import multiprocessing as mp
 
-        with mp.get_context("fork").Pool(workers) as pool, bar:
-            sizes = []
-            for size in pool.imap(write_random_jpeg, jobs, chunksize=chunksize):
-                sizes.append(size)
-                bar.update(1)
-            return sizes
-    with bar:
-        return [(write_random_jpeg(job), bar.update(1))[0] for job in jobs]
+    with mp.get_context("fork").Pool(workers) if workers > 1 else contextlib.nullcontext() as pool:
+        sizes = pool.imap(write_random_jpeg, jobs, chunksize=chunksize) if pool else map(write_random_jpeg, jobs)
+        return list(tqdm(sizes, total=len(jobs), desc=desc, disable=not progress, leave=False))
 
 
-# ------------------------------------------------------------------------------ ImageNet-mini-shaped JPEGs
 IMAGENET_LIKE_NAME = "mvlip_utils.generated.make_imagenet_like_dataset"
 IMAGENET_LIKE_VERSION = 1
 
@@ -297,14 +245,9 @@ def _jpeg_seed(seed: int, split: int, cls: int, index: int) -> int:
 def make_imagenet_like_dataset(root, n_classes: int = 1000, train_per_class: int = 4, val_per_class: int = 4,
                                seed: int = 0, min_side: int = 300, max_side: int = 500,
                                workers: int | None = None, progress: bool = True) -> Path:
-    """Write (or reuse) an ImageNet-mini-shaped JPEG folder at ``root`` and return ``Path(root)``.
-
-    Layout: root/train/<wnid>/<wnid>_NNNN.JPEG, root/val/<wnid>/<wnid>_NNNN.JPEG, root/manifest.json. The
-    wnids are ImageNet-1k's first ``n_classes`` (so class names come from open_clip's CLIP ImageNet names,
-    as for the real ImageNet-mini). Each file is a JPEG (quality 90) of ``min_side``..``max_side`` px a side
-    drawn from its own seed (seed, split, class, index): the same parameters give the same files. Written by
-    ``workers`` processes (default: the CPU count, at most 32).
-    """
+    """Write (or reuse) ``root/{train,val}/<wnid>/<wnid>_NNNN.JPEG`` for ImageNet-1k's first ``n_classes`` wnids:
+    random JPEGs of ``min_side``..``max_side`` px, each from its own seed, by ``workers`` processes
+    (default: the CPU count, at most 32)."""
     _check_ints(("train_per_class", train_per_class, 1), ("val_per_class", val_per_class, 1),
                 ("min_side", min_side, 16), ("seed", seed, 0))
     if not isinstance(max_side, int) or max_side < min_side:

@@ -1,6 +1,4 @@
-"""FLOPs per image of a tower, counted by PyTorch's ``FlopCounterMode``, and achieved FLOP/s as a fraction of
-a GPU's datasheet peak for a precision (model FLOP utilisation, the run's distance to the hardware's limit).
-"""
+"""FLOPs per image of a tower (``FlopCounterMode``) and achieved FLOP/s as a fraction of a GPU's datasheet peak."""
 
 from __future__ import annotations
 
@@ -32,7 +30,7 @@ PEAK_FLOPS = {
     "NVIDIA A100-SXM4-80GB": {"fp32": 19.5e12, "tf32": 156e12, "bf16": 312e12},
     "NVIDIA GeForce RTX 4070 Ti SUPER": {"fp32": 44.1e12, "tf32": 44.1e12, "bf16": 88.2e12},
 }
-_PEAK_OF_PRECISION = {"fp32": "fp32", "fp32-tf32conv": "fp32", "tf32": "tf32", "bf16": "bf16"}
+_PEAK_OF_PRECISION = {"fp32": "fp32", "fp32-tf32conv": "fp32", "tf32": "tf32", "bf16": "bf16", "fp16": "bf16"}
 
 
 def peak_flops(device_name: str | None, precision: str) -> float | None:
@@ -55,11 +53,8 @@ def utilisation_fields(flops_per_image: float | None, images_per_s: float, devic
 
 def flops_per_image(module: nn.Module, image_size: int, mode: str = "inference", device="cpu",
                     batch_size: int = 2, in_chans: int = 3) -> float:
-    """FLOPs per image of a forward pass (``inference``) or of a training step's forward and backward
-    (``train``; the optimizer step is left out), counted by ``torch.utils.flop_counter.FlopCounterMode``
-    on a batch of random images. It counts the ops PyTorch has formulas for (matmuls, convolutions,
-    attention); elementwise work, including a selective scan's recurrence, is not counted, so this is the
-    usual "model FLOPs" of MFU. One multiply-add counts as 2 FLOPs."""
+    """FLOPs per image of a forward (``inference``) or forward + backward (``train``) on random images: matmuls,
+    convolutions, attention (not elementwise work such as a scan's recurrence); a multiply-add is 2 FLOPs."""
     from torch.utils.flop_counter import FlopCounterMode
 
     if mode not in MODES:

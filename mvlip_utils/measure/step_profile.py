@@ -1,18 +1,5 @@
-"""Where a training step's time goes: ``torch.profiler`` over a few steps of the real training loop
-(``train.train_one_epoch``, with its DataLoader), read back into per-step figures.
-
-The training loop names its phases in the trace (``train.PHASES``: forward with the loss, backward,
-optimizer, the periodic loss read); the DataLoader names its own waits (``enumerate(DataLoader)#...``).
-A step runs from the start of one forward phase to the start of the next, so it holds the wait for the
-next batch too; the first profiled step is left out (it waits for the loader's workers to start).
-
-Per step, ``summarize_trace`` gives the host's time in each phase and in the data wait and, on a GPU, the
-time the GPU was busy (the union of its kernels, copies and memsets), the time it was idle (launch gaps,
-waits for the host), the kernel time launched from each phase (a kernel belongs to the phase during which
-the host launched it, whichever host thread did, as autograd's does in backward), the number of kernels,
-and the kernels that took the most time. ``profile_training_epoch`` runs and profiles a short epoch and can
-keep the trace (gzipped Chrome trace, for Perfetto or chrome://tracing).
-"""
+"""Where a training step's time goes: ``torch.profiler`` over a few steps of the real training loop, read back
+into per-step figures (``summarize_trace``)."""
 
 from __future__ import annotations
 
@@ -39,9 +26,8 @@ TOP_KERNELS = 12
 
 def profile_training_epoch(experiment, optimizer, scheduler, loss_fn, epoch: int, steps: int,
                            trace_path: str | Path | None = None) -> dict[str, Any]:
-    """Train one epoch of ``steps`` + 2 batches of ``experiment.train_set`` under torch.profiler (CPU, and
-    CUDA activity on a GPU) and summarise its last ``steps`` steps (``summarize_trace``). The trace is
-    kept, gzipped, at ``trace_path`` when given."""
+    """Train one epoch of ``steps`` + 2 batches under torch.profiler and summarise its last ``steps`` steps
+    (``summarize_trace``); the Chrome trace is kept gzipped at ``trace_path`` when given."""
     from torch.profiler import ProfilerActivity, profile
 
     from ..train import loop as train
@@ -78,9 +64,7 @@ def profile_training_epoch(experiment, optimizer, scheduler, loss_fn, epoch: int
 
 @contextlib.contextmanager
 def _native_stderr_silenced():
-    """The profiler's native library logs its start and stop (and, without a GPU, a failed device count) to
-    file descriptor 2, which would land in a notebook's output: that descriptor goes to /dev/null meanwhile
-    (Python's own warnings go there too for that while)."""
+    """File descriptor 2 to /dev/null meanwhile: the profiler's native library logs there (a notebook's output)."""
     sys.stderr.flush()
     saved = os.dup(2)
     try:
@@ -123,9 +107,10 @@ def _phase_of(ts: float, phase_ranges: list[tuple[float, float, str]], starts: l
 
 
 def summarize_trace(trace: dict, phases: dict[str, str]) -> dict[str, Any]:
-    """Per-step figures (milliseconds) of a Chrome trace exported by torch.profiler from training steps
-    whose phases are record_function ranges named by ``phases`` (role -> name; ``forward`` starts each
-    step). See the module's docstring for what each figure is."""
+    """Per-step figures (ms) of a torch.profiler Chrome trace whose phases are record_function ranges named by
+    ``phases`` (role -> name). A step runs from one ``forward`` to the next (data wait included; the first, the
+    workers' start, is left out): host time per phase and in the data wait; on a GPU busy (union of kernels,
+    copies, memsets) and idle time, kernel time by the phase that launched it, kernels per step, top kernels."""
     events = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X"]
     names = {name: role for role, name in phases.items()}
     annotations = [e for e in events if e.get("cat") == "user_annotation"]

@@ -1,7 +1,5 @@
-"""Cost against resolution: a tower timed at several pixel counts (``resolution_sweep``, batch scaled to keep
-the pixels per batch, with the marginal memory per image), and the fitted exponent of time per image against
-the pixel count (``fit_growth_exponent``: 1 linear, 2 quadratic). Times with ``benchmark``'s method.
-"""
+"""Cost against resolution: a tower timed at several pixel counts (``resolution_sweep``) and the fitted exponent
+of a per-image cost against the pixel count (``fit_growth_exponent``: 1 linear, 2 quadratic)."""
 from __future__ import annotations
 
 import math
@@ -14,8 +12,9 @@ from torch import nn
 
 from ..settings.precision import autocast_region as _autocast
 from ..settings.precision import precision_context
-from ..train.results import device_description
+from ..train.provenance import device_description
 from .benchmark import _device, free_memory, is_oom_error, model_throughput
+from .flops import flops_per_image
 
 
 def scaled_batch_size(base_batch: int, base_resolution: int, resolution: int, min_batch: int = 1) -> int:
@@ -39,10 +38,8 @@ def _batch_for(batch_size, resolution: int) -> int:
 
 def marginal_memory_per_image(module: nn.Module, image_size: int, batch_size: int, precision: str = "bf16",
                               device="cuda", channels_last: bool = False, in_chans: int = 3) -> float | None:
-    """CUDA inference only: extra peak memory per extra image, ``(peak(n) - peak(1)) / (n - 1)`` with
-    ``n = max(2, batch_size)``, from one forward each. Constant terms (weights, autocast's bf16 weight
-    copies, workspaces) cancel, so this is the activation memory an image costs at this resolution:
-    the quantity whose growth with pixel count the sweep fits. None on the CPU."""
+    """Extra peak bytes per extra image in CUDA inference, ``(peak(n) - peak(1)) / (n - 1)``, n = max(2, batch):
+    constant terms (weights, autocast copies, workspaces) cancel. None on the CPU."""
     dev = _device(device)
     if dev.type != "cuda":
         return None
@@ -69,21 +66,11 @@ def resolution_sweep(model_or_factory: nn.Module | Callable[[int], nn.Module], r
                      batch_size: int | Mapping[int, int] | Callable[[int], int], precision: str = "bf16",
                      device="cpu", mode: str = "inference", channels_last: bool = False,
                      compile: bool = False, warmup: int = 3, repeats: int = 10,
-                     catch_errors: bool = False, memory_probe: bool = True,
+                     catch_errors: bool = False, memory_probe: bool = True, count_flops: bool = True,
                      log: Callable[[str], Any] | None = None) -> pd.DataFrame:
-    """``model_throughput`` at each resolution, one row each, OOM caught and recorded.
-
-    ``model_or_factory``: a module used at every resolution (MambaVision, or a ViT created with
-    ``dynamic_img_size=True``), or a callable ``resolution -> module`` (ViT/Swin need ``img_size`` at
-    creation). ``batch_size``: an int, a {resolution: batch} mapping, or a callable (see
-    ``scaled_batch_size``). Out-of-memory errors (in the factory or the run) give a row with
-    ``oom=True`` and NaN speeds; other errors propagate unless ``catch_errors``, which records them in
-    ``error``. Columns: resolution, pixels, batch_size, images_per_s, seconds_per_image, median_s,
-    p10_s, p90_s, peak_memory_bytes, model_bytes, memory_per_image_bytes ((peak - model bytes) / batch;
-    still holds constant terms such as autocast's weight copies), marginal_memory_per_image_bytes
-    (``marginal_memory_per_image``, CUDA inference with ``memory_probe``), memory_probe_error, oom,
-    error, precision, mode, device_name, channels_last, compile.
-    """
+    """``model_throughput`` at each resolution, one row each. ``model_or_factory``: a module for every resolution
+    or a callable ``resolution -> module``; ``batch_size``: an int, {resolution: batch} or a callable. OOM gives
+    ``oom=True`` and NaN speeds; other errors propagate unless ``catch_errors`` (recorded in ``error``)."""
     resolutions = [int(r) for r in resolutions]
     if not resolutions or any(r < 1 for r in resolutions):
         raise ValueError(f"parameter resolutions must be positive ints, got {resolutions!r}")
@@ -95,41 +82,36 @@ def resolution_sweep(model_or_factory: nn.Module | Callable[[int], nn.Module], r
     for res in resolutions:
         batch = _batch_for(batch_size, res)
         row: dict[str, Any] = dict(resolution=res, pixels=res * res, batch_size=batch, images_per_s=math.nan,
-                                   seconds_per_image=math.nan, median_s=math.nan, p10_s=math.nan,
-                                   p90_s=math.nan, peak_memory_bytes=None, model_bytes=None,
-                                   memory_per_image_bytes=None, marginal_memory_per_image_bytes=None,
-                                   memory_probe_error=None, oom=False, error=None, precision=precision,
-                                   mode=mode, device_name=device_description(dev), channels_last=bool(channels_last),
+                                   seconds_per_image=math.nan, median_s=math.nan, p10_s=math.nan, p90_s=math.nan,
+                                   peak_memory_bytes=None, model_bytes=None, memory_per_image_bytes=None,
+                                   marginal_memory_per_image_bytes=None, memory_probe_error=None,
+                                   flops_per_image=None, oom=False, error=None, precision=precision, mode=mode,
+                                   device_name=device_description(dev), channels_last=bool(channels_last),
                                    compile=bool(compile))
         failure = None
         try:
             module = model_or_factory(res) if is_factory else model_or_factory
             r = model_throughput(module, batch, image_size=res, precision=precision, mode=mode, device=dev,
                                  channels_last=channels_last, compile=compile, warmup=warmup, repeats=repeats)
-            for k in ("images_per_s", "seconds_per_image", "median_s", "p10_s", "p90_s", "peak_memory_bytes",
-                      "model_bytes"):
-                row[k] = r[k]
+            row.update({k: r[k] for k in ("images_per_s", "seconds_per_image", "median_s", "p10_s", "p90_s",
+                                          "peak_memory_bytes", "model_bytes")})
             if r["peak_memory_bytes"] is not None:
                 row["memory_per_image_bytes"] = (r["peak_memory_bytes"] - r["model_bytes"]) / batch
+            if count_flops:
+                row["flops_per_image"] = flops_per_image(module, res, "inference", dev, batch_size=1)
             if memory_probe and mode == "inference" and dev.type == "cuda":
                 try:
                     row["marginal_memory_per_image_bytes"] = marginal_memory_per_image(
                         module, res, batch, precision, dev, channels_last)
                 except Exception as exc:  # noqa: BLE001 - a probe failure must not lose the timing
                     row["memory_probe_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
-        except Exception as exc:  # noqa: BLE001 - sorted below
-            if is_oom_error(exc):
-                row["oom"] = True
-                failure = f"{type(exc).__name__}: {str(exc)[:300]}"
-                row["error"] = failure
-            elif catch_errors:
-                failure = f"{type(exc).__name__}: {str(exc)[:300]}"
-                row["error"] = failure
-            else:
+        except Exception as exc:  # noqa: BLE001 - OOM recorded; other errors only with catch_errors
+            if not (is_oom_error(exc) or catch_errors):
                 raise
+            row["oom"] = is_oom_error(exc)
+            failure = row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
         finally:
-            if is_factory:
-                module = None  # noqa: F841 - drop the per-resolution model before the next one
+            module = None  # noqa: F841 - drop the per-resolution model before the next one
         free_memory(dev)  # outside the except block, so the traceback's tensors are gone too
         rows.append(row)
         if log is not None:
@@ -139,17 +121,9 @@ def resolution_sweep(model_or_factory: nn.Module | Callable[[int], nn.Module], r
 
 
 def fit_growth_exponent(pixels: Sequence[float], cost: Sequence[float]) -> float:
-    """Least-squares slope ``b`` of log(cost) against log(pixels): cost ~ a * pixels**b.
-
-    Pixels per image are proportional to the token count N (ViT: N = pixels / patch**2), so ``b`` is
-    the exponent in the token count too. Use a per-image cost (seconds per image, memory per image):
-    ``b ~ 1``: linear in pixels/tokens (convolutions, MLPs, windowed attention, a selective scan);
-    ``b ~ 2``: quadratic, what global self-attention's N x N score matrix costs *when it dominates*.
-    A ViT-B/32 sits between: its per-token MLP and projections (~12 N d**2 FLOPs a block) outweigh
-    attention (~2 N**2 d) until N approaches 6 d (~4600 tokens), so over 224..1120 px its fitted b is
-    only a little above 1 even though attention itself is quadratic. Non-finite or non-positive
-    points are dropped; at least two distinct pixel counts must remain.
-    """
+    """Least-squares slope ``b`` of log(cost) against log(pixels), cost ~ a * pixels**b, for a per-image cost:
+    ~1 linear (convolutions, MLPs, windowed attention, a scan), ~2 quadratic (global attention where it dominates).
+    Non-finite or non-positive points are dropped; ValueError unless two distinct pixel counts remain."""
     p = np.asarray(pixels, dtype=np.float64)
     c = np.asarray(cost, dtype=np.float64)
     if p.shape != c.shape or p.ndim != 1:

@@ -1,8 +1,9 @@
-"""What every image tower shares: the selective-scan shim and MambaVision's models registered into timm,
-the 512-d embedding width, the tower module (a backbone without its classifier, then a new projection), and
-the error for pretrained weights that cannot be had."""
+"""What every image tower shares: the scan shim and MambaVision's timm models, the 512-d width, the tower module
+and the error for pretrained weights that cannot be had."""
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 from torch import nn
@@ -10,8 +11,6 @@ from torch import nn
 from .ssm import install_mamba_ssm_shim
 
 SSM_BACKEND = install_mamba_ssm_shim()  # must precede `import mambavision`
-
-import warnings  # noqa: E402
 
 with warnings.catch_warnings():  # mambavision 1.2.0 imports timm's deprecated module paths
     warnings.simplefilter("ignore", FutureWarning)
@@ -21,14 +20,16 @@ EMBED_DIM = 512
 
 
 class ImageTower(nn.Module):
-    """A timm backbone without its classifier, then Linear(num_features -> 512)."""
+    """A timm backbone without its classifier, then a new Linear(num_features -> 512) (the paper's step 3), or
+    none when ``own_projection`` (the backbone already projects to the embedding, as CLIP's image tower)."""
 
-    def __init__(self, backbone: nn.Module, encoder_name: str, timm_name: str, embed_dim: int = EMBED_DIM):
+    def __init__(self, backbone: nn.Module, encoder_name: str, timm_name: str, embed_dim: int = EMBED_DIM,
+                 own_projection: bool = False):
         super().__init__()
         self.backbone = backbone
         self.encoder_name = encoder_name
         self.timm_name = timm_name
-        self.proj = nn.Linear(feature_dim(backbone), embed_dim)
+        self.proj = nn.Identity() if own_projection else nn.Linear(feature_dim(backbone), embed_dim)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.proj(self.backbone(images))

@@ -1,8 +1,7 @@
 """CLIP assembly: an image tower from ``towers`` and the frozen open_clip ViT-B-32 text tower.
 
-Because the text tower is frozen and the captions come from a finite set (classes x templates),
-``PromptBank`` encodes every prompt once; training looks captions up in it and zero-shot evaluation
-uses its classifier, built by open_clip's ``build_zero_shot_classifier`` over the cached features.
+``PromptBank`` encodes every (class, template) prompt once; training looks captions up in it and zero-shot
+evaluation uses its classifier (open_clip's ``build_zero_shot_classifier`` over the cached features).
 """
 
 from __future__ import annotations
@@ -52,10 +51,8 @@ class TextTower(nn.Module):
 
 def create_text_tower(pretrained: bool = False, weights_path: str | None = None,
                       trust_pickled_weights: bool = False) -> TextTower:
-    """The ViT-B-32 text tower; ``openai`` weights from a local file or open_clip's cache/hub when asked.
-
-    A torch weights file is loaded without running code from it; one that needs more is refused unless
-    ``trust_pickled_weights`` (or MVLIP_TRUST_PICKLED_WEIGHTS=1)."""
+    """The ViT-B-32 text tower; ``openai`` weights from a local file or open_clip's cache/hub when asked. A pickled
+    file that needs more than tensors is refused unless ``trust_pickled_weights`` (or MVLIP_TRUST_PICKLED_WEIGHTS=1)."""
     weights_path = weights_path or (os.environ.get(TEXT_WEIGHTS_ENV) if pretrained else None)
     if pretrained and weights_path and not Path(weights_path).is_file():
         raise FileNotFoundError(f"parameter text_weights={weights_path!r}: no such file")
@@ -80,9 +77,8 @@ def create_text_tower(pretrained: bool = False, weights_path: str | None = None,
 
 
 def _clip_from_file(path: str | os.PathLike, trust_pickled_weights: bool = False) -> nn.Module:
-    """open_clip's ViT-B-32 with QuickGELU (as the OpenAI weights need) holding the tensors of a local CLIP file
-    (open_clip_pytorch_model.bin / .safetensors). The file is read by ``weights.read_state_dict`` (weights
-    only), not by open_clip's own loader, so what runs does not depend on the installed open_clip."""
+    """open_clip's ViT-B-32 with QuickGELU holding the tensors of a local CLIP file (open_clip_pytorch_model.bin
+    or .safetensors), read by ``weights.read_state_dict``; ValueError if it does not fit."""
     state = read_state_dict(path, trust=trust_pickled_weights)
     clip_model = open_clip.create_model(TEXT_MODEL, pretrained=None, force_quick_gelu=True)
     try:
@@ -97,25 +93,28 @@ class PromptBank:
     """Normalised text features of every (class, template) prompt, computed once."""
 
     def __init__(self, text_tower: TextTower, classnames: Sequence[str], templates: Sequence[str],
-                 device: str | torch.device = "cpu", batch_size: int = 256, progress: bool = True):
+                 device: str | torch.device = "cpu", batch_size: int = 256, progress: bool = True,
+                 features: torch.Tensor | None = None):
+        """``features``: the (prompts, dim) features of these prompts computed before (a cache), else computed."""
         self.classnames = list(classnames)
         self.templates = list(templates)
-        prompts = [t.format(c) for c in self.classnames for t in self.templates]
-        self.index = {p: i for i, p in enumerate(prompts)}
+        self.prompts = [t.format(c) for c in self.classnames for t in self.templates]
+        self.index = {p: i for i, p in enumerate(self.prompts)}
         chunks = []
         with torch.no_grad():
-            for start in tqdm(range(0, len(prompts), batch_size), desc="text features", disable=not progress,
-                              leave=False):
-                tokens = text_tower.tokenizer(prompts[start:start + batch_size]).to(device)
+            for start in tqdm(range(0, len(self.prompts), batch_size), desc="text features",
+                              disable=not progress or features is not None, leave=False):
+                if features is not None:
+                    break
+                tokens = text_tower.tokenizer(self.prompts[start:start + batch_size]).to(device)
                 chunks.append(text_tower.encode_text(tokens, normalize=True).float())
-        flat = torch.cat(chunks)
+        flat = features.to(device) if features is not None else torch.cat(chunks)
         self.features = flat.reshape(len(self.classnames), len(self.templates), -1)  # (C, T, D)
         self.classifier = open_clip.build_zero_shot_classifier(
             self, self.tokenize_indices, self.classnames, self.templates, num_classes_per_batch=None,
             device=flat.device)  # (D, C): open_clip's template averaging, over the cached features
 
-    # open_clip's classifier builder calls tokenizer(texts) then model.encode_text(tokens, normalize=True);
-    # these two let it run over the cache instead of the text tower.
+    # open_clip's classifier builder calls these two (tokenizer, model.encode_text): here they read the cache
     def tokenize_indices(self, texts: Sequence[str]) -> torch.Tensor:
         return torch.tensor([self.index[t] for t in texts])
 

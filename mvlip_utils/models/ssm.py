@@ -1,26 +1,9 @@
-"""Selective scan (Mamba's S6 recurrence) without the mamba_ssm CUDA build.
+"""The selective scan (Mamba's S6 recurrence, mamba_ssm's ``selective_scan_fn``) without the mamba_ssm build.
 
-MambaVision calls exactly one op from mamba_ssm::
-
-    selective_scan_fn(x, dt, A, B, C, D, z=None, delta_bias=..., delta_softplus=True,
-                      return_last_state=None)
-
-This module gives the same function, with mamba_ssm's semantics, in three flavours:
-
-* :func:`selective_scan_reference` -- a float64 sequential loop, the ground truth for tests;
-* a portable path (any device, any dtype; computes in float32 like mamba_ssm does): the
-  discretised tensors ``exp(delta * A)`` and ``delta * B * u`` of shape (b, d, l, n) are scanned
-  by a *chunked* first-order scan (a sequential loop of ``~sqrt(l)`` steps inside chunks, run
-  over all chunks at once, then a carry of ``~sqrt(l)`` steps between chunks) with a hand-written
-  reverse-scan backward;
-* a Triton path for CUDA tensors (:func:`selective_scan_triton`; the forward and backward kernels, which
-  keep the state in registers, are in :mod:`mvlip_utils.models.ssm_triton`, which imports nothing from
-  here); :func:`triton_available` is re-exported here.
-
-:func:`selective_scan` dispatches: CUDA tensors go to the real mamba_ssm kernel when it imports
-cleanly, else to the Triton path, else to the portable one.  :func:`install_mamba_ssm_shim`
-makes ``from mamba_ssm.ops.selective_scan_interface import selective_scan_fn`` resolve, so that
-``import mambavision`` works without mamba_ssm.
+Paths: :func:`selective_scan_reference` (float64 loop, the ground truth), :func:`selective_scan_portable`
+(any device; a chunked first-order scan with a reverse-scan backward) and :func:`selective_scan_triton`
+(kernels in :mod:`.ssm_triton`). :func:`selective_scan` picks mamba_ssm's kernel, else Triton, else portable;
+:func:`install_mamba_ssm_shim` lets ``import mambavision`` work without mamba_ssm.
 
 Recurrence (per batch b, channel d, state n; time t)::
 
@@ -39,23 +22,14 @@ import types
 import torch
 import torch.nn.functional as F
 
-from .ssm_triton import _triton_ready, triton_available, triton_scan, triton_supports  # the Triton kernels
+from .ssm_triton import _triton_ready, triton_available, triton_scan, triton_supports
 
-__all__ = [
-    "selective_scan",
-    "selective_scan_portable",
-    "selective_scan_reference",
-    "selective_scan_triton",
-    "install_mamba_ssm_shim",
-    "linear_scan",
-    "backend_for",
-    "triton_available",
-]
+__all__ = ["selective_scan", "selective_scan_portable", "selective_scan_reference", "selective_scan_triton",
+           "install_mamba_ssm_shim", "linear_scan", "backend_for", "triton_available"]
 
 _SHIM_MARK = "__mvlip_ssm_shim__"
 
 
-# --------------------------------------------------------------------------- input checks
 def _check_inputs(u, delta, A, B, C, D, z, delta_bias):
     if u.dim() != 3:
         raise ValueError(f"u must be (batch, dim, L), got shape {tuple(u.shape)}")
@@ -90,25 +64,21 @@ def _check_inputs(u, delta, A, B, C, D, z, delta_bias):
         raise ValueError(f"z must have u's shape {tuple(u.shape)}, got {tuple(z.shape)}")
 
 
-def _expand_bc(t, d, dtype):
-    """B or C to the layout (b, d|1, l, n) ready to broadcast, or (1, d, 1, n) if constant."""
+def _bc_time_major(t, d, dtype):
+    """B or C to the time-major layout (l|1, b|1, d|1, n)."""
     t = t.to(dtype)
-    if t.dim() == 2:  # (d, n): time-invariant
-        return t[None, :, None, :]
-    if t.dim() == 3:  # (b, n, l) -> (b, 1, l, n)
-        return t.transpose(1, 2)[:, None]
-    g = t.shape[1]  # (b, g, n, l) -> (b, d, l, n)
-    return t.repeat_interleave(d // g, dim=1).transpose(2, 3)
+    if t.dim() == 2:  # (d, n)
+        return t[None, None]
+    if t.dim() == 3:  # (b, n, l) -> (l, b, 1, n)
+        return t.permute(2, 0, 1)[:, :, None]
+    return t.repeat_interleave(d // t.shape[1], dim=1).permute(3, 0, 1, 2)  # (l, b, d, n)
 
 
-# --------------------------------------------------------------------------- reference
 def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
                              delta_softplus=False, return_last_state=False):
-    """Float64 sequential loop with mamba_ssm's ``selective_scan_ref`` semantics (ground truth).
+    """Float64 loop with mamba_ssm's ``selective_scan_ref`` semantics; differentiable through autograd.
 
-    Differentiable through autograd.  Returns ``out`` in u's dtype (and ``last_state`` in
-    float64 when ``return_last_state``).
-    """
+    Returns ``out`` in u's dtype (and ``last_state`` in float64 when ``return_last_state``)."""
     _check_inputs(u, delta, A, B, C, D, z, delta_bias)
     dtype_in = u.dtype
     f64 = torch.float64
@@ -120,13 +90,11 @@ def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     if delta_softplus:
         dt = F.softplus(dt)  # threshold 20, like mamba_ssm's kernel
     A64 = A.to(f64)
-    Bx = _expand_bc(B, d, f64)
-    Cx = _expand_bc(C, d, f64)
+    Bt, Ct = _bc_time_major(B, d, f64), _bc_time_major(C, d, f64)
     h = torch.zeros(b, d, A.shape[1], dtype=f64, device=u.device)
     ys = []
     for i in range(l):
-        Bi = Bx[:, :, i if Bx.shape[2] > 1 else 0]
-        Ci = Cx[:, :, i if Cx.shape[2] > 1 else 0]
+        Bi, Ci = Bt[min(i, len(Bt) - 1)], Ct[min(i, len(Ct) - 1)]
         h = torch.exp(dt[:, :, i, None] * A64) * h + dt[:, :, i, None] * Bi * uu[:, :, i, None]
         ys.append((h * Ci).sum(-1))
     y = torch.stack(ys, dim=2)
@@ -138,15 +106,11 @@ def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     return (out, h) if return_last_state else out
 
 
-# --------------------------------------------------------------------------- chunked scan
 def _scan_chunked(a, x, chunk=None):
     """h_t = a_t * h_{t-1} + x_t along dim 0 of time-major (L, ...) tensors, h_{-1} = 0.
 
-    Chunked: a loop of ``chunk`` steps inside chunks (vectorised over all chunks; each step
-    touches ``n_chunks`` contiguous blocks), then a loop of ``n_chunks`` steps carrying the state
-    between chunks, then one fused correction.  About 2*sqrt(L) small steps instead of L.
-    Only products of decays (|a| <= 1 in Mamba) are formed, never quotients, so it is stable.
-    """
+    About 2*sqrt(L) steps: a loop inside chunks (all chunks at once), then a carry between chunks.
+    Only products of decays are formed, never quotients, so it is stable."""
     L = a.shape[0]
     rest = a.shape[1:]
     if chunk is None:
@@ -205,17 +169,6 @@ def linear_scan(a, x):
     return _LinearScan.apply(a, x)
 
 
-# --------------------------------------------------------------------------- portable path
-def _bc_time_major(t, d, dtype):
-    """B or C to the time-major layout (l|1, b|1, d|1, n) used by the portable path."""
-    t = t.to(dtype)
-    if t.dim() == 2:  # (d, n)
-        return t[None, None]
-    if t.dim() == 3:  # (b, n, l) -> (l, b, 1, n)
-        return t.permute(2, 0, 1)[:, :, None]
-    return t.repeat_interleave(d // t.shape[1], dim=1).permute(3, 0, 1, 2)  # (l, b, d, n)
-
-
 def selective_scan_portable(u, delta, A, B, C, D=None, z=None, delta_bias=None,
                             delta_softplus=False, return_last_state=False):
     """Portable selective scan (any device); float32 internally for float32/bf16/fp16 inputs."""
@@ -229,8 +182,7 @@ def selective_scan_portable(u, delta, A, B, C, D=None, z=None, delta_bias=None,
         dt = dt + delta_bias.to(cdt)[:, None]
     if delta_softplus:
         dt = F.softplus(dt)
-    Bt = _bc_time_major(B, d, cdt)
-    Ct = _bc_time_major(C, d, cdt)
+    Bt, Ct = _bc_time_major(B, d, cdt), _bc_time_major(C, d, cdt)
     dtt = dt.permute(2, 0, 1)  # time-major (l, b, d): the scan runs along dim 0
     dA = torch.exp(dtt[..., None] * A.to(cdt))  # (l, b, d, n)
     dBu = (dtt * uu.permute(2, 0, 1))[..., None] * Bt  # (l, b, d, n)
@@ -241,17 +193,13 @@ def selective_scan_portable(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     if z is not None:
         y = y * F.silu(z.to(cdt))
     out = y.to(dtype_in)
-    if return_last_state:
-        return out, h[-1]
-    return out
+    return (out, h[-1]) if return_last_state else out
 
 
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None,
                           delta_softplus=False, return_last_state=False):
-    """Triton selective scan (CUDA tensors; CPU tensors under TRITON_INTERPRET=1).
-
-    Supports MambaVision's layout B, C: (batch, dstate, L); other layouts go to the portable path.
-    """
+    """Triton selective scan (CUDA tensors; CPU under TRITON_INTERPRET=1) for B, C of shape (batch, dstate, L);
+    other layouts go to the portable path."""
     _check_inputs(u, delta, A, B, C, D, z, delta_bias)
     if not triton_supports(u, B, C):
         return selective_scan_portable(u, delta, A, B, C, D, z=z, delta_bias=delta_bias,
@@ -260,7 +208,6 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None,
                        return_last_state=return_last_state)
 
 
-# --------------------------------------------------------------------------- mamba_ssm + dispatch
 _REAL_MAMBA = None  # None: not probed yet; False: not importable; else the real selective_scan_fn
 
 
@@ -295,13 +242,9 @@ def backend_for(u: torch.Tensor) -> str:
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    return_last_state=False):
-    """mamba_ssm's ``selective_scan_fn`` with the same arguments and semantics.
-
-    u, delta: (batch, dim, L); A: (dim, dstate) real; B, C: (batch, dstate, L), (batch, groups,
-    dstate, L) or (dim, dstate); D, delta_bias: (dim,); z: (batch, dim, L).  Returns out
-    (batch, dim, L) in u's dtype and, if ``return_last_state``, the final state (batch, dim, dstate)
-    in float32.
-    """
+    """mamba_ssm's ``selective_scan_fn``: u, delta, z: (batch, dim, L); A: (dim, dstate) real; B, C: (batch,
+    dstate, L), (batch, groups, dstate, L) or (dim, dstate); D, delta_bias: (dim,). Returns out (batch, dim, L)
+    in u's dtype and, if ``return_last_state``, the final state (batch, dim, dstate) in float32."""
     backend = backend_for(u)
     if backend == "mamba_ssm":
         return _real_mamba_fn()(u, delta, A, B, C, D, z=z, delta_bias=delta_bias,
@@ -312,13 +255,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 
 
 def install_mamba_ssm_shim() -> str:
-    """Make ``from mamba_ssm.ops.selective_scan_interface import selective_scan_fn`` resolve.
-
-    Returns ``"mamba_ssm"`` when the real package imports cleanly, else registers module objects
-    ``mamba_ssm``, ``mamba_ssm.ops`` and ``mamba_ssm.ops.selective_scan_interface`` (exposing
-    ``selective_scan_fn = selective_scan``) in ``sys.modules`` and returns ``"mvlip_utils.ssm"``.
-    Idempotent.  Call it before ``import mambavision``.
-    """
+    """Make ``from mamba_ssm.ops.selective_scan_interface import selective_scan_fn`` resolve (call it before
+    ``import mambavision``; idempotent): ``"mamba_ssm"`` when the real package imports, else registers
+    shim modules whose ``selective_scan_fn`` is :func:`selective_scan` and returns ``"mvlip_utils.ssm"``."""
     if _real_mamba_fn() is not None:
         return "mamba_ssm"
     existing = sys.modules.get("mamba_ssm.ops.selective_scan_interface")
@@ -336,7 +275,5 @@ def install_mamba_ssm_shim() -> str:
         m.__file__ = __file__
     pkg.ops = ops
     ops.selective_scan_interface = iface
-    sys.modules["mamba_ssm"] = pkg
-    sys.modules["mamba_ssm.ops"] = ops
-    sys.modules["mamba_ssm.ops.selective_scan_interface"] = iface
+    sys.modules.update({"mamba_ssm": pkg, "mamba_ssm.ops": ops, "mamba_ssm.ops.selective_scan_interface": iface})
     return "mvlip_utils.ssm"

@@ -1,12 +1,7 @@
-"""The Triton selective scan: its forward and backward kernels, their autograd Function and launch config.
+"""The Triton selective scan: forward and backward kernels, their autograd Function and launch config.
 
-The kernels run on CUDA tensors (on CPU tensors under ``TRITON_INTERPRET=1``), keep the state in
-registers and use one program per (batch, d-block); see :class:`_TritonSelectiveScan`.
-:func:`triton_scan` runs them on inputs that :mod:`mvlip_utils.models.ssm` has checked, in a layout
-they cover (:func:`triton_supports`).  This module imports nothing of the package: the recurrence, the
-float64 reference, the portable scan, the checks, the public :func:`mvlip_utils.models.ssm.selective_scan_triton`
-(layouts the kernels do not cover go to the portable scan) and the choice between backends are in
-:mod:`mvlip_utils.models.ssm`.
+Kernels run on CUDA tensors (CPU under ``TRITON_INTERPRET=1``) with the state in registers, one program per
+(batch, d-block). Input checks, the recurrence and the backend choice are in :mod:`mvlip_utils.models.ssm`.
 """
 
 from __future__ import annotations
@@ -50,12 +45,8 @@ def _triton_ready() -> bool:
     return _TRITON_READY
 
 
-def _triton_interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0", "false", "False")
-
-
-# Triton kernels, as plain functions (annotations stay strings, thanks to `from __future__ import
-# annotations`); _build_triton_kernels wraps them with triton.jit on first use.
+# Triton kernels as plain functions (annotations stay strings under `from __future__ import annotations`);
+# _triton_kernels wraps them with triton.jit on first use.
 def _ssm_fwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
                 out_ptr, st_ptr, last_ptr,
                 dim, L, dstate,
@@ -225,17 +216,13 @@ def _ssm_bwd_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
         tl.store(dbias_ptr + pid_b * dim + offs_d, dbias_acc, mask=mask_d)
 
 
-def _build_triton_kernels():
-    """JIT-wrap the kernels (lazily, so TRITON_INTERPRET is read at first use)."""
-    import triton
-
-    return triton.jit(_ssm_fwd_kernel), triton.jit(_ssm_bwd_kernel)
-
-
 def _triton_kernels():
-    key = _triton_interpret()
+    """The JIT-wrapped (forward, backward) kernels, built lazily per TRITON_INTERPRET setting."""
+    key = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0", "false", "False")
     if key not in _TRITON_CACHE:
-        _TRITON_CACHE[key] = _build_triton_kernels()
+        import triton
+
+        _TRITON_CACHE[key] = triton.jit(_ssm_fwd_kernel), triton.jit(_ssm_bwd_kernel)
     return _TRITON_CACHE[key]
 
 
@@ -244,10 +231,8 @@ def _pow2(n):
 
 
 def _launch_config(batch, dim, dstate, backward):
-    """(BLOCK_D, num_warps): enough programs to fill the GPU, a few state elements per thread.
-
-    Override with MVLIP_SSM_BLOCK_D / MVLIP_SSM_WARPS (forward) or MVLIP_SSM_BWD_BLOCK_D /
-    MVLIP_SSM_BWD_WARPS (backward)."""
+    """(BLOCK_D, num_warps): enough programs to fill the GPU, a few state elements per thread. Override with
+    MVLIP_SSM_BLOCK_D / MVLIP_SSM_WARPS (forward) or MVLIP_SSM_BWD_BLOCK_D / MVLIP_SSM_BWD_WARPS (backward)."""
     pre = "MVLIP_SSM_BWD_" if backward else "MVLIP_SSM_"
     bn = _pow2(dstate)
     env_bd, env_w = os.environ.get(pre + "BLOCK_D"), os.environ.get(pre + "WARPS")
@@ -268,13 +253,9 @@ def _bdl_strides(t):
 
 
 class _TritonSelectiveScan(torch.autograd.Function):
-    """Selective scan with Triton kernels: state in registers, one program per (batch, d-block).
-
-    Forward writes out (and, when gradients are needed, every state h_t in float32 to a scratch
-    tensor (b, d, L, n), read back by the backward's reverse-time scan).  dA, dD and ddelta_bias
-    are per-batch partial sums and dB, dC per-d-block partial sums, reduced with torch.sum
-    (deterministic; no atomics).
-    """
+    """Selective scan with Triton kernels. When gradients are needed the forward stores every state h_t
+    (float32, (b, d, L, n)) for the backward's reverse-time scan; parameter gradients are partial sums
+    reduced with torch.sum (deterministic; no atomics)."""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, need_grad):
@@ -298,9 +279,7 @@ class _TritonSelectiveScan(torch.autograd.Function):
         ctx.flags = (D is not None, z is not None, delta_bias is not None, bool(delta_softplus))
         if need_grad:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
-        if return_last_state:
-            return out, last
-        return out
+        return (out, last) if return_last_state else out
 
     @staticmethod
     def backward(ctx, dout, *rest):
@@ -348,11 +327,9 @@ def triton_supports(u, B, C) -> bool:
 
 def triton_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                 return_last_state=False):
-    """The Triton selective scan of checked inputs in a layout :func:`triton_supports` (CUDA tensors; CPU
-    tensors under TRITON_INTERPRET=1); mamba_ssm's arguments."""
+    """The Triton selective scan of checked inputs in a layout :func:`triton_supports`; mamba_ssm's arguments."""
     tensors = [t for t in (u, delta, A, B, C, D, z, delta_bias) if t is not None]
     need_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     A = A.contiguous()
-    res = _TritonSelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
-                                     bool(return_last_state), need_grad)
-    return res
+    return _TritonSelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
+                                      bool(return_last_state), need_grad)

@@ -1,21 +1,14 @@
-"""Any timm image model as the study's image tower: timm's model without its classifier (``num_classes=0``)
-plus the study's new 512-d projection, as for the paper's towers (``towers.create_image_tower`` hands every
-name that is not a paper tower to ``create_timm_tower``).
+"""Any timm image model as the study's image tower: timm's model without its classifier plus a new 512-d projection.
 
-Size: an extra encoder always runs at its own size (the smoke profile's tiny family members exist only for the
-paper's towers), at the run's ``image_size``: models that take ``img_size`` (ViTs, Swins, ...) are built for it,
-convolutional ones take any size; a model that cannot run at that size stops with one error naming the size
-its weights were made for.
+Extra encoders run at their own size, built for the run's ``image_size`` where the model takes ``img_size``; a
+model that cannot run at that size stops with an error naming the size it needs.
 
-Pretrained weights (``pretrained=True``), first found wins; a file is read by ``weights.read_state_dict`` (no
-code runs from it) and handed to timm, which converts its keys and drops the classifier as for its own files:
-1. the ``image_weights`` parameter (``--image-weights``, ``-p image_weights=...``);
-2. the environment variable ``MVLIP_WEIGHTS_<NAME>`` (``weights_env``: the name upper-cased, every other
-   character ``_``: ``convnext_atto.d2_in1k`` -> ``MVLIP_WEIGHTS_CONVNEXT_ATTO_D2_IN1K``);
-3. the Hugging Face hub cache (``model.safetensors``, else ``pytorch_model.bin``, or the file timm's config
-   names) of the tag's hub repository, then, unless ``HF_HUB_OFFLINE=1``, a download into that cache; for a
-   weight published at a URL (MambaVision's, older timm weights) ``$TORCH_HOME/hub/checkpoints/`` and a download.
-Without any, the error names the model, where it looked and how to go on: never random weights in silence.
+Pretrained weights, first found wins (read by ``weights.read_state_dict``, keys converted by timm):
+1. the ``image_weights`` parameter;
+2. ``MVLIP_WEIGHTS_<NAME>`` (``weights_env``: ``convnext_atto.d2_in1k`` -> ``MVLIP_WEIGHTS_CONVNEXT_ATTO_D2_IN1K``);
+3. the Hugging Face hub cache of the tag's repository, then (unless ``HF_HUB_OFFLINE=1``) a download; for weights
+   published at a URL, ``$TORCH_HOME/hub/checkpoints/`` and a download.
+Without any, ``WeightsUnavailableError`` names where it looked and how to go on.
 """
 
 from __future__ import annotations
@@ -36,10 +29,8 @@ from .weights import read_state_dict
 HF_FILES = ("model.safetensors", "pytorch_model.bin")  # timm's hub files, the safe one first
 
 
-# ------------------------------------------------------------------------------------ validation
 def timm_registry():
-    """timm, with MambaVision's models registered (``image_tower``, imported above, imports mambavision behind
-    its scan shim)."""
+    """timm, with MambaVision's models registered (by ``image_tower``'s import of mambavision)."""
     import timm
 
     return timm
@@ -93,8 +84,7 @@ def is_mambavision_model(arch: str) -> bool:
 
 
 class TimmImageTower(ImageTower):
-    """An ImageTower whose projection's input width is measured (the pooled features' width: timm's
-    ``num_features``, or ``head_hidden_size`` for models with a pre-logits layer)."""
+    """An ImageTower whose projection's input width ``features`` is measured on the backbone."""
 
     def __init__(self, backbone: nn.Module, encoder_name: str, features: int, embed_dim: int = EMBED_DIM):
         nn.Module.__init__(self)
@@ -127,8 +117,8 @@ def _needed_size(timm, encoder: str) -> str:
 
 
 def _probe(backbone: nn.Module, encoder: str, image_size: int, timm) -> int:
-    """The width of the pooled features for one ``image_size`` image; a model that cannot take it stops with
-    one error naming the size it needs. Run in eval mode (BatchNorm statistics untouched), no RNG drawn."""
+    """The width of the pooled features of one ``image_size`` image (run in eval mode); ValueError naming the
+    size it needs for a model that cannot take it."""
     if not callable(getattr(backbone, "forward_features", None)):
         raise ValueError(f"parameter encoder={encoder!r} is not an image model (no forward_features): CLIP's image "
                          "tower needs timm's image-model interface")
@@ -151,7 +141,6 @@ def _probe(backbone: nn.Module, encoder: str, image_size: int, timm) -> int:
     return int(out.shape[1])
 
 
-# ------------------------------------------------------------------------------------ pretrained weights
 def _unavailable(encoder: str, looked: list[str], cause: BaseException | None) -> WeightsUnavailableError:
     where = "\n  ".join(looked)
     msg = (f"pretrained weights for encoder={encoder!r} are not available.\nLooked in:\n  {where}\n"
@@ -163,13 +152,9 @@ def _unavailable(encoder: str, looked: list[str], cause: BaseException | None) -
     return WeightsUnavailableError(msg)
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def find_weights(encoder: str, weights_path: str | None = None) -> tuple[str, list[str]]:
-    """The weights file of ``encoder`` (see the module's docstring for the order) and where it looked; raises
-    ``WeightsUnavailableError`` when there is none (and FileNotFoundError for a given path that is no file)."""
+    """(weights file of ``encoder``, where it looked), in the module docstring's order; WeightsUnavailableError
+    when there is none, FileNotFoundError for a given path that is no file."""
     env = weights_env(encoder)
     if weights_path:
         if not Path(weights_path).is_file():
@@ -200,7 +185,7 @@ def find_weights(encoder: str, weights_path: str | None = None) -> tuple[str, li
             if isinstance(cached, str) and Path(cached).is_file():
                 return cached, looked
         looked.append(f"the Hugging Face hub cache {constants.HF_HUB_CACHE}, repository {repo!r}, files {list(files)}")
-        if not _offline():
+        if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() not in ("1", "true", "yes", "on"):
             for name in files:
                 try:
                     return hf_hub_download(repo, name), looked
@@ -226,26 +211,21 @@ def find_weights(encoder: str, weights_path: str | None = None) -> tuple[str, li
     raise _unavailable(encoder, looked, cause)
 
 
-def _check_loadable(encoder: str, path: str) -> None:
-    if Path(path).suffix == ".npz":
-        raise ValueError(f"encoder {encoder!r}: the weights file {path!r} is a .npz, which timm reads with its own "
-                         "code; convert it to .safetensors (timm.create_model(..., pretrained=True) on a machine "
-                         "with internet, then safetensors.torch.save_file(model.state_dict(), ...)) and pass that file")
-
-
-# -------------------------------------------------------------------------------------------- the tower
 def create_timm_tower(encoder: str, pretrained: bool = False, weights_path: str | None = None,
                       image_size: int = 224, embed_dim: int = EMBED_DIM,
                       trust_pickled_weights: bool = False) -> TimmImageTower:
-    """The timm model ``encoder`` (with its pretrained tag, if any) without its classifier, built for
-    ``image_size`` where it can be, with pretrained weights when asked (see the module's docstring), and a
-    new ``embed_dim`` projection."""
+    """The timm model ``encoder`` without its classifier, built for ``image_size`` where it can be, with
+    pretrained weights when asked, and a new ``embed_dim`` projection."""
     check_encoder(encoder)
     timm = timm_registry()
     arch, tag = split_name(encoder)
     if pretrained:
         path, _ = find_weights(encoder, weights_path)
-        _check_loadable(encoder, path)
+        if Path(path).suffix == ".npz":
+            raise ValueError(f"encoder {encoder!r}: the weights file {path!r} is a .npz, which timm reads with its "
+                             "own code; convert it to .safetensors (timm.create_model(..., pretrained=True) on a "
+                             "machine with internet, then safetensors.torch.save_file(model.state_dict(), ...)) and "
+                             "pass that file")
         state = read_state_dict(path, trust=trust_pickled_weights)
         if is_mambavision_model(arch):
             backbone = _create(timm, arch, image_size)

@@ -1,15 +1,10 @@
 """Reading weight files and checkpoints without running code from them.
 
-A torch file (``.pth``, ``.pth.tar``, ``.bin``, ``.pt``) is a pickle, and unpickling it in full calls
-whatever functions the file names: a downloaded file could run any code. Every file the study reads, the pretrained weights a user points it at and its own run checkpoints,
-goes through ``load_torch_file``: ``torch.load(..., weights_only=True)``, which builds only tensors and plain
-Python containers, plus the few types a real format needs, allowed by name (``WEIGHTS_GLOBALS``). A file that
-needs anything else is refused with ``UnsafeWeightsError``, naming the file and the types. ``.safetensors``
-files hold tensors only and are always safe.
-
-The one way past the refusal is an explicit opt-in for files the user trusts: ``trust_pickled_weights=True``
-(a StudyConfig field) or the environment variable ``MVLIP_TRUST_PICKLED_WEIGHTS=1``; such a file is then
-loaded in full, with a warning.
+Torch files (``.pth``, ``.pth.tar``, ``.bin``, ``.pt``) are pickles, which can run code: they are loaded by
+``load_torch_file`` with ``weights_only=True`` plus a few types allowed by name (``WEIGHTS_GLOBALS``); a file that
+needs more raises ``UnsafeWeightsError`` naming the types, unless the user opts in with
+``trust_pickled_weights=True`` or ``MVLIP_TRUST_PICKLED_WEIGHTS=1`` (then loaded in full, with a warning).
+``.safetensors`` files hold tensors only and are always safe.
 """
 
 from __future__ import annotations
@@ -28,12 +23,10 @@ logger = logging.getLogger("mvlip_utils.weights")
 
 TRUST_ENV = "MVLIP_TRUST_PICKLED_WEIGHTS"
 
-# The types pretrained-weight files may hold besides tensors and plain containers: MambaVision's release
-# .pth.tar was written by timm's train.py, which stores its command-line arguments as 'args', an
-# argparse.Namespace (of plain values). The study's own checkpoints need none (run_folder.CheckpointWriter).
+# Types weight files may hold besides tensors and plain containers: MambaVision's .pth.tar stores timm's
+# train.py arguments as an argparse.Namespace.
 WEIGHTS_GLOBALS: tuple[type, ...] = (argparse.Namespace,)
 
-# How to go on when a pretrained-weight file is refused.
 WEIGHTS_REMEDY = (
     "To go on: use the .safetensors file where the hub offers one; or, only if you trust this file, convert it "
     "once (load it in full, then safetensors.torch.save_file(state_dict, 'model.safetensors')) and point the "
@@ -54,8 +47,7 @@ def load_torch_file(path: str | os.PathLike, allowed: Sequence[type] = (), trust
     """The contents of the torch file ``path``, loaded with ``weights_only=True`` and the ``allowed`` types.
 
     Raises ``UnsafeWeightsError`` (naming ``what``, the file, the types it needs and ``remedy``) when the file
-    needs other types, unless ``trusts_pickles(trust)``: then it is loaded in full.
-    """
+    needs other types, unless ``trusts_pickles(trust)``: then it is loaded in full."""
     path = Path(path)
     try:
         with torch.serialization.safe_globals(list(allowed)):
@@ -67,12 +59,7 @@ def load_torch_file(path: str | os.PathLike, allowed: Sequence[type] = (), trust
                 f"{what} {str(path)!r} was not loaded: besides tensors{besides} and plain Python values it needs "
                 f"{_needed_types(path, exc, allowed)}, and unpickling such types can run code.\n{remedy}") from None
     logger.warning("loading %s in full (trust_pickled_weights / %s): it can run code", path, TRUST_ENV)
-    return _load_trusted(path)
-
-
-def _load_trusted(path: Path) -> Any:
-    # the explicit opt-in, and the only full unpickling in the package
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=False)  # the opt-in: the package's only full unpickling
 
 
 def _needed_types(path: Path, exc: pickle.UnpicklingError, allowed: Sequence[type]) -> str:
@@ -97,11 +84,8 @@ def _name(kind: type) -> str:
 
 
 def read_state_dict(path: str | os.PathLike, trust: bool | None = False) -> dict[str, torch.Tensor]:
-    """The tensors of a checkpoint file: .pth/.pth.tar/.bin (torch) or .safetensors.
-
-    Torch files are read by ``load_torch_file`` (``WEIGHTS_GLOBALS`` allowed; ``trust``: the opt-in).
-    Accepts the wrappers the model zoos use ({'state_dict': ...}, {'model': ...}) and strips 'module.'.
-    """
+    """The tensors of a checkpoint file: .pth/.pth.tar/.bin (torch, via ``load_torch_file``) or .safetensors.
+    Unwraps {'state_dict': ...}, {'model': ...} and {'module': ...} and strips a 'module.' prefix."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file {str(path)!r} does not exist")

@@ -1,8 +1,5 @@
-"""The study's notebooks: their names, an edition's steps (``Step``, ``plan``), where each executed copy goes
-(a recorded GPU edition's under book/recorded/, everything else under book/executed/), where a recorded
-edition's record goes and the chapters' titles. The runner (``study``), the book (``book``) and the
-parameters cells (``params``) share them.
-"""
+"""The study's notebooks: their names, an edition's steps (``Step``, ``plan``), where executed copies and an
+edition's record go, and each chapter's title."""
 
 from __future__ import annotations
 
@@ -10,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .encoders import encoder_folder
-from .profiles import records_edition
+from .encoders import encoder_folder, encoder_label, tower_name
+from .profiles import PROFILES, records_edition
 
 FINDINGS, SETUP, TRAIN, EVALUATE, BENCHMARK, DISCUSSION = (
     "00_findings", "01_setup", "02_train", "03_evaluate", "04_benchmark", "05_discussion")
@@ -19,10 +16,7 @@ NOTEBOOKS = (FINDINGS, SETUP, TRAIN, EVALUATE, BENCHMARK, DISCUSSION)
 PER_ENCODER = (TRAIN, EVALUATE, BENCHMARK)
 RECORDED_STEPS = (SETUP,) + PER_ENCODER  # what a recorded (GPU) edition keeps as executed
 
-CHAPTER_TITLES = {SETUP: "Set-up: environment, data, models", TRAIN: "training",
-                  EVALUATE: "zero-shot evaluation", BENCHMARK: "throughput",
-                  DISCUSSION: "Discussion: the paper's claims against these runs",
-                  FINDINGS: "Findings: the paper's claims, one verdict each"}
+CHAPTER_TITLES = {TRAIN: "training", EVALUATE: "zero-shot evaluation", BENCHMARK: "throughput"}
 
 
 @dataclass(frozen=True)
@@ -36,9 +30,22 @@ class Step:
         where = f" [{self.encoder}]" if self.encoder else ""
         return f"{self.notebook}{where}" if self.notebook == FINDINGS else f"{self.profile}: {self.notebook}{where}"
 
+    @property
+    def title(self) -> str:
+        """The chapter's title, unique in the book: "MVLIP (tiny MambaVision): training, smoke edition"."""
+        if self.notebook == FINDINGS:
+            return "Findings: the paper's claims, one verdict each"
+        if self.notebook == SETUP:
+            return f"Set-up of the {self.profile} edition: machine, data, models"
+        if self.notebook == DISCUSSION:
+            return f"Discussion of the {self.profile} edition: the paper's claims against its runs"
+        size = PROFILES[self.profile].get("model_size", "smoke")
+        return (f"{encoder_label(self.encoder)} ({tower_name(self.encoder, size)}): "
+                f"{CHAPTER_TITLES[self.notebook]}, {self.profile} edition")
+
     def output(self, book_dir: Path) -> Path:
-        """Where the executed notebook goes: book/recorded/<profile>/ for a recorded edition's GPU steps,
-        else book/executed/<profile>/ (per-encoder ones under <encoder>/); the findings at book/executed/."""
+        """book/recorded/<profile>/ for a recorded edition's GPU steps, else book/executed/<profile>/ (per encoder
+        under <encoder>/); the findings at book/executed/."""
         if self.notebook == FINDINGS:
             return Path(book_dir) / "executed" / f"{FINDINGS}.ipynb"
         kind = "recorded" if records_edition(self.profile) and self.notebook in RECORDED_STEPS else "executed"
@@ -47,10 +54,18 @@ class Step:
             base = base / encoder_folder(self.encoder)
         return base / f"{self.notebook}.ipynb"
 
+    def book_path(self, book_dir: Path) -> Path:
+        """The chapter as the book shows it, under book/executed/."""
+        base = Path(book_dir) / "executed"
+        if self.notebook == FINDINGS:
+            return base / f"{FINDINGS}.ipynb"
+        base = base / self.profile
+        return (base / encoder_folder(self.encoder) if self.encoder else base) / f"{self.notebook}.ipynb"
+
 
 def edition_record_path(book_dir: Path, profile: str) -> Path:
-    """book/recorded/<profile>/edition.json: a recorded edition's provenance and the seconds of its steps."""
-    return Path(book_dir) / "recorded" / profile / "edition.json"
+    """<book>/recorded|executed/<profile>/edition.json, an edition's record."""
+    return Path(book_dir) / ("recorded" if records_edition(profile) else "executed") / profile / "edition.json"
 
 
 def plan(encoders: Sequence[str], profile: str = "smoke") -> list[Step]:

@@ -1,9 +1,5 @@
-"""Parameters, from a notebook's parameters cell or a command line, turned into the study's objects: the run's
-StudyConfig, the measuring BenchSettings and how a run was got (``describe_training``); the parameters cells
-themselves (generated from the fields' help texts), the working folder a notebook needs, and the command
-lines' one-line errors. (Whether a finished run can be loaded instead of trained is
-``train.run_folder.reusable_run``.)
-"""
+"""Parameters from a notebook's parameters cell or a command line into StudyConfig and BenchSettings; the
+parameters cells themselves, and the command lines' one-line errors."""
 
 from __future__ import annotations
 
@@ -16,9 +12,8 @@ from .notebooks import BENCHMARK, EVALUATE, FINDINGS, PER_ENCODER, TRAIN
 
 
 def work_in_project_root() -> None:
-    """Make the repository root the working folder when a notebook runs from ``notebooks/`` (JupyterLab
-    starts a notebook's kernel in the notebook's own folder), so that ``data/`` and ``results/`` are the
-    repository's, as under the study runner (papermill runs the notebooks from the root)."""
+    """Make the repository root the working folder when a notebook runs from ``notebooks/`` (as JupyterLab starts
+    it), so that ``data/`` and ``results/`` are the repository's."""
     import os
     from pathlib import Path
 
@@ -28,8 +23,7 @@ def work_in_project_root() -> None:
 
 
 def config_from_parameters(namespace: Mapping[str, Any], **fixed: Any):
-    """The StudyConfig of a notebook's parameters: ``namespace`` holds ``profile`` and any StudyConfig
-    field (None = the profile's value); ``fixed`` overrides (e.g. encoder=...)."""
+    """The StudyConfig of ``namespace`` (``profile`` and any field; None = the profile's value) and ``fixed``."""
     from .profiles import StudyConfig, get_config
     from .reproducibility import prepare_environment
 
@@ -52,27 +46,12 @@ def bench_from_parameters(namespace: Mapping[str, Any]):
 
 
 def parameter_names() -> list[str]:
-    """Every StudyConfig field: each notebook's parameters cell defines all of them."""
-    from .profiles import StudyConfig
+    """Every StudyConfig field a user sets: each notebook's parameters cell defines all of them."""
+    from .profiles import StudyConfig, user_fields
 
-    return [f.name for f in fields(StudyConfig)]
-
-
-def describe_training(run, epochs: int, trained_now: int, seconds: float, loaded: bool = False) -> str:
-    """How a train notebook got its run, for "We ...": loaded, trained from scratch, resumed, or completed
-    (the checkpoint held every epoch, only the final evaluation was missing)."""
-    if loaded:
-        return f"loaded the finished run in `{run}` (nothing retrained)"
-    if trained_now == epochs:
-        return f"trained the run in `{run}` from scratch in {seconds:.1f} s"
-    if trained_now:
-        return (f"resumed the run in `{run}` after epoch {epochs - trained_now} and trained {trained_now} "
-                f"more epoch(s) in {seconds:.1f} s")
-    return (f"completed the run in `{run}`: its checkpoint held all {epochs} epoch(s), the final evaluation "
-            f"was written in {seconds:.1f} s")
+    return user_fields(StudyConfig)
 
 
-# ------------------------------------------------------------------ the notebooks' parameters cells
 # Parameters a notebook has besides the profile, the encoder(s), StudyConfig's and BenchSettings' fields
 NOTEBOOK_EXTRAS: dict[str, tuple[tuple[str, Any, str], ...]] = {
     FINDINGS: (("editions", ["smoke", "speed"], "editions (profiles) the findings read, from the least to the "
@@ -83,13 +62,12 @@ NOTEBOOK_EXTRAS: dict[str, tuple[tuple[str, Any, str], ...]] = {
 }
 BENCH_FIELDS = {TRAIN: ("step_check_images", "step_check_steps", "step_profile_steps", "step_check_deterministic"),
                 BENCHMARK: ("warmup", "repeats", "eval_repeats", "eval_workers", "best_batch", "resolutions",
-                            "sweep_batch", "sweep_precision", "compile_timeout_s")}
+                            "sweep_batch", "sweep_precision")}
 
 
 def parameters_cell_source(notebook: str) -> str:
-    """The parameters cell of ``notebook`` (its only source of truth is here and in the fields' help texts:
-    ``profiles.StudyConfig`` and ``profiles.BenchSettings``); a test checks every notebook against it."""
-    from .profiles import ENCODERS, BenchSettings, StudyConfig, help_text
+    """The parameters cell of ``notebook``, from the fields' help texts; a test checks every notebook against it."""
+    from .profiles import ENCODERS, BenchSettings, StudyConfig, help_text, user_fields
 
     def line(name: str, value: Any, help_: str) -> str:
         return f"{name} = {value!r}  # {help_}"
@@ -103,7 +81,7 @@ def parameters_cell_source(notebook: str) -> str:
         lines.append(line("encoders", list(ENCODERS), "encoders whose runs this notebook reads"))
     lines += [line(n, v, h) for n, v, h in NOTEBOOK_EXTRAS.get(notebook, ())]
     study_fields = ["results_dir"] if notebook == FINDINGS else [
-        f.name for f in fields(StudyConfig) if f.name not in ("profile", "encoder")]
+        name for name in user_fields(StudyConfig) if name not in ("profile", "encoder")]
     lines.append("# Run parameters (mvlip_utils.settings.profiles.StudyConfig); None = the profile's value")
     lines += [line(n, None, help_text(StudyConfig, n)) for n in study_fields]
     if notebook in BENCH_FIELDS:
@@ -112,10 +90,8 @@ def parameters_cell_source(notebook: str) -> str:
     return "\n".join(lines)
 
 
-# ------------------------------------------------------------------------------------- command lines
 class CommandLineParser(argparse.ArgumentParser):
-    """argparse with the study's one-line errors (``error: ...`` and exit status 2, no usage dump) and no
-    abbreviated options (``--epoch`` is an unknown option, not ``--epochs``)."""
+    """argparse with one-line errors (``error: ...``, exit status 2) and no abbreviated options."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
@@ -134,18 +110,17 @@ def one_line(exc: BaseException) -> str:
 
 
 def user_error_exit(exc: BaseException) -> int:
-    """Print a user error (a bad parameter, a missing or malformed folder, unavailable weights) as one
-    ``error: ...`` line on stderr and return the exit status 2."""
+    """Print a user error as one ``error: ...`` line on stderr; return the exit status 2."""
     print(f"error: {one_line(exc)}", file=sys.stderr)
     return 2
 
 
 def parameter_help_epilog() -> str:
     """Every run parameter (StudyConfig) and measuring parameter (BenchSettings) with its help text."""
-    from .profiles import BenchSettings, StudyConfig, help_text
+    from .profiles import BenchSettings, StudyConfig, help_text, user_fields
 
     lines = ["run parameters (StudyConfig; default: the profile's):"]
-    lines += [f"  {f.name:<26} {help_text(StudyConfig, f.name)}" for f in fields(StudyConfig)]
+    lines += [f"  {name:<26} {help_text(StudyConfig, name)}" for name in user_fields(StudyConfig)]
     lines += ["measuring parameters (BenchSettings; the benchmark and training notebooks):"]
     lines += [f"  {f.name:<26} {help_text(BenchSettings, f.name)}" for f in fields(BenchSettings)]
     return "\n".join(lines)

@@ -1,9 +1,4 @@
-"""Numerical precision of a run, in one place: fp32 (TF32 off), fp32-tf32conv (PyTorch's default), tf32, bf16.
-
-``precision_context`` sets the float32 matmul mode (cuBLAS and cuDNN TF32 flags and
-``torch.set_float32_matmul_precision``) for everything inside it, forward and backward, and restores the
-previous settings on exit; ``autocast`` is the autocast region for a forward pass.
-"""
+"""Numerical precision of a run: fp32 (TF32 off), fp32-tf32conv (PyTorch's default), tf32, bf16, fp16."""
 
 from __future__ import annotations
 
@@ -20,15 +15,9 @@ def _device_type(device) -> str:
 
 @contextlib.contextmanager
 def precision_context(precision: str, device="cpu", autocast: bool = True):
-    """Set the float32 matmul mode for ``precision`` and (``autocast=True``) enter autocast for bf16;
-    restore the previous settings on exit.
-
-    fp32: TF32 explicitly off (cuBLAS and cuDNN), ``float32_matmul_precision("highest")``.
-    fp32-tf32conv: PyTorch's defaults: matmuls in fp32 (cuBLAS TF32 off, "highest"), cuDNN convolutions in
-    TF32 (``torch.backends.cudnn.allow_tf32`` is True unless changed): what the paper's "FP32" ran as.
-    tf32: TF32 on (cuBLAS and cuDNN), ``float32_matmul_precision("high")``, no autocast.
-    bf16: TF32 off for any float32 work left, ``torch.autocast(device.type, dtype=torch.bfloat16)``.
-    """
+    """Set the float32 matmul mode for ``precision`` (TF32 flags, matmul precision) and, with ``autocast``, enter
+    autocast for bf16/fp16; restore on exit. fp32: TF32 off; fp32-tf32conv: only cuDNN convolutions in TF32
+    (the paper's "FP32"); tf32: TF32 on; bf16, fp16: TF32 off for float32 work left."""
     if precision not in PRECISIONS:
         raise ValueError(f"parameter precision={precision!r} is not one of {list(PRECISIONS)}")
     saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
@@ -45,8 +34,11 @@ def precision_context(precision: str, device="cpu", autocast: bool = True):
         torch.set_float32_matmul_precision(saved[2])
 
 
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def autocast_region(precision: str, device):
-    """bf16 autocast on ``device``'s type for ``precision='bf16'``; nothing otherwise."""
-    if precision == "bf16":
-        return torch.autocast(device_type=_device_type(device), dtype=torch.bfloat16)
+    """Autocast on ``device``'s type for ``precision`` bf16 or fp16; nothing otherwise."""
+    if precision in AUTOCAST_DTYPES:
+        return torch.autocast(device_type=_device_type(device), dtype=AUTOCAST_DTYPES[precision])
     return contextlib.nullcontext()

@@ -1,45 +1,9 @@
-"""Runs that repeat exactly: what the ``deterministic`` parameter sets, in one place.
+"""Runs that repeat exactly: what the ``deterministic`` parameter sets.
 
-``deterministic_mode(True)`` is the region in which a run trains (``train.train_run``) when its configuration
-says ``deterministic=True``. On the same hardware and software, two runs with the same seed then give
-bit-identical histories and metrics, and a run killed and resumed from its checkpoint gives those of the
-uninterrupted run. It sets:
-
-- ``torch.use_deterministic_algorithms(True)`` (``warn_only=False``): operations use their deterministic
-  algorithms where PyTorch has them (cuDNN convolutions, index_put / index_add with accumulation,
-  scatter_add, the flash and memory-efficient attention backward with one key split, ...) and raise where it
-  has none;
-- ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` in ``os.environ`` (kept if it already holds ``:16:8``, the other
-  configuration cuBLAS documents as deterministic). PyTorch sizes its cuBLAS workspaces once per process, at
-  its first cuBLAS call, so the variable must be set before the first matmul on the GPU:
-  ``prepare_environment`` is called as soon as a run's configuration is known (``params.config_from_parameters``
-  in the notebooks, the train command line before anything touches CUDA), and again on entering the mode;
-- cuDNN: ``torch.backends.cudnn.deterministic = True``, ``torch.backends.cudnn.benchmark = False`` (no choice
-  of algorithms by timing);
-- torch.compile (``train_step`` compiled and graphed): inductor's ``deterministic`` mode (no on-device
-  benchmarking that changes numerics: the eager matmul instead of autotuned templates, reduction configs
-  chosen by heuristics, not by timing) and its autotuning off (``max_autotune``, ``coordinate_descent_tuning``),
-  each only where this PyTorch has the setting. The compiled tower is compiled inside the mode (compilation is
-  lazy: at the first step), so inductor sees the deterministic flags too.
-
-The data order, the caption draws and the DataLoader's workers are seeded in every mode
-(``data.make_loader``: a seeded generator and ``_seed_worker``; ``train._epoch_generator``); the checkpoint
-carries the RNG states (``run_folder``). ``deterministic_mode(False)`` changes nothing: PyTorch's defaults,
-the paper's numerics.
-
-An operation with no deterministic implementation on the device raises ``NondeterministicOperationError``,
-which names the operation and the way on (``deterministic=False``). For the three towers on CUDA none is
-expected to raise (the GPU test tier, ``tests/test_gpu_tier.py``, trains all three in this mode): Swin's
-relative position bias is an index whose backward is ``index_put_`` with accumulation (PyTorch's sorting
-kernel, deterministic); the attention of all three is ``scaled_dot_product_attention`` (flash and
-memory-efficient backward have deterministic variants; cuDNN attention is not chosen in this mode);
-MambaVision's ``AdaptiveAvgPool2d(1)`` is computed as a mean (the adaptive-pool CUDA backward, which has no
-deterministic implementation, is not used for a 1x1 output); its depthwise ``Conv1d`` runs on cuDNN's
-deterministic algorithms and the selective scan on the project's Triton kernels, which use no atomics.
-Operations that do raise on CUDA include the backward of bilinear/bicubic ``interpolate`` (e.g. ViT's position
-embedding resampled to another resolution) and of ``AdaptiveAvgPool2d`` with outputs larger than 1x1: the
-benchmark chapter's resolution sweep is therefore not run in this mode (it measures speed, not a run).
-"""
+``deterministic_mode(True)``: ``torch.use_deterministic_algorithms(True)``, ``CUBLAS_WORKSPACE_CONFIG=:4096:8``
+(set by ``prepare_environment`` before the first cuBLAS call), cuDNN deterministic without benchmarking, and
+inductor's deterministic mode without autotuning; two runs of one seed on the same hardware and software are then
+bit-identical. ``deterministic_mode(False)`` changes nothing (PyTorch's defaults, the paper's)."""
 
 from __future__ import annotations
 
@@ -60,8 +24,7 @@ WAY_ON = ("Run with deterministic=False (the notebooks' and the study's `-p dete
 
 
 class NondeterministicOperationError(RuntimeError, ValueError):
-    """deterministic=True, but PyTorch has no deterministic implementation of an operation the run needs on
-    this device. ``operation`` names it; the message says the way on (deterministic=False)."""
+    """deterministic=True, but PyTorch has no deterministic implementation of ``operation`` on this device."""
 
     def __init__(self, operation: str, detail: str):
         self.operation = operation
@@ -114,9 +77,8 @@ def deterministic_settings() -> dict[str, Any]:
 
 
 def apply_settings(settings: dict[str, Any]) -> None:
-    """Set each of ``settings`` (names as ``current_settings`` gives them; an environment value None unsets it).
-    The inductor settings come last: ``torch.use_deterministic_algorithms`` sets inductor's ``deterministic``
-    itself in recent PyTorch."""
+    """Set each of ``settings`` (names as ``current_settings``; an environment value None unsets it), inductor's
+    last (``torch.use_deterministic_algorithms`` sets inductor's ``deterministic`` too)."""
     if "use_deterministic_algorithms" in settings or "warn_only" in settings:
         torch.use_deterministic_algorithms(
             bool(settings.get("use_deterministic_algorithms", torch.are_deterministic_algorithms_enabled())),
@@ -137,8 +99,7 @@ def apply_settings(settings: dict[str, Any]) -> None:
 
 
 def set_deterministic(enabled: bool) -> dict[str, Any]:
-    """Enter deterministic mode when ``enabled`` (nothing changes otherwise); returns {setting: its previous
-    value} for each setting it changed, which ``apply_settings`` restores."""
+    """Enter deterministic mode when ``enabled``; returns {setting: previous value} of what changed."""
     if not enabled:
         return {}
     before = current_settings()
@@ -162,8 +123,7 @@ _OPERATION_PATTERNS = (
 
 
 def nondeterministic_operation(exc: BaseException) -> str | None:
-    """The operation named by PyTorch's error for an operation without a deterministic implementation (in
-    ``exc`` or the exceptions it was raised from), or None when ``exc`` is no such error."""
+    """The operation named by PyTorch's no-deterministic-implementation error in ``exc`` or its causes, or None."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
@@ -178,9 +138,8 @@ def nondeterministic_operation(exc: BaseException) -> str | None:
 
 @contextlib.contextmanager
 def deterministic_mode(enabled: bool) -> Iterator[dict[str, Any]]:
-    """Deterministic mode (see the module's docstring) inside the block when ``enabled``, the previous
-    settings restored on leaving it; yields {setting: previous value} of what it changed. An operation
-    without a deterministic implementation raises ``NondeterministicOperationError`` naming it."""
+    """Deterministic mode inside the block when ``enabled``, restored on leaving; yields {setting: previous value}.
+    An operation without a deterministic implementation raises ``NondeterministicOperationError``."""
     changed = set_deterministic(enabled)
     try:
         yield changed

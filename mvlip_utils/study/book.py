@@ -1,5 +1,7 @@
-"""The book: its table of contents (the introduction, the findings, then each edition's chapters) and the
-Jupyter Book build (warnings are errors).
+"""The book: each edition's record, the chapters as shown, the table of contents and the Jupyter Book build.
+
+A cell tagged ``if-<flag>`` is shown only where the notebook glued ``<flag>`` True, ``if-not-<flag>`` only
+where it glued it False.
 """
 
 from __future__ import annotations
@@ -11,45 +13,88 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..settings.encoders import marked
-from ..settings.notebooks import CHAPTER_TITLES, DISCUSSION, FINDINGS, PER_ENCODER, SETUP, Step, edition_record_path
-from ..settings.profiles import ENCODER_LABELS, PROFILES, TOWER_NAMES
+from ..settings.notebooks import DISCUSSION, FINDINGS, PER_ENCODER, RECORDED_STEPS, SETUP, Step, edition_record_path, plan
+from ..settings.profiles import PROFILES, records_edition
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+GLUE_PREFIX = "application/papermill.record/"
+
+
+def glued(nb) -> dict[str, str]:
+    """{name: text} of the values a notebook glued (MyST-NB's ``glue``)."""
+    out = {}
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            name = output.get("metadata", {}).get("scrapbook", {}).get("name")
+            if name:
+                data = output.get("data", {})
+                out[name] = data.get(GLUE_PREFIX + "text/plain", data.get("text/plain"))
+    return out
+
+
+def prepare_chapter(nb, title: str) -> None:
+    """The chapter as the book shows it: its title on the first heading, cells of the sections it lacks
+    removed, papermill's parameters folded."""
+    first = next((c for c in nb.cells if c.cell_type == "markdown"), None)
+    if first is not None and first.source.startswith("# "):
+        first.source = f"# {title}" + first.source[first.source.index("\n"):] if "\n" in first.source else f"# {title}"
+    flags = glued(nb)
+    for cell in nb.cells:
+        tags = cell.metadata.setdefault("tags", [])
+        conditions = [t for t in tags if t.startswith("if-")]
+        shown = all(flags.get(t[len("if-not-"):]) == "False" if t.startswith("if-not-") else flags.get(t[3:]) == "True"
+                    for t in conditions)
+        if not shown and "remove-cell" not in tags:
+            tags.append("remove-cell")
+        if "injected-parameters" in tags and "hide-input" not in tags:
+            tags.append("hide-input")
+
+
+def code_cells(nb) -> list[str]:
+    """A notebook's code cells, papermill's injected parameters left out."""
+    return [c.source for c in nb.cells
+            if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])]
+
+
+def book_copy(recorded: Path, source: Path, output: Path, title: str) -> Path:
+    """A recorded chapter as the book shows it, at ``output``: markdown and tags from ``source`` when its code
+    cells are the same, the recorded outputs kept."""
+    import nbformat
+
+    nb, src = nbformat.read(recorded, as_version=4), nbformat.read(source, as_version=4)
+    ours = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+    if code_cells(nb) == code_cells(src) and len(ours) == len(src.cells):
+        for cell, new in zip(ours, src.cells):
+            if new.cell_type == "markdown" and cell.cell_type == "markdown":
+                cell.source = new.source
+            cell.metadata["tags"] = list(new.metadata.get("tags", []))
+    prepare_chapter(nb, title)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, output)
+    return output
 
 
 def edition_caption(root: Path, profile: str) -> str:
-    """'Edition smoke: CPU, random weights' / 'Edition speed: NVIDIA H200, random weights (recorded 2026-11-28)'."""
-    record = edition_record_path(Path(root) / "book", profile)
+    """'Edition smoke: CPU, random weights' / 'Edition speed: NVIDIA H200, random weights (recorded 2026-12-03)'."""
     weights = "pretrained" if PROFILES[profile].get("pretrained") else "random weights"
-    if record.is_file():
+    record = edition_record_path(Path(root) / "book", profile)
+    if records_edition(profile) and record.is_file():
         prov = json.loads(record.read_text())["provenance"]
         return f"Edition {profile}: {prov.get('gpu_name')}, {weights} (recorded {str(prov.get('date_utc'))[:10]})"
-    return f"Edition {profile}: {weights}"
+    return f"Edition {profile}: {'GPU' if PROFILES[profile].get('device') == 'cuda' else 'CPU'}, {weights}"
 
 
 def toc_text(editions: dict[str, Sequence[str]], root: Path = PROJECT_ROOT) -> str:
-    """The jupyter-book table of contents: the introduction, the findings, then each edition (set-up, the
-    three chapters of each encoder, the discussion), paths from the repository root."""
+    """The table of contents: the introduction, the findings, then each edition's chapters."""
     lines = ["# Generated by mvlip_utils.study (python -m mvlip_utils.study); edit toc_text() instead.",
-             "format: jb-book", "root: index", "parts:",
-             "  - caption: Findings", "    chapters:",
-             f"      - file: book/executed/{FINDINGS}", f"        title: \"{CHAPTER_TITLES[FINDINGS]}\""]
-    def path(step: Step) -> str:
-        return step.output(Path("book")).with_suffix("").as_posix()
-
+             "format: jb-book", "root: index", "parts:", "  - caption: Findings", "    chapters:",
+             f"      - file: book/executed/{FINDINGS}", f"        title: \"{Step(FINDINGS).title}\""]
     for profile in sorted(editions, key=list(PROFILES).index):
-        lines += [f"  - caption: \"{edition_caption(root, profile)}\"", "    chapters:",
-                  f"      - file: {path(Step(SETUP, None, profile))}",
-                  f"        title: \"{profile}: {CHAPTER_TITLES[SETUP]}\""]
-        for encoder in editions[profile]:
-            for nb in PER_ENCODER:
-                lines += [f"      - file: {path(Step(nb, encoder, profile))}",
-                          f"        title: \"{profile}: {ENCODER_LABELS[encoder]} ({marked(TOWER_NAMES[encoder], encoder)}): "
-                          f"{CHAPTER_TITLES[nb]}\""]
-        lines += [f"      - file: {path(Step(DISCUSSION, None, profile))}",
-                  f"        title: \"{profile}: {CHAPTER_TITLES[DISCUSSION]}\""]
+        lines += [f"  - caption: \"{edition_caption(root, profile)}\"", "    chapters:"]
+        for step in plan(editions[profile], profile):
+            lines += [f"      - file: {step.book_path(Path('book')).with_suffix('').as_posix()}",
+                      f"        title: \"{step.title}\""]
     return "\n".join(lines) + "\n"
 
 
@@ -60,8 +105,17 @@ def write_toc(path: Path, editions: dict[str, Sequence[str]], root: Path = PROJE
     return path
 
 
+def copy_recorded_chapters(root: Path, profile: str, encoders: Sequence[str]) -> None:
+    """The book copies of a recorded edition's chapters (``book_copy``)."""
+    book = Path(root) / "book"
+    for step in plan(encoders, profile):
+        if step.notebook in RECORDED_STEPS:
+            book_copy(step.output(book), Path(root) / "notebooks" / f"{step.notebook}.ipynb", step.book_path(book),
+                      step.title)
+
+
 def build_book(root: Path, toc: Path, log: Callable[[str], None] = print) -> Path:
-    """jupyter-book build with warnings as errors (all reported, then fail). Returns the html folder."""
+    """jupyter-book build, warnings as errors (RuntimeError listing them). Returns the html folder."""
     root = Path(root)
     exe = Path(sys.executable).parent / "jupyter-book"
     cmd = [str(exe) if exe.is_file() else "jupyter-book", "build", str(root), "--toc", str(toc),
@@ -71,19 +125,29 @@ def build_book(root: Path, toc: Path, log: Callable[[str], None] = print) -> Pat
     if proc.returncode != 0:
         out = _ANSI.sub("", proc.stdout + proc.stderr).strip().splitlines()
         warnings = [line for line in out if "WARNING" in line or "ERROR" in line]
-        raise RuntimeError("jupyter-book build failed (warnings are errors):\n" +
-                           "\n".join((warnings or out[-40:])[:60]))
+        raise RuntimeError("jupyter-book build failed (warnings are errors):\n" + "\n".join((warnings or out[-40:])[:60]))
     return root / "book" / "_build" / "html"
 
 
-def write_edition_record(root: Path, profile: str, encoders: Sequence[str], steps, gpus=None) -> Path:
-    """book/recorded/<profile>/edition.json: a recorded edition's provenance (GPU, driver, versions, commit,
-    date, command), its chains' --gpus entries (``chain_gpus``; null: in turn) and each step's seconds."""
-    from ..train.results import collect_provenance, write_json
+def write_edition_record(root: Path, profile: str, encoders: Sequence[str], seeds: Sequence[int], gpus=None) -> Path:
+    """Write the edition's record (``edition_record_path``), JSON: profile, encoders, seeds, chain_gpus (null:
+    in turn), steps ([{step, seconds}]) and provenance; left as it is when unchanged."""
+    import nbformat
 
-    path = edition_record_path(Path(root) / "book", profile)
-    write_json(path, {"profile": profile, "encoders": list(encoders), "provenance": collect_provenance("cuda"),
-                      "chain_gpus": list(gpus) if gpus is not None else None,
-                      "steps": [{"step": label, "status": status, "seconds": round(seconds, 1)}
-                                for label, status, seconds in steps]})
+    from ..data.files import write_json
+    from ..train.provenance import collect_provenance
+
+    book = Path(root) / "book"
+    steps = []
+    for step in plan(encoders, profile)[:-1]:  # not the discussion, which reads the record
+        path = step.output(book)
+        meta = nbformat.read(path, as_version=4).metadata.get("mvlip", {}) if path.is_file() else {}
+        steps.append({"step": step.label, "seconds": meta.get("seconds")})
+    device = "cuda" if PROFILES[profile].get("device") == "cuda" else "cpu"
+    path = edition_record_path(book, profile)
+    record = {"profile": profile, "encoders": list(encoders), "seeds": list(seeds),
+              "chain_gpus": list(gpus) if gpus is not None else None, "steps": steps}
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    if {k: old.get(k) for k in record} != record:
+        write_json(path, {**record, "provenance": collect_provenance(device)})
     return path

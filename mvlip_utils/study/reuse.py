@@ -1,8 +1,5 @@
-"""When an executed notebook is reused instead of run again: its fingerprint digests the notebook, its
-parameters, the ``mvlip_utils`` sources and the content of every file it reads (``step_inputs``: the run
-files it writes or shows, an edition's run files for the discussion, every edition's for the findings, and
-the separate measurements a discussion reports), so that a change to any of them runs it again.
-"""
+"""When an executed notebook is reused: its fingerprint digests the notebook, its parameters, the
+``mvlip_utils`` sources and every file it reads (``step_inputs``)."""
 
 from __future__ import annotations
 
@@ -19,7 +16,7 @@ FINGERPRINT_IGNORES = ("resume",)  # parameters that change how a step runs, not
 
 
 def library_hash() -> str:
-    """Hash of the mvlip_utils sources and reference data: a change re-executes the notebooks."""
+    """Hash of the mvlip_utils sources and reference data."""
     sources = [p for p in PACKAGE_DIR.rglob("*")
                if p.is_file() and p.suffix in {".py", ".json", ".csv"} and "__pycache__" not in p.parts]
     return files_digest(sources, PACKAGE_DIR)
@@ -36,8 +33,7 @@ def files_digest(paths: Iterable[Path], root: Path | None = None) -> str:
 
 
 def fingerprint(source: Path, parameters: dict[str, Any], library: str, inputs: str = "") -> str:
-    """What decides an executed notebook: its source, its parameters (``resume`` aside), the library and
-    ``inputs`` (``files_digest`` of the files it reads)."""
+    """Digest of a notebook's source, its parameters (``resume`` aside), the library and ``inputs``."""
     params = {k: v for k, v in parameters.items() if k not in FINGERPRINT_IGNORES}
     digest = hashlib.sha256()
     digest.update(Path(source).read_bytes())
@@ -71,42 +67,25 @@ def _config(profile: str, overrides: dict[str, Any], **fields: Any):
     return get_config(profile, **fields, **{k: v for k, v in overrides.items() if k in names})
 
 
-def edition_folder(root: Path, profile: str, overrides: dict[str, Any]) -> Path:
-    """The folder of an edition's runs (``results_dir/<profile>``), as seen from ``root``."""
-    from ..train import results
-
-    return Path(root) / results.edition_dir(_config(profile, overrides))
-
-
-def run_folder(root: Path, profile: str, encoder: str, overrides: dict[str, Any]) -> Path:
-    """The run folder a step of ``encoder`` writes, as seen from ``root`` (the notebooks' working folder)."""
-    from ..train import results
-
-    return Path(root) / results.run_dir(_config(profile, overrides, encoder=encoder))
-
-
 def step_inputs(step: Step, root: Path, encoders: Sequence[str], overrides: dict[str, Any],
                 editions: Sequence[str] = ()) -> list[Path]:
-    """The files an executed notebook depends on besides its parameters: the run files it writes or reads
-    (train, evaluate, benchmark), every run file of the edition (discussion), of every edition (findings)."""
-    from ..train.results import run_files
+    """The files a step reads: the encoder's and its runs' (train, evaluate), benchmark.json (benchmark), the
+    edition's (discussion) or every edition's (findings)."""
+    from ..train.run_folder import ENCODER_FILES, RUN_FILES, edition_dir, edition_files, encoder_dir, run_dir
 
     if step.notebook == SETUP:
         return []
     if step.encoder:
-        run = run_folder(root, step.profile, step.encoder, overrides)
+        config = _config(step.profile, overrides, encoder=step.encoder)
+        folder = Path(root) / encoder_dir(config)
         if step.notebook == BENCHMARK:
-            return [run / "benchmark.json"]
-        # (03_evaluate also draws confusion.csv and predictions.csv, written with metrics.json by the same run;
-        # a recorded edition does not commit those large files, so they are not part of its fingerprint)
-        return [f for f in run_files(run) if f.name != "benchmark.json"]
-    profiles = editions if step.notebook == FINDINGS else [step.profile]
+            return [folder / "benchmark.json"]
+        # not flops.json: a cache the benchmark chapter writes after these steps, decided by parameters and library
+        return ([folder / name for name in ENCODER_FILES if name not in ("benchmark.json", "flops.json")]
+                + [Path(root) / run_dir(run) / name for run in config.runs() for name in RUN_FILES])
     files: list[Path] = []
-    if step.notebook == DISCUSSION:  # a recorded edition's record: on how many GPUs its chains ran
-        files.append(edition_record_path(Path(root) / "book", step.profile))
-    for profile in profiles:
-        if step.notebook == FINDINGS:
-            files.append(edition_folder(root, profile, overrides) / "study_projection.json")
-        for encoder in encoders:
-            files += run_files(run_folder(root, profile, encoder, overrides))
+    for profile in (editions if step.notebook == FINDINGS else [step.profile]):
+        folder = Path(root) / edition_dir(_config(profile, overrides))
+        files += [edition_record_path(Path(root) / "book", profile), folder / "study_projection.json"]
+        files += edition_files(folder, encoders)
     return files

@@ -3,27 +3,13 @@
     python -m mvlip_utils.study --profile smoke [--encoders mambavision swin vit] [--force] [--no-book]
                                 [--gpus 0,1,2] [-p key=value ...]
 
-An *edition* is one profile's runs and chapters. For the profile asked for: ``01_setup`` once, then
-``02_train``, ``03_evaluate``, ``04_benchmark`` for each encoder (one after another, or each encoder's chain
-in its own process pinned to one GPU with ``--gpus``), then ``05_discussion``. Then ``00_findings`` once
-over every edition, and the HTML book (jupyter-book 1.x, warnings as errors) into ``book/_build/html``.
-
-Editions of profiles that need a CUDA GPU (``speed``, ``paper``) are *recorded*: their executed setup and
-per-encoder notebooks go to ``book/recorded/<profile>/`` (committed with the run folders' small files), and
-a machine without CUDA includes them as they were executed, never running them again; their discussion
-only reads run files, so it is executed (``book/executed/<profile>/``) wherever the book is built. Other
-editions, the GPU test profile ``cuda-smoke``'s too, are build products under ``book/executed/<profile>/``.
-
-Reuse: the expensive state lives in the run folders (``results/<profile>/<encoder>/``): the train notebook
-loads a finished run and resumes an unfinished one. On top of that, a notebook whose executed copy is
-complete and was made from the same notebook, the same parameters, the same ``mvlip_utils`` sources and
-the same content of every file it reads (``step_inputs``: the run files, the results it renders) is not
-executed again. ``--force`` executes everything again and retrains from scratch.
-
-A notebook that fails stops its chain with a ``StudyStepError`` whose message names the notebook, the
-encoder and the failing cell (its index, the head of its source, the exception), and where the partly
-executed notebook was written. With ``--gpus`` the other encoders still finish and the failing ones are
-named at the end.
+An edition is one profile's runs and chapters: ``01_setup``, then ``02_train``, ``03_evaluate``,
+``04_benchmark`` per encoder (in turn, or each encoder's chain in its own process with ``--gpus``), then
+``05_discussion``; then ``00_findings`` over every edition and the book into ``book/_build/html``. Editions of
+the profiles that need CUDA are recorded under ``book/recorded/<profile>/`` and included as executed; the
+others are built under ``book/executed/<profile>/``. A notebook whose executed copy is complete and has the
+same fingerprint (``reuse``) is not executed again; ``--force`` executes everything and retrains. A failing
+notebook raises ``StudyStepError`` naming the notebook, encoder and cell.
 """
 
 from __future__ import annotations
@@ -42,7 +28,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from ..models.timm_towers import check_encoder
 from ..settings.profiles import ENCODERS, PROFILES, get_config, needs_cuda, records_edition
-from .book import _ANSI, PROJECT_ROOT, build_book, write_edition_record, write_toc
+from .book import _ANSI, PROJECT_ROOT, build_book, copy_recorded_chapters, prepare_chapter, write_edition_record, write_toc
 from ..train import device_share
 from ..train.launch import run_pinned
 from .reuse import executed_fingerprint, files_digest, fingerprint, library_hash, step_inputs
@@ -78,8 +64,7 @@ def notebook_parameters(path: str | os.PathLike) -> list[str]:
 
 def step_parameters(step: Step, encoders: Sequence[str], overrides: dict[str, Any], accepted: Iterable[str],
                     force: bool = False) -> dict[str, Any]:
-    """The papermill parameters of one step: the profile, the encoder(s) and those of the user's
-    overrides that this notebook's parameters cell defines (``accepted``)."""
+    """The papermill parameters of one step: profile, encoder(s) and the ``accepted`` overrides."""
     accepted = set(accepted)
     params: dict[str, Any] = {"profile": step.profile}
     params.update({k: v for k, v in overrides.items() if k in accepted})
@@ -95,8 +80,7 @@ def step_parameters(step: Step, encoders: Sequence[str], overrides: dict[str, An
 
 
 def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
-    """``["epochs=2", "pretrained=true", "data=/x"]`` -> {"epochs": 2, "pretrained": True, "data": "/x"}.
-    Values are Python literals where they parse as one (also true/false/none), else strings."""
+    """``["epochs=2", "pretrained=true", "data=/x"]`` -> {"epochs": 2, "pretrained": True, "data": "/x"}."""
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
@@ -117,8 +101,7 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
 
 def check_overrides(profile: str, encoders: Sequence[str], overrides: dict[str, Any],
                     notebook_names: Iterable[str] = ()) -> None:
-    """Fail before any notebook runs when a parameter is unknown or invalid (the error names it).
-    ``notebook_names``: parameters some notebook defines beyond the StudyConfig fields."""
+    """ValueError naming an unknown or invalid parameter or encoder (``notebook_names``: notebook-only ones)."""
     for encoder in encoders:  # a paper tower or a timm image model; the error names the closest timm names
         try:
             check_encoder(encoder)
@@ -139,12 +122,8 @@ def check_overrides(profile: str, encoders: Sequence[str], overrides: dict[str, 
         get_config(profile, encoder=encoder, **{k: v for k, v in overrides.items() if k in fields_})
 
 
-# ----------------------------------------------------------------------------------------- kernel
 def kernel_for_this_python() -> str:
-    """The name of a Jupyter kernel that runs this very interpreter (so notebooks see this venv).
-
-    Prefers ``mvlip`` (registered by scripts/setup_env.sh), then ``python3``; a spec qualifies when its
-    command is this interpreter or plain ``python``/``python3`` (which jupyter_client maps to it)."""
+    """The Jupyter kernel (``mvlip``, else ``python3``) that runs this interpreter; RuntimeError if none."""
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
     manager = KernelSpecManager()
@@ -163,9 +142,8 @@ def kernel_for_this_python() -> str:
                        "run scripts/setup_env.sh, or `python -m ipykernel install --user --name mvlip`")
 
 
-# ---------------------------------------------------------------------------------------- execute
 def describe_failure(step: Step, exc: Any, output: Path, source_lines: int = 8, traceback_lines: int = 20) -> str:
-    """A readable account of a PapermillExecutionError: notebook, encoder, cell, source head, error."""
+    """A PapermillExecutionError told: notebook, encoder, cell, source head, error."""
     source = (exc.source or "").splitlines()
     head = "\n".join("    | " + line for line in source[:source_lines])
     if len(source) > source_lines:
@@ -187,9 +165,8 @@ def _indent(text: str, prefix: str) -> str:
 
 def execute_step(step: Step, source: Path, output: Path, parameters: dict[str, Any], kernel_name: str,
                  cwd: Path, fp: str | Callable[[], str], timeout: int | None = None) -> float:
-    """Execute one notebook with papermill; returns seconds. Raises StudyStepError on failure. ``fp`` (or a
-    callable giving it once the notebook has run, when it depends on the files the notebook writes) is
-    stored in the executed notebook's metadata."""
+    """Execute one notebook with papermill; returns seconds; StudyStepError on failure. ``fp`` (or a callable
+    giving it after the run) is stored in the executed notebook's metadata."""
     import nbformat
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -200,8 +177,7 @@ def execute_step(step: Step, source: Path, output: Path, parameters: dict[str, A
         papermill.execute_notebook(str(source), str(output), parameters=parameters, kernel_name=kernel_name,
                                    cwd=str(cwd), progress_bar=False, log_output=False,
                                    execution_timeout=timeout,
-                                   # the kernel's own start-up chatter (e.g. ipykernel's TCP notice) stays out
-                                   extra_arguments=["--IPKernelApp.log_level=CRITICAL"])
+                                   extra_arguments=["--IPKernelApp.log_level=CRITICAL"])  # quiet kernel start-up
     except PapermillExecutionError as exc:
         raise StudyStepError(describe_failure(step, exc, output), step.notebook, step.encoder,
                              exc.cell_index) from None
@@ -211,10 +187,7 @@ def execute_step(step: Step, source: Path, output: Path, parameters: dict[str, A
                              f"{type(exc).__name__}: {exc}", step.notebook, step.encoder) from exc
     seconds = time.perf_counter() - start
     nb = nbformat.read(output, as_version=4)
-    for cell in nb.cells:  # papermill's cell of the parameters it was given is folded like the cell it follows
-        tags = cell.metadata.setdefault("tags", [])
-        if "injected-parameters" in tags and "hide-input" not in tags:
-            tags.append("hide-input")
+    prepare_chapter(nb, step.title)
     nb.metadata["mvlip"] = {"fingerprint": fp() if callable(fp) else fp, "seconds": round(seconds, 2),
                             "step": step.label}
     nbformat.write(nb, output)
@@ -261,8 +234,7 @@ def run_step(ctx: StudyContext, step: Step, encoders: Sequence[str], editions: S
 
 
 def recorded_editions(root: Path, exclude: Sequence[str] = ()) -> dict[str, list[str]]:
-    """{profile: encoders} of the recorded editions (of the profiles that need CUDA) under book/recorded/
-    whose setup and per-encoder notebooks are all there (an incomplete one is left out with its chapters)."""
+    """{profile: encoders} of the complete recorded editions under book/recorded/."""
     out = {}
     book_dir = Path(root) / "book"
     for profile in PROFILES:
@@ -289,11 +261,9 @@ def run_study(profile: str = "smoke", encoders: Sequence[str] | None = None,
               root: str | os.PathLike = PROJECT_ROOT, kernel_name: str | None = None,
               timeout: int | None = None, log: Callable[[str], None] = print,
               gpus: Sequence[str] | None = None, encoder_steps_only: bool = False) -> dict[str, Any]:
-    """Run one edition of the study, refresh the discussions of the recorded editions, the findings, and
-    build the book. ``root`` holds notebooks/, book/ and _config.yml and is the notebooks' working
-    directory. ``gpus``: run each encoder's chain in its own process with CUDA_VISIBLE_DEVICES set to the
-    matching entry ("cpu": no GPU). ``encoder_steps_only``: only the per-encoder chains (what each such
-    process runs). Returns {"steps": [(label, status, seconds)], "failed": [...], "total_s", "html"}."""
+    """Run one edition, the recorded editions' discussions and the findings, and build the book. ``root``: the
+    folder of notebooks/, book/ and _config.yml. ``gpus``: each encoder's chain in its own process on that
+    device. Returns {"steps": [(label, status, seconds)], "failed", "study_s", "total_s", "html"}."""
     root = Path(root).resolve()
     encoders = list(encoders or ENCODERS)
     overrides = dict(overrides or {})
@@ -320,18 +290,21 @@ def run_study(profile: str = "smoke", encoders: Sequence[str] | None = None,
     steps = plan(encoders, profile)
     if encoder_steps_only:
         steps = [s for s in steps if s.encoder]
-    record = (lambda: write_edition_record(root, profile, encoders, report, gpus)) if records_edition(profile) else None
+    seeds = get_config(profile, **{k: v for k, v in overrides.items() if k in parameter_names()}).seeds
+
+    def record() -> None:  # the discussion reads the edition's record: its seeds, steps and GPUs
+        write_edition_record(root, profile, encoders, seeds, gpus)
+
     if gpus is None:
         for i, step in enumerate(steps, 1):
-            if step.notebook == DISCUSSION and record:
-                record()  # the discussion reads how the chains used the GPUs
+            if step.notebook == DISCUSSION:
+                record()
             report.append(run_step(ctx, step, encoders, index=f"{i:2d}/{len(steps)}"))
     else:
         report.append(run_step(ctx, steps[0], encoders, index="setup"))
         chains, failed = run_chains_in_parallel(ctx, profile, encoders, gpus)
         report += chains
-        if record:
-            record()
+        record()
         report.append(run_step(ctx, steps[-1], encoders, index="discussion"))
     editions = {}
     if not encoder_steps_only:
@@ -342,12 +315,13 @@ def run_study(profile: str = "smoke", encoders: Sequence[str] | None = None,
         order = sorted(editions, key=list(PROFILES).index)
         all_encoders = [e for e in ENCODERS if any(e in editions[p] for p in order)]
         report.append(run_step(ctx, Step(FINDINGS, None, profile), all_encoders, order, index="findings"))
-        if record:
-            record()  # again, with every step's seconds
     study_s = time.perf_counter() - t0
     log(f"[study] notebooks: {study_s:.1f} s")
     html = None
     if book and not encoder_steps_only:
+        for other, other_encoders in editions.items():
+            if records_edition(other):
+                copy_recorded_chapters(root, other, other_encoders)
         toc = write_toc(root / "book" / "executed" / "_toc.yml", editions)
         tb = time.perf_counter()
         html = build_book(root, toc, log=log)
@@ -362,8 +336,7 @@ def run_study(profile: str = "smoke", encoders: Sequence[str] | None = None,
 
 def run_chains_in_parallel(ctx: StudyContext, profile: str, encoders: Sequence[str],
                            gpus: Sequence[str]) -> tuple[list[tuple[str, str, float]], list[str]]:
-    """Each encoder's train/evaluate/benchmark chain in its own ``python -m mvlip_utils.study`` process pinned to
-    its GPU (``launch.run_pinned``). Returns (the chains' steps, the encoders whose chain failed)."""
+    """Each encoder's chain in its own study process pinned to its GPU: (the chains' steps, failed encoders)."""
     jobs = {}
     for encoder in encoders:
         cmd = [sys.executable, "-m", "mvlip_utils.study", "--profile", profile, "--encoders", encoder,
@@ -386,10 +359,8 @@ def run_chains_in_parallel(ctx: StudyContext, profile: str, encoders: Sequence[s
     return report, failed
 
 
-# -------------------------------------------------------------------------------------------- CLI
 def gpus_argument(value: str | None, n_encoders: int, encoder_steps_only: bool = False) -> list[str] | None:
-    """``--gpus``: "auto" -> ``device_share.auto_devices`` (None with one GPU or none), "none" or empty -> None
-    (the encoders in turn), else the comma-separated entries. A chain's own process never fans out again."""
+    """``--gpus``: "auto" -> ``device_share.auto_devices``, "none" or empty -> None (in turn), else the entries."""
     if encoder_steps_only or not value or value.strip().lower() == "none":
         return None
     if value.strip().lower() == "auto":
@@ -398,8 +369,7 @@ def gpus_argument(value: str | None, n_encoders: int, encoder_steps_only: bool =
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The command line. A bad parameter or encoder ends in one ``error: ...`` line (exit 2); a notebook that
-    fails, or a book build that fails, in the message that names it (exit 1)."""
+    """The command line: a bad parameter or encoder exits 2 (``error: ...``), a failing notebook or book 1."""
     from ..settings.params import USER_ERRORS, CommandLineParser, parameter_help_epilog, user_error_exit
 
     parser = CommandLineParser(prog="python -m mvlip_utils.study", description=__doc__.split("\n\n")[0],

@@ -1,1 +1,1 @@
-"""Training a run: what it is built from, the loop and its command line, the run folder, torchrun, one process per GPU, evaluation."""
+"""Training a run: its build, loop, command line, run folder, checkpoint, evaluation and multi-GPU launch."""

@@ -1,15 +1,6 @@
-"""Chains that share a device (``--gpus 0,0,1``, or ``--gpus auto`` with fewer GPUs than encoders): training may
-overlap, timing may not. Two benchmark chapters timing at once on one GPU would each publish a throughput
-lowered by the other, so every chain takes its device's timing lock around what publishes a throughput
-measured apart from training: the benchmark chapter (04_benchmark, taken by the chain's runner around the
-notebook) and the training chapter's step check (taken by ``benchmark_suite.train_step_check``). The
-training epochs themselves overlap; the training chapter says so (``training_note``).
-
-- ``auto_devices``: ``--gpus auto``, one chain per visible GPU, shared round-robin when there are fewer
-  GPUs than encoders; None (the encoders in turn, in one process) with one GPU or none.
-- ``shared_devices`` / ``sharing_lines``: which device serves several chains, and the line that tells the user.
-- ``chain_env``: the environment of one chain (the lock's path, the chains it shares its device with).
-- ``timing_lock``: the device's lock in a chain (a no-op outside one, and in a notebook whose runner holds it).
+"""Encoder chains that share a device (``--gpus 0,0,1``): their training overlaps, their timing may not. Each
+chain holds its device's timing lock (``timing_lock``) around what publishes a throughput: the benchmark
+chapter (taken by the study runner) and the training chapter's step check (``benchmark_suite``).
 """
 
 from __future__ import annotations
@@ -28,8 +19,7 @@ SHARED_ENV = "MVLIP_DEVICE_SHARED_WITH"  # the other encoders whose chains run o
 
 
 def auto_devices(n_chains: int, count: int | None = None) -> list[str] | None:
-    """``--gpus auto``: chain i on GPU i mod the number of visible GPUs (``count``: torch.cuda.device_count());
-    None, the chains one after another in one process, where one GPU or none is visible."""
+    """``--gpus auto``: chain i on GPU i mod ``count`` (the visible GPUs); None (in turn) with one GPU or none."""
     if count is None:
         import torch
 
@@ -47,23 +37,19 @@ def shared_devices(encoders: Sequence[str], devices: Sequence[str]) -> dict[str,
     return {device: names for device, names in by_device.items() if len(names) > 1}
 
 
-def _device_name(device: str) -> str:
-    return "the CPU" if device == "cpu" else f"GPU {device}"
-
-
 def sharing_lines(encoders: Sequence[str], devices: Sequence[str]) -> list[str]:
     """One line per shared device, for the user: what runs one at a time there."""
     lines = []
     for device, names in shared_devices(encoders, devices).items():
         who = ", ".join(names[:-1]) + f" and {names[-1]}"
-        name = _device_name(device)
-        lines.append(f"{name[0].upper()}{name[1:]} is shared by {who}: their benchmark chapters (and the training "
+        name = "The CPU" if device == "cpu" else f"GPU {device}"
+        lines.append(f"{name} is shared by {who}: their benchmark chapters (and the training "
                      "chapters' step checks) run one at a time; their training epochs overlap")
     return lines
 
 
 def lock_file(device: str, lock_dir: str | os.PathLike | None = None) -> Path:
-    """The timing lock of ``device`` (one per device on this machine: two studies share it too)."""
+    """The timing lock file of ``device`` (one per device on this machine)."""
     folder = Path(lock_dir) if lock_dir else Path(tempfile.gettempdir()) / "mvlip-device-locks"
     folder.mkdir(parents=True, exist_ok=True)
     return folder / f"device-{device}.lock"
@@ -71,8 +57,7 @@ def lock_file(device: str, lock_dir: str | os.PathLike | None = None) -> Path:
 
 def chain_env(encoder: str, encoders: Sequence[str], devices: Sequence[str],
               lock_dir: str | os.PathLike | None = None) -> dict[str, str]:
-    """The environment variables of ``encoder``'s chain: its device's timing lock and the encoders it shares
-    the device with."""
+    """The environment of ``encoder``'s chain: its device's timing lock and the encoders sharing the device."""
     device = str(devices[list(encoders).index(encoder)])
     others = [e for e, d in zip(encoders, devices) if str(d) == device and e != encoder]
     return {LOCK_ENV: str(lock_file(device, lock_dir)), SHARED_ENV: ",".join(others)}
@@ -86,8 +71,7 @@ def shared_with(environ: Mapping[str, str] | None = None) -> list[str]:
 
 @contextlib.contextmanager
 def timing_lock(log=None) -> Iterator[None]:
-    """Hold this chain's device timing lock (``LOCK_ENV``) for the block; nothing outside a chain, or where
-    the chain's runner already holds it for this notebook (``HELD_ENV``)."""
+    """Hold this chain's device timing lock for the block (a no-op outside a chain or where it is held)."""
     path = os.environ.get(LOCK_ENV)
     if not path or os.environ.get(HELD_ENV) == "1":
         yield

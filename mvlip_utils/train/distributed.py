@@ -1,24 +1,11 @@
-"""Several GPUs (or CPU processes) through torchrun: the process group and what training needs from it.
+"""Several GPUs (or CPU processes) through torchrun: the process group and what training needs from it; every
+helper is a no-op in a plain one-process run. ``torchrun --nproc_per_node=2 -m mvlip_utils.train ...``
 
-    torchrun --nproc_per_node=2 -m mvlip_utils.train --profile paper --encoder mambavision
-
-torchrun sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT; ``init_from_env`` starts the
-process group from them (NCCL on CUDA, gloo on the CPU) and pins each process to its GPU. Without those
-variables (a plain ``python`` run) nothing is started and every helper here is a no-op for one process,
-so the single-process code path stays exactly what it was.
-
-Equivalence with one process (tests/test_distributed.py checks it):
-- ``config.batch_size`` stays the *global* batch (32 in the paper); each rank trains on
-  ``batch_size // world_size`` samples of it.
-- ``global_batches`` replays the single process's own DataLoader (same seed, same sampler, same
-  generator draws) over the sample indices, so the same global batches are formed in the same order;
-  ``RankSliceSampler`` gives each rank its contiguous slice of each of them.
-- The loss is open_clip's ``ClipLoss(local_loss=False, gather_with_grad=True)``: features are gathered
-  (with gradient) from all ranks, so every rank computes the full global-batch loss. The gather's backward
-  sums the identical ranks' gradients (x world_size) and DDP's all-reduce averages (/ world_size): the
-  result is the single process's gradient.
-- BatchNorm (MambaVision's conv stages and final norm) is converted to ``SyncBatchNorm`` under DDP, so
-  batch statistics are those of the global batch, as in one process.
+Equivalence with one process (tests/test_distributed.py): ``batch_size`` is the global batch; the batches are
+the single process's loader's (``global_batches``), each rank training on its contiguous slice
+(``RankSliceSampler``). ``ClipLoss(local_loss=False, gather_with_grad=True)`` gives every rank the global-batch
+loss; the gather's backward (x world_size) and DDP's all-reduce (/ world_size) give one process's gradient.
+BatchNorm becomes ``SyncBatchNorm`` under DDP (on GPUs), so batch statistics are the global batch's.
 """
 
 from __future__ import annotations
@@ -51,10 +38,6 @@ class DistInfo:
         return self.rank == 0
 
 
-def env_world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def info() -> DistInfo:
     """Rank, world size and local rank of this process (0, 1, 0 without a process group)."""
     if dist.is_available() and dist.is_initialized():
@@ -67,10 +50,9 @@ def is_main() -> bool:
 
 
 def init_from_env(device: str = "auto", timeout_s: int = 1800) -> DistInfo:
-    """Start the process group from torchrun's environment when WORLD_SIZE > 1 (idempotent).
-
-    ``device`` is the run's device setting: NCCL when it resolves to CUDA, else gloo."""
-    if not dist.is_available() or dist.is_initialized() or env_world_size() <= 1:
+    """Start the process group from torchrun's environment when WORLD_SIZE > 1 (idempotent): NCCL when
+    ``device`` (the run's setting) resolves to CUDA, else gloo; each process pinned to its GPU."""
+    if not dist.is_available() or dist.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return info()
     use_cuda = device != "cpu" and torch.cuda.is_available()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -111,22 +93,18 @@ def main_first():
         barrier()
 
 
-def _reduce_device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-
-
 def all_reduce_mean(value: float) -> float:
     """The mean of a number over ranks (the number itself for one process)."""
     if not info().enabled:
         return float(value)
-    tensor = torch.tensor([float(value)], dtype=torch.float64, device=_reduce_device())
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    tensor = torch.tensor([float(value)], dtype=torch.float64, device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return float(tensor.item()) / info().world_size
 
 
 def all_reduce_grads_(parameters: Sequence[nn.Parameter]) -> None:
-    """Average the gradients of trainable parameters that live outside the DDP module (a learnt
-    temperature, a trained text tower) as DDP does for the ones inside it."""
+    """Average over ranks the gradients of ``parameters`` outside the DDP module, as DDP does inside it."""
     if not info().enabled:
         return
     world = info().world_size
@@ -164,9 +142,7 @@ class _Indices(torch.utils.data.Dataset):
 
 
 def global_batches(n: int, batch_size: int, seed: int, drop_last: bool = True) -> list[list[int]]:
-    """The batches of sample indices that the single-process training loader forms for this seed:
-    ``data.make_loader(..., shuffle=True, seed=seed)`` iterated over the indices themselves, so that the
-    order is the single process's by construction (same sampler, same generator draws)."""
+    """The batches of sample indices that the single-process training loader forms for ``seed``."""
     from ..data.folders import make_loader
 
     loader = make_loader(_Indices(n), batch_size, shuffle=True, drop_last=drop_last, num_workers=0, seed=seed)
@@ -191,9 +167,7 @@ class RankSliceSampler(Sampler[list[int]]):
 
 
 def wrap_ddp(module: nn.Module, device: str) -> nn.Module:
-    """A DDP wrapper around ``module``; on CUDA its BatchNorm layers become SyncBatchNorm first (in place,
-    so the unwrapped module shares them). torch's SyncBatchNorm runs on GPUs only: on the CPU (gloo) the
-    BatchNorm statistics stay per rank, a logged difference from one process."""
+    """DDP around ``module``; on CUDA its BatchNorm layers become SyncBatchNorm first (in place)."""
     from torch.nn.parallel import DistributedDataParallel
 
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())

@@ -1,9 +1,8 @@
-"""Zero-shot classification on the validation split, and its metrics.
+"""Zero-shot classification on the validation split, its metrics and each image's result.
 
-Metrics are scikit-learn's: the paper's Table 1 uses the *weighted* precision, recall and F1;
-macro averages, top-5 (NaN with five classes or fewer), per-class accuracy and the confusion matrix come
-alongside. The zero-shot loss is the cross-entropy of the zero-shot logits (scaled by the model's logit
-scale) against the labels.
+Metrics are scikit-learn's: weighted precision, recall and F1 (Table 1), macro averages, top-5 (NaN with five
+classes or fewer) and the mean per-class recall; the zero-shot loss is the cross-entropy of the scaled
+zero-shot logits against the labels.
 """
 
 from __future__ import annotations
@@ -15,19 +14,16 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support, top_k_accuracy_score
+from sklearn.metrics import (accuracy_score, balanced_accuracy_score, precision_recall_fscore_support,
+                             top_k_accuracy_score)
 from tqdm.auto import tqdm
 
 from ..settings.precision import autocast_region, precision_context
 
 
 def progress_iter(loader, desc: str, enabled: bool = True, bar_out: list | None = None):
-    """Iterate ``loader`` under a progress bar without letting the bar iterate it.
-
-    ``tqdm.auto``'s bar (tqdm.asyncio) calls ``iter()`` on its iterable when constructed: for a DataLoader
-    that starts a second, unused iterator (its workers start and prefetch, and a shuffling loader's seeded
-    generator is consumed, so the batch order is not the sampler's first permutation). Here the bar only
-    counts. ``bar_out``, if given, receives the bar (for ``set_postfix``)."""
+    """Iterate ``loader`` under a progress bar that only counts (a tqdm.auto bar given the loader would start a
+    second iterator, consuming its seeded generator). ``bar_out``, if given, receives the bar."""
     with tqdm(total=len(loader), desc=desc, disable=not enabled, leave=False) as bar:
         if bar_out is not None:
             bar_out.append(bar)
@@ -37,8 +33,7 @@ def progress_iter(loader, desc: str, enabled: bool = True, bar_out: list | None 
 
 
 def to_model_input(images: torch.Tensor, device: str) -> torch.Tensor:
-    """A batch on ``device`` ready for the image tower: uint8 batches from the preprocessed cache are
-    normalised there (CLIP mean/std), float batches from the transform are moved as they are."""
+    """A batch on ``device`` for the image tower: uint8 batches (the cache) normalised there, float ones moved."""
     if images.dtype == torch.uint8:
         from ..data.cache import normalize_on_device
 
@@ -47,18 +42,13 @@ def to_model_input(images: torch.Tensor, device: str) -> torch.Tensor:
 
 
 def synchronize(device) -> None:
-    """Wait for the work queued on ``device`` (a CUDA device: the current one when it names no index), so
-    that a host clock read next times it (nothing to do on the CPU)."""
+    """Wait for the work queued on a CUDA ``device`` (nothing on the CPU), before reading a clock."""
     if str(device).startswith("cuda"):
         torch.cuda.synchronize(device)
 
 
 def classification_metrics(labels: np.ndarray, logits: np.ndarray, n_classes: int | None = None) -> dict[str, Any]:
-    """Top-1/top-5 accuracy and weighted/macro precision, recall, F1 (scikit-learn) from logits.
-
-    ``top5`` is NaN with five classes or fewer: top-5 accuracy is then 1 by definition and a top-k of
-    a smaller k would be another metric under the same name (metrics.json holds it as null).
-    """
+    """Accuracy, top-5 (NaN with <= 5 classes), weighted/macro P/R/F1 and mean per-class recall from logits."""
     labels = np.asarray(labels)
     logits = np.asarray(logits, dtype=np.float64)
     n_classes = n_classes or logits.shape[1]
@@ -68,19 +58,15 @@ def classification_metrics(labels: np.ndarray, logits: np.ndarray, n_classes: in
     out["top5"] = (float(top_k_accuracy_score(labels, logits, k=5, labels=classes)) if n_classes > 5
                    else math.nan)
     for average in ("weighted", "macro"):
-        # scikit-learn's default label set (classes in labels or predictions), as the authors' call used
-        p, r, f, _ = precision_recall_fscore_support(labels, predictions, average=average, zero_division=0)
-        out[f"precision_{average}"], out[f"recall_{average}"], out[f"f1_{average}"] = float(p), float(r), float(f)
+        out.update(label_metrics(labels, predictions, average))
+    out["mean_per_class_recall"] = float(balanced_accuracy_score(labels, predictions))
     return out
 
 
-def per_class_accuracy(labels: np.ndarray, predictions: np.ndarray, classnames: Sequence[str]) -> list[dict[str, Any]]:
-    rows = []
-    for index, name in enumerate(classnames):
-        mask = labels == index
-        rows.append({"class_index": index, "class_name": name, "n": int(mask.sum()),
-                     "accuracy": float((predictions[mask] == index).mean()) if mask.any() else float("nan")})
-    return rows
+def label_metrics(labels: np.ndarray, predictions: np.ndarray, average: str = "weighted") -> dict[str, float]:
+    """scikit-learn's precision, recall and F1 with ``average`` over the classes in labels or predictions."""
+    p, r, f, _ = precision_recall_fscore_support(labels, predictions, average=average, zero_division=0)
+    return {f"precision_{average}": float(p), f"recall_{average}": float(r), f"f1_{average}": float(f)}
 
 
 @torch.no_grad()
@@ -88,9 +74,7 @@ def zero_shot_logits(model, loader, classifier: torch.Tensor, device: str, preci
                      progress: bool = True, desc: str = "zero-shot",
                      on_features: Callable[[torch.Tensor, torch.Tensor], None] | None = None
                      ) -> tuple[np.ndarray, np.ndarray, float]:
-    """(labels, logits, wall seconds) of the whole loop, data loading included. ``on_features(features,
-    labels)``, if given, gets each batch's normalised image features (so that another quantity of the same
-    forward pass, the validation contrastive loss, needs no second pass)."""
+    """(labels, logits, wall seconds); ``on_features(features, labels)`` gets each batch's image features."""
     model.eval()
     labels, logits = [], []
     scale = model.logit_scale.exp().float()
@@ -113,22 +97,20 @@ def zero_shot_logits(model, loader, classifier: torch.Tensor, device: str, preci
 def zero_shot_evaluate(model, loader, classifier: torch.Tensor, classnames: Sequence[str], device: str,
                        precision: str = "fp32", progress: bool = True,
                        on_features: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> dict[str, Any]:
-    """Everything Table 1 and the evaluate notebook need, for one pass over ``loader`` (``on_features``:
-    see ``zero_shot_logits``)."""
+    """The metrics, ``zeroshot_loss``, ``n_val``, ``images_per_s`` and ``per_image`` results of one pass."""
     labels, logits, wall = zero_shot_logits(model, loader, classifier, device, precision, progress,
                                             on_features=on_features)
     metrics = classification_metrics(labels, logits, n_classes=len(classnames))
     predictions = logits.argmax(axis=1)
-    metrics["zeroshot_loss"] = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)).item())
+    losses = F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels), reduction="none").numpy()
+    top5 = (np.argsort(-logits, axis=1)[:, :5] == labels[:, None]).any(axis=1) if len(classnames) > 5 else None
     metrics.update({
+        "zeroshot_loss": float(losses.mean()),
         "n_val": int(len(labels)),
         "n_classes": len(classnames),
         "wall_time_s": wall,
         "images_per_s": len(labels) / wall if wall > 0 else float("nan"),
-        "per_class": per_class_accuracy(labels, predictions, classnames),
-        "confusion": confusion_matrix(labels, predictions, labels=np.arange(len(classnames))),
-        "labels": labels,
-        "predictions": predictions,
-        "logits": logits,
+        "per_image": {"label": labels, "prediction": predictions, "correct": predictions == labels,
+                      "top5_correct": top5 if top5 is not None else np.full(len(labels), np.nan), "loss": losses},
     })
     return metrics

@@ -1,11 +1,9 @@
-"""Everything a run needs, built from its configuration: the data (generated or the user's, the uint8
-cache), the towers and the CLIP assembly, the prompt cache, the optimiser and schedule; and the run's
-validation loaders and zero-shot evaluation.
-"""
+"""What a run is built from (data and cache, towers, prompt bank, optimiser) and its zero-shot evaluation."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +16,14 @@ from ..data import cache as data_cache
 from ..data import folders as data_mod
 from . import distributed as dist_mod
 from ..data import generated
-from .optim import make_adamw
+from ..data.files import atomic_path, build_lock
 from .evaluate import zero_shot_evaluate
 from ..models.model import MVLIP, PromptBank, TextTower, create_text_tower
 from ..settings.profiles import StudyConfig, resolve_device
-from .results import run_dir
+from .run_folder import run_dir
 from ..models.towers import create_image_tower
+
+DATA_SEED = 0  # the generated datasets' seed: the same for every seed of every encoder
 
 
 def seed_everything(seed: int) -> None:
@@ -33,26 +33,20 @@ def seed_everything(seed: int) -> None:
 
 
 def dataset_root(config: StudyConfig, progress: bool = True) -> Path:
-    """The folder with train/ and val/: a generated dataset (written once under ``data_dir``), or the user's.
-
-    A generated dataset's folder is named by everything that decides its images, the generator's version
-    too: a new generator writes a new folder instead of redrawing the images that finished runs (their
-    predictions.csv) point at."""
+    """The folder with train/ and val/: the user's, or a generated dataset written once under ``data_dir`` in a
+    folder named by all that decides its images (the generator's version too). FileNotFoundError if missing."""
+    counts = f"c{config.generated_classes}-n{config.generated_train_per_class}-v{config.generated_val_per_class}"
     if config.data == "generated":
-        name = (f"generated-c{config.generated_classes}-n{config.generated_train_per_class}"
-                f"-v{config.generated_val_per_class}-s{config.image_size}-seed{config.seed}"
-                f"-gen{generated.GENERATOR_VERSION}")
         return generated.make_generated_dataset(
-            Path(config.data_dir) / name, n_classes=config.generated_classes,
-            train_per_class=config.generated_train_per_class, val_per_class=config.generated_val_per_class,
-            image_size=config.image_size, seed=config.seed, progress=progress)
+            Path(config.data_dir) / f"generated-{counts}-s{config.image_size}-gen{generated.GENERATOR_VERSION}",
+            n_classes=config.generated_classes, train_per_class=config.generated_train_per_class,
+            val_per_class=config.generated_val_per_class, image_size=config.image_size, seed=DATA_SEED,
+            progress=progress)
     if config.data == "generated-imagenet":
-        name = (f"generated-imagenet-c{config.generated_classes}-n{config.generated_train_per_class}"
-                f"-v{config.generated_val_per_class}-seed{config.seed}-gen{generated.IMAGENET_LIKE_VERSION}")
         return generated.make_imagenet_like_dataset(
-            Path(config.data_dir) / name, n_classes=config.generated_classes,
-            train_per_class=config.generated_train_per_class, val_per_class=config.generated_val_per_class,
-            seed=config.seed, progress=progress)
+            Path(config.data_dir) / f"generated-imagenet-{counts}-gen{generated.IMAGENET_LIKE_VERSION}",
+            n_classes=config.generated_classes, train_per_class=config.generated_train_per_class,
+            val_per_class=config.generated_val_per_class, seed=DATA_SEED, progress=progress)
     root = Path(config.data)
     if not root.is_dir():
         raise FileNotFoundError(f"parameter data={config.data!r}: no such folder (expected a folder with "
@@ -86,9 +80,11 @@ class Experiment:
         return run_dir(self.config)
 
 
+TEXT_SEED = 0  # a random text tower's initialisation: the same for every seed
+
+
 def seeded_image_tower(config: StudyConfig) -> torch.nn.Module:
-    """The run's image tower, created right after ``seed_everything(config.seed)``: the towers' random
-    initialisation is part of the run's definition (the text tower, when created, comes next)."""
+    """The run's image tower, created right after ``seed_everything(config.seed)``."""
     seed_everything(config.seed)
     return create_image_tower(config.encoder, size=config.model_size, pretrained=config.pretrained,
                               weights_path=config.image_weights, image_size=config.image_size,
@@ -96,39 +92,73 @@ def seeded_image_tower(config: StudyConfig) -> torch.nn.Module:
 
 
 def assemble_model(config: StudyConfig, image_tower: torch.nn.Module, text_tower: TextTower, device) -> MVLIP:
-    """The CLIP assembly of the two towers with the run's temperature and text-tower setting, on ``device``."""
+    """The CLIP model of the two towers with the run's temperature and text-tower settings, on ``device``."""
     return MVLIP(image_tower, text_tower, temperature=config.temperature,
                  learn_temperature=config.learn_temperature, train_text=config.train_text).to(device)
 
 
-def build_experiment(config: StudyConfig, progress: bool = True) -> Experiment:
+def build_experiment(config: StudyConfig, progress: bool = True, shared: dict | None = None) -> Experiment:
+    """The run of ``config``, built; ``shared``: a dict carrying data and frozen text tower from seed to seed."""
+    shared = {} if shared is None else shared
     device = dist_mod.device_for_rank(resolve_device(config.device))
-    with dist_mod.main_first():  # rank 0 writes the generated dataset, the others then find it there
-        root = dataset_root(config, progress)
-    transform = data_mod.clip_transform(config.image_size)
-    train_set, val_set, classnames = data_mod.load_splits(root, transform=transform, image_size=config.image_size,
-                                                          progress=progress)
-    val_files = val_set
-    if config.data_cache:
-        train_set, val_set = (cached_split(config, root, split, dataset, progress)
-                              for split, dataset in (("train", train_set), ("val", val_set)))
-    image_tower = seeded_image_tower(config)
-    text_tower = create_text_tower(pretrained=config.pretrained, weights_path=config.text_weights,
-                                   trust_pickled_weights=config.trust_pickled_weights)
-    model = assemble_model(config, image_tower, text_tower, device)
+    if "data" not in shared:
+        with dist_mod.main_first():  # rank 0 writes the generated dataset, the others then find it there
+            root = dataset_root(config, progress)
+        train_set, val_set, classnames = data_mod.load_splits(
+            root, transform=data_mod.clip_transform(config.image_size), image_size=config.image_size, progress=progress)
+        val_files = val_set
+        if config.data_cache:
+            train_set, val_set = (cached_split(config, root, split, dataset, progress)
+                                  for split, dataset in (("train", train_set), ("val", val_set)))
+        shared["data"] = (Path(root), train_set, val_set, list(classnames), val_files)
+    root, train_set, val_set, classnames, val_files = shared["data"]
+    text = None if config.train_text else shared.get("text")
+    if text is None:
+        torch.manual_seed(TEXT_SEED)
+        text_tower = create_text_tower(pretrained=config.pretrained, weights_path=config.text_weights,
+                                       trust_pickled_weights=config.trust_pickled_weights)
+    else:
+        text_tower = text[0]
+    model = assemble_model(config, seeded_image_tower(config), text_tower, device)
+    if text is None:
+        bank = prompt_bank(config, model, classnames, device, progress)
+        if not config.train_text:
+            shared["text"] = (text_tower, bank)
+    else:
+        bank = text[1]
+    return Experiment(config, device, model, bank, train_set, val_set, classnames, root, val_files)
+
+
+def prompt_bank(config: StudyConfig, model: MVLIP, classnames: list[str], device, progress: bool) -> PromptBank:
+    """The text features of every (class, template) prompt, cached under ``data_dir/cache`` for a frozen text
+    tower (per weights, prompts, device kind and library versions)."""
+    import open_clip
+
+    if config.train_text:
+        return PromptBank(model.text, classnames, data_mod.TEMPLATES, device=device, progress=progress)
+    weights = Path(config.text_weights or os.environ.get("MVLIP_TEXT_WEIGHTS") or "") if config.pretrained else None
+    source = (f"{weights}:{weights.stat().st_size}:{weights.stat().st_mtime_ns}" if weights and weights.is_file()
+              else f"pretrained={config.pretrained}, seed={TEXT_SEED}")
+    key = hashlib.sha1(repr((source, classnames, data_mod.TEMPLATES, torch.device(device).type, torch.__version__,
+                             open_clip.__version__)).encode()).hexdigest()[:16]
+    path = Path(config.data_dir) / "cache" / f"text-features-{key}.pt"
+    if path.is_file():
+        return PromptBank(model.text, classnames, data_mod.TEMPLATES, device=device,
+                          features=torch.load(path, map_location="cpu", weights_only=True))
     bank = PromptBank(model.text, classnames, data_mod.TEMPLATES, device=device, progress=progress)
-    return Experiment(config, device, model, bank, train_set, val_set, list(classnames), Path(root), val_files)
+    with build_lock(path), atomic_path(path) as tmp:
+        torch.save(bank.features.reshape(len(bank.prompts), -1).cpu(), tmp)
+    return bank
 
 
 def cache_path(config: StudyConfig, root: Path, split: str) -> Path:
-    """Where the uint8 cache of ``split`` of the dataset at ``root`` lives for ``config``'s image size."""
+    """The uint8 cache file of ``split`` of the dataset at ``root`` at ``config``'s image size."""
     key = hashlib.sha1(str(Path(root).resolve()).encode()).hexdigest()[:8]
     return Path(config.data_dir) / "cache" / f"{Path(root).name}-{key}-{split}-{config.image_size}px.pt"
 
 
 def cached_split(config: StudyConfig, root: Path, split: str, dataset, progress: bool = True):
-    """``dataset`` served from its uint8 cache under ``data_dir/cache`` (built once, on rank 0; a process that
-    finds another building the same cache waits for it and reuses it: ``data.cache_preprocessed``)."""
+    """``dataset`` served from its uint8 cache under ``data_dir/cache`` (built once, on rank 0)."""
     path = cache_path(config, root, split)
     with dist_mod.main_first():
         if dist_mod.is_main():
@@ -138,10 +168,8 @@ def cached_split(config: StudyConfig, root: Path, split: str, dataset, progress:
 
 
 def prepare_shared_inputs(configs, progress: bool = True) -> list[Path]:
-    """Build what the runs of ``configs`` (one per encoder of an edition) share, once, before they start: the
-    generated dataset and, for the runs with ``data_cache``, the uint8 caches of both splits at each image size
-    asked for. Returns the dataset folders and cache files, in that order, each once. (Each run would find or
-    build them itself, safely; done first, the chains that run at once do not wait for each other's build.)"""
+    """Build once, before the runs of ``configs`` start, what they share: the datasets and (``data_cache``) the
+    uint8 caches of both splits. Returns the dataset folders and cache files, each once."""
     prepared: list[Path] = []
     for config in configs:
         root = dataset_root(config, progress)
@@ -168,8 +196,7 @@ def sample_paths(dataset) -> list[str]:
 
 
 def caption_features(experiment: Experiment, labels: torch.Tensor, templates: torch.Tensor) -> torch.Tensor:
-    """Normalised text features of the captions (labels, template indices): cached, or computed when the
-    text tower is trained."""
+    """Normalised text features of the captions (labels, template indices)."""
     if experiment.config.train_text:
         tokens = experiment.model.text.tokenizer(experiment.bank.captions(labels, templates)).to(experiment.device)
         return experiment.model.encode_text(tokens, normalize=True)
@@ -177,9 +204,8 @@ def caption_features(experiment: Experiment, labels: torch.Tensor, templates: to
 
 
 def eval_loader(experiment: Experiment, source: str = "run", num_workers: int | None = None):
-    """The validation loader: ``source`` "run" (the run's val_set: its uint8 cache when data_cache, else
-    the files), "files" (JPEG/PNG decoding in the workers, the paper's way) or "cache" (the uint8 cache,
-    built once if the run does not use it); ``num_workers`` defaults to the run's."""
+    """The validation loader of ``source``: "run" (the run's val_set), "files" (decoding image files) or "cache"
+    (the uint8 cache, built if needed); ``num_workers`` defaults to the run's."""
     config = experiment.config
     if source == "run":
         dataset = experiment.val_set
@@ -196,19 +222,17 @@ def eval_loader(experiment: Experiment, source: str = "run", num_workers: int | 
 
 
 def evaluate_experiment(experiment: Experiment, progress: bool = True, loader=None,
-                        on_features=None) -> dict[str, Any]:
-    """Zero-shot evaluation of the run's model over the validation set (``loader``: ``eval_loader``'s;
-    ``on_features``: see ``evaluate.zero_shot_logits``)."""
+                        on_features=None, precision: str | None = None) -> dict[str, Any]:
+    """Zero-shot evaluation of the run's model (``loader``: ``eval_loader()``; ``precision``: the run's)."""
     loader = loader if loader is not None else eval_loader(experiment)
     return zero_shot_evaluate(experiment.model, loader, experiment.bank.classifier, experiment.classnames,
-                              experiment.device, experiment.config.precision, progress, on_features=on_features)
+                              experiment.device, precision or experiment.config.precision, progress,
+                              on_features=on_features)
 
 
 def compile_tower(tower: torch.nn.Module, mode: str | None = None):
-    """``torch.compile`` of the image tower for training (``mode="reduce-overhead"``: inductor's kernels
-    replayed as CUDA graphs on a GPU). MambaVision's blocks break the graph at the selective scan and
-    differ in their drop-path rate, which dynamo guards on: one recompile per block, so its recompile
-    limit is raised to the tower's number of modules (the default of 8 would leave most blocks eager)."""
+    """``torch.compile`` of the image tower for training, dynamo's recompile limit raised to its number of
+    modules (MambaVision recompiles once per block: their drop-path rates differ)."""
     import torch._dynamo
     import torch._inductor.config
 
@@ -217,8 +241,7 @@ def compile_tower(tower: torch.nn.Module, mode: str | None = None):
     for name in ("recompile_limit", "cache_size_limit"):
         if hasattr(config, name):
             setattr(config, name, max(getattr(config, name), blocks))
-    # random ops (drop path) draw from PyTorch's own generator, as in eager mode, so that the compiled step
-    # trains on the same stochastic-depth masks (inductor's own random numbers would differ)
+    # drop path draws from PyTorch's generator, as in eager mode: the same stochastic-depth masks
     torch._inductor.config.fallback_random = True
     return torch.compile(tower, mode=mode)
 
@@ -227,17 +250,21 @@ COMPILE_MODES = {"compiled": None, "graphed": "reduce-overhead"}  # train_step -
 
 
 def training_tower(config: StudyConfig, tower: torch.nn.Module):
-    """The compiled image tower that ``config.train_step`` trains through (compiled, graphed), or None
-    (eager, fused: the model's own tower)."""
+    """The compiled image tower ``config.train_step`` trains through, or None (eager, fused)."""
     return compile_tower(tower, COMPILE_MODES[config.train_step]) if config.train_step in COMPILE_MODES else None
 
 
+def make_adamw(parameters, lr: float = 1e-4, weight_decay: float = 0.01, fused: bool = False):
+    """AdamW over the trainable ``parameters``: PyTorch's default implementation or its fused one."""
+    params = [p for p in parameters if p.requires_grad]
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True if fused else None)
+
+
 def make_optimizer(experiment: Experiment):
-    """AdamW over the trainable parameters (``train_step`` eager: PyTorch's default implementation; the
-    others fused) and the cosine schedule over every step of the run."""
+    """(AdamW, fused unless ``train_step`` is eager; the cosine schedule over every step of the run)."""
     config = experiment.config
     optimizer = make_adamw(experiment.model.trainable_parameters(), config.lr, config.weight_decay,
-                           "foreach" if config.train_step == "eager" else "fused")
+                           fused=config.train_step != "eager")
     steps_per_epoch = len(experiment.train_set) // config.batch_size
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.epochs * steps_per_epoch))
     return optimizer, scheduler

@@ -1,10 +1,5 @@
-"""One process per encoder, each pinned to its GPU: the study's natural scale-out (three independent runs on
-three GPUs), used by ``python -m mvlip_utils.study --gpus`` and ``python -m mvlip_utils.train --gpus``.
-
-Each job is a command line run with ``CUDA_VISIBLE_DEVICES`` set to its device ("cpu": none, for running
-jobs as CPU processes); their output lines are printed as they come, prefixed with the job's name and
-device; a failing job is named at the end while the others run to their end.
-"""
+"""One process per encoder, each pinned to its GPU through ``CUDA_VISIBLE_DEVICES`` (the ``--gpus`` of the
+study and train command lines); output lines are relayed with the job's name, failing jobs named at the end."""
 
 from __future__ import annotations
 
@@ -23,9 +18,8 @@ def device_env(device: str) -> dict[str, str]:
 def run_pinned(jobs: Mapping[str, Sequence[str]], devices: Sequence[str], cwd: str | os.PathLike,
                log: Callable[[str], None] = print, on_line: Callable[[str, str], None] | None = None,
                extra_env: Mapping[str, Mapping[str, str]] | None = None) -> list[str]:
-    """Run every job (name -> command) at once, job i on ``devices[i]``; returns the names of the jobs that
-    failed. ``on_line(name, line)`` sees every output line too; ``extra_env``: {name: variables} added to a
-    job's environment."""
+    """Run every job (name -> command) at once, job i on ``devices[i]``; returns the names of those that failed.
+    ``on_line(name, line)`` sees every output line; ``extra_env``: {name: variables} added to its environment."""
     if len(devices) != len(jobs):
         raise ValueError(f"--gpus: {len(devices)} entries for {len(jobs)} encoders {list(jobs)}; give one each")
     extra_env = extra_env or {}

@@ -1,27 +1,20 @@
-"""The training loop, readable top to bottom: one epoch at a time, one validation pass, a checkpoint after
-each epoch, exact resume; ``train_run`` runs a whole run and ``python -m mvlip_utils.train`` is its command
-line. What a run is built from is ``experiment``'s; what its folder holds, ``run_folder``'s.
+"""The training loop: ``train_run`` trains one run (one seed) epoch by epoch with a validation pass, a checkpoint
+after each epoch and exact resume; ``train_seeds`` every seed in turn; ``python -m mvlip_utils.train`` runs them.
 
-Protocol (the paper's, as the authors' code ran it): AdamW(lr, weight_decay) over the image tower and its projection
-(the text tower is frozen unless ``train_text``; the temperature is fixed at 0.07 unless
-``learn_temperature``), cosine annealing stepped every batch over all steps, grad-norm clip, batch 32 with
-drop_last, symmetric contrastive loss (open_clip's ``ClipLoss``). Each training sample gets one of the 10
-templates at random; captions' text features come from the ``PromptBank``.
-
-Several GPUs: under torchrun (``torchrun --nproc_per_node=N -m mvlip_utils.train ...``) the image tower is
-wrapped in DDP and the loss is computed over the global batch (``mvlip_utils.train.distributed`` says how this
-stays identical to one process); ``batch_size`` is the global batch, rank 0 alone evaluates and writes.
-
-Per epoch the run folder gets a row in ``history.csv`` and ``timings.csv`` and an atomically written
-``checkpoint.pt`` (``run_folder``). Shuffling and caption draws are seeded per epoch, so a resumed run ends
-with the same metrics as an uninterrupted one. On a GPU that holds bit for bit only with ``deterministic=True``
-(``reproducibility``): PyTorch's default kernels may add in another order from one run to the next.
+Protocol (the paper's): AdamW over the image tower and its projection (the text tower frozen unless
+``train_text``, the temperature fixed at 0.07 unless ``learn_temperature``), cosine annealing stepped every
+batch, grad-norm clip, batch 32 with drop_last, open_clip's ``ClipLoss``; each sample gets one of the 10
+templates at random. The model as built is first evaluated zero-shot in the run's precision and in fp16
+(``before_training.json``). Under torchrun the image tower is wrapped in DDP, ``batch_size`` is the global
+batch and rank 0 alone evaluates and writes. Shuffling and caption draws are seeded per epoch: a resumed run
+ends with an uninterrupted one's metrics (on a GPU bit for bit only with ``deterministic=True``).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 import math
 import time
 from typing import Any, Callable
@@ -34,18 +27,19 @@ from open_clip import ClipLoss
 from torch.profiler import record_function
 
 from ..data import folders as data_mod
+from ..data.files import write_json
 from . import distributed as dist_mod
-from . import results
+from . import run_folder as rf
+from .checkpoint import CheckpointWriter, load_checkpoint
 from .evaluate import progress_iter, synchronize, to_model_input
-from .experiment import (Experiment, build_experiment, caption_features, evaluate_experiment, prepare_shared_inputs,
-                         make_optimizer, training_tower)
+from .experiment import (Experiment, build_experiment, caption_features, evaluate_experiment, make_optimizer,
+                         prepare_shared_inputs, sample_paths, training_tower)
+from .provenance import device_description, versions
 from ..settings.precision import autocast_region, precision_context
 from ..settings.profiles import StudyConfig
 from ..settings.reproducibility import deterministic_mode, prepare_environment
-from .results import CHECKPOINT, clear_run, read_timings
-from .run_folder import (CheckpointWriter, finished_run_history, load_checkpoint, write_final_results,
-                         write_run_config)
-from ..models.towers import WeightsUnavailableError
+from ..models.image_tower import SSM_BACKEND, count_parameters
+from ..models.towers import WeightsUnavailableError, architecture
 
 logger = logging.getLogger("mvlip_utils.train")
 
@@ -54,22 +48,17 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-# Reading a loss back (``loss.item()``) makes the host wait until the device has finished the step, so the
-# next step's kernels are launched only then and the GPU idles meanwhile. The loop keeps the losses on the
-# device and reads them (the progress bar's running mean, the finite check) every this many steps and at
-# the end of the epoch; a non-finite loss is still reported with its step, at most this many steps later.
-# The history is the same either way.
+# Step losses stay on the device (reading one makes the host wait for it) and are read back, for the progress
+# bar and the finite check, every this many steps and at the end of the epoch.
 READ_LOSS_EVERY = 50
 
-# The names of a training step's phases in a torch.profiler trace (``step_profile`` reads them back).
+# The names of a training step's phases in a torch.profiler trace (read by ``step_profile``).
 PHASES = {"forward": "mvlip.forward", "backward": "mvlip.backward", "optimizer": "mvlip.optimizer",
           "loss_read": "mvlip.loss_read"}
 
 
 def _epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
-    generator = torch.Generator()
-    generator.manual_seed(seed * 1_000_003 + epoch * 101 + stream)
-    return generator
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 101 + stream)
 
 
 def contrastive_loss(experiment: Experiment, loss_fn: ClipLoss, images: torch.Tensor, labels: torch.Tensor,
@@ -77,7 +66,9 @@ def contrastive_loss(experiment: Experiment, loss_fn: ClipLoss, images: torch.Te
     model = experiment.model
     images = to_model_input(images, experiment.device)
     with autocast_region(experiment.config.precision, experiment.device):
-        visual = training_visual(experiment) if model.training else None
+        visual = None
+        if model.training:  # the DDP wrapper under torchrun, the compiled tower, or None (the model's own)
+            visual = experiment.ddp_visual if experiment.ddp_visual is not None else experiment.compiled_visual
         image_features = (F.normalize(visual(images), dim=-1) if visual is not None
                           else model.encode_image(images, normalize=True))
     return image_text_loss(experiment, loss_fn, image_features, labels, templates)
@@ -90,17 +81,10 @@ def image_text_loss(experiment: Experiment, loss_fn: ClipLoss, image_features: t
     return loss_fn(image_features.float(), text_features.float(), experiment.model.logit_scale.exp())
 
 
-def training_visual(experiment: Experiment):
-    """The image tower that training calls: the DDP wrapper under torchrun (its gradients are all-reduced),
-    the compiled tower (train_step compiled or graphed), else None (the model's own)."""
-    return experiment.ddp_visual if experiment.ddp_visual is not None else experiment.compiled_visual
-
-
 def train_one_epoch(experiment: Experiment, optimizer, scheduler, loss_fn: ClipLoss, epoch: int,
                     progress: bool = True, timing: dict[str, float] | None = None) -> float:
-    """One epoch under the run's precision (the TF32 mode holds for the backward pass too); returns its mean
-    training loss. ``timing``, if given, gets ``loader_start_seconds``: how long the epoch waited for its first
-    batch (the DataLoader's workers starting), time in which the GPU has nothing to do."""
+    """One epoch under the run's precision; returns its mean training loss. ``timing``, if given, gets
+    ``loader_start_seconds``: the seconds the epoch waited for its first batch."""
     with precision_context(experiment.config.precision, experiment.device, autocast=False):
         return _train_one_epoch(experiment, optimizer, scheduler, loss_fn, epoch, progress,
                                 timing if timing is not None else {})
@@ -133,7 +117,7 @@ def _train_one_epoch(experiment: Experiment, optimizer, scheduler, loss_fn: Clip
         if step == 0:
             timing["loader_start_seconds"] = time.perf_counter() - started
         with record_function(PHASES["forward"]):
-            # captions: drawn for the whole global batch (as one process does), this rank's slice kept
+            # captions drawn for the whole global batch, this rank's slice kept
             local = len(labels)
             templates = torch.randint(len(experiment.bank.templates), (local * info.world_size,),
                                       generator=draws)[info.rank * local:(info.rank + 1) * local]
@@ -159,23 +143,21 @@ def _train_one_epoch(experiment: Experiment, optimizer, scheduler, loss_fn: Clip
 
 
 def _epoch_mean_loss(losses: list[torch.Tensor], experiment: Experiment, epoch: int) -> float:
-    """The mean of the step losses so far (summed in Python floats in step order, as reading each step's
-    ``loss.item()`` did), after checking that every one is finite; the first that is not stops the run."""
+    """The mean of the step losses so far; NonFiniteLossError on the first that is not finite."""
     values = torch.stack(losses).tolist()  # the one wait for the device
     for step, value in enumerate(values):
         if not math.isfinite(value):
             raise NonFiniteLossError(
                 f"non-finite training loss ({value}) at epoch {epoch}, step {step}; stopped. "
-                f"The last good checkpoint is kept at {experiment.run_dir / CHECKPOINT} "
+                f"The last good checkpoint is kept at {experiment.run_dir / rf.CHECKPOINT} "
                 f"(try a lower lr, precision='fp32' or grad_clip > 0)")
     return sum(values) / len(values)
 
 
 @torch.no_grad()
 def validate(experiment: Experiment, loss_fn: ClipLoss, progress: bool = True) -> tuple[float, dict[str, Any]]:
-    """One pass over the validation set giving both the validation contrastive loss (captions drawn with a
-    fixed seed, the same every epoch; the mean over batches weighted by their size) and the zero-shot
-    evaluation, from the same image features."""
+    """(validation contrastive loss, zero-shot evaluation) from one pass over the validation set; captions are
+    drawn with a fixed seed, the loss is the batch-size-weighted mean."""
     draws = _epoch_generator(experiment.config.seed, 0, stream=2)
     losses, sizes = [], []
 
@@ -190,48 +172,69 @@ def validate(experiment: Experiment, loss_fn: ClipLoss, progress: bool = True) -
 
 def train_run(config: StudyConfig, resume: bool = True, progress: bool = True,
               stop_after_epoch: int | None = None,
-              on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> pd.DataFrame:
-    """Train (or resume) the run of ``config`` (``_train_run``), in deterministic mode when
-    ``config.deterministic`` (``reproducibility.deterministic_mode``: the previous settings are restored after
-    the run; an operation without a deterministic implementation stops it with an error that names it)."""
+              on_epoch_end: Callable[[dict[str, Any]], None] | None = None, shared: dict | None = None) -> pd.DataFrame:
+    """``_train_run`` in deterministic mode when ``config.deterministic``; ``shared``: see ``build_experiment``."""
     with deterministic_mode(config.deterministic):
-        return _train_run(config, resume, progress, stop_after_epoch, on_epoch_end)
+        return _train_run(config, resume, progress, stop_after_epoch, on_epoch_end, shared)
+
+
+def train_seeds(config: StudyConfig, resume: bool = True, progress: bool = True,
+                on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> dict[int, pd.DataFrame]:
+    """{seed: history} of every seed's run of ``config`` in turn, sharing data and the frozen text tower."""
+    shared: dict = {}
+    return {run.seed: train_run(run, resume, progress,
+                                on_epoch_end=(lambda row, s=run.seed: on_epoch_end({**row, "seed": s}))
+                                if on_epoch_end else None, shared=shared)
+            for run in config.runs()}
+
+
+def write_run_config(experiment: Experiment) -> None:
+    model, config = experiment.model, experiment.config
+    write_json(experiment.run_dir / "config.json", {
+        **config.to_dict(), "resolved_device": experiment.device,
+        "device_name": device_description(experiment.device), "versions": versions(), "ssm_backend": SSM_BACKEND,
+        "data_root": str(experiment.data_root), "n_train": len(experiment.train_set),
+        "n_val": len(experiment.val_set), "n_classes": len(experiment.classnames),
+        "classnames": experiment.classnames,
+        "train_class_counts": np.bincount(experiment.train_set.targets, minlength=len(experiment.classnames)),
+        "parameters": {"image_tower": count_parameters(model.visual), "text_tower": count_parameters(model.text)},
+        "timm_name": model.visual.timm_name,
+        "architecture": architecture(config.encoder, config.model_size, config.image_size)})
+
+
+BEFORE_TRAINING_PRECISIONS = ("fp16",)  # besides the run's own
+
+
+def evaluate_before_training(experiment: Experiment, progress: bool) -> dict[str, Any]:
+    """{precision: zero-shot metrics} of the model as built, in the run's precision and in fp16."""
+    out = {}
+    for precision in (experiment.config.precision, *BEFORE_TRAINING_PRECISIONS):
+        evaluation = evaluate_experiment(experiment, progress, precision=precision)
+        out[precision] = {key: evaluation[key] for key in rf.METRIC_KEYS}
+    return out
 
 
 def _train_run(config: StudyConfig, resume: bool = True, progress: bool = True,
                stop_after_epoch: int | None = None,
-               on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> pd.DataFrame:
-    """Train (or resume) the run of ``config``; returns its history. ``stop_after_epoch`` ends early
-    (as an interruption would) after that epoch's checkpoint, without writing metrics.json.
-
-    What the run folder already holds decides (``resume=True``):
-    - a finished run of the same parameters: its history is returned as it is; nothing is built, trained
-      or written;
-    - a checkpoint of the same parameters after epoch k: training resumes at epoch k + 1 (k = epochs: the
-      run was interrupted before its final files, which are now evaluated and written);
-    - a finished run or a checkpoint made with other parameters, ``epochs`` included, or another tower
-      architecture: RunMismatchError, nothing changed. There is deliberately no way to extend a run to more
-      epochs: the cosine schedule spans the epochs of the run, so an extended run would not be the run
-      trained for the new number from the start (its learning rate would climb again after the old end).
-    ``resume=False`` deletes the folder's checkpoint and results first and trains from scratch.
-
-    Under torchrun (WORLD_SIZE > 1) every rank calls this; the process group is started if it is not yet.
-    Each epoch's seconds go to the run's ``timings.csv`` (``results.TIMING_COLUMNS``: training, the one
-    validation pass, the checkpoint write, the set-up before the first epoch of this process, peak GPU
-    memory); ``on_epoch_end`` (rank 0 only) gets the history row plus that epoch's timings."""
+               on_epoch_end: Callable[[dict[str, Any]], None] | None = None, shared: dict | None = None) -> pd.DataFrame:
+    """Train (or resume) the run of ``config``; returns its history. ``stop_after_epoch``: stop after that
+    epoch's checkpoint, without metrics.json. A finished run of the same parameters is returned as it is; their
+    checkpoint after epoch k resumes at k + 1; a run or checkpoint of other parameters (``epochs`` too) or tower
+    raises RunMismatchError and changes nothing. ``resume=False`` deletes the folder's checkpoint and results
+    first. Epoch seconds go to ``timings.csv``; ``on_epoch_end`` (rank 0) gets the history row plus timings."""
     info = dist_mod.init_from_env(config.device)
     main = info.is_main
     progress = progress and main
-    run = results.run_dir(config)
+    run = rf.run_dir(config)
     if main and not resume:
-        clear_run(run)
+        rf.clear_run(run)
     dist_mod.barrier()
-    finished = finished_run_history(config)
+    finished = rf.finished_run_history(config, architecture(config.encoder, config.model_size, config.image_size))
     if finished is not None:
         logger.info("%s holds the finished run of these parameters; nothing to train", run)
         return finished
     setup_started = time.perf_counter()
-    experiment = build_experiment(config, progress)
+    experiment = build_experiment(config, progress, shared)
     if info.enabled:
         dist_mod.local_batch_size(config.batch_size, info.world_size)  # names batch_size if not divisible
         experiment.ddp_visual = dist_mod.wrap_ddp(experiment.model.visual, experiment.device)
@@ -247,10 +250,12 @@ def _train_run(config: StudyConfig, resume: bool = True, progress: bool = True,
     if start_epoch:
         logger.info("resuming %s from epoch %d", run, start_epoch)
     elif main:
-        clear_run(run)  # nothing to resume: what an earlier start left (a config.json, no checkpoint) goes
+        rf.clear_run(run)  # nothing to resume: what an earlier start left (a config.json, no checkpoint) goes
     if main and (start_epoch < config.epochs or not (run / "config.json").is_file()):
         write_run_config(experiment)  # not when the run only needs its final files (then it is there)
-    timings = read_timings(run, start_epoch) if main else []
+    if main and not (run / rf.BEFORE_TRAINING).is_file():
+        write_json(run / rf.BEFORE_TRAINING, evaluate_before_training(experiment, progress))
+    timings = rf.read_timings(run, start_epoch) if main else []
     setup_seconds = time.perf_counter() - setup_started
     evaluation = None
     steps_per_epoch = len(experiment.train_set) // config.batch_size
@@ -271,9 +276,9 @@ def _train_run(config: StudyConfig, resume: bool = True, progress: bool = True,
                 validation_seconds = time.perf_counter() - t
                 row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                        "val_zeroshot_loss": evaluation["zeroshot_loss"],
-                       **{k: evaluation[k] for k in results.HISTORY_COLUMNS[4:]}}
+                       **{k: evaluation[k] for k in rf.HISTORY_COLUMNS[4:]}}
                 history.append(row)
-                results.write_history(run, history)
+                rf.write_history(run, history)
                 t = time.perf_counter()
                 previous = checkpoints.save(experiment, optimizer, scheduler, epoch, history)
                 if timings and previous is not None:
@@ -288,7 +293,7 @@ def _train_run(config: StudyConfig, resume: bool = True, progress: bool = True,
                           "peak_memory_gib": (torch.cuda.max_memory_allocated(experiment.device) / 2**30
                                               if experiment.device.startswith("cuda") else math.nan)}
                 timings.append(timing)
-                results.write_timings(run, timings)
+                rf.write_timings(run, timings)
                 logger.info("epoch %d: %s (%.1fs)", epoch, {k: round(v, 4) for k, v in row.items()},
                             time.perf_counter() - started)
             if info.enabled:  # the others wait here while rank 0 evaluates, then share its row
@@ -299,31 +304,40 @@ def _train_run(config: StudyConfig, resume: bool = True, progress: bool = True,
                 on_epoch_end({**row, **timing})
             if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < config.epochs:
                 _finish_checkpoints(checkpoints, timings, run)
-                return pd.DataFrame(history, columns=results.HISTORY_COLUMNS)
+                return pd.DataFrame(history, columns=rf.HISTORY_COLUMNS)
         if main:
             _finish_checkpoints(checkpoints, timings, run)
             if evaluation is None:  # the checkpoint holds the last epoch but the final files are missing
                 evaluation = evaluate_experiment(experiment, progress)
-                results.write_history(run, history)
+                rf.write_history(run, history)
             if not math.isfinite(evaluation["zeroshot_loss"]):
                 raise NonFiniteLossError(f"non-finite zero-shot loss at the end of {run}")
-            write_final_results(experiment, evaluation, len(history))
+            root = experiment.data_root
+            images = [str(Path(p).relative_to(root)) if Path(p).is_relative_to(root) else str(p)
+                      for p in sample_paths(experiment.val_files)]
+            rf.write_final_results(run, config, evaluation, images, dataset_name(config, root))
     finally:
         checkpoints.join()  # a run that fails still finishes writing its last good checkpoint
     dist_mod.barrier()
-    return pd.DataFrame(history, columns=results.HISTORY_COLUMNS)
+    return pd.DataFrame(history, columns=rf.HISTORY_COLUMNS)
+
+
+def dataset_name(config: StudyConfig, root) -> str:
+    """The dataset's name in clip_benchmark.json: the generated ones by their kind, a folder by its name."""
+    return config.data if config.data.startswith("generated") else Path(root).name
 
 
 def _finish_checkpoints(checkpoints: CheckpointWriter, timings: list[dict[str, Any]], run) -> None:
-    """Wait for the last checkpoint write (raising its error) and record its seconds in the last timings row."""
+    """Wait for the last checkpoint write (raising its error); record its seconds in the last timings row."""
     seconds = checkpoints.wait()
     if timings and seconds is not None and math.isnan(timings[-1].get("checkpoint_write_seconds", math.nan)):
         timings[-1]["checkpoint_write_seconds"] = seconds
-        results.write_timings(run, timings)
+        rf.write_timings(run, timings)
 
 
-# ------------------------------------------------------------------------------------------- CLI
 def _parse_value(text: str, default: Any):
+    if isinstance(default, list):
+        return [int(v) for v in text.split(",") if v.strip()]
     if isinstance(default, bool):
         if text.lower() in ("1", "true", "yes", "on"):
             return True
@@ -341,13 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
     import dataclasses
 
     from ..settings.params import CommandLineParser
-    from ..settings.profiles import PROFILES, help_text
+    from ..settings.profiles import PROFILES, help_text, user_fields
 
     parser = CommandLineParser(
         prog="python -m mvlip_utils.train",
-        description="Train one run (one encoder) of the study; under torchrun on several GPUs (DDP); with "
-                    "--encoders and --gpus several encoders at once, each in its own process on its GPU.",
-        epilog="examples:\n  python -m mvlip_utils.train --profile smoke --encoder vit --epochs 2\n"
+        description="Train one encoder's runs, one per seed, in turn; under torchrun on several GPUs (DDP); "
+                    "with --encoders and --gpus several encoders at once, each in its own process on its GPU.",
+        epilog="examples:\n  python -m mvlip_utils.train --profile smoke --encoder vit --epochs 2 --seeds 0,1\n"
                "  python -m mvlip_utils.train --profile paper --encoders mambavision,swin,vit --gpus 0,1,2\n"
                "  torchrun --nproc_per_node=2 -m mvlip_utils.train --profile paper --encoder mambavision "
                "--data data/imagenet-mini",
@@ -363,10 +377,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gpus", default=None, metavar="LIST",
                         help="with --encoders: one CUDA device index per encoder ('cpu': a CPU process)")
     for field in dataclasses.fields(StudyConfig):
-        if field.name == "profile":
+        if field.name == "profile" or field.name not in user_fields(StudyConfig):
             continue
         parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, default=None, metavar="VALUE",
-                            type=lambda text, d=field.default: _parse_value(text, d),
+                            type=lambda text, d=(field.default if field.default is not dataclasses.MISSING
+                                                else field.default_factory()): _parse_value(text, d),
                             help=f"{help_text(StudyConfig, field.name)} (default: the profile's)")
     return parser
 
@@ -375,8 +390,8 @@ CLI_ONLY = ("profile", "no_resume", "quiet", "encoders", "gpus")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The command line: user errors (a bad parameter, a missing or malformed data folder, weights that
-    cannot be had, a run folder that holds another run) end in one ``error: ...`` line and exit status 2."""
+    """The command line: a user error (bad parameter or data folder, missing weights, a run folder holding
+    another run) ends in one ``error: ...`` line and exit status 2."""
     import sys
 
     from .launch import run_pinned
@@ -405,10 +420,10 @@ def main(argv: list[str] | None = None) -> int:
         prepare_environment(config.deterministic)  # before anything touches CUDA (the cuBLAS workspace)
         info = dist_mod.init_from_env(config.device)
         try:
-            history = train_run(config, resume=not args.no_resume, progress=not args.quiet)
-            if info.is_main:
-                print(history.to_string(index=False))
-                print(f"run folder: {results.run_dir(config)}")
+            for seed, history in train_seeds(config, resume=not args.no_resume, progress=not args.quiet).items():
+                if info.is_main:
+                    print(history.to_string(index=False))
+                    print(f"run folder: {rf.run_dir(config.replace(seed=seed))}")
         finally:
             dist_mod.destroy()
     except USER_ERRORS + (WeightsUnavailableError,) as exc:

@@ -1,40 +1,248 @@
-"""What a run folder holds, and the rules that keep it true: the checkpoint written after every epoch for an
-exact resume (tensors and plain values only, read back with ``weights_only=True``), the files that describe
-the run (config.json at its start; metrics.json and the per-class and per-image files at its end), and the
-refusal (``RunMismatchError``) of a folder that holds another run: other parameters, ``epochs`` included,
-or another tower architecture. A run is never reused, extended or relabelled silently.
+"""The run folder: its paths and files, reading them back, a run's state and the refusal of another run.
+
+    <results_dir>/<profile>/          an edition
+        <encoder>/                    an encoder: benchmark.json, flops.json, step_check.json
+            seed-<seed>/              a run: config.json, history.csv, timings.csv, before_training.json,
+                                      metrics.json, per_image.csv.gz, clip_benchmark.json, checkpoint.pt (not committed)
+
+``per_image.csv.gz``: each validation image's path under the dataset, label, prediction, top-1 and top-5
+correctness and zero-shot loss. An undefined number (NaN, e.g. top-5 with five classes or fewer) is null in
+JSON and NaN again once read back.
 """
 
 from __future__ import annotations
 
-import io
-import random
-import threading
-import time
+import math
+import os
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Mapping
 
-import numpy as np
 import pandas as pd
-import torch
 
-from . import results
-from .results import CHECKPOINT
-from .experiment import Experiment, sample_paths
-from ..models.model import MVLIP
+from ..data.files import atomic_write_bytes, read_json, write_csv, write_json
+from ..settings.encoders import encoder_folder
 from ..settings.profiles import StudyConfig, changed_parameters
-from ..models.towers import SSM_BACKEND, architecture, count_parameters
-from ..models.weights import TRUST_ENV, load_torch_file
+from .provenance import collect_provenance
+
+HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_zeroshot_loss", "accuracy", "top5",
+                   "precision_weighted", "recall_weighted", "f1_weighted"]
+TIMING_COLUMNS = ["epoch", "train_seconds", "train_images", "validation_seconds", "val_images", "checkpoint_seconds",
+                  "checkpoint_write_seconds", "loader_start_seconds", "epoch_seconds", "setup_seconds", "world_size",
+                  "peak_memory_gib"]
+METRIC_KEYS = ["accuracy", "top5", "precision_weighted", "recall_weighted", "f1_weighted",
+               "precision_macro", "recall_macro", "f1_macro", "mean_per_class_recall", "zeroshot_loss", "n_val",
+               "n_classes"]
+CHECKPOINT = "checkpoint.pt"
+PER_IMAGE = "per_image.csv.gz"
+BEFORE_TRAINING = "before_training.json"
+RUN_FILES = ("config.json", "history.csv", "timings.csv", BEFORE_TRAINING, "metrics.json", PER_IMAGE,
+             "clip_benchmark.json")
+ENCODER_FILES = ("step_check.json", "flops.json", "benchmark.json")
+BENCHMARK_FORMAT = "mvlip-benchmark-v1"
+_SEED_FOLDER = re.compile(r"seed-(\d+)")
 
 
+def edition_dir(config: Any) -> Path:
+    return Path(config.results_dir) / config.profile
 
-# How to go on when a run checkpoint needs more than tensors and plain values to load.
+
+def encoder_dir(config: Any) -> Path:
+    return edition_dir(config) / encoder_folder(config.encoder)
 
 
-CHECKPOINT_REMEDY = (
-    "To go on: start the run again (train_run(..., resume=False); the study's --force) or use another "
-    "results_dir; or, if this is a checkpoint the study wrote for you (versions before weights-only loading "
-    f"stored numpy's RNG state), resume it with trust_pickled_weights=True (or {TRUST_ENV}=1).")
+def run_dir(config: Any) -> Path:
+    return encoder_dir(config) / f"seed-{config.seed}"
+
+
+def seeds_on_disk(folder: Path) -> list[int]:
+    """The seeds of the run folders under an encoder's folder."""
+    return sorted(int(m.group(1)) for p in Path(folder).glob("seed-*")
+                  if (m := _SEED_FOLDER.fullmatch(p.name)) and p.is_dir())
+
+
+def _write_frame(path: Path, rows: Iterable[dict[str, Any]], columns: list[str]) -> None:
+    atomic_write_bytes(path, pd.DataFrame(list(rows), columns=columns).to_csv(index=False).encode())
+
+
+def write_history(run: Path, rows: Iterable[dict[str, Any]]) -> None:
+    _write_frame(Path(run) / "history.csv", rows, HISTORY_COLUMNS)
+
+
+def write_timings(run: Path, rows: Iterable[dict[str, Any]]) -> None:
+    _write_frame(Path(run) / "timings.csv", rows, TIMING_COLUMNS)
+
+
+def read_timings(run: Path, through_epoch: int) -> list[dict[str, Any]]:
+    """The timings.csv rows of the epochs a resumed run already trained (1..through_epoch)."""
+    path = Path(run) / "timings.csv"
+    if through_epoch == 0 or not path.is_file():
+        return []
+    frame = pd.read_csv(path)
+    return frame[frame["epoch"] <= through_epoch].to_dict(orient="records")
+
+
+def write_final_results(run: Path, config: StudyConfig, evaluation: Mapping[str, Any], images: list[str],
+                        dataset: str) -> dict[str, Any]:
+    """metrics.json, per_image.csv.gz (``images``: each validation image's path under the dataset) and
+    clip_benchmark.json (CLIP_benchmark's format) of a finished run."""
+    run = Path(run)
+    metrics = {key: evaluation[key] for key in METRIC_KEYS}
+    per_image = pd.DataFrame({"image": images, **{k: evaluation["per_image"][k] for k in
+                                                   ("label", "prediction", "correct", "top5_correct", "loss")}})
+    write_csv(run / PER_IMAGE, per_image)
+    write_json(run / "clip_benchmark.json", {
+        "dataset": dataset, "model": config.encoder, "pretrained": "pretrained" if config.pretrained else "random",
+        "task": "zeroshot_classification", "language": "en", "seed": config.seed,
+        "metrics": {"acc1": metrics["accuracy"], "acc5": metrics["top5"],
+                    "mean_per_class_recall": metrics["mean_per_class_recall"]}})
+    write_json(run / "metrics.json", {**metrics, "epochs": config.epochs, "eval_images_per_s": evaluation["images_per_s"]})
+    return metrics
+
+
+def write_benchmark(path: str | os.PathLike, records: Any, provenance: Mapping[str, Any] | None = None) -> Path:
+    """``{"format", "provenance", "records"}`` as strict JSON; ``provenance`` merged over ``collect_provenance()``."""
+    if isinstance(records, Mapping):
+        records = [records]
+    if not isinstance(records, (list, tuple, pd.DataFrame)):
+        raise TypeError(f"parameter records must be a list of dicts, a dict or a DataFrame, got {type(records).__name__}")
+    write_json(path, {"format": BENCHMARK_FORMAT, "provenance": {**collect_provenance(), **dict(provenance or {})},
+                      "records": records})
+    return Path(path)
+
+
+def read_benchmark(path: str | os.PathLike) -> dict[str, Any]:
+    """A ``write_benchmark`` file -> dict(format, provenance, records, frame=DataFrame of the records)."""
+    blob = read_json(path)
+    if not isinstance(blob, dict) or blob.get("format") != BENCHMARK_FORMAT or "records" not in blob:
+        raise ValueError(f"{path}: not a {BENCHMARK_FORMAT} benchmark file")
+    blob["frame"] = pd.DataFrame(blob["records"])
+    return blob
+
+
+def clear_run(run: Path) -> None:
+    """Delete what a training run wrote into ``run``: the start of a run from scratch."""
+    for name in (CHECKPOINT, *RUN_FILES):
+        (Path(run) / name).unlink(missing_ok=True)
+
+
+def _read_object(path: Path) -> dict[str, Any]:
+    blob = read_json(path)
+    if not isinstance(blob, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    return blob
+
+
+def load_metrics(run: str | os.PathLike) -> dict[str, Any]:
+    return {key: math.nan if value is None else value for key, value in _read_object(Path(run) / "metrics.json").items()}
+
+
+def load_history(run: str | os.PathLike) -> pd.DataFrame:
+    path = Path(run) / "history.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"results file {str(path)!r} does not exist (has that run trained?)")
+    return pd.read_csv(path)
+
+
+def load_config(run: str | os.PathLike) -> dict[str, Any]:
+    return _read_object(Path(run) / "config.json")
+
+
+def run_state(run: str | os.PathLike) -> tuple[str, str]:
+    """(state, detail) of the run folder ``run``: ``finished`` (config.json, history.csv of epochs 1..n,
+    metrics.json and per_image.csv.gz that agree), ``missing`` (no run file), ``partial`` (config.json and 1..
+    epochs-1 epochs, no metrics.json; detail "1 of 2 epochs") or ``failed`` (anything else; detail says why)."""
+    run = Path(run)
+    present = [name for name in RUN_FILES if (run / name).is_file()]
+    if not present:
+        return "missing", "no run files"
+    if "config.json" not in present:
+        return "failed", f"config.json is missing beside {present}"
+    try:
+        config = load_config(run)
+        history = load_history(run) if "history.csv" in present else None
+        metrics = load_metrics(run) if "metrics.json" in present else None
+    except (OSError, ValueError, pd.errors.ParserError) as exc:  # JSONDecodeError is a ValueError
+        return "failed", f"a run file cannot be read ({type(exc).__name__})"
+    epochs, done = config.get("epochs"), 0 if history is None else len(history)
+    if history is not None and list(history["epoch"]) != list(range(1, done + 1)):
+        return "failed", f"history.csv's epochs are {list(history['epoch'])}, not 1..{done}"
+    if metrics is None:
+        if done == 0:
+            return "failed", "it stopped before its first epoch ended"
+        if epochs is None or done < epochs:
+            return "partial", f"{done} of {epochs} epochs"
+        return "failed", f"it trained {done} of {epochs} epochs but has no final evaluation (no metrics.json)"
+    if not epochs == done == metrics.get("epochs"):
+        return "failed", (f"its files disagree: config.json says {epochs} epochs, history.csv has {done}, "
+                          f"metrics.json says {metrics.get('epochs')}")
+    if not abs(history["accuracy"].iloc[-1] - metrics["accuracy"]) <= 1e-6:
+        return "failed", (f"metrics.json's accuracy {metrics['accuracy']} is not history.csv's last "
+                          f"({history['accuracy'].iloc[-1]})")
+    if PER_IMAGE not in present:
+        return "failed", f"metrics.json is there but {PER_IMAGE} is missing"
+    rows = len(pd.read_csv(run / PER_IMAGE))
+    if not rows == metrics.get("n_val") == config.get("n_val"):
+        return "failed", (f"its files disagree on the validation images: {PER_IMAGE} has {rows}, metrics.json "
+                          f"says {metrics.get('n_val')}, config.json {config.get('n_val')}")
+    return "finished", f"{done} of {epochs} epochs"
+
+
+def state_phrase(state: str, detail: str) -> str:
+    """How a table says a run's state: "missing", "partial (1 of 2 epochs)", "failed (...)"."""
+    return state if state in ("finished", "missing") else f"{state} ({detail})"
+
+
+def load_run(run: Path) -> dict[str, Any]:
+    """A finished run's files: {run_dir, seed, config, history, metrics, timings, per_image, before_training}."""
+    run = Path(run)
+    config = load_config(run)
+    return {"run_dir": run, "seed": config.get("seed"), "config": config, "history": load_history(run),
+            "metrics": load_metrics(run), "per_image": pd.read_csv(run / PER_IMAGE),
+            "timings": pd.read_csv(run / "timings.csv") if (run / "timings.csv").is_file() else None,
+            "before_training": read_json(run / BEFORE_TRAINING) if (run / BEFORE_TRAINING).is_file() else None}
+
+
+def load_edition(results_dir: str | os.PathLike, profile: str, encoders: Iterable[str],
+                 seeds: Iterable[int] | None = None) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """(runs, absent) of one edition. runs: {encoder: {encoder, dir, runs (``load_run``'s, per finished seed),
+    config (the first run's), benchmark (DataFrame), benchmark_provenance, step_check, flops}} of the encoders
+    with a finished run; absent: {encoder: "seed 1: partial (1 of 2 epochs); ..."}. ``seeds``: None = on disk."""
+    runs, absent = {}, {}
+    for encoder in encoders:
+        folder = Path(results_dir) / profile / encoder_folder(encoder)
+        expected = list(seeds) if seeds is not None else seeds_on_disk(folder)
+        finished, unfinished = [], []
+        for seed in expected or [0]:
+            state, detail = run_state(folder / f"seed-{seed}")
+            if state == "finished":
+                finished.append(load_run(folder / f"seed-{seed}"))
+            else:
+                unfinished.append(f"seed {seed}: {state_phrase(state, detail)}")
+        if unfinished:
+            absent[encoder] = "; ".join(unfinished)
+        if not finished:
+            continue
+        entry: dict[str, Any] = {"encoder": encoder, "dir": folder, "runs": finished, "config": finished[0]["config"],
+                                 "benchmark": None, "benchmark_provenance": None, "step_check": None, "flops": None}
+        if (folder / "benchmark.json").is_file():
+            blob = read_benchmark(folder / "benchmark.json")
+            entry["benchmark"], entry["benchmark_provenance"] = blob["frame"], blob["provenance"]
+        for name in ("step_check", "flops"):
+            if (folder / f"{name}.json").is_file():
+                entry[name] = read_json(folder / f"{name}.json")
+        runs[encoder] = entry
+    return runs, absent
+
+
+def edition_files(folder: Path, encoders: Iterable[str]) -> list[Path]:
+    """The small files of an edition's encoders and runs (what notebooks read and editions commit)."""
+    files = []
+    for encoder in encoders:
+        enc = Path(folder) / encoder_folder(encoder)
+        files += [enc / name for name in ENCODER_FILES]
+        files += [enc / f"seed-{seed}" / name for seed in seeds_on_disk(enc) for name in RUN_FILES]
+    return files
 
 
 WAYS_ON = ("To train this run from scratch in that folder, pass resume=False (train_run(..., resume=False), "
@@ -43,10 +251,8 @@ WAYS_ON = ("To train this run from scratch in that folder, pass resume=False (tr
 
 
 class RunMismatchError(ValueError):
-    """The run folder holds another run than the one asked for: a finished run or a checkpoint made with
-    other parameters (``epochs`` included) or another tower architecture, or files that disagree. Nothing
-    in the folder was changed. ``run_dir``, ``holds`` (e.g. "a finished 6-epoch run") and ``changed``
-    ({name: (saved, now)}) say what was found; the message also names the ways on (``WAYS_ON``)."""
+    """The run folder holds another run (other parameters or tower architecture, or files that disagree);
+    nothing was changed. ``run_dir``, ``holds`` ("a finished 6-epoch run"), ``changed`` ({name: (saved, now)})."""
 
     def __init__(self, run_dir: Path, holds: str, reason: str, changed: dict[str, Any] | None = None):
         self.run_dir, self.holds, self.changed = Path(run_dir), holds, dict(changed or {})
@@ -55,240 +261,29 @@ class RunMismatchError(ValueError):
         super().__init__(f"run folder {self.run_dir} holds {holds}, {reason}; it is not reused, extended or "
                          f"relabelled.{extend} {WAYS_ON}")
 
-    @classmethod
-    def other_parameters(cls, run_dir: Path, holds: str, changed: dict[str, Any]) -> RunMismatchError:
-        listed = ", ".join(f"{name} {saved!r} (saved) vs {now!r} (now)" for name, (saved, now) in changed.items())
-        return cls(run_dir, holds, f"made with other parameters: {listed}", changed)
 
-    @classmethod
-    def other_tower(cls, run_dir: Path, holds: str, encoder: str, saved: Any, now: Any) -> RunMismatchError:
-        return cls(run_dir, holds, f"made for another {encoder} tower ({saved}) than the one built now ({now})",
-                   {"architecture": (saved, now)})
-
-
-def _model_state(model: MVLIP, train_text: bool) -> dict[str, torch.Tensor]:
-    # the frozen text tower is rebuilt from its weights (or the seed), so it stays out of the checkpoint
-    return {k: v for k, v in model.state_dict().items() if train_text or not k.startswith("text.")}
-
-
-def _numpy_rng_state() -> dict[str, Any]:
-    """numpy's global RNG state as plain values and a tensor (np.random.get_state() holds an ndarray)."""
-    name, key, pos, has_gauss, cached_gaussian = np.random.get_state()
-    return {"bit_generator": name, "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
-            "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)}
-
-
-def _set_numpy_rng_state(state: dict[str, Any] | tuple) -> None:
-    """Restore ``_numpy_rng_state()``; a tuple is np.random.get_state() as checkpoints before it stored it."""
-    if isinstance(state, dict):
-        state = (state["bit_generator"], state["key"].numpy().astype(np.uint32), state["pos"],
-                 state["has_gauss"], state["cached_gaussian"])
-    np.random.set_state(state)
-
-
-def _plain(value: Any) -> Any:
-    """A numpy scalar as the Python number it holds (exactly); anything else unchanged."""
-    return value.item() if isinstance(value, np.generic) else value
-
-
-def checkpoint_state(experiment: Experiment, optimizer, scheduler, epoch: int, history: list[dict]) -> dict[str, Any]:
-    """The run's state after ``epoch`` as a host copy (tensors copied off the device, so that training may go
-    on changing its own): tensors and plain Python values only, so that it loads with ``weights_only=True``
-    and no allowed types."""
-    return _host_copy({
-        "epoch": epoch,
-        "model": _model_state(experiment.model, experiment.config.train_text),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_rng_state(), "python": random.getstate(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-        "config": experiment.config.to_dict(),
-        "architecture": _architecture(experiment.config),
-        "history": [{k: _plain(v) for k, v in row.items()} for row in history],
-    })
-
-
-def _host_copy(value: Any) -> Any:
-    """``value`` with every tensor replaced by a copy of it in host memory (lists, tuples, dicts walked)."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
-    if isinstance(value, dict):
-        return {k: _host_copy(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_host_copy(v) for v in value)
-    return value
-
-
-def write_checkpoint(state: dict[str, Any], path: Path) -> Path:
-    """Serialise a ``checkpoint_state`` to ``path`` atomically (a reader sees the old or the new file)."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    results.atomic_write_bytes(path, buffer.getvalue())
-    return path
-
-
-class CheckpointWriter:
-    """Writes a run's checkpoints off the training path. ``save`` waits for the previous write, takes the host
-    copy of the state (``checkpoint_state``: all that training waits for) and hands serialising and writing
-    it (about 1 GB for a paper-size tower) to a background thread, while training goes on. ``wait`` blocks
-    until the last write is on disk and raises its error, if it had one; ``write_seconds`` is the last write's
-    duration. The write is atomic, so an interruption at any moment leaves the previous checkpoint or the new
-    one, never half of one; the thread is not a daemon, so a run that ends (or fails) finishes its write."""
-
-    def __init__(self) -> None:
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
-        self.write_seconds: float | None = None
-
-    def save(self, experiment: Experiment, optimizer, scheduler, epoch: int, history: list[dict]) -> float | None:
-        """Start writing the state after ``epoch``; returns the seconds of the previous write (None if none)."""
-        previous = self.wait()
-        self.write_seconds = None
-        state = checkpoint_state(experiment, optimizer, scheduler, epoch, history)
-        path = experiment.run_dir / CHECKPOINT
-
-        def write() -> None:
-            started = time.perf_counter()
-            try:
-                write_checkpoint(state, path)
-            except BaseException as exc:  # noqa: BLE001 - raised in the training thread by wait()
-                self._error = exc
-            self.write_seconds = time.perf_counter() - started
-
-        self._thread = threading.Thread(target=write, name=f"checkpoint-epoch-{epoch}")
-        self._thread.start()
-        return previous
-
-    def wait(self) -> float | None:
-        """Block until the last write is done; its error, if any, is raised here. Returns its seconds."""
-        self.join()
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
-        return self.write_seconds
-
-    def join(self) -> None:
-        """Block until the last write is done, raising nothing (for the way out of a failed run)."""
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-
-
-def load_checkpoint(experiment: Experiment, optimizer, scheduler) -> tuple[int, list[dict]]:
-    """Restore a run from its checkpoint (read with weights_only=True: a checkpoint that needs more is refused
-    unless trust_pickled_weights); returns (last complete epoch, history). (0, []) when none.
-
-    A checkpoint of other parameters (``epochs`` too) or of another tower architecture raises
-    RunMismatchError."""
-    path = experiment.run_dir / CHECKPOINT
-    if not path.is_file():
-        return 0, []
-    state = load_torch_file(path, trust=experiment.config.trust_pickled_weights, what="run checkpoint",
-                            remedy=CHECKPOINT_REMEDY)
-    holds = f"a checkpoint after epoch {state['epoch']} of a {state['config'].get('epochs')}-epoch run"
-    # (a checkpoint written before the architecture was saved is checked by its parameters alone)
-    _refuse_other_run(experiment.run_dir, holds, experiment.config, state["config"], state.get("architecture"),
-                      tower_may_be_unsaved=True)
-    try:
-        missing, unexpected = experiment.model.load_state_dict(state["model"], strict=False)
-    except RuntimeError as exc:  # shapes differ: a checkpoint of another architecture
-        raise ValueError(f"checkpoint {path} does not fit the model built now ({exc}); use another "
-                         f"results_dir, or start again (the study's --force)") from exc
-    if unexpected or any(not k.startswith("text.") for k in missing):
-        raise ValueError(f"checkpoint {path} does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    rng = state["rng"]
-    torch.set_rng_state(rng["torch"])
-    _set_numpy_rng_state(rng["numpy"])
-    random.setstate(rng["python"])
-    if rng.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    return int(state["epoch"]), list(state["history"])
-
-
-def _architecture(config: StudyConfig) -> dict[str, Any]:
-    return architecture(config.encoder, config.model_size, config.image_size)
-
-
-def write_run_config(experiment: Experiment) -> None:
-    model = experiment.model
-    results.write_json(experiment.run_dir / "config.json", {
-        **experiment.config.to_dict(),
-        "resolved_device": experiment.device,
-        "device_name": results.device_description(experiment.device),
-        "versions": results.versions(),
-        "ssm_backend": SSM_BACKEND,
-        "data_root": str(experiment.data_root),
-        "n_train": len(experiment.train_set),
-        "n_val": len(experiment.val_set),
-        "n_classes": len(experiment.classnames),
-        "classnames": experiment.classnames,
-        "parameters": {"image_tower": count_parameters(model.visual), "text_tower": count_parameters(model.text)},
-        "timm_name": model.visual.timm_name,
-        "architecture": _architecture(experiment.config),
-    })
-
-
-def write_final_results(experiment: Experiment, evaluation: dict[str, Any], epochs: int) -> dict[str, Any]:
-    run = experiment.run_dir
-    metrics = {key: evaluation[key] for key in results.METRIC_KEYS if key in evaluation}
-    # eval_images_per_s times the last validation pass, which also computes the validation loss (train.validate);
-    # Table 2's evaluation-loop throughput is benchmark.json's eval_loop measurement, not this
-    metrics.update(epochs=epochs, zeroshot_loss=evaluation["zeroshot_loss"],
-                   eval_images_per_s=evaluation["images_per_s"])
-    pd.DataFrame(evaluation["per_class"]).to_csv(run / "per_class.csv", index=False)
-    pd.DataFrame(evaluation["confusion"], index=experiment.classnames,
-                 columns=experiment.classnames).to_csv(run / "confusion.csv")
-    pd.DataFrame({"label": evaluation["labels"], "prediction": evaluation["predictions"],
-                  "path": sample_paths(experiment.val_set)}
-                 ).to_csv(run / "predictions.csv", index=False)
-    results.write_json(run / "metrics.json", metrics)
-    return metrics
-
-
-def finished_run_history(config: StudyConfig) -> pd.DataFrame | None:
-    """The history of the finished run in the run folder of ``config`` when it is that run: the same
-    parameters (``epochs`` included; profiles.RUN_IRRELEVANT aside), the same tower architecture and files
-    that agree (results.check_run_consistency). None when the folder holds no finished run (no
-    metrics.json); RunMismatchError when it holds another one. Reads only."""
-    run = results.run_dir(config)
-    if not results.is_finished(run):
-        return None
-    holds = _finished_description(run)
-    problems = results.check_run_consistency(run)
-    if problems:
-        raise RunMismatchError(run, holds, "whose files disagree: " + "; ".join(problems))
-    saved = results.load_config(run)
-    _refuse_other_run(run, holds, config, saved, saved.get("architecture"))
-    return results.load_history(run)
-
-
-def _refuse_other_run(run: Path, holds: str, config: StudyConfig, saved_config: dict[str, Any],
-                      saved_tower: dict[str, Any] | None, tower_may_be_unsaved: bool = False) -> None:
-    """RunMismatchError when what ``run`` holds (``holds``: its description) was made with other parameters
-    than ``config`` (profiles.changed_parameters) or with another tower architecture; ``tower_may_be_unsaved``
-    lets a missing (None) saved architecture pass."""
+def refuse_other_run(run: Path, holds: str, config: StudyConfig, saved_config: dict[str, Any],
+                     saved_tower: Any, tower: Any) -> None:
+    """RunMismatchError when ``run`` holds a run of other parameters than ``config`` or another tower."""
     changed = changed_parameters(saved_config, config)
     if changed:
-        raise RunMismatchError.other_parameters(run, holds, changed)
-    tower = _architecture(config)
-    if saved_tower != tower and not (tower_may_be_unsaved and saved_tower is None):
-        raise RunMismatchError.other_tower(run, holds, config.encoder, saved_tower, tower)
+        listed = ", ".join(f"{name} {saved!r} (saved) vs {now!r} (now)" for name, (saved, now) in changed.items())
+        raise RunMismatchError(run, holds, f"made with other parameters: {listed}", changed)
+    if saved_tower != tower:
+        raise RunMismatchError(run, holds, f"made for another {config.encoder} tower ({saved_tower}) than the one "
+                               f"built now ({tower})", {"architecture": (saved_tower, tower)})
 
 
-def _finished_description(run: Path) -> str:
-    try:
-        epochs = results.load_metrics(run).get("epochs")
-    except (OSError, ValueError):
-        epochs = None
-    return f"a finished {epochs}-epoch run" if epochs else "a finished run"
-
-
-def reusable_run(config: StudyConfig) -> bool:
-    """True when the run folder of ``config`` holds its finished run (the same parameters, ``epochs``
-    included, profiles.RUN_IRRELEVANT aside; the same tower architecture; files that agree): the train
-    notebook then loads it instead of training. False when the folder holds no finished run. A finished
-    run of other parameters raises RunMismatchError (naming the folder, the run, the parameters and the
-    ways on), as train_run would: it is never retrained, extended or relabelled silently."""
-    return finished_run_history(config) is not None
+def finished_run_history(config: StudyConfig, tower: Any) -> pd.DataFrame | None:
+    """The history of the finished run of ``config`` (and tower ``tower``) in its folder; None when there is no
+    finished run; RunMismatchError when it holds another one or files that disagree. Reads only."""
+    run = run_dir(config)
+    if not (run / "metrics.json").is_file():
+        return None
+    state, detail = run_state(run)
+    if state != "finished":
+        raise RunMismatchError(run, "a finished run", f"whose files disagree ({detail})")
+    saved = load_config(run)
+    holds = f"a finished {saved.get('epochs')}-epoch run"
+    refuse_other_run(run, holds, config, saved, saved.get("architecture"), tower)
+    return load_history(run)

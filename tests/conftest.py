@@ -1,0 +1,107 @@
+"""What many tests share, built once per test run (pytest's session scope): a tiny study executed through
+papermill and built into the book, a tiny configuration, finished runs of it, and the helpers tests share."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# As small as the study gets: 4 classes x 8 training images, two epochs, two seeds, a short benchmark
+TINY = {"epochs": 2, "generated_classes": 4, "generated_train_per_class": 8, "generated_val_per_class": 4,
+        "batch_size": 16, "eval_batch_size": 16, "seeds": [0, 1], "warmup": 1, "repeats": 2, "eval_repeats": 2,
+        "resolutions": [32, 64], "step_check_images": 32, "step_profile_steps": 0, "best_batch": 8,
+        "sweep_batch": 8, "n_examples": 4}
+STUDY_ENCODERS = ["mambavision", "swin"]
+
+
+def tiny_config(tmp_path, **overrides):
+    """A StudyConfig of the smoke profile at the tiniest size, writing under ``tmp_path``."""
+    from mvlip_utils.settings.profiles import get_config
+
+    values = dict(encoder="vit", epochs=2, generated_classes=4, generated_train_per_class=16,
+                  generated_val_per_class=4, batch_size=16, image_size=32, device="cpu", seeds=[0],
+                  data_dir=str(tmp_path / "data"), results_dir=str(tmp_path / "results"))
+    values.update(overrides)
+    return get_config("smoke", **values)
+
+
+def copy_book_sources(dest: Path) -> Path:
+    """The book's sources (config, introduction, notebooks, style) in a folder of their own, so that a test's
+    data, results and build stay out of the repository."""
+    (dest / "book").mkdir(parents=True, exist_ok=True)
+    for name in ("_config.yml", "index.md"):
+        shutil.copy(ROOT / name, dest / name)
+    for name in ("notebooks", "_static"):
+        shutil.copytree(ROOT / name, dest / name)
+    return dest
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a child process: this checkout first on the path."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1", **extra}
+
+
+def chapter(*cells) -> nbformat.NotebookNode:
+    """A notebook of ``cells`` with a Python kernel."""
+    nb = new_notebook(cells=list(cells))
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    return nb
+
+
+def write_notebook(path: Path, *cells: str, parameters: str = "profile = 'smoke'\nencoder = None") -> Path:
+    """A chapter at ``path``: a title, its parameters cell, then one code cell per source in ``cells``."""
+    first = new_code_cell(parameters)
+    first.metadata["tags"] = ["parameters"]
+    nb = chapter(new_markdown_cell("# A chapter"), first, *[new_code_cell(c) for c in cells])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+    return path
+
+
+def fake_study(root: Path, setup: str = "raise RuntimeError('setup fails on purpose')", benchmark: str = "") -> None:
+    """The six notebooks as trivial ones with the parameters the runner passes (01_setup runs ``setup``,
+    04_benchmark also ``benchmark``)."""
+    one = "profile = 'smoke'\nencoder = 'vit'\nresults_dir = None\nresume = True"
+    every = "profile = 'smoke'\nencoders = ['vit']\nresults_dir = None"
+    nbs = root / "notebooks"
+    write_notebook(nbs / "00_findings.ipynb", "print(editions)",
+                   parameters="encoders = ['vit']\neditions = ['smoke']\nresults_dir = None")
+    write_notebook(nbs / "01_setup.ipynb", setup, parameters=every)
+    fails = "import pathlib\nif encoder == 'vit' and pathlib.Path('FAIL_VIT').exists():\n" \
+            "    raise RuntimeError('vit fails on purpose')"
+    for name in ("02_train", "03_evaluate", "04_benchmark"):
+        extra = [benchmark] if name == "04_benchmark" and benchmark else []
+        write_notebook(nbs / f"{name}.ipynb", fails, *extra, parameters=one)
+    write_notebook(nbs / "05_discussion.ipynb", "print(encoders)", parameters=every)
+
+
+@pytest.fixture(scope="session")
+def smoke_study(tmp_path_factory):
+    """The tiny study (TINY; MVLIP and CLIP(Swin), two seeds) executed through papermill with each encoder's
+    chain in its own CPU process, the findings over it, and the book built: {root, report, lines, results}."""
+    from mvlip_utils.study import runner
+
+    root = copy_book_sources(tmp_path_factory.mktemp("smoke-study"))
+    lines: list[str] = []
+    report = runner.run_study("smoke", STUDY_ENCODERS, overrides=dict(TINY), root=root, gpus=["cpu", "cpu"],
+                              log=lines.append)
+    return {"root": root, "report": report, "lines": lines, "results": root / "results" / "smoke"}
+
+
+@pytest.fixture(scope="session")
+def finished_runs(tmp_path_factory):
+    """Two finished seeds of a tiny vit run (trained once): {config, root}; copy the folder before changing it."""
+    from mvlip_utils.train import loop
+
+    root = tmp_path_factory.mktemp("finished-runs")
+    config = tiny_config(root, seeds=[0, 1])
+    loop.train_seeds(config, progress=False)
+    return {"config": config, "root": root}
