@@ -246,6 +246,9 @@ def _train_run(config: StudyConfig, resume: bool = True, progress: bool = True,
     optimizer, scheduler = make_optimizer(experiment)
     if main:
         run.mkdir(parents=True, exist_ok=True)
+    # every process evaluates the model as built before it loads a checkpoint, so that a resumed process has
+    # done what the first one did before its first epoch (the checkpoint then restores weights and RNG states)
+    before_training = evaluate_before_training(experiment, progress) if main else None
     start_epoch, history = load_checkpoint(experiment, optimizer, scheduler)
     if start_epoch:
         logger.info("resuming %s from epoch %d", run, start_epoch)
@@ -254,7 +257,7 @@ def _train_run(config: StudyConfig, resume: bool = True, progress: bool = True,
     if main and (start_epoch < config.epochs or not (run / "config.json").is_file()):
         write_run_config(experiment)  # not when the run only needs its final files (then it is there)
     if main and not (run / rf.BEFORE_TRAINING).is_file():
-        write_json(run / rf.BEFORE_TRAINING, evaluate_before_training(experiment, progress))
+        write_json(run / rf.BEFORE_TRAINING, before_training)
     timings = rf.read_timings(run, start_epoch) if main else []
     setup_seconds = time.perf_counter() - setup_started
     evaluation = None
