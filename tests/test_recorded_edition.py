@@ -125,3 +125,20 @@ def test_the_editions_runs_are_finished_run_folders_of_its_seeds(profile):
     assert not absent and all(len(entry["runs"]) == len(record["seeds"]) for entry in runs.values())
     for encoder, entry in runs.items():
         assert entry["benchmark"] is not None, f"{encoder}: no benchmark.json"
+
+
+def test_the_readmes_figures_of_the_speed_edition_are_the_editions():
+    """The README's projection of the paper's study and the recording it names come from the recorded files."""
+    readme = (ROOT / "README.md").read_text()
+    projection = json.loads((ROOT / "results" / "speed" / "study_projection.json").read_text())
+    record = json.loads(edition_record_path(BOOK, "speed").read_text())
+    rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:4]]
+            for line in readme.splitlines() if line.startswith("| 1 seed |") or line.startswith("| 3 seeds")}
+    assert rows["1 seed"][0] == f"{projection['one_gpu_minutes']:.0f} min"
+    assert rows["1 seed"][1].startswith(f"{projection['one_gpu_per_encoder_minutes']:.0f} min")
+    three = next(v for k, v in rows.items() if k.startswith("3 seeds"))
+    assert projection["seeds"] == 3
+    assert three[0] == f"{projection['one_gpu_seeds_minutes']:.0f} min"
+    assert three[1].startswith(f"{projection['one_gpu_per_encoder_seeds_minutes']:.0f} min")
+    commit, date = record["provenance"]["git_commit"][:7], record["provenance"]["date_utc"][:10]
+    assert f"recorded at {commit} on {date}" in " ".join(readme.split())
