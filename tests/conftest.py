@@ -32,14 +32,19 @@ def tiny_config(tmp_path, **overrides):
     return get_config("smoke", **values)
 
 
-def copy_book_sources(dest: Path) -> Path:
+def copy_book_sources(dest: Path, recorded: bool = False) -> Path:
     """The book's sources (config, introduction, notebooks, style) in a folder of their own, so that a test's
-    data, results and build stay out of the repository."""
+    data, results and build stay out of the repository; ``recorded``: with the recorded GPU editions (their
+    chapters under book/recorded/ and their run files under results/), as `make book` builds them."""
     (dest / "book").mkdir(parents=True, exist_ok=True)
     for name in ("_config.yml", "index.md"):
         shutil.copy(ROOT / name, dest / name)
     for name in ("notebooks", "_static"):
         shutil.copytree(ROOT / name, dest / name)
+    if recorded and (ROOT / "book" / "recorded").is_dir():
+        shutil.copytree(ROOT / "book" / "recorded", dest / "book" / "recorded")
+        for profile in (p.name for p in (ROOT / "book" / "recorded").iterdir() if p.is_dir()):
+            shutil.copytree(ROOT / "results" / profile, dest / "results" / profile)
     return dest
 
 
@@ -86,10 +91,11 @@ def fake_study(root: Path, setup: str = "raise RuntimeError('setup fails on purp
 @pytest.fixture(scope="session")
 def smoke_study(tmp_path_factory):
     """The tiny study (TINY; MVLIP and CLIP(Swin), two seeds) executed through papermill with each encoder's
-    chain in its own CPU process, the findings over it, and the book built: {root, report, lines, results}."""
+    chain in its own CPU process, then the recorded GPU editions' discussions, the findings over all, and the
+    book built with the recorded chapters, as `make book` builds it: {root, report, lines, results}."""
     from mvlip_utils.study import runner
 
-    root = copy_book_sources(tmp_path_factory.mktemp("smoke-study"))
+    root = copy_book_sources(tmp_path_factory.mktemp("smoke-study"), recorded=True)
     lines: list[str] = []
     report = runner.run_study("smoke", STUDY_ENCODERS, overrides=dict(TINY), root=root, gpus=["cpu", "cpu"],
                               log=lines.append)

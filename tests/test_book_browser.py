@@ -21,6 +21,7 @@ from scipy import stats as scipy_stats
 
 from mvlip_utils.report import findings, tables
 from mvlip_utils.settings.paper import paper_reference
+from mvlip_utils.study import runner
 from mvlip_utils.train import run_folder
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -150,6 +151,12 @@ def test_every_page_of_the_book_is_there_and_read(pages, smoke_study):
                 *(f"book/executed/smoke/{e}/{nb}.html" for e in encoders for nb in ("02_train", "03_evaluate",
                                                                                    "04_benchmark")),
                 "book/executed/smoke/05_discussion.html"]
+    for profile, recorded in runner.recorded_editions(smoke_study["root"], exclude=["smoke"]).items():
+        expected += [f"book/executed/{profile}/01_setup.html",
+                     *(f"book/executed/{profile}/{e}/{nb}.html" for e in recorded for nb in ("02_train", "03_evaluate",
+                                                                                            "04_benchmark")),
+                     f"book/executed/{profile}/05_discussion.html"]
+    assert "book/executed/speed/05_discussion.html" in expected  # the recorded speed edition is read too
     assert names == expected
     # the findings are one click from the start: the navigation entry right after the introduction
     assert pages["nav"][0][1].endswith("/index.html")
@@ -192,10 +199,12 @@ def test_the_findings_give_a_verdict_row_per_claim(pages, smoke_study):
     claims = findings.paper_claims(paper_reference())
     assert [row[0] for row in verdicts["body"]] == [c["claim"] for c in claims]
     assert all(row[3] in findings.VERDICTS for row in verdicts["body"])
-    assert all(row[3] == "no verdict" for row in verdicts["body"])  # a smoke edition judges nothing
-    assert all(row[2].endswith("[smoke]") for row in verdicts["body"])
+    # the smoke edition judges nothing: every verdict comes from the recorded speed edition or there is none
+    assert all(row[3] == "no verdict" or row[2].endswith("[speed]") for row in verdicts["body"])
+    assert all(row[2].endswith(("[smoke]", "[speed]")) for row in verdicts["body"])
     editions = page["tables"]["editions"]["body"]
     assert editions[0][0] == "smoke" and editions[0][4] == "4"  # two towers, two seeds each
+    assert editions[1][0] == "speed" and editions[1][1] == "NVIDIA H200"
 
 
 def test_the_numbers_in_the_tables_are_the_run_files(pages, smoke_study):

@@ -266,7 +266,8 @@ def test_the_toc_names_every_chapter_by_its_title_findings_first():
         for step in plan(encoders, profile):
             assert f"title: \"{step.title}\"" in toc
     assert "file: book/executed/speed/vit/02_train" in toc and "book/recorded/" not in toc
-    assert "Edition speed: NVIDIA H200, random weights (recorded 2026-12-01)" in toc
+    recorded = json.loads(notebooks.edition_record_path(ROOT / "book", "speed").read_text())["provenance"]["date_utc"][:10]
+    assert f"Edition speed: NVIDIA H200, random weights (recorded {recorded})" in toc
     assert "Edition smoke: CPU, random weights" in toc
 
 
