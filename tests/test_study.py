@@ -274,7 +274,8 @@ def test_the_toc_names_every_chapter_by_its_title_findings_first():
 # ------------------------------------------------------------------------------------ the session study
 def test_the_session_study_executed_every_chapter_once_with_its_fingerprint(smoke_study):
     report, root = smoke_study["report"], smoke_study["root"]
-    steps = plan(STUDY_ENCODERS) + [Step(FINDINGS)]
+    # the smoke chapters, the recorded speed edition's discussion (its chapters are copied, never run), findings
+    steps = plan(STUDY_ENCODERS) + [Step(notebooks.DISCUSSION, None, "speed"), Step(FINDINGS)]
     assert sorted(label for label, _, _ in report["steps"]) == sorted(s.label for s in steps)
     assert {status for _, status, _ in report["steps"]} == {"executed"} and report["failed"] == []
     for step in steps:
@@ -282,7 +283,7 @@ def test_the_session_study_executed_every_chapter_once_with_its_fingerprint(smok
         assert nb.metadata["mvlip"]["fingerprint"] and nb.metadata["mvlip"]["step"] == step.label
         assert not nb.metadata["papermill"]["exception"] and nb.metadata["papermill"]["end_time"]
     findings_nb = nbformat.read(Step(FINDINGS).output(root / "book"), as_version=4)
-    assert findings_nb.metadata["papermill"]["parameters"]["editions"] == ["smoke"]
+    assert findings_nb.metadata["papermill"]["parameters"]["editions"] == ["smoke", "speed"]
     # the chains ran in two processes, as their lines say
     for encoder in STUDY_ENCODERS:
         assert any(line.startswith(f"[{encoder} on gpu cpu]") and "done in" in line for line in smoke_study["lines"])
@@ -335,7 +336,7 @@ def decisions(ctx: study.StudyContext, monkeypatch) -> dict[str, str]:
     out = {}
     for step in plan(STUDY_ENCODERS):
         out[step.label] = study.run_step(ctx, step, STUDY_ENCODERS)[1]
-    out["00_findings"] = study.run_step(ctx, Step(FINDINGS), STUDY_ENCODERS, ["smoke"])[1]
+    out["00_findings"] = study.run_step(ctx, Step(FINDINGS), list(ENCODERS), ["smoke", "speed"])[1]
     return out
 
 
@@ -344,8 +345,8 @@ def test_the_study_again_reuses_everything_and_a_changed_run_file_reruns_only_wh
     lines: list[str] = []
     again = study.run_study("smoke", STUDY_ENCODERS, overrides=dict(TINY), root=root, gpus=["cpu", "cpu"],
                             book=False, log=lines.append)
-    assert [status for _, status, _ in again["steps"]] == ["reused"] * 9, again["steps"]
-    assert sum("reused (unchanged)" in line for line in lines) == 9
+    assert [status for _, status, _ in again["steps"]] == ["reused"] * 10, again["steps"]  # speed's discussion too
+    assert sum("reused (unchanged)" in line for line in lines) == 10
     assert any(line.startswith("[study] total") for line in lines)
 
     ctx = study_context(root)
@@ -384,7 +385,7 @@ def test_a_recorded_edition_is_in_the_book_as_executed_and_never_run_without_a_g
     findings, never touches the recorded chapters, and puts their copies in the table of contents."""
     root = tmp_path / "root"
     shutil.copytree(smoke_study["root"], root, ignore=shutil.ignore_patterns("_build", "checkpoint.pt", "data"))
-    shutil.copytree(ROOT / "book" / "recorded" / "speed", root / "book" / "recorded" / "speed")
+    shutil.rmtree(root / "book" / "executed" / "speed")  # as before the speed edition's first book build
     recorded = {p: p.read_bytes() for p in (root / "book" / "recorded").rglob("*")  if p.is_file()}
     ran, lines = [], []
     monkeypatch.setattr(study, "execute_step", lambda step, source, output, parameters, *a, **k: ran.append(
