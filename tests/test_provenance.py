@@ -1,18 +1,16 @@
 """Results as plain files with their provenance: the benchmark files (run_folder.write_benchmark, strict JSON
-with the date, command, code commit, GPU, driver and versions, never the host name), the JSON the study writes
-(data.files.jsonable) and where the code's commit comes from (train/provenance.py)."""
+with the date, command, code commit, GPU, driver and versions, never the host name), and where
+the code's commit comes from (train/provenance.py)."""
 
 import json
 import socket
 import subprocess
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from mvlip_utils.data.files import jsonable
 from mvlip_utils.train import provenance, run_folder as rf
 
 
@@ -43,19 +41,6 @@ def test_write_and_read_benchmark_roundtrip(tmp_path):
         rf.read_benchmark(tmp_path / "other.json")
     with pytest.raises(FileNotFoundError, match="missing.json"):
         rf.read_benchmark(tmp_path / "missing.json")
-
-
-def test_jsonable_converts_what_measurements_hold():
-    @dataclass
-    class Settings:
-        repeats: int = 3
-        resolutions: tuple = (64, 128)
-
-    out = jsonable({"s": Settings(), "t": torch.tensor([1.5, float("inf")]), "d": torch.device("cpu"),
-                    "x": np.float64("nan"), "b": np.bool_(False)})
-    assert out == {"s": {"repeats": 3, "resolutions": [64, 128]}, "t": [1.5, None], "d": "cpu", "x": None, "b": False}
-    with pytest.raises(TypeError, match="object"):
-        jsonable(object())
 
 
 def test_provenance_names_the_commit_from_git_or_from_the_environment(monkeypatch):

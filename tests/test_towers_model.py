@@ -11,7 +11,7 @@ import math
 import open_clip
 import pytest
 import torch
-from torch.overrides import TorchFunctionMode
+from conftest import uninitialised_parameters
 
 from mvlip_utils.data.folders import TEMPLATES
 from mvlip_utils.models.model import MVLIP, PromptBank, create_text_tower
@@ -21,24 +21,6 @@ from mvlip_utils.models.towers import (OWN_PROJECTION, TIMM_NAMES, WeightsUnavai
 # Parameter counts with the 512-d projection (timm 1.0.31, mambavision 1.2.0)
 PAPER_PARAMS_M = {"mambavision": 97.2, "swin": 87.3, "vit": 87.8}
 FEATURES = {"mambavision": 1024, "swin": 1024, "vit": 768}
-
-
-# The in-place initialisations of torch.nn.init and the tensor arithmetic of timm's trunc_normal_
-INIT_METHODS = {"uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
-                "xavier_normal_", "orthogonal_", "constant_", "zeros_", "ones_", "zero_", "fill_", "erfinv_", "mul_",
-                "add_", "sub_", "div_", "clamp_"}
-
-
-class uninitialised_parameters(TorchFunctionMode):
-    """Inside the block nothing fills a Parameter's values (every other operation runs as usual): for models
-    whose weights a test never uses."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        target = args[0] if args else kwargs.get("tensor")
-        if getattr(func, "__name__", "") in INIT_METHODS and isinstance(target, torch.nn.Parameter):
-            return target
-        return func(*args, **kwargs)
 
 
 @pytest.fixture(scope="module")

@@ -30,8 +30,8 @@ import open_clip
 import pytest
 import timm
 import torch
+from conftest import uninitialised_parameters
 from safetensors.torch import save_file
-from torch.overrides import TorchFunctionMode
 
 from mvlip_utils.models.model import MVLIP, TEXT_WEIGHTS_ENV, create_text_tower
 from mvlip_utils.models.towers import (TIMM_NAMES, WEIGHTS_ENV, _load_mambavision_weights, _mambavision_pretrained,
@@ -39,24 +39,6 @@ from mvlip_utils.models.towers import (TIMM_NAMES, WEIGHTS_ENV, _load_mambavisio
 from mvlip_utils.models.weights import TRUST_ENV, UnsafeWeightsError, load_torch_file, read_state_dict
 from mvlip_utils.train import loop
 from mvlip_utils.train import run_folder as rf
-
-# The in-place initialisations of torch.nn.init and the tensor arithmetic of timm's trunc_normal_
-INIT_METHODS = {"uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
-                "xavier_normal_", "orthogonal_", "constant_", "zeros_", "ones_", "zero_", "fill_", "erfinv_", "mul_",
-                "add_", "sub_", "div_", "clamp_"}
-
-
-class uninitialised_parameters(TorchFunctionMode):
-    """Inside the block nothing fills a Parameter's values (every other operation runs as usual): a paper-size
-    model in a few tenths of a second, for models whose weights are not used or are replaced."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        target = args[0] if args else kwargs.get("tensor")
-        if getattr(func, "__name__", "") in INIT_METHODS and isinstance(target, torch.nn.Parameter):
-            return target
-        return func(*args, **kwargs)
-
 
 def source_model(name: str, seed: int, **kwargs) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
     """timm's ``name`` as its publisher saved it, and its state dict with random values: (model, state)."""
