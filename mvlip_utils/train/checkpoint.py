@@ -113,17 +113,28 @@ class CheckpointWriter:
             self._thread = None
 
 
-def load_checkpoint(experiment: Experiment, optimizer, scheduler) -> tuple[int, list[dict]]:
-    """Restore a run from its checkpoint: (last complete epoch, history), (0, []) without one. RunMismatchError
-    for a checkpoint of other parameters (``epochs`` too) or tower; ValueError if it does not fit the model."""
+def read_checkpoint(experiment: Experiment) -> dict[str, Any] | None:
+    """The run's checkpoint as saved, None without one; changes nothing. RunMismatchError for a checkpoint of
+    other parameters (``epochs`` too) or tower."""
     config = experiment.config
     path = experiment.run_dir / CHECKPOINT
     if not path.is_file():
-        return 0, []
+        return None
     state = load_torch_file(path, trust=config.trust_pickled_weights, what="run checkpoint", remedy=CHECKPOINT_REMEDY)
     holds = f"a checkpoint after epoch {state['epoch']} of a {state['config'].get('epochs')}-epoch run"
     refuse_other_run(experiment.run_dir, holds, config, state["config"], state.get("architecture"),
                      architecture(config.encoder, config.model_size, config.image_size))
+    return state
+
+
+def load_checkpoint(experiment: Experiment, optimizer, scheduler,
+                    state: dict[str, Any] | None = None) -> tuple[int, list[dict]]:
+    """Restore a run from its checkpoint (``state``: read_checkpoint's, else read here): (last complete epoch,
+    history), (0, []) without one. RunMismatchError as read_checkpoint; ValueError if it does not fit the model."""
+    state = state if state is not None else read_checkpoint(experiment)
+    if state is None:
+        return 0, []
+    path = experiment.run_dir / CHECKPOINT
     try:
         missing, unexpected = experiment.model.load_state_dict(state["model"], strict=False)
     except RuntimeError as exc:  # shapes differ: a checkpoint of another architecture

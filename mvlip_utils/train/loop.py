@@ -30,7 +30,7 @@ from ..data import folders as data_mod
 from ..data.files import write_json
 from . import distributed as dist_mod
 from . import run_folder as rf
-from .checkpoint import CheckpointWriter, load_checkpoint
+from .checkpoint import CheckpointWriter, load_checkpoint, read_checkpoint
 from .evaluate import progress_iter, synchronize, to_model_input
 from .experiment import (Experiment, build_experiment, caption_features, evaluate_experiment, make_optimizer,
                          prepare_shared_inputs, sample_paths, training_tower)
@@ -246,10 +246,11 @@ def _train_run(config: StudyConfig, resume: bool = True, progress: bool = True,
     optimizer, scheduler = make_optimizer(experiment)
     if main:
         run.mkdir(parents=True, exist_ok=True)
-    # every process evaluates the model as built before it loads a checkpoint, so that a resumed process has
+    saved = read_checkpoint(experiment)  # another run's checkpoint is refused before any work
+    # every process evaluates the model as built before it restores a checkpoint, so that a resumed process has
     # done what the first one did before its first epoch (the checkpoint then restores weights and RNG states)
     before_training = evaluate_before_training(experiment, progress) if main else None
-    start_epoch, history = load_checkpoint(experiment, optimizer, scheduler)
+    start_epoch, history = load_checkpoint(experiment, optimizer, scheduler, saved)
     if start_epoch:
         logger.info("resuming %s from epoch %d", run, start_epoch)
     elif main:
