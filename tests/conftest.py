@@ -3,8 +3,11 @@ papermill and built into the book, a tiny configuration, finished runs of it, an
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -15,10 +18,10 @@ from torch.overrides import TorchFunctionMode
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# As small as the study gets: 4 classes x 8 training images, two epochs, two seeds, a short benchmark
+# As small as the study gets: 4 classes x 8 training images of 32 px, two epochs, two seeds, a short benchmark
 TINY = {"epochs": 2, "generated_classes": 4, "generated_train_per_class": 8, "generated_val_per_class": 4,
-        "batch_size": 16, "eval_batch_size": 16, "seeds": [0, 1], "warmup": 1, "repeats": 2, "eval_repeats": 2,
-        "resolutions": [32, 64], "step_check_images": 32, "step_profile_steps": 0, "best_batch": 8,
+        "image_size": 32, "batch_size": 16, "eval_batch_size": 16, "seeds": [0, 1], "warmup": 1, "repeats": 2,
+        "eval_repeats": 2, "resolutions": [32, 64], "step_check_images": 16, "step_profile_steps": 0, "best_batch": 8,
         "sweep_batch": 8, "n_examples": 4}
 STUDY_ENCODERS = ["mambavision", "swin"]
 
@@ -90,17 +93,59 @@ def fake_study(root: Path, setup: str = "raise RuntimeError('setup fails on purp
     write_notebook(nbs / "05_discussion.ipynb", "print(encoders)", parameters=every)
 
 
+# The session study runs in a process of its own from the end of collection, while the tests that do not need it
+# run beside it (they are put first); the first test that needs it waits for it.
+STUDY_PROCESS = """
+import json, sys
+from pathlib import Path
+from mvlip_utils.study import runner
+root = Path(sys.argv[1])
+with open(root / "study-lines.txt", "w") as lines:
+    report = runner.run_study("smoke", json.loads(sys.argv[2]), overrides=json.loads(sys.argv[3]), root=root,
+                              gpus=["cpu"] * len(json.loads(sys.argv[2])),
+                              log=lambda line: print(line, file=lines, flush=True))
+(root / "study-report.json").write_text(json.dumps(report, default=str))
+"""
+_study: dict = {}
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The tests that need the session study last, and the study started now if any of them is to run."""
+    needs = [item for item in items if "smoke_study" in getattr(item, "fixturenames", ())]
+    if not needs or config.option.collectonly:
+        return
+    items[:] = [item for item in items if item not in needs] + needs
+    # pytest's own temporary folder of this session (as tmp_path_factory gives it to fixtures)
+    root = copy_book_sources(config._tmp_path_factory.mktemp("smoke-study"), recorded=True)
+    tmp = config._tmp_path_factory.mktemp("smoke-study-tmp")
+    log = open(root / "study.log", "w")
+    # a TMPDIR of its own: the chains' device timing locks are not the ones of studies that tests run meanwhile
+    _study.update(root=root, log=log, process=subprocess.Popen(
+        [sys.executable, "-c", STUDY_PROCESS, str(root), json.dumps(STUDY_ENCODERS), json.dumps(TINY)],
+        cwd=root, env=child_env(TMPDIR=str(tmp)), stdout=log, stderr=subprocess.STDOUT))
+
+
+def pytest_unconfigure(config):
+    process = _study.get("process")
+    if process is not None and process.poll() is None:  # the session ended before a test needed it
+        process.kill()
+        process.wait()
+
+
 @pytest.fixture(scope="session")
-def smoke_study(tmp_path_factory):
+def smoke_study():
     """The tiny study (TINY; MVLIP and CLIP(Swin), two seeds) executed through papermill with each encoder's
     chain in its own CPU process, then the recorded GPU editions' discussions, the findings over all, and the
     book built with the recorded chapters, as `make book` builds it: {root, report, lines, results}."""
-    from mvlip_utils.study import runner
-
-    root = copy_book_sources(tmp_path_factory.mktemp("smoke-study"), recorded=True)
-    lines: list[str] = []
-    report = runner.run_study("smoke", STUDY_ENCODERS, overrides=dict(TINY), root=root, gpus=["cpu", "cpu"],
-                              log=lines.append)
+    if "process" not in _study:
+        pytest.fail("the session study was not started (pytest_collection_modifyitems)")
+    root, process = _study["root"], _study["process"]
+    if process.wait() != 0:
+        pytest.fail(f"the session study failed (exit {process.returncode}):\n"
+                    + (root / "study.log").read_text()[-6000:], pytrace=False)
+    report = json.loads((root / "study-report.json").read_text())
+    report["html"] = Path(report["html"]) if report.get("html") else None
+    lines = (root / "study-lines.txt").read_text().splitlines()
     return {"root": root, "report": report, "lines": lines, "results": root / "results" / "smoke"}
 
 
