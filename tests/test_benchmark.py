@@ -241,7 +241,7 @@ def test_fit_growth_exponent_drops_bad_points_and_rejects_too_few():
     assert S.fit_growth_exponent(pixels, [1.0, 4.0, float("nan"), 16.0]) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="two distinct"):
         S.fit_growth_exponent([100.0, 400.0], [1.0, float("nan")])
-    with pytest.raises(ValueError, match="equal length"):
+    with pytest.raises(ValueError):  # unequal lengths
         S.fit_growth_exponent([1.0, 2.0, 3.0], [1.0, 2.0])
 
 

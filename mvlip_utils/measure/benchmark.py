@@ -16,7 +16,7 @@ from torch import nn
 
 from ..settings.precision import precision_context
 from ..settings.precision import autocast_region as _autocast
-from .flops import first_tensor, utilisation_fields
+from .flops import utilisation_fields
 from ..train.experiment import make_adamw
 from ..train.provenance import device_description
 
@@ -41,16 +41,15 @@ def free_memory(dev: torch.device | None = None) -> None:
         torch.cuda.empty_cache()
 
 
-def time_callable(fn: Callable[[], Any], device="cpu", warmup: int = 5, repeats: int = 20, sync: bool = True) -> dict:
-    """Time ``fn()``: ``warmup`` untimed calls, then ``repeats`` timed ones, in seconds. CUDA events on CUDA with
-    ``sync`` (device time, launch gaps included), else ``perf_counter`` (``sync=False`` on CUDA: host side only).
+def time_callable(fn: Callable[[], Any], device="cpu", warmup: int = 5, repeats: int = 20) -> dict:
+    """Time ``fn()``: ``warmup`` untimed calls, then ``repeats`` timed ones, in seconds: CUDA events on CUDA
+    (device time, launch gaps included), else ``perf_counter``.
     Returns dict(median_s, p10_s, p90_s, mean_s, min_s, max_s, repeats, warmup, timer, times_s)."""
     dev = torch.device(device)
-    use_events = dev.type == "cuda" and sync
+    use_events = dev.type == "cuda"
     for _ in range(warmup):
         fn()
-    if sync:
-        _sync(dev)
+    _sync(dev)
     times: list[float] = []
     if use_events:
         with torch.cuda.device(dev):
@@ -67,8 +66,6 @@ def time_callable(fn: Callable[[], Any], device="cpu", warmup: int = 5, repeats:
         for _ in range(repeats):
             t0 = time.perf_counter()
             fn()
-            if sync:
-                _sync(dev)
             times.append(time.perf_counter() - t0)
     arr = np.asarray(times, dtype=np.float64)
     return dict(median_s=float(np.median(arr)), p10_s=float(np.percentile(arr, 10)),
@@ -95,7 +92,7 @@ def make_step(module: nn.Module, batch_size: int, image_size: int, precision: st
         def train_step():
             opt.zero_grad(set_to_none=True)
             with _autocast(precision, dev):
-                out = first_tensor(module(x))
+                out = module(x)
             loss = out.float().pow(2).mean()
             loss.backward()
             opt.step()
@@ -128,7 +125,7 @@ def model_throughput(module: nn.Module, batch_size: int, image_size: int = 224, 
             free_memory(dev)
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
-            timing = time_callable(step, dev, warmup=warmup, repeats=repeats, sync=True)
+            timing = time_callable(step, dev, warmup=warmup, repeats=repeats)
             peak = int(torch.cuda.max_memory_allocated(dev)) if dev.type == "cuda" else None
     finally:
         torch.backends.cudnn.benchmark = saved_bench

@@ -4,6 +4,7 @@ Each ``*_records`` part returns records (dicts) tagged by ``kind`` and ``setting
 
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
 import math
@@ -17,15 +18,18 @@ from .flops import MODES, flops_per_image
 from .step_profile import profile_training_epoch
 from .sweep import resolution_sweep, scaled_batch_size
 from ..data.files import read_json, write_json
+from ..models.timm_towers import check_encoder
 from ..models.towers import architecture, create_image_tower, selective_scan_replaced
+from ..settings.params import USER_ERRORS, user_error_exit
 from ..settings.precision import precision_context
-from ..settings.profiles import BenchSettings, StudyConfig
+from ..settings.profiles import (ENCODERS, PROFILES, TRAIN_STEPS, BenchSettings, StudyConfig, get_bench_settings,
+                                 get_config)
 from ..settings.reproducibility import deterministic_mode, deterministic_settings
 from ..train import experiment as exp
 from ..train import loop as train
 from ..train.device_share import timing_lock
 from ..train.evaluate import synchronize
-from ..train.provenance import collect_provenance, device_description
+from ..train.provenance import collect_provenance
 from ..train.run_folder import encoder_dir
 
 PAPER, BEST = "paper's conditions", "best: bf16, channels_last"
@@ -49,10 +53,6 @@ def benchmark_rate(entry: Mapping[str, Any], **match: Any) -> float:
     return float(record["images_per_s"]) if record and record.get("images_per_s") is not None else math.nan
 
 
-def _tag(record: dict, kind: str, **extra: Any) -> dict:
-    return {**record, "kind": kind, **extra}
-
-
 def eval_loop_records(experiment, bench: BenchSettings) -> list[dict]:
     """The paper's Table 2 method, JPEGs decoded in ``bench.eval_workers`` workers and from the uint8 cache;
     ``bench.eval_repeats`` passes each after one untimed pass."""
@@ -61,7 +61,7 @@ def eval_loop_records(experiment, bench: BenchSettings) -> list[dict]:
         loader = exp.eval_loader(experiment, source, workers)
         record = eval_loop_throughput(lambda: exp.evaluate_experiment(experiment, progress=False, loader=loader),
                                       device=experiment.device, warmup=1, repeats=bench.eval_repeats)
-        out.append(_tag(record, "eval_loop", source="jpeg" if source == "files" else "uint8_cache",
+        out.append(dict(record, kind="eval_loop", source="jpeg" if source == "files" else "uint8_cache",
                         num_workers=workers, batch_size=experiment.config.eval_batch_size,
                         precision=experiment.config.precision, image_size=experiment.config.image_size))
     return out
@@ -82,7 +82,7 @@ def run_flops(config: StudyConfig, device) -> dict[str, float]:
 
 
 def flops_records(flops: dict[str, float], config: StudyConfig) -> list[dict]:
-    return [_tag({"mode": mode, "image_size": config.image_size, "flops_per_image": flops[mode]}, "flops")
+    return [{"mode": mode, "image_size": config.image_size, "flops_per_image": flops[mode], "kind": "flops"}
             for mode in MODES]
 
 
@@ -105,7 +105,7 @@ def model_only_records(tower, config: StudyConfig, bench: BenchSettings, device,
                 raise
             record = dict(mode=mode, precision=precision, batch_size=batch, images_per_s=None,
                           error=f"out of memory: {str(exc)[:200]}")
-        out.append(_tag(record, "model_only", setting=setting))
+        out.append(dict(record, kind="model_only", setting=setting))
     tower.to(memory_format=torch.contiguous_format)
     return out
 
@@ -118,7 +118,7 @@ def sweep_records(factory: Callable[[int], Any], config: StudyConfig, bench: Ben
     frame = resolution_sweep(factory, resolutions, lambda r: scaled_batch_size(bench.sweep_batch, resolutions[0], r),
                              precision=precision, device=device, channels_last=precision == "bf16",
                              warmup=bench.warmup, repeats=bench.repeats)
-    return [_tag(row, "resolution_sweep") for row in frame.to_dict(orient="records")]
+    return [dict(row, kind="resolution_sweep") for row in frame.to_dict(orient="records")]
 
 
 def scan_cost_records(tower, config: StudyConfig, bench: BenchSettings, device, rounds: int = 3) -> list[dict]:
@@ -131,7 +131,7 @@ def scan_cost_records(tower, config: StudyConfig, bench: BenchSettings, device, 
     dev = torch.device(device)
     for mode, precision, batch, channels_last in plan:
         step, _ = make_step(tower, batch, config.image_size, precision, mode, dev, channels_last,
-                              fused=mode == "train", lr=config.lr)
+                            fused=mode == "train", lr=config.lr)
 
         def without_scan(step=step):
             with selective_scan_replaced():
@@ -139,9 +139,9 @@ def scan_cost_records(tower, config: StudyConfig, bench: BenchSettings, device, 
 
         with precision_context(precision, dev, autocast=False):
             r = interleaved_ratio(step, without_scan, dev, rounds=rounds, warmup=bench.warmup, repeats=bench.repeats)
-        out.append(_tag({"mode": mode, "precision": precision, "batch_size": batch, "channels_last": channels_last,
-                         "images_per_s_with_scan": batch / r["a_median_s"],
-                         "images_per_s_without_scan": batch / r["b_median_s"], **r}, "scan_cost"))
+        out.append({"mode": mode, "precision": precision, "batch_size": batch, "channels_last": channels_last,
+                    "images_per_s_with_scan": batch / r["a_median_s"],
+                    "images_per_s_without_scan": batch / r["b_median_s"], **r, "kind": "scan_cost"})
         del step, without_scan  # the closures hold the optimizer, its state and the batch
         tower.zero_grad(set_to_none=True)
         free_memory(dev)
@@ -164,31 +164,26 @@ def train_step_check(config: StudyConfig, images: int, epochs: int = 2, steps: t
     subset = torch.utils.data.Subset(base.train_set, range(min(images, len(base.train_set))))
     if len(subset) < config.batch_size:
         raise ValueError(f"parameter step_check_images={images} gives fewer images than one batch ({config.batch_size})")
-    loss_fn = train.ClipLoss()
     variants = []
     for step in steps:
         try:
-            variants.append(_train_short(base, config, subset, step, epochs, loss_fn, progress, profile_steps))
+            variants.append(_train_short(base, config, subset, step, epochs, progress, profile_steps))
         except Exception as exc:  # noqa: BLE001 - a failing step (compilation) is a result, not the end
             if step == "eager":
                 raise
             variants.append({"train_step": step, "error": f"{type(exc).__name__}: {str(exc)[:300]}", "losses": [],
-                             "images_per_s": None})
+                             "images_per_s": None, "max_rel_loss_difference": None, "within_tolerance": None})
         free_memory()
     reference = variants[0]
-    for v in variants:
-        if v.get("error"):
-            v.update(max_rel_loss_difference=None, within_tolerance=None, speedup=None)
-            continue
+    for v in (v for v in variants if not v.get("error")):
         diffs = [abs(a - b) / abs(b) for a, b in zip(v["losses"], reference["losses"])]
         v.update(max_rel_loss_difference=max(diffs), within_tolerance=max(diffs) <= STEP_CHECK_TOLERANCE,
                  speedup=v["images_per_s"] / reference["images_per_s"])
     out = {"images": len(subset), "epochs": epochs, "batch_size": config.batch_size, "precision": config.precision,
-           "tolerance": STEP_CHECK_TOLERANCE, "device_name": device_description(base.device),
-           "profile_steps": profile_steps, "read_loss_every": train.READ_LOSS_EVERY, "variants": variants,
+           "tolerance": STEP_CHECK_TOLERANCE, "read_loss_every": train.READ_LOSS_EVERY, "variants": variants,
            "provenance": collect_provenance(base.device)}
     if deterministic_check:
-        out["deterministic"] = _deterministic_check(base, config, subset, epochs, loss_fn, progress, variants)
+        out["deterministic"] = _deterministic_check(base, config, subset, epochs, progress, variants)
     write_json(encoder_dir(config) / "step_check.json", out)
     return out
 
@@ -196,7 +191,7 @@ def train_step_check(config: StudyConfig, images: int, epochs: int = 2, steps: t
 DETERMINISTIC_REPEATS = 2
 
 
-def _deterministic_check(base, config: StudyConfig, subset, epochs: int, loss_fn, progress: bool,
+def _deterministic_check(base, config: StudyConfig, subset, epochs: int, progress: bool,
                          variants: list[dict[str, Any]]) -> dict[str, Any]:
     """``config.train_step`` trained ``DETERMINISTIC_REPEATS`` times in deterministic mode from the check's start:
     images/s against the default mode's and whether the repeats' losses are bit-identical. An
@@ -206,14 +201,13 @@ def _deterministic_check(base, config: StudyConfig, subset, epochs: int, loss_fn
     default = next((v for v in variants if v["train_step"] == step and not v.get("error")), None)
     try:
         if default is None:
-            default = _train_short(base, config, subset, step, epochs, loss_fn, progress)
+            default = _train_short(base, config, subset, step, epochs, progress)
             free_memory()
         repeats = []
         for _ in range(DETERMINISTIC_REPEATS):
             with deterministic_mode(True):
                 out["settings"] = deterministic_settings()
-                repeats.append(_train_short(base, config.replace(deterministic=True), subset, step, epochs, loss_fn,
-                                            progress))
+                repeats.append(_train_short(base, config.replace(deterministic=True), subset, step, epochs, progress))
             free_memory()
     except Exception as exc:  # noqa: BLE001 - e.g. an operation without a deterministic implementation
         return {**out, "error": f"{type(exc).__name__}: {str(exc)[:400]}"}
@@ -226,7 +220,7 @@ def _deterministic_check(base, config: StudyConfig, subset, epochs: int, loss_fn
     return out
 
 
-def _train_short(base, config: StudyConfig, subset, step: str, epochs: int, loss_fn, progress: bool,
+def _train_short(base, config: StudyConfig, subset, step: str, epochs: int, progress: bool,
                  profile_steps: int = 0) -> dict[str, Any]:
     """``epochs`` epochs of ``subset`` with training step ``step`` from the run's initial towers (a copy of the
     text tower); then, with ``profile_steps``, one profiled epoch of that many steps (+ 2)."""
@@ -235,6 +229,7 @@ def _train_short(base, config: StudyConfig, subset, step: str, epochs: int, loss
     experiment = dataclasses.replace(base, config=run_config, model=model, train_set=subset,
                                      compiled_visual=exp.training_tower(run_config, model.visual))
     optimizer, scheduler = exp.make_optimizer(experiment)
+    loss_fn = train.ClipLoss()
     losses, seconds = [], []
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
@@ -262,10 +257,6 @@ def deterministic_line(record: dict[str, Any]) -> str:
 
 
 def build_parser():
-    import argparse
-
-    from ..settings.profiles import ENCODERS, PROFILES, TRAIN_STEPS
-
     parser = argparse.ArgumentParser(
         prog="python -m mvlip_utils.measure.benchmark_suite",
         description="The training chapter's step check alone (two short epochs per training step from one start, "
@@ -287,10 +278,6 @@ def build_parser():
 
 
 def main(argv=None) -> int:
-    from ..models.timm_towers import check_encoder
-    from ..settings.params import USER_ERRORS, user_error_exit
-    from ..settings.profiles import get_bench_settings, get_config
-
     args = build_parser().parse_args(argv)
     try:
         overrides = {k: v for k, v in (("step_check_steps", args.steps), ("step_check_images", args.images),

@@ -10,18 +10,6 @@ from torch import nn
 MODES = ("inference", "train")
 
 
-def first_tensor(out) -> torch.Tensor:
-    """The output of a module as one tensor: itself, or the first tensor of a tuple, list or dict."""
-    if isinstance(out, torch.Tensor):
-        return out
-    values = list(out.values()) if isinstance(out, dict) else out
-    if isinstance(values, (list, tuple)):
-        for value in values:
-            if isinstance(value, torch.Tensor):
-                return value
-    raise TypeError(f"the module returned {type(out).__name__}; expected a tensor (or a tuple/dict holding one)")
-
-
 # Dense peak rates in FLOP/s by the vendor's datasheets (leads, not measurements): fp32 on the CUDA cores,
 # tf32 and bf16 on the tensor cores. fp32-tf32conv runs its matmuls in fp32, so fp32's peak bounds it.
 PEAK_FLOPS = {
@@ -64,7 +52,7 @@ def flops_per_image(module: nn.Module, image_size: int, mode: str = "inference",
     try:
         with counter:
             if mode == "train":
-                first_tensor(module(x)).float().pow(2).mean().backward()
+                module(x).float().pow(2).mean().backward()
             else:
                 with torch.no_grad():
                     module(x)

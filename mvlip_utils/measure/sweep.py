@@ -91,8 +91,6 @@ def fit_growth_exponent(pixels: Sequence[float], cost: Sequence[float]) -> float
     Non-finite or non-positive points are dropped; ValueError unless two distinct pixel counts remain."""
     p = np.asarray(pixels, dtype=np.float64)
     c = np.asarray(cost, dtype=np.float64)
-    if p.shape != c.shape or p.ndim != 1:
-        raise ValueError(f"parameters pixels and cost must be 1-d and of equal length, got {p.shape} and {c.shape}")
     keep = np.isfinite(p) & np.isfinite(c) & (p > 0) & (c > 0)
     if len(np.unique(p[keep])) < 2:
         raise ValueError("parameters pixels/cost: need at least two distinct positive finite points to fit")
