@@ -4,19 +4,32 @@ Each ``*_records`` part returns records (dicts) tagged by ``kind`` and ``setting
 
 from __future__ import annotations
 
+import argparse
+import copy
+import dataclasses
 import math
-import os
 import time
 from typing import Any, Callable, Mapping
 
 import torch
 
-from . import benchmark as B
-from . import sweep
+from .benchmark import eval_loop_throughput, free_memory, interleaved_ratio, is_oom_error, make_step, model_throughput
 from .flops import MODES, flops_per_image
+from .step_profile import profile_training_epoch
+from .sweep import resolution_sweep, scaled_batch_size
 from ..data.files import read_json, write_json
+from ..models.timm_towers import check_encoder
+from ..models.towers import architecture, create_image_tower, selective_scan_replaced
+from ..settings.params import USER_ERRORS, user_error_exit
 from ..settings.precision import precision_context
-from ..settings.profiles import BenchSettings, StudyConfig
+from ..settings.profiles import (ENCODERS, PROFILES, TRAIN_STEPS, BenchSettings, StudyConfig, get_bench_settings,
+                                 get_config)
+from ..settings.reproducibility import deterministic_mode, deterministic_settings
+from ..train import experiment as exp
+from ..train import loop as train
+from ..train.device_share import timing_lock
+from ..train.evaluate import synchronize
+from ..train.provenance import collect_provenance
 from ..train.run_folder import encoder_dir
 
 PAPER, BEST = "paper's conditions", "best: bf16, channels_last"
@@ -40,24 +53,15 @@ def benchmark_rate(entry: Mapping[str, Any], **match: Any) -> float:
     return float(record["images_per_s"]) if record and record.get("images_per_s") is not None else math.nan
 
 
-def _tag(record: dict, kind: str, setting: str | None = None, **extra: Any) -> dict:
-    out = {**record, "kind": kind, **extra}
-    if setting is not None:
-        out["setting"] = setting
-    return out
-
-
 def eval_loop_records(experiment, bench: BenchSettings) -> list[dict]:
     """The paper's Table 2 method, JPEGs decoded in ``bench.eval_workers`` workers and from the uint8 cache;
     ``bench.eval_repeats`` passes each after one untimed pass."""
-    from ..train.experiment import eval_loader, evaluate_experiment
-
     out = []
     for source, workers in (("files", bench.eval_workers), ("cache", 0)):
-        loader = eval_loader(experiment, source, workers)
-        record = B.eval_loop_throughput(lambda: evaluate_experiment(experiment, progress=False, loader=loader),
-                                        device=experiment.device, warmup=1, repeats=bench.eval_repeats)
-        out.append(_tag(record, "eval_loop", None, source="jpeg" if source == "files" else "uint8_cache",
+        loader = exp.eval_loader(experiment, source, workers)
+        record = eval_loop_throughput(lambda: exp.evaluate_experiment(experiment, progress=False, loader=loader),
+                                      device=experiment.device, warmup=1, repeats=bench.eval_repeats)
+        out.append(dict(record, kind="eval_loop", source="jpeg" if source == "files" else "uint8_cache",
                         num_workers=workers, batch_size=experiment.config.eval_batch_size,
                         precision=experiment.config.precision, image_size=experiment.config.image_size))
     return out
@@ -66,8 +70,6 @@ def eval_loop_records(experiment, bench: BenchSettings) -> list[dict]:
 def run_flops(config: StudyConfig, device) -> dict[str, float]:
     """{"inference": forward, "train": forward + backward} FLOPs per image of the encoder's tower, counted once
     on a fresh tower and kept in the encoder's flops.json."""
-    from ..models.towers import architecture, create_image_tower
-
     path = encoder_dir(config) / "flops.json"
     tower_id = architecture(config.encoder, config.model_size, config.image_size)
     if path.is_file() and read_json(path).get("architecture") == tower_id:
@@ -80,7 +82,7 @@ def run_flops(config: StudyConfig, device) -> dict[str, float]:
 
 
 def flops_records(flops: dict[str, float], config: StudyConfig) -> list[dict]:
-    return [_tag({"mode": mode, "image_size": config.image_size, "flops_per_image": flops[mode]}, "flops")
+    return [{"mode": mode, "image_size": config.image_size, "flops_per_image": flops[mode], "kind": "flops"}
             for mode in MODES]
 
 
@@ -95,64 +97,54 @@ def model_only_records(tower, config: StudyConfig, bench: BenchSettings, device,
     out = []
     for setting, mode, precision, batch, channels_last in plan:
         try:
-            record = B.model_throughput(tower, batch, config.image_size, precision, mode, device,
-                                        channels_last=channels_last, warmup=bench.warmup, repeats=bench.repeats,
-                                        lr=config.lr, weight_decay=config.weight_decay,
-                                        flops_per_image=flops.get(mode))
+            record = model_throughput(tower, batch, config.image_size, precision, mode, device,
+                                      channels_last=channels_last, warmup=bench.warmup, repeats=bench.repeats,
+                                      lr=config.lr, weight_decay=config.weight_decay, flops_per_image=flops.get(mode))
         except Exception as exc:  # noqa: BLE001 - an OOM at the large batch must not lose the rest
-            if not B.is_oom_error(exc):
+            if not is_oom_error(exc):
                 raise
             record = dict(mode=mode, precision=precision, batch_size=batch, images_per_s=None,
                           error=f"out of memory: {str(exc)[:200]}")
-        out.append(_tag(record, "model_only", setting))
+        out.append(dict(record, kind="model_only", setting=setting))
     tower.to(memory_format=torch.contiguous_format)
     return out
 
 
-def sweep_resolutions(config: StudyConfig, bench: BenchSettings) -> list[int]:
-    return [int(r) for r in (bench.resolutions or [config.image_size * k for k in (1, 2, 3)])]
-
-
-def sweep_records(factory: Callable[[int], Any], config: StudyConfig, bench: BenchSettings, device,
-                  log: Callable[[str], Any] | None = None) -> list[dict]:
-    """``sweep.resolution_sweep`` over the profile's resolutions, inference, pixels per batch about constant
+def sweep_records(factory: Callable[[int], Any], config: StudyConfig, bench: BenchSettings, device) -> list[dict]:
+    """``resolution_sweep`` over the profile's resolutions, inference, pixels per batch about constant
     (``bench.sweep_batch`` images at the first); bf16 runs channels_last."""
-    resolutions = sweep_resolutions(config, bench)
+    resolutions = [int(r) for r in (bench.resolutions or [config.image_size * k for k in (1, 2, 3)])]
     precision = bench.sweep_precision or config.precision
-    frame = sweep.resolution_sweep(factory, resolutions,
-                               lambda r: sweep.scaled_batch_size(bench.sweep_batch, resolutions[0], r),
-                               precision=precision, device=device, channels_last=precision == "bf16",
-                               warmup=bench.warmup, repeats=bench.repeats, catch_errors=True, log=log)
-    return [_tag(row, "resolution_sweep") for row in frame.to_dict(orient="records")]
+    frame = resolution_sweep(factory, resolutions, lambda r: scaled_batch_size(bench.sweep_batch, resolutions[0], r),
+                             precision=precision, device=device, channels_last=precision == "bf16",
+                             warmup=bench.warmup, repeats=bench.repeats)
+    return [dict(row, kind="resolution_sweep") for row in frame.to_dict(orient="records")]
 
 
 def scan_cost_records(tower, config: StudyConfig, bench: BenchSettings, device, rounds: int = 3) -> list[dict]:
     """MambaVision's tower with its selective scan against it with the scan replaced by its skip term, in
     alternating rounds; ``ratio``: throughput with the scan as a fraction of that without."""
-    from ..models.towers import selective_scan_replaced
-
     plan = [("inference", config.precision, config.eval_batch_size, False),
             ("train", config.precision, config.batch_size, False),
             ("inference", "bf16", bench.best_batch, True)]
     out = []
-    dev = B._device(device)
+    dev = torch.device(device)
     for mode, precision, batch, channels_last in plan:
-        step, _ = B.make_step(tower, batch, config.image_size, precision, mode, dev, channels_last,
-                              fused=mode == "train", lr=config.lr)
+        step, _ = make_step(tower, batch, config.image_size, precision, mode, dev, channels_last,
+                            fused=mode == "train", lr=config.lr)
 
         def without_scan(step=step):
             with selective_scan_replaced():
                 return step()
 
         with precision_context(precision, dev, autocast=False):
-            r = B.interleaved_ratio(step, without_scan, dev, rounds=rounds, warmup=bench.warmup,
-                                    repeats=bench.repeats)
-        out.append(_tag({"mode": mode, "precision": precision, "batch_size": batch, "channels_last": channels_last,
-                         "images_per_s_with_scan": batch / r["a_median_s"],
-                         "images_per_s_without_scan": batch / r["b_median_s"], **r}, "scan_cost"))
+            r = interleaved_ratio(step, without_scan, dev, rounds=rounds, warmup=bench.warmup, repeats=bench.repeats)
+        out.append({"mode": mode, "precision": precision, "batch_size": batch, "channels_last": channels_last,
+                    "images_per_s_with_scan": batch / r["a_median_s"],
+                    "images_per_s_without_scan": batch / r["b_median_s"], **r, "kind": "scan_cost"})
         del step, without_scan  # the closures hold the optimizer, its state and the batch
         tower.zero_grad(set_to_none=True)
-        B.free_memory(dev)
+        free_memory(dev)
     tower.to(memory_format=torch.contiguous_format)
     return out
 
@@ -160,57 +152,38 @@ def scan_cost_records(tower, config: StudyConfig, bench: BenchSettings, device, 
 STEP_CHECK_TOLERANCE = 1e-4  # relative difference of per-epoch mean losses that counts as the same numerics
 
 
+@timing_lock()  # its images/s measured alone on a shared GPU
 def train_step_check(config: StudyConfig, images: int, epochs: int = 2, steps: tuple[str, ...] = ("eager", "fused"),
                      progress: bool = False, profile_steps: int = 0, deterministic_check: bool = False) -> dict[str, Any]:
-    """``_train_step_check`` under ``device_share.timing_lock`` (its images/s measured alone on a shared GPU)."""
-    from ..train.device_share import timing_lock
-
-    with timing_lock():
-        return _train_step_check(config, images, epochs, steps, progress, profile_steps, deterministic_check)
-
-
-def _train_step_check(config: StudyConfig, images: int, epochs: int = 2, steps: tuple[str, ...] = ("eager", "fused"),
-                      progress: bool = False, profile_steps: int = 0, deterministic_check: bool = False) -> dict[str, Any]:
     """Train ``epochs`` short epochs on the first ``images`` training images from one start once per step in
     ``steps``; compare per-epoch losses with the eager step's (against ``STEP_CHECK_TOLERANCE``) and last-epoch
     images/s. A failing step is recorded with its error. ``profile_steps``: then profile each step
     (``profile``, trace in the encoder's step_trace_<step>.json.gz); ``deterministic_check``: then
     ``_deterministic_check``. Written to the encoder's step_check.json with provenance."""
-    from ..train import experiment as exp
-    from ..train import loop as train
-    from ..train.provenance import collect_provenance, device_description
-
-    if not steps or steps[0] != "eager":
-        raise ValueError(f"parameter steps={steps!r} must start with 'eager' (the reference)")
     base = exp.build_experiment(config.replace(epochs=epochs), progress=False)
     subset = torch.utils.data.Subset(base.train_set, range(min(images, len(base.train_set))))
     if len(subset) < config.batch_size:
         raise ValueError(f"parameter step_check_images={images} gives fewer images than one batch ({config.batch_size})")
-    loss_fn = train.ClipLoss()
     variants = []
     for step in steps:
         try:
-            variants.append(_train_short(base, config, subset, step, epochs, loss_fn, progress, profile_steps))
+            variants.append(_train_short(base, config, subset, step, epochs, progress, profile_steps))
         except Exception as exc:  # noqa: BLE001 - a failing step (compilation) is a result, not the end
             if step == "eager":
                 raise
             variants.append({"train_step": step, "error": f"{type(exc).__name__}: {str(exc)[:300]}", "losses": [],
-                             "images_per_s": None})
-        B.free_memory()
+                             "images_per_s": None, "max_rel_loss_difference": None, "within_tolerance": None})
+        free_memory()
     reference = variants[0]
-    for v in variants:
-        if v.get("error"):
-            v.update(max_rel_loss_difference=None, within_tolerance=None, speedup=None)
-            continue
+    for v in (v for v in variants if not v.get("error")):
         diffs = [abs(a - b) / abs(b) for a, b in zip(v["losses"], reference["losses"])]
         v.update(max_rel_loss_difference=max(diffs), within_tolerance=max(diffs) <= STEP_CHECK_TOLERANCE,
                  speedup=v["images_per_s"] / reference["images_per_s"])
     out = {"images": len(subset), "epochs": epochs, "batch_size": config.batch_size, "precision": config.precision,
-           "tolerance": STEP_CHECK_TOLERANCE, "device_name": device_description(base.device),
-           "profile_steps": profile_steps, "read_loss_every": train.READ_LOSS_EVERY, "variants": variants,
+           "tolerance": STEP_CHECK_TOLERANCE, "read_loss_every": train.READ_LOSS_EVERY, "variants": variants,
            "provenance": collect_provenance(base.device)}
     if deterministic_check:
-        out["deterministic"] = _deterministic_check(base, config, subset, epochs, loss_fn, progress, variants)
+        out["deterministic"] = _deterministic_check(base, config, subset, epochs, progress, variants)
     write_json(encoder_dir(config) / "step_check.json", out)
     return out
 
@@ -218,61 +191,45 @@ def _train_step_check(config: StudyConfig, images: int, epochs: int = 2, steps: 
 DETERMINISTIC_REPEATS = 2
 
 
-def _deterministic_check(base, config: StudyConfig, subset, epochs: int, loss_fn, progress: bool,
+def _deterministic_check(base, config: StudyConfig, subset, epochs: int, progress: bool,
                          variants: list[dict[str, Any]]) -> dict[str, Any]:
     """``config.train_step`` trained ``DETERMINISTIC_REPEATS`` times in deterministic mode from the check's start:
-    images/s against the default mode's, the cost, and whether the repeats' losses are bit-identical. An
+    images/s against the default mode's and whether the repeats' losses are bit-identical. An
     operation without a deterministic implementation is recorded as the error."""
-    from ..settings.reproducibility import CUBLAS_ENV, deterministic_mode, deterministic_settings
-
     step = config.train_step
-    out: dict[str, Any] = {"train_step": step, "repeats": DETERMINISTIC_REPEATS,
-                           # cuBLAS sizes its workspace at the process's first call: what it was then matters
-                           "cublas_workspace_config_before": os.environ.get(CUBLAS_ENV)}
+    out: dict[str, Any] = {"train_step": step, "repeats": DETERMINISTIC_REPEATS}
     default = next((v for v in variants if v["train_step"] == step and not v.get("error")), None)
     try:
         if default is None:
-            default = _train_short(base, config, subset, step, epochs, loss_fn, progress)
-            B.free_memory()
+            default = _train_short(base, config, subset, step, epochs, progress)
+            free_memory()
         repeats = []
         for _ in range(DETERMINISTIC_REPEATS):
             with deterministic_mode(True):
                 out["settings"] = deterministic_settings()
-                repeats.append(_train_short(base, config.replace(deterministic=True), subset, step, epochs, loss_fn,
-                                            progress))
-            B.free_memory()
+                repeats.append(_train_short(base, config.replace(deterministic=True), subset, step, epochs, progress))
+            free_memory()
     except Exception as exc:  # noqa: BLE001 - e.g. an operation without a deterministic implementation
-        out.update(error=f"{type(exc).__name__}: {str(exc)[:400]}", bit_identical=None,
-                   default_images_per_s=default["images_per_s"] if default else None, deterministic_images_per_s=None)
-        return out
+        return {**out, "error": f"{type(exc).__name__}: {str(exc)[:400]}"}
     rates = [r["images_per_s"] for r in repeats]
     rate = sum(rates) / len(rates)
     out.update(default_losses=default["losses"], default_images_per_s=default["images_per_s"],
                losses=[r["losses"] for r in repeats], images_per_s_repeats=rates, deterministic_images_per_s=rate,
-               relative_speed=rate / default["images_per_s"], cost=1 - rate / default["images_per_s"],
-               bit_identical=all(r["losses"] == repeats[0]["losses"] for r in repeats),
-               max_rel_difference_from_default=max(abs(a - b) / abs(b) for r in repeats
-                                                   for a, b in zip(r["losses"], default["losses"])))
+               relative_speed=rate / default["images_per_s"],
+               bit_identical=all(r["losses"] == repeats[0]["losses"] for r in repeats))
     return out
 
 
-def _train_short(base, config: StudyConfig, subset, step: str, epochs: int, loss_fn, progress: bool,
+def _train_short(base, config: StudyConfig, subset, step: str, epochs: int, progress: bool,
                  profile_steps: int = 0) -> dict[str, Any]:
     """``epochs`` epochs of ``subset`` with training step ``step`` from the run's initial towers (a copy of the
     text tower); then, with ``profile_steps``, one profiled epoch of that many steps (+ 2)."""
-    import copy
-    import dataclasses
-
-    from ..train import experiment as exp
-    from ..train import loop as train
-    from ..train.evaluate import synchronize
-    from .step_profile import profile_training_epoch
-
     run_config = config.replace(train_step=step, epochs=epochs)
     model = exp.assemble_model(config, exp.seeded_image_tower(config), copy.deepcopy(base.model.text), base.device)
     experiment = dataclasses.replace(base, config=run_config, model=model, train_set=subset,
                                      compiled_visual=exp.training_tower(run_config, model.visual))
     optimizer, scheduler = exp.make_optimizer(experiment)
+    loss_fn = train.ClipLoss()
     losses, seconds = [], []
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
@@ -300,10 +257,6 @@ def deterministic_line(record: dict[str, Any]) -> str:
 
 
 def build_parser():
-    import argparse
-
-    from ..settings.profiles import ENCODERS, PROFILES, TRAIN_STEPS
-
     parser = argparse.ArgumentParser(
         prog="python -m mvlip_utils.measure.benchmark_suite",
         description="The training chapter's step check alone (two short epochs per training step from one start, "
@@ -325,10 +278,6 @@ def build_parser():
 
 
 def main(argv=None) -> int:
-    from ..models.timm_towers import check_encoder
-    from ..settings.params import USER_ERRORS, user_error_exit
-    from ..settings.profiles import get_bench_settings, get_config
-
     args = build_parser().parse_args(argv)
     try:
         overrides = {k: v for k, v in (("step_check_steps", args.steps), ("step_check_images", args.images),
@@ -341,11 +290,12 @@ def main(argv=None) -> int:
             check = train_step_check(config, bench.step_check_images, steps=tuple(bench.step_check_steps),
                                      profile_steps=bench.step_profile_steps,
                                      deterministic_check=bench.step_check_deterministic)
+            nan = float("nan")
             for v in check["variants"]:
-                p = v.get("profile") or {}
-                print(f"{encoder:12s} {v['train_step']:9s} images/s {v['images_per_s'] or float('nan'):8.1f} "
-                      f"max rel. loss diff {v['max_rel_loss_difference'] if v['max_rel_loss_difference'] is not None else float('nan'):.1e} "
-                      f"GPU kernels {p.get('gpu_busy_ms') or float('nan'):7.2f} ms per step "
+                p, diff = v.get("profile") or {}, v["max_rel_loss_difference"]
+                print(f"{encoder:12s} {v['train_step']:9s} images/s {v['images_per_s'] or nan:8.1f} "
+                      f"max rel. loss diff {nan if diff is None else diff:.1e} "
+                      f"GPU kernels {p.get('gpu_busy_ms') or nan:7.2f} ms per step "
                       f"{v.get('error') or p.get('error') or ''}", flush=True)
             if check.get("deterministic"):
                 print(f"{encoder:12s} {deterministic_line(check['deterministic'])}", flush=True)

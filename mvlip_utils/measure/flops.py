@@ -10,18 +10,6 @@ from torch import nn
 MODES = ("inference", "train")
 
 
-def first_tensor(out) -> torch.Tensor:
-    """The output of a module as one tensor: itself, or the first tensor of a tuple, list or dict."""
-    if isinstance(out, torch.Tensor):
-        return out
-    values = list(out.values()) if isinstance(out, dict) else out
-    if isinstance(values, (list, tuple)):
-        for value in values:
-            if isinstance(value, torch.Tensor):
-                return value
-    raise TypeError(f"the module returned {type(out).__name__}; expected a tensor (or a tuple/dict holding one)")
-
-
 # Dense peak rates in FLOP/s by the vendor's datasheets (leads, not measurements): fp32 on the CUDA cores,
 # tf32 and bf16 on the tensor cores. fp32-tf32conv runs its matmuls in fp32, so fp32's peak bounds it.
 PEAK_FLOPS = {
@@ -35,8 +23,6 @@ _PEAK_OF_PRECISION = {"fp32": "fp32", "fp32-tf32conv": "fp32", "tf32": "tf32", "
 
 def peak_flops(device_name: str | None, precision: str) -> float | None:
     """The datasheet peak FLOP/s of ``device_name`` for ``precision``; None when not in ``PEAK_FLOPS``."""
-    if precision not in _PEAK_OF_PRECISION:
-        raise ValueError(f"parameter precision={precision!r} is not one of {list(_PEAK_OF_PRECISION)}")
     return PEAK_FLOPS.get(device_name or "", {}).get(_PEAK_OF_PRECISION[precision])
 
 
@@ -52,23 +38,21 @@ def utilisation_fields(flops_per_image: float | None, images_per_s: float, devic
 
 
 def flops_per_image(module: nn.Module, image_size: int, mode: str = "inference", device="cpu",
-                    batch_size: int = 2, in_chans: int = 3) -> float:
+                    batch_size: int = 2) -> float:
     """FLOPs per image of a forward (``inference``) or forward + backward (``train``) on random images: matmuls,
     convolutions, attention (not elementwise work such as a scan's recurrence); a multiply-add is 2 FLOPs."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    if mode not in MODES:
-        raise ValueError(f"parameter mode={mode!r} is not one of {list(MODES)}")
     dev = torch.device(device)
     module = module.to(dev)
     was_training = module.training
     module.train(mode == "train")
-    x = torch.randn((batch_size, in_chans, image_size, image_size), device=dev)
+    x = torch.randn((batch_size, 3, image_size, image_size), device=dev)
     counter = FlopCounterMode(display=False)
     try:
         with counter:
             if mode == "train":
-                first_tensor(module(x)).float().pow(2).mean().backward()
+                module(x).float().pow(2).mean().backward()
             else:
                 with torch.no_grad():
                     module(x)

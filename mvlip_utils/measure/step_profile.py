@@ -9,7 +9,6 @@ import dataclasses
 import gzip
 import json
 import os
-import shutil
 import sys
 import tempfile
 from collections import defaultdict
@@ -17,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.profiler import ProfilerActivity, profile
+
+from ..train import loop as train
 
 DATA_WAIT_PREFIX = "enumerate(DataLoader)#"  # the DataLoader's own record_function around each __next__
 GPU_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
@@ -28,22 +30,14 @@ def profile_training_epoch(experiment, optimizer, scheduler, loss_fn, epoch: int
                            trace_path: str | Path | None = None) -> dict[str, Any]:
     """Train one epoch of ``steps`` + 2 batches under torch.profiler and summarise its last ``steps`` steps
     (``summarize_trace``); the Chrome trace is kept gzipped at ``trace_path`` when given."""
-    from torch.profiler import ProfilerActivity, profile
-
-    from ..train import loop as train
-
     batch = experiment.config.batch_size
-    if steps < 1:
-        raise ValueError(f"parameter steps={steps} must be at least 1")
     images = (steps + 2) * batch  # the first step (the workers' start) and the last (no next forward) are not measured
     if len(experiment.train_set) < images:
         raise ValueError(f"parameter steps={steps} needs {images} training images ({steps} + 2 batches of "
                          f"{batch}); the set has {len(experiment.train_set)}")
     short = dataclasses.replace(experiment, train_set=torch.utils.data.Subset(experiment.train_set, range(images)))
-    activities = [ProfilerActivity.CPU]
     on_gpu = str(experiment.device).startswith("cuda")
-    if on_gpu:
-        activities.append(ProfilerActivity.CUDA)
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if on_gpu else [ProfilerActivity.CPU]
     with _native_stderr_silenced(), profile(activities=activities) as prof:
         train.train_one_epoch(short, optimizer, scheduler, loss_fn, epoch, progress=False)
         if on_gpu:
@@ -51,12 +45,11 @@ def profile_training_epoch(experiment, optimizer, scheduler, loss_fn, epoch: int
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "trace.json"
         prof.export_chrome_trace(str(path))
-        trace = json.loads(path.read_text())
-        if trace_path is not None:
-            Path(trace_path).parent.mkdir(parents=True, exist_ok=True)
-            with path.open("rb") as src, gzip.open(trace_path, "wb", compresslevel=6) as dst:
-                shutil.copyfileobj(src, dst)
-    summary = summarize_trace(trace, train.PHASES)
+        raw = path.read_bytes()
+    if trace_path is not None:
+        Path(trace_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(trace_path).write_bytes(gzip.compress(raw, compresslevel=6))
+    summary = summarize_trace(json.loads(raw), train.PHASES)
     summary.update(batch_size=batch, images_per_s=batch / summary["step_ms"] * 1e3 if summary["step_ms"] else None,
                    device=str(experiment.device))
     return summary
@@ -77,10 +70,6 @@ def _native_stderr_silenced():
         os.close(saved)
 
 
-def _intervals(events: list[dict]) -> list[tuple[float, float]]:
-    return sorted((e["ts"], e["ts"] + e.get("dur", 0.0)) for e in events)
-
-
 def _union_within(intervals: list[tuple[float, float]], start: float, end: float) -> float:
     """Length of the union of ``intervals`` (sorted by start) clipped to [start, end]."""
     total, cur_s, cur_e = 0.0, None, None
@@ -97,13 +86,6 @@ def _union_within(intervals: list[tuple[float, float]], start: float, end: float
     if cur_e is not None:
         total += cur_e - cur_s
     return total
-
-
-def _phase_of(ts: float, phase_ranges: list[tuple[float, float, str]], starts: list[float]) -> str:
-    i = bisect.bisect_right(starts, ts) - 1
-    if i >= 0 and phase_ranges[i][0] <= ts <= phase_ranges[i][1]:
-        return phase_ranges[i][2]
-    return "other"
 
 
 def summarize_trace(trace: dict, phases: dict[str, str]) -> dict[str, Any]:
@@ -124,26 +106,20 @@ def summarize_trace(trace: dict, phases: dict[str, str]) -> dict[str, Any]:
     else:  # the first step waits for the loader's workers to start
         start, end, n = forwards[1], forwards[-1], len(forwards) - 2
     span = end - start
-
-    def inside(e: dict) -> bool:
-        return start <= e["ts"] < end
-
+    measured = [e for e in annotations if start <= e["ts"] < end]
     host = {role: 0.0 for role in phases}
-    for e in phase_events:
-        if inside(e):
-            host[names[e["name"]]] += e.get("dur", 0.0)
-    data_wait = sum(e.get("dur", 0.0) for e in annotations if e["name"].startswith(DATA_WAIT_PREFIX) and inside(e))
+    for e in (e for e in measured if e["name"] in names):
+        host[names[e["name"]]] += e.get("dur", 0.0)
+    data_wait = sum(e.get("dur", 0.0) for e in measured if e["name"].startswith(DATA_WAIT_PREFIX))
     summary: dict[str, Any] = {
         "steps": n, "step_ms": span / n / 1e3, "data_wait_ms": data_wait / n / 1e3,
         **{f"host_{role}_ms": host[role] / n / 1e3 for role in phases},
     }
 
     gpu = [e for e in events if e.get("cat") in GPU_CATEGORIES]
-    if not gpu:
-        summary.update(gpu_busy_ms=None, gpu_idle_ms=None, gpu_busy_fraction=None, kernels_per_step=None,
-                       **{f"gpu_{role}_ms": None for role in phases}, gpu_other_ms=None, top_kernels=[])
-        return summary
-    busy = _union_within(_intervals(gpu), start, end)
+    if not gpu:  # on the CPU: the host's figures only
+        return {**summary, "gpu_busy_ms": None, "top_kernels": []}
+    busy = _union_within(sorted((e["ts"], e["ts"] + e.get("dur", 0.0)) for e in gpu), start, end)
     launches = {e["args"]["correlation"]: e["ts"] for e in events
                 if e.get("cat") in LAUNCH_CATEGORIES and "correlation" in e.get("args", {})}
     ranges = sorted((e["ts"], e["ts"] + e.get("dur", 0.0), names[e["name"]]) for e in phase_events)
@@ -155,7 +131,8 @@ def summarize_trace(trace: dict, phases: dict[str, str]) -> dict[str, Any]:
         launched = launches.get(e.get("args", {}).get("correlation"))
         if launched is None or not (start <= launched < end):
             continue  # launched outside the measured steps
-        by_phase[_phase_of(launched, ranges, range_starts)] += e.get("dur", 0.0)
+        i = bisect.bisect_right(range_starts, launched) - 1  # the phase range that launched it, if any
+        by_phase[ranges[i][2] if i >= 0 and launched <= ranges[i][1] else "other"] += e.get("dur", 0.0)
         if e.get("cat") == "kernel":
             counted += 1
             record = by_kernel[e["name"]]
@@ -167,7 +144,6 @@ def summarize_trace(trace: dict, phases: dict[str, str]) -> dict[str, Any]:
         gpu_busy_ms=busy / n / 1e3, gpu_idle_ms=(span - busy) / n / 1e3, gpu_busy_fraction=busy / span,
         kernels_per_step=counted / n,
         **{f"gpu_{role}_ms": by_phase.get(role, 0.0) / n / 1e3 for role in phases},
-        gpu_other_ms=by_phase.get("other", 0.0) / n / 1e3,
         top_kernels=[{"kernel": name[:160], "calls_per_step": calls / n, "ms_per_step": us / n / 1e3,
                       "share_of_kernel_time": us / total_gpu} for name, (calls, us) in top],
     )

@@ -3,7 +3,7 @@ of a per-image cost against the pixel count (``fit_growth_exponent``: 1 linear, 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -13,7 +13,7 @@ from torch import nn
 from ..settings.precision import autocast_region as _autocast
 from ..settings.precision import precision_context
 from ..train.provenance import device_description
-from .benchmark import _device, free_memory, is_oom_error, model_throughput
+from .benchmark import free_memory, is_oom_error, model_throughput
 from .flops import flops_per_image
 
 
@@ -22,34 +22,18 @@ def scaled_batch_size(base_batch: int, base_resolution: int, resolution: int, mi
     return max(int(min_batch), int(round(base_batch * (base_resolution / resolution) ** 2)))
 
 
-def _batch_for(batch_size, resolution: int) -> int:
-    if callable(batch_size):
-        b = batch_size(resolution)
-    elif isinstance(batch_size, Mapping):
-        if resolution not in batch_size:
-            raise ValueError(f"parameter batch_size has no entry for resolution {resolution}")
-        b = batch_size[resolution]
-    else:
-        b = batch_size
-    if not isinstance(b, (int, np.integer)) or b < 1:
-        raise ValueError(f"parameter batch_size gave {b!r} for resolution {resolution}; expected a positive int")
-    return int(b)
-
-
 def marginal_memory_per_image(module: nn.Module, image_size: int, batch_size: int, precision: str = "bf16",
-                              device="cuda", channels_last: bool = False, in_chans: int = 3) -> float | None:
+                              device="cuda", channels_last: bool = False) -> float:
     """Extra peak bytes per extra image in CUDA inference, ``(peak(n) - peak(1)) / (n - 1)``, n = max(2, batch):
-    constant terms (weights, autocast copies, workspaces) cancel. None on the CPU."""
-    dev = _device(device)
-    if dev.type != "cuda":
-        return None
+    constant terms (weights, autocast copies, workspaces) cancel."""
+    dev = torch.device(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     module.to(device=dev, memory_format=fmt).eval()
     peaks = {}
-    n = max(2, int(batch_size))
+    n = max(2, batch_size)
     with precision_context(precision, dev, autocast=False):
         for b in (1, n):
-            x = torch.randn((b, in_chans, image_size, image_size), device=dev).contiguous(memory_format=fmt)
+            x = torch.randn((b, 3, image_size, image_size), device=dev).contiguous(memory_format=fmt)
             free_memory(dev)
             torch.cuda.synchronize(dev)
             torch.cuda.reset_peak_memory_stats(dev)
@@ -62,61 +46,42 @@ def marginal_memory_per_image(module: nn.Module, image_size: int, batch_size: in
     return (peaks[n] - peaks[1]) / (n - 1)
 
 
-def resolution_sweep(model_or_factory: nn.Module | Callable[[int], nn.Module], resolutions: Iterable[int],
-                     batch_size: int | Mapping[int, int] | Callable[[int], int], precision: str = "bf16",
-                     device="cpu", mode: str = "inference", channels_last: bool = False,
-                     compile: bool = False, warmup: int = 3, repeats: int = 10,
-                     catch_errors: bool = False, memory_probe: bool = True, count_flops: bool = True,
-                     log: Callable[[str], Any] | None = None) -> pd.DataFrame:
-    """``model_throughput`` at each resolution, one row each. ``model_or_factory``: a module for every resolution
-    or a callable ``resolution -> module``; ``batch_size``: an int, {resolution: batch} or a callable. OOM gives
-    ``oom=True`` and NaN speeds; other errors propagate unless ``catch_errors`` (recorded in ``error``)."""
-    resolutions = [int(r) for r in resolutions]
-    if not resolutions or any(r < 1 for r in resolutions):
-        raise ValueError(f"parameter resolutions must be positive ints, got {resolutions!r}")
-    if not (isinstance(model_or_factory, nn.Module) or callable(model_or_factory)):
-        raise TypeError("parameter model_or_factory must be an nn.Module or a callable resolution -> module")
-    dev = _device(device)
-    is_factory = not isinstance(model_or_factory, nn.Module)
+TIMED = ("images_per_s", "seconds_per_image", "median_s", "p10_s", "p90_s", "peak_memory_bytes")
+
+
+def resolution_sweep(factory: Callable[[int], nn.Module], resolutions: Iterable[int],
+                     batch_size: Callable[[int], int], precision: str = "bf16", device="cpu",
+                     channels_last: bool = False, warmup: int = 3, repeats: int = 10) -> pd.DataFrame:
+    """Inference ``model_throughput`` of ``factory(resolution)`` at ``batch_size(resolution)``, one row per
+    resolution, with the FLOPs per image and, on CUDA, the marginal memory per image. A resolution that fails
+    (OOM, a size the architecture cannot take) gets NaN speeds, its ``error`` and ``oom``."""
+    dev = torch.device(device)
     rows = []
     for res in resolutions:
-        batch = _batch_for(batch_size, res)
-        row: dict[str, Any] = dict(resolution=res, pixels=res * res, batch_size=batch, images_per_s=math.nan,
-                                   seconds_per_image=math.nan, median_s=math.nan, p10_s=math.nan, p90_s=math.nan,
-                                   peak_memory_bytes=None, model_bytes=None, memory_per_image_bytes=None,
-                                   marginal_memory_per_image_bytes=None, memory_probe_error=None,
-                                   flops_per_image=None, oom=False, error=None, precision=precision, mode=mode,
-                                   device_name=device_description(dev), channels_last=bool(channels_last),
-                                   compile=bool(compile))
-        failure = None
+        batch = batch_size(res)
+        row: dict[str, Any] = dict(resolution=res, pixels=res * res, batch_size=batch, **dict.fromkeys(TIMED, math.nan),
+                                   marginal_memory_per_image_bytes=None, memory_probe_error=None, flops_per_image=None,
+                                   oom=False, error=None, precision=precision, device_name=device_description(dev),
+                                   channels_last=channels_last)
         try:
-            module = model_or_factory(res) if is_factory else model_or_factory
-            r = model_throughput(module, batch, image_size=res, precision=precision, mode=mode, device=dev,
-                                 channels_last=channels_last, compile=compile, warmup=warmup, repeats=repeats)
-            row.update({k: r[k] for k in ("images_per_s", "seconds_per_image", "median_s", "p10_s", "p90_s",
-                                          "peak_memory_bytes", "model_bytes")})
-            if r["peak_memory_bytes"] is not None:
-                row["memory_per_image_bytes"] = (r["peak_memory_bytes"] - r["model_bytes"]) / batch
-            if count_flops:
-                row["flops_per_image"] = flops_per_image(module, res, "inference", dev, batch_size=1)
-            if memory_probe and mode == "inference" and dev.type == "cuda":
+            module = factory(res)
+            r = model_throughput(module, batch, image_size=res, precision=precision, device=dev,
+                                 channels_last=channels_last, warmup=warmup, repeats=repeats)
+            row.update({k: r[k] for k in TIMED})
+            row["flops_per_image"] = flops_per_image(module, res, "inference", dev, batch_size=1)
+            if dev.type == "cuda":
                 try:
                     row["marginal_memory_per_image_bytes"] = marginal_memory_per_image(
                         module, res, batch, precision, dev, channels_last)
                 except Exception as exc:  # noqa: BLE001 - a probe failure must not lose the timing
                     row["memory_probe_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
-        except Exception as exc:  # noqa: BLE001 - OOM recorded; other errors only with catch_errors
-            if not (is_oom_error(exc) or catch_errors):
-                raise
+        except Exception as exc:  # noqa: BLE001 - a failing resolution is a result, not the end
             row["oom"] = is_oom_error(exc)
-            failure = row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+            row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
         finally:
             module = None  # noqa: F841 - drop the per-resolution model before the next one
         free_memory(dev)  # outside the except block, so the traceback's tensors are gone too
         rows.append(row)
-        if log is not None:
-            log(f"  {res:>5d} px  batch {batch:>4d}  " + (f"{row['images_per_s']:10.1f} img/s" if failure is None
-                                                          else f"FAILED ({'OOM' if row['oom'] else failure})"))
     return pd.DataFrame(rows)
 
 
@@ -126,8 +91,6 @@ def fit_growth_exponent(pixels: Sequence[float], cost: Sequence[float]) -> float
     Non-finite or non-positive points are dropped; ValueError unless two distinct pixel counts remain."""
     p = np.asarray(pixels, dtype=np.float64)
     c = np.asarray(cost, dtype=np.float64)
-    if p.shape != c.shape or p.ndim != 1:
-        raise ValueError(f"parameters pixels and cost must be 1-d and of equal length, got {p.shape} and {c.shape}")
     keep = np.isfinite(p) & np.isfinite(c) & (p > 0) & (c > 0)
     if len(np.unique(p[keep])) < 2:
         raise ValueError("parameters pixels/cost: need at least two distinct positive finite points to fit")
