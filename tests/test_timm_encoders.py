@@ -44,8 +44,8 @@ def test_paper_encoders_keep_their_names_folders_and_labels():
 
 def test_two_models_never_share_a_folder():
     """Every timm name (architectures and pretrained tags, MambaVision's too) and the paper's towers get a
-    lowercase [a-z0-9._-] folder, all different even on a case-insensitive disk."""
-    timm_towers.timm_registry()
+    lowercase [a-z0-9._-] folder, all different even on a case-insensitive disk (MambaVision's models are
+    registered by importing the models stage)."""
     names = set(timm.list_models()) | set(timm.list_pretrained()) | set(ENCODERS)
     folders = {name: encoders.encoder_folder(name) for name in names}
     assert all(encoders._SAFE.fullmatch(f) for f in folders.values())

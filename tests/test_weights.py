@@ -34,8 +34,8 @@ from conftest import uninitialised_parameters
 from safetensors.torch import save_file
 
 from mvlip_utils.models.model import MVLIP, TEXT_WEIGHTS_ENV, create_text_tower
-from mvlip_utils.models.towers import (TIMM_NAMES, WEIGHTS_ENV, _load_mambavision_weights, _mambavision_pretrained,
-                                       create_image_tower)
+from mvlip_utils.models.timm_towers import load_mambavision_weights
+from mvlip_utils.models.towers import TIMM_NAMES, WEIGHTS_ENV, create_image_tower
 from mvlip_utils.models.weights import TRUST_ENV, UnsafeWeightsError, load_torch_file, read_state_dict
 from mvlip_utils.train import loop
 from mvlip_utils.train import run_folder as rf
@@ -113,7 +113,7 @@ def test_mambavision_release_pth_tar_loads_without_its_classifier(tmp_path):
     broken = tmp_path / "broken.pth.tar"
     torch.save({"state_dict": {k: v for k, v in state.items() if k.startswith("patch_embed.")}}, broken)
     with pytest.raises(ValueError, match="broken.pth.tar"):
-        _load_mambavision_weights(tower.backbone, str(broken))
+        load_mambavision_weights(tower.backbone, str(broken))
     assert_paper_tower_trains(tower)
     # a file that needs a type beyond the release's (here a numpy number, as many training scripts store) is
     # refused, naming the file and the type; with the explicit opt-in, for a file one trusts, it loads (through
@@ -121,12 +121,12 @@ def test_mambavision_release_pth_tar_loads_without_its_classifier(tmp_path):
     elsewhere = tmp_path / "trained_elsewhere.pth.tar"
     torch.save({"state_dict": state, "best_acc1": np.float64(84.2)}, elsewhere)
     with pytest.raises(UnsafeWeightsError, match="numpy") as info:
-        _mambavision_pretrained(tower.backbone, str(elsewhere))
+        load_mambavision_weights(tower.backbone, str(elsewhere))
     assert str(elsewhere) in str(info.value)
     with torch.no_grad():
         for value in tower.backbone.state_dict().values():
             value.zero_()
-    _mambavision_pretrained(tower.backbone, str(elsewhere), trust=True)
+    load_mambavision_weights(tower.backbone, str(elsewhere), trust=True)
     assert_backbone_holds(tower, backbone_state)
 
 
@@ -199,7 +199,7 @@ def test_the_vit_tower_from_a_clip_file_is_clips_image_encoder(clip_file, clip_v
     # the environment variable is where the tower looks without weights_path
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(WEIGHTS_ENV["vit"], str(path.parent / "missing.safetensors"))
-        with pytest.raises(FileNotFoundError, match="image_weights=.*missing.safetensors"):
+        with pytest.raises(FileNotFoundError, match=f"{WEIGHTS_ENV['vit']}=.*missing.safetensors"):
             create_image_tower("vit", "paper", pretrained=True)
 
 

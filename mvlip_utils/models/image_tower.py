@@ -20,16 +20,17 @@ EMBED_DIM = 512
 
 
 class ImageTower(nn.Module):
-    """A timm backbone without its classifier, then a new Linear(num_features -> 512) (the paper's step 3), or
-    none when ``own_projection`` (the backbone already projects to the embedding, as CLIP's image tower)."""
+    """A timm backbone without its classifier, then a new Linear(features -> 512) (the paper's step 3; ``features``
+    defaults to the backbone's width), or none when ``own_projection`` (the backbone already projects to the
+    embedding, as CLIP's image tower)."""
 
     def __init__(self, backbone: nn.Module, encoder_name: str, timm_name: str, embed_dim: int = EMBED_DIM,
-                 own_projection: bool = False):
+                 own_projection: bool = False, features: int | None = None):
         super().__init__()
         self.backbone = backbone
         self.encoder_name = encoder_name
         self.timm_name = timm_name
-        self.proj = nn.Identity() if own_projection else nn.Linear(feature_dim(backbone), embed_dim)
+        self.proj = nn.Identity() if own_projection else nn.Linear(features or feature_dim(backbone), embed_dim)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.proj(self.backbone(images))

@@ -56,8 +56,15 @@ def create_text_tower(pretrained: bool = False, weights_path: str | None = None,
     weights_path = weights_path or (os.environ.get(TEXT_WEIGHTS_ENV) if pretrained else None)
     if pretrained and weights_path and not Path(weights_path).is_file():
         raise FileNotFoundError(f"parameter text_weights={weights_path!r}: no such file")
-    if pretrained and weights_path:
-        return TextTower(_clip_from_file(weights_path, trust_pickled_weights), open_clip.get_tokenizer(TEXT_MODEL))
+    if pretrained and weights_path:  # open_clip_pytorch_model.bin or .safetensors of open_clip's ViT-B-32
+        state = read_state_dict(weights_path, trust=trust_pickled_weights)
+        clip_model = open_clip.create_model(TEXT_MODEL, pretrained=None, force_quick_gelu=True)
+        try:
+            clip_model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:  # other keys or shapes: not an open_clip ViT-B-32 file
+            raise ValueError(f"parameter text_weights={str(weights_path)!r}: the file does not fit open_clip "
+                             f"{TEXT_MODEL!r} ({exc})") from exc
+        return TextTower(clip_model, open_clip.get_tokenizer(TEXT_MODEL))
     tag = TEXT_PRETRAINED_TAG if pretrained else None
     try:
         # the OpenAI weights need QuickGELU; open_clip's plain ViT-B-32 config has GELU and only warns
@@ -76,19 +83,6 @@ def create_text_tower(pretrained: bool = False, weights_path: str | None = None,
     return TextTower(clip_model, open_clip.get_tokenizer(TEXT_MODEL))
 
 
-def _clip_from_file(path: str | os.PathLike, trust_pickled_weights: bool = False) -> nn.Module:
-    """open_clip's ViT-B-32 with QuickGELU holding the tensors of a local CLIP file (open_clip_pytorch_model.bin
-    or .safetensors), read by ``weights.read_state_dict``; ValueError if it does not fit."""
-    state = read_state_dict(path, trust=trust_pickled_weights)
-    clip_model = open_clip.create_model(TEXT_MODEL, pretrained=None, force_quick_gelu=True)
-    try:
-        clip_model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:  # other keys or shapes: not an open_clip ViT-B-32 file
-        raise ValueError(f"parameter text_weights={str(path)!r}: the file does not fit open_clip {TEXT_MODEL!r} "
-                         f"({exc})") from exc
-    return clip_model
-
-
 class PromptBank:
     """Normalised text features of every (class, template) prompt, computed once."""
 
@@ -100,15 +94,15 @@ class PromptBank:
         self.templates = list(templates)
         self.prompts = [t.format(c) for c in self.classnames for t in self.templates]
         self.index = {p: i for i, p in enumerate(self.prompts)}
-        chunks = []
-        with torch.no_grad():
-            for start in tqdm(range(0, len(self.prompts), batch_size), desc="text features",
-                              disable=not progress or features is not None, leave=False):
-                if features is not None:
-                    break
-                tokens = text_tower.tokenizer(self.prompts[start:start + batch_size]).to(device)
-                chunks.append(text_tower.encode_text(tokens, normalize=True).float())
-        flat = features.to(device) if features is not None else torch.cat(chunks)
+        if features is None:
+            chunks = []
+            with torch.no_grad():
+                for start in tqdm(range(0, len(self.prompts), batch_size), desc="text features",
+                                  disable=not progress, leave=False):
+                    tokens = text_tower.tokenizer(self.prompts[start:start + batch_size]).to(device)
+                    chunks.append(text_tower.encode_text(tokens, normalize=True).float())
+            features = torch.cat(chunks)
+        flat = features.to(device)
         self.features = flat.reshape(len(self.classnames), len(self.templates), -1)  # (C, T, D)
         self.classifier = open_clip.build_zero_shot_classifier(
             self, self.tokenize_indices, self.classnames, self.templates, num_classes_per_batch=None,

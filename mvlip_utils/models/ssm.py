@@ -22,10 +22,10 @@ import types
 import torch
 import torch.nn.functional as F
 
-from .ssm_triton import _triton_ready, triton_available, triton_scan, triton_supports
+from .ssm_triton import TritonSelectiveScan, triton_available
 
 __all__ = ["selective_scan", "selective_scan_portable", "selective_scan_reference", "selective_scan_triton",
-           "install_mamba_ssm_shim", "linear_scan", "backend_for", "triton_available"]
+           "install_mamba_ssm_shim", "LinearScan", "backend_for", "triton_available"]
 
 _SHIM_MARK = "__mvlip_ssm_shim__"
 
@@ -38,24 +38,16 @@ def _check_inputs(u, delta, A, B, C, D, z, delta_bias):
         raise ValueError(f"delta must have u's shape {tuple(u.shape)}, got {tuple(delta.shape)}")
     if A.dim() != 2 or A.shape[0] != d:
         raise ValueError(f"A must be (dim={d}, dstate), got shape {tuple(A.shape)}")
-    if A.is_complex():
-        raise NotImplementedError("A: complex state matrices are not supported (MambaVision uses real A)")
     n = A.shape[1]
     for name, t in (("B", B), ("C", C)):
-        if t.dim() == 2:
-            if tuple(t.shape) != (d, n):
-                raise ValueError(f"{name} must be (dim, dstate)=({d}, {n}) when 2-D, got {tuple(t.shape)}")
-        elif t.dim() == 3:
-            if tuple(t.shape) != (b, n, l):
-                raise ValueError(f"{name} must be (batch, dstate, L)=({b}, {n}, {l}), got {tuple(t.shape)}")
-        elif t.dim() == 4:
-            if t.shape[0] != b or t.shape[2] != n or t.shape[3] != l or d % t.shape[1] != 0:
-                raise ValueError(
-                    f"{name} must be (batch, groups, dstate, L) with dim % groups == 0, got {tuple(t.shape)}")
+        shape = tuple(t.shape)
+        if t.dim() == 4:
+            fits = (shape[0], shape[2], shape[3]) == (b, n, l) and d % shape[1] == 0
         else:
-            raise ValueError(f"{name} must be 2-, 3- or 4-D, got shape {tuple(t.shape)}")
-        if t.is_complex():
-            raise NotImplementedError(f"{name}: complex inputs are not supported")
+            fits = shape == {2: (d, n), 3: (b, n, l)}.get(t.dim())
+        if not fits:
+            raise ValueError(f"{name} must be (dim, dstate)=({d}, {n}), (batch, dstate, L)=({b}, {n}, {l}) or "
+                             f"(batch, groups, dstate, L) with dim % groups == 0, got {shape}")
     if D is not None and tuple(D.shape) != (d,):
         raise ValueError(f"D must be (dim,)=({d},), got {tuple(D.shape)}")
     if delta_bias is not None and tuple(delta_bias.shape) != (d,):
@@ -74,21 +66,34 @@ def _bc_time_major(t, d, dtype):
     return t.repeat_interleave(d // t.shape[1], dim=1).permute(3, 0, 1, 2)  # (l, b, d, n)
 
 
+def _deltas(delta, delta_bias, delta_softplus, dtype):
+    """dt = softplus(delta + delta_bias) in ``dtype`` (bias and softplus optional; softplus's threshold is 20, as
+    in mamba_ssm's kernel)."""
+    dt = delta.to(dtype)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(dtype)[:, None]
+    return F.softplus(dt) if delta_softplus else dt
+
+
+def _skip_and_gate(y, u, D, z):
+    """y + D * u, then times silu(z) (each optional), in y's dtype."""
+    if D is not None:
+        y = y + u * D.to(y.dtype)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(y.dtype))
+    return y
+
+
 def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
                              delta_softplus=False, return_last_state=False):
     """Float64 loop with mamba_ssm's ``selective_scan_ref`` semantics; differentiable through autograd.
 
     Returns ``out`` in u's dtype (and ``last_state`` in float64 when ``return_last_state``)."""
     _check_inputs(u, delta, A, B, C, D, z, delta_bias)
-    dtype_in = u.dtype
     f64 = torch.float64
     b, d, l = u.shape
     uu = u.to(f64)
-    dt = delta.to(f64)
-    if delta_bias is not None:
-        dt = dt + delta_bias.to(f64)[:, None]
-    if delta_softplus:
-        dt = F.softplus(dt)  # threshold 20, like mamba_ssm's kernel
+    dt = _deltas(delta, delta_bias, delta_softplus, f64)
     A64 = A.to(f64)
     Bt, Ct = _bc_time_major(B, d, f64), _bc_time_major(C, d, f64)
     h = torch.zeros(b, d, A.shape[1], dtype=f64, device=u.device)
@@ -97,12 +102,7 @@ def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
         Bi, Ci = Bt[min(i, len(Bt) - 1)], Ct[min(i, len(Ct) - 1)]
         h = torch.exp(dt[:, :, i, None] * A64) * h + dt[:, :, i, None] * Bi * uu[:, :, i, None]
         ys.append((h * Ci).sum(-1))
-    y = torch.stack(ys, dim=2)
-    if D is not None:
-        y = y + uu * D.to(f64)[:, None]
-    if z is not None:
-        y = y * F.silu(z.to(f64))
-    out = y.to(dtype_in)
+    out = _skip_and_gate(torch.stack(ys, dim=2), uu, D, z).to(u.dtype)
     return (out, h) if return_last_state else out
 
 
@@ -141,8 +141,9 @@ def _scan_chunked(a, x, chunk=None):
     return h.view(Lp, *rest)[:L]
 
 
-class _LinearScan(torch.autograd.Function):
-    """First-order linear recurrence with a reverse-scan backward (no autograd through loops)."""
+class LinearScan(torch.autograd.Function):
+    """Differentiable ``h_t = a_t * h_{t-1} + x_t`` along dim 0 of time-major (L, ...) tensors, with a reverse-scan
+    backward (no autograd through loops)."""
 
     @staticmethod
     def forward(ctx, a, x):
@@ -164,35 +165,20 @@ class _LinearScan(torch.autograd.Function):
         return da, G
 
 
-def linear_scan(a, x):
-    """Differentiable ``h_t = a_t * h_{t-1} + x_t`` along dim 0 of time-major (L, ...) tensors."""
-    return _LinearScan.apply(a, x)
-
-
 def selective_scan_portable(u, delta, A, B, C, D=None, z=None, delta_bias=None,
                             delta_softplus=False, return_last_state=False):
     """Portable selective scan (any device); float32 internally for float32/bf16/fp16 inputs."""
     _check_inputs(u, delta, A, B, C, D, z, delta_bias)
-    dtype_in = u.dtype
-    cdt = torch.float64 if dtype_in == torch.float64 else torch.float32
+    cdt = torch.float64 if u.dtype == torch.float64 else torch.float32
     d = u.shape[1]
     uu = u.to(cdt)
-    dt = delta.to(cdt)
-    if delta_bias is not None:
-        dt = dt + delta_bias.to(cdt)[:, None]
-    if delta_softplus:
-        dt = F.softplus(dt)
+    dt = _deltas(delta, delta_bias, delta_softplus, cdt)
     Bt, Ct = _bc_time_major(B, d, cdt), _bc_time_major(C, d, cdt)
     dtt = dt.permute(2, 0, 1)  # time-major (l, b, d): the scan runs along dim 0
     dA = torch.exp(dtt[..., None] * A.to(cdt))  # (l, b, d, n)
     dBu = (dtt * uu.permute(2, 0, 1))[..., None] * Bt  # (l, b, d, n)
-    h = linear_scan(dA, dBu)
-    y = (h * Ct).sum(-1).permute(1, 2, 0)  # (b, d, l)
-    if D is not None:
-        y = y + uu * D.to(cdt)[:, None]
-    if z is not None:
-        y = y * F.silu(z.to(cdt))
-    out = y.to(dtype_in)
+    h = LinearScan.apply(dA, dBu)
+    out = _skip_and_gate((h * Ct).sum(-1).permute(1, 2, 0), uu, D, z).to(u.dtype)  # (b, d, l)
     return (out, h[-1]) if return_last_state else out
 
 
@@ -201,11 +187,13 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     """Triton selective scan (CUDA tensors; CPU under TRITON_INTERPRET=1) for B, C of shape (batch, dstate, L);
     other layouts go to the portable path."""
     _check_inputs(u, delta, A, B, C, D, z, delta_bias)
-    if not triton_supports(u, B, C):
+    if B.dim() != 3 or C.dim() != 3 or u.shape[2] == 0:  # the kernels cover MambaVision's (batch, dstate, L)
         return selective_scan_portable(u, delta, A, B, C, D, z=z, delta_bias=delta_bias,
                                        delta_softplus=delta_softplus, return_last_state=return_last_state)
-    return triton_scan(u, delta, A, B, C, D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
-                       return_last_state=return_last_state)
+    tensors = [t for t in (u, delta, A, B, C, D, z, delta_bias) if t is not None]
+    need_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    return TritonSelectiveScan.apply(u, delta, A.contiguous(), B, C, D, z, delta_bias, bool(delta_softplus),
+                                     bool(return_last_state), need_grad)
 
 
 _REAL_MAMBA = None  # None: not probed yet; False: not importable; else the real selective_scan_fn
@@ -235,7 +223,7 @@ def backend_for(u: torch.Tensor) -> str:
     if u.is_cuda:
         if _real_mamba_fn() is not None:
             return "mamba_ssm"
-        if triton_available() and _triton_ready():
+        if triton_available():
             return "triton"
     return "portable"
 

@@ -15,26 +15,13 @@ try:  # the Triton path is optional
 except Exception:  # pragma: no cover - no triton
     tl = None
 
-__all__ = ["triton_available", "triton_scan", "triton_supports"]
-
 _TRITON_CACHE: dict = {}
+_TRITON_READY: bool | None = None  # whether the kernels build; probed once by triton_available
 
 
 def triton_available() -> bool:
-    """True when Triton imports (kernels run on CUDA, or on CPU with TRITON_INTERPRET=1)."""
-    try:
-        import triton  # noqa: F401
-        import triton.language  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
-_TRITON_READY: bool | None = None  # whether the kernels build; probed once by _triton_ready
-
-
-def _triton_ready() -> bool:
-    """Whether the Triton kernels can be built (probed once)."""
+    """Whether Triton imports and the kernels build (probed once); they run on CUDA, or on CPU with
+    TRITON_INTERPRET=1."""
     global _TRITON_READY
     if _TRITON_READY is None:
         try:
@@ -231,29 +218,29 @@ def _pow2(n):
 
 
 def _launch_config(batch, dim, dstate, backward):
-    """(BLOCK_D, num_warps): enough programs to fill the GPU, a few state elements per thread. Override with
-    MVLIP_SSM_BLOCK_D / MVLIP_SSM_WARPS (forward) or MVLIP_SSM_BWD_BLOCK_D / MVLIP_SSM_BWD_WARPS (backward)."""
-    pre = "MVLIP_SSM_BWD_" if backward else "MVLIP_SSM_"
-    bn = _pow2(dstate)
-    env_bd, env_w = os.environ.get(pre + "BLOCK_D"), os.environ.get(pre + "WARPS")
-    if env_bd:
-        bd = int(env_bd)
-    else:
-        target = 4 * 132  # programs: about four per H100/H200 multiprocessor
-        bd = 64 if not backward else 32
-        while bd > 8 and batch * triton_cdiv(dim, bd) < target:
-            bd //= 2
-        bd = min(bd, max(8, _pow2(dim)))
-    warps = int(env_w) if env_w else max(1, min(4, bd * bn // 128))
-    return bd, warps
+    """(BLOCK_D, num_warps): enough programs to fill the GPU, a few state elements per thread."""
+    target = 4 * 132  # programs: about four per H100/H200 multiprocessor
+    bd = 64 if not backward else 32
+    while bd > 8 and batch * triton_cdiv(dim, bd) < target:
+        bd //= 2
+    bd = min(bd, max(8, _pow2(dim)))
+    return bd, max(1, min(4, bd * _pow2(dstate) // 128))
 
 
-def _bdl_strides(t):
-    return t.stride(0), t.stride(1), t.stride(2)
+def _arguments(u, delta, A, B, C, D, z, delta_bias, softplus):
+    """What both kernels take alike: the inputs (``u`` stands in for an absent D, z or delta_bias), their strides
+    and the compile-time flags."""
+    zz = z if z is not None else u
+    inputs = (u, delta, A, B, C, D if D is not None else u, zz, delta_bias if delta_bias is not None else u)
+    strides = (*u.stride(), *delta.stride(), *zz.stride(), *B.stride(), *C.stride(), *A.stride())
+    flags = dict(BLOCK_N=_pow2(A.shape[1]), HAS_D=D is not None, HAS_Z=z is not None,
+                 HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus)
+    return inputs, strides, flags
 
 
-class _TritonSelectiveScan(torch.autograd.Function):
-    """Selective scan with Triton kernels. When gradients are needed the forward stores every state h_t
+class TritonSelectiveScan(torch.autograd.Function):
+    """Selective scan with Triton kernels, for checked inputs with B, C of shape (batch, dstate, L) and a contiguous
+    A; mamba_ssm's arguments, then whether gradients are needed. When they are, the forward stores every state h_t
     (float32, (b, d, L, n)) for the backward's reverse-time scan; parameter gradients are partial sums
     reduced with torch.sum (deterministic; no atomics)."""
 
@@ -262,21 +249,15 @@ class _TritonSelectiveScan(torch.autograd.Function):
         fwd, _ = _triton_kernels()
         b, d, L = u.shape
         n = A.shape[1]
-        dev = u.device
-        out = torch.empty((b, d, L), dtype=u.dtype, device=dev)
-        states = torch.empty((b, d, L, n) if need_grad else (1,), dtype=torch.float32, device=dev)
-        last = torch.empty((b, d, n), dtype=torch.float32, device=dev) if return_last_state else states
-        zz = z if z is not None else u
+        out = torch.empty((b, d, L), dtype=u.dtype, device=u.device)
+        states = torch.empty((b, d, L, n) if need_grad else (1,), dtype=torch.float32, device=u.device)
+        last = torch.empty((b, d, n), dtype=torch.float32, device=u.device) if return_last_state else states
+        inputs, strides, flags = _arguments(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus))
         bd, warps = _launch_config(b, d, n, backward=False)
-        grid = (b, triton_cdiv(d, bd))
-        fwd[grid](u, delta, A, B, C, D if D is not None else u, zz,
-                  delta_bias if delta_bias is not None else u, out, states, last,
-                  d, L, n, *_bdl_strides(u), *_bdl_strides(delta), *_bdl_strides(zz),
-                  *_bdl_strides(B), *_bdl_strides(C), A.stride(0), A.stride(1),
-                  BLOCK_D=bd, BLOCK_N=_pow2(n), HAS_D=D is not None, HAS_Z=z is not None,
-                  HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-                  STORE_STATES=bool(need_grad), STORE_LAST=bool(return_last_state), num_warps=warps)
-        ctx.flags = (D is not None, z is not None, delta_bias is not None, bool(delta_softplus))
+        fwd[(b, triton_cdiv(d, bd))](*inputs, out, states, last, d, L, n, *strides, BLOCK_D=bd, **flags,
+                                     STORE_STATES=bool(need_grad), STORE_LAST=bool(return_last_state),
+                                     num_warps=warps)
+        ctx.softplus = bool(delta_softplus)
         if need_grad:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
         return (out, last) if return_last_state else out
@@ -285,51 +266,29 @@ class _TritonSelectiveScan(torch.autograd.Function):
     def backward(ctx, dout, *rest):
         _, bwd = _triton_kernels()
         u, delta, A, B, C, D, z, delta_bias, states = ctx.saved_tensors
-        has_D, has_z, has_bias, softplus = ctx.flags
         dlast = rest[0] if rest and rest[0] is not None else None
         b, d, L = u.shape
         n = A.shape[1]
-        dev = u.device
-        f32 = torch.float32
         bd, warps = _launch_config(b, d, n, backward=True)
         n_dblk = triton_cdiv(d, bd)
-        du = torch.empty((b, d, L), dtype=f32, device=dev)
-        ddt = torch.empty((b, d, L), dtype=f32, device=dev)
-        dz = torch.empty((b, d, L), dtype=f32, device=dev) if has_z else du
-        dA = torch.empty((b, d, n), dtype=f32, device=dev)
-        dD = torch.empty((b, d), dtype=f32, device=dev) if has_D else du
-        dbias = torch.empty((b, d), dtype=f32, device=dev) if has_bias else du
-        dB = torch.empty((b, n_dblk, L, n), dtype=f32, device=dev)
-        dC = torch.empty((b, n_dblk, L, n), dtype=f32, device=dev)
-        zz = z if has_z else u
-        dlast_c = dlast.contiguous() if dlast is not None else du
-        bwd[(b, n_dblk)](u, delta, A, B, C, D if has_D else u, zz, delta_bias if has_bias else u, states,
-                         dout, dlast_c, du, ddt, dz, dA, dD, dbias, dB, dC,
-                         d, L, n, n_dblk, *_bdl_strides(u), *_bdl_strides(delta), *_bdl_strides(zz),
-                         *_bdl_strides(B), *_bdl_strides(C), A.stride(0), A.stride(1), *_bdl_strides(dout),
-                         BLOCK_D=bd, BLOCK_N=_pow2(n), HAS_D=has_D, HAS_Z=has_z, HAS_BIAS=has_bias,
-                         SOFTPLUS=softplus, HAS_DLAST=dlast is not None, num_warps=warps)
-        g = lambda grad, like: grad.to(like.dtype) if like is not None else None  # noqa: E731
-        return (g(du, u), g(ddt, delta), g(dA.sum(0), A), g(dB.sum(1).transpose(1, 2), B),
-                g(dC.sum(1).transpose(1, 2), C), g(dD.sum(0), D) if has_D else None,
-                g(dz, z) if has_z else None, g(dbias.sum(0), delta_bias) if has_bias else None,
-                None, None, None)
+        f32 = dict(dtype=torch.float32, device=u.device)
+        du = torch.empty((b, d, L), **f32)
+        ddt = torch.empty((b, d, L), **f32)
+        dz = torch.empty((b, d, L), **f32) if z is not None else du
+        dA = torch.empty((b, d, n), **f32)
+        dD = torch.empty((b, d), **f32) if D is not None else du
+        dbias = torch.empty((b, d), **f32) if delta_bias is not None else du
+        dB = torch.empty((b, n_dblk, L, n), **f32)
+        dC = torch.empty((b, n_dblk, L, n), **f32)
+        inputs, strides, flags = _arguments(u, delta, A, B, C, D, z, delta_bias, ctx.softplus)
+        bwd[(b, n_dblk)](*inputs, states, dout, dlast.contiguous() if dlast is not None else du,
+                         du, ddt, dz, dA, dD, dbias, dB, dC, d, L, n, n_dblk, *strides, *dout.stride(),
+                         BLOCK_D=bd, **flags, HAS_DLAST=dlast is not None, num_warps=warps)
+        return (du.to(u.dtype), ddt.to(delta.dtype), dA.sum(0).to(A.dtype), dB.sum(1).transpose(1, 2).to(B.dtype),
+                dC.sum(1).transpose(1, 2).to(C.dtype), dD.sum(0).to(D.dtype) if D is not None else None,
+                dz.to(z.dtype) if z is not None else None,
+                dbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None, None, None, None)
 
 
 def triton_cdiv(a, b):
     return -(-a // b)
-
-
-def triton_supports(u, B, C) -> bool:
-    """Whether the kernels cover this layout: MambaVision's B, C of shape (batch, dstate, L)."""
-    return B.dim() == 3 and C.dim() == 3 and u.shape[2] > 0
-
-
-def triton_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                return_last_state=False):
-    """The Triton selective scan of checked inputs in a layout :func:`triton_supports`; mamba_ssm's arguments."""
-    tensors = [t for t in (u, delta, A, B, C, D, z, delta_bias) if t is not None]
-    need_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-    A = A.contiguous()
-    return _TritonSelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
-                                      bool(return_last_state), need_grad)

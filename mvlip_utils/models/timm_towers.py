@@ -3,42 +3,38 @@
 Extra encoders run at their own size, built for the run's ``image_size`` where the model takes ``img_size``; a
 model that cannot run at that size stops with an error naming the size it needs.
 
-Pretrained weights, first found wins (read by ``weights.read_state_dict``, keys converted by timm):
+Pretrained weights of every tower (the paper's too), first found wins (read by ``weights.read_state_dict``, keys
+converted by timm):
 1. the ``image_weights`` parameter;
-2. ``MVLIP_WEIGHTS_<NAME>`` (``weights_env``: ``convnext_atto.d2_in1k`` -> ``MVLIP_WEIGHTS_CONVNEXT_ATTO_D2_IN1K``);
+2. ``MVLIP_WEIGHTS_<NAME>`` (``weights_env``: ``convnext_atto.d2_in1k`` -> ``MVLIP_WEIGHTS_CONVNEXT_ATTO_D2_IN1K``;
+   the paper's towers: ``towers.WEIGHTS_ENV``);
 3. the Hugging Face hub cache of the tag's repository, then (unless ``HF_HUB_OFFLINE=1``) a download; for weights
-   published at a URL, ``$TORCH_HOME/hub/checkpoints/`` and a download.
+   published at a URL, ``$TORCH_HOME/hub/checkpoints/`` (MambaVision's also ``/tmp``) and a download.
 Without any, ``WeightsUnavailableError`` names where it looked and how to go on.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import timm
 import torch
 from torch import nn
 
-from ..settings.encoders import PAPER_ENCODERS, is_paper_encoder, split_name
+from ..settings.encoders import PAPER_ENCODERS, has_selective_scan, is_paper_encoder, split_name
 from .image_tower import EMBED_DIM, ImageTower, WeightsUnavailableError
 from .weights import read_state_dict
 
 HF_FILES = ("model.safetensors", "pytorch_model.bin")  # timm's hub files, the safe one first
 
 
-def timm_registry():
-    """timm, with MambaVision's models registered (by ``image_tower``'s import of mambavision)."""
-    import timm
-
-    return timm
-
-
 def closest_names(encoder: str, n: int = 5) -> list[str]:
     """The timm names (architectures, and pretrained tags when one was asked for) closest to ``encoder``."""
-    timm = timm_registry()
     arch, tag = split_name(encoder)
     pool = timm.list_pretrained() if tag else timm.list_models()
     pool = sorted(set(pool) | set(PAPER_ENCODERS))
@@ -56,7 +52,6 @@ def check_encoder(encoder: str) -> str:
                          "model name")
     if is_paper_encoder(encoder):
         return encoder
-    timm = timm_registry()
     arch, tag = split_name(encoder)
     if not timm.is_model(arch):
         raise ValueError(f"parameter encoder={encoder!r} is neither a paper tower {list(PAPER_ENCODERS)} nor a timm "
@@ -65,8 +60,7 @@ def check_encoder(encoder: str) -> str:
         tags = timm.list_pretrained(f"{arch}.*")
         raise ValueError(f"parameter encoder={encoder!r}: timm has no pretrained tag {tag!r} for {arch!r}; "
                          f"it has: {', '.join(tags) or 'none (use the name without a tag)'}")
-    cfg = timm.models.get_pretrained_cfg(encoder if tag else arch)
-    size = getattr(cfg, "input_size", None) if cfg is not None else None
+    size = _input_size(encoder)
     if size is not None and (len(size) != 3 or size[0] != 3):
         raise ValueError(f"parameter encoder={encoder!r} is not an image model of 3-channel images (timm's "
                          f"input size {tuple(size)}); CLIP's image tower needs one")
@@ -78,28 +72,13 @@ def weights_env(encoder: str) -> str:
     return "MVLIP_WEIGHTS_" + re.sub(r"[^A-Z0-9]", "_", encoder.upper())
 
 
-def is_mambavision_model(arch: str) -> bool:
-    """MambaVision's own models (registered by ``import mambavision``; their weights are MambaVision's files)."""
-    return arch.startswith("mamba_vision")
+def _input_size(encoder: str) -> tuple[int, ...] | None:
+    """The (channels, height, width) of timm's pretrained configuration of ``encoder``, if it has one."""
+    arch, tag = split_name(encoder)
+    return getattr(timm.models.get_pretrained_cfg(encoder if tag else arch), "input_size", None)
 
 
-class TimmImageTower(ImageTower):
-    """An ImageTower whose projection's input width ``features`` is measured on the backbone."""
-
-    def __init__(self, backbone: nn.Module, encoder_name: str, features: int, embed_dim: int = EMBED_DIM):
-        nn.Module.__init__(self)
-        self.backbone = backbone
-        self.encoder_name = encoder_name
-        self.timm_name = encoder_name
-        self.proj = nn.Linear(features, embed_dim)
-
-
-def architecture(encoder: str, image_size: int) -> dict[str, Any]:
-    """What defines an extra encoder's tower (``towers.architecture`` for a name that is not a paper tower)."""
-    return {"timm_name": encoder, "size": "own", "image_size": image_size, "overrides": {}}
-
-
-def _create(timm, name: str, image_size: int, **kwargs: Any) -> nn.Module:
+def _create(name: str, image_size: int, **kwargs: Any) -> nn.Module:
     """timm's model built for ``image_size`` where its constructor takes ``img_size``, else at its own."""
     try:
         return timm.create_model(name, num_classes=0, img_size=image_size, **kwargs)
@@ -109,14 +88,7 @@ def _create(timm, name: str, image_size: int, **kwargs: Any) -> nn.Module:
     return timm.create_model(name, num_classes=0, **kwargs)
 
 
-def _needed_size(timm, encoder: str) -> str:
-    arch, tag = split_name(encoder)
-    cfg = timm.models.get_pretrained_cfg(encoder if tag else arch)
-    size = getattr(cfg, "input_size", None) if cfg is not None else None
-    return f"{size[-1]} px" if size else "another size"
-
-
-def _probe(backbone: nn.Module, encoder: str, image_size: int, timm) -> int:
+def _probe(backbone: nn.Module, encoder: str, image_size: int) -> int:
     """The width of the pooled features of one ``image_size`` image (run in eval mode); ValueError naming the
     size it needs for a model that cannot take it."""
     if not callable(getattr(backbone, "forward_features", None)):
@@ -128,7 +100,8 @@ def _probe(backbone: nn.Module, encoder: str, image_size: int, timm) -> int:
         with torch.no_grad():
             out = backbone(torch.zeros(1, 3, image_size, image_size))
     except Exception as exc:
-        need = _needed_size(timm, encoder)
+        size = _input_size(encoder)
+        need = f"{size[-1]} px" if size else "another size"
         raise ValueError(f"encoder {encoder!r} does not run at image_size={image_size} px (it needs {need}: "
                          f"set image_size to it, e.g. -p image_size={need.split()[0]}, or choose another model); "
                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
@@ -141,21 +114,23 @@ def _probe(backbone: nn.Module, encoder: str, image_size: int, timm) -> int:
     return int(out.shape[1])
 
 
-def _unavailable(encoder: str, looked: list[str], cause: BaseException | None) -> WeightsUnavailableError:
+def _unavailable(encoder: str, env: str, looked: list[str], cause: BaseException | None) -> WeightsUnavailableError:
     where = "\n  ".join(looked)
     msg = (f"pretrained weights for encoder={encoder!r} are not available.\nLooked in:\n  {where}\n"
-           f"To go on: download the weights file on a machine with internet (e.g. model.safetensors of its hub "
-           f"repository) and pass its path as image_weights=... (or set {weights_env(encoder)}=/path/to/file), "
-           f"or run with pretrained=False (random weights).")
+           f"To go on: download the weights file on a machine with internet (model.safetensors of its hub "
+           f"repository, or the checkpoint its publisher releases) and pass its path as image_weights=... (or set "
+           f"{env}=/path/to/file), or run with pretrained=False (random weights; results are then not the paper's).")
     if cause is not None:
         msg += f"\nCause: {type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"
     return WeightsUnavailableError(msg)
 
 
-def find_weights(encoder: str, weights_path: str | None = None) -> tuple[str, list[str]]:
-    """(weights file of ``encoder``, where it looked), in the module docstring's order; WeightsUnavailableError
-    when there is none, FileNotFoundError for a given path that is no file."""
-    env = weights_env(encoder)
+def find_weights(encoder: str, weights_path: str | None = None, name: str | None = None,
+                 env: str | None = None) -> tuple[str, list[str]]:
+    """(weights file of the timm model ``name`` (default ``encoder``), where it looked), in the module docstring's
+    order, ``env`` (default ``weights_env(encoder)``) second; WeightsUnavailableError when there is none,
+    FileNotFoundError for a given path that is no file."""
+    name, env = name or encoder, env or weights_env(encoder)
     if weights_path:
         if not Path(weights_path).is_file():
             raise FileNotFoundError(f"parameter image_weights={weights_path!r}: no such file")
@@ -164,87 +139,93 @@ def find_weights(encoder: str, weights_path: str | None = None) -> tuple[str, li
         if not Path(os.environ[env]).is_file():
             raise FileNotFoundError(f"environment variable {env}={os.environ[env]!r}: no such file")
         return os.environ[env], []
-    looked = [f"parameter image_weights (unset)", f"environment variable {env} (unset)"]
-    timm = timm_registry()
-    arch, tag = split_name(encoder)
-    if is_mambavision_model(arch):
-        model_cfg = timm.create_model(arch, pretrained=False).default_cfg  # MambaVision keeps its URL there
-        url, repo, files = model_cfg.get("url"), None, ()
-    else:
-        cfg = timm.models.get_pretrained_cfg(encoder if tag else arch)
-        if cfg is None:
-            raise _unavailable(encoder, looked + ["timm's pretrained configurations (none for this name)"], None)
-        url, repo = cfg.url, (cfg.hf_hub_id or None)
-        files = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else HF_FILES
+    looked = ["parameter image_weights (unset)", f"environment variable {env} (unset)"]
+    arch, tag = split_name(name)
+    cfg = timm.models.get_pretrained_cfg(name if tag else arch)
+    if cfg is None:
+        raise _unavailable(encoder, env, looked + ["timm's pretrained configurations (none for this name)"], None)
+    repo, mambavision = cfg.hf_hub_id or None, has_selective_scan(arch)
+    files = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else HF_FILES
     cause: BaseException | None = None
     if repo:
         from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
 
-        for name in files:
-            cached = try_to_load_from_cache(repo, name)
+        for file in files:
+            cached = try_to_load_from_cache(repo, file)
             if isinstance(cached, str) and Path(cached).is_file():
                 return cached, looked
         looked.append(f"the Hugging Face hub cache {constants.HF_HUB_CACHE}, repository {repo!r}, files {list(files)}")
         if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() not in ("1", "true", "yes", "on"):
-            for name in files:
+            for file in files:
                 try:
-                    return hf_hub_download(repo, name), looked
+                    return hf_hub_download(repo, file), looked
                 except Exception as exc:  # offline, or the repository lacks this file
                     cause = exc
             looked.append(f"the Hugging Face hub, repository {repo!r} (download failed)")
         else:
             looked.append("the Hugging Face hub (not asked: HF_HUB_OFFLINE=1)")
-    if url:
-        target = Path(torch.hub.get_dir()) / "checkpoints" / (f"{arch}.pth.tar" if is_mambavision_model(arch)
-                                                              else Path(url).name)
-        if target.is_file():
-            return str(target), looked
-        looked.append(str(target))
+    if cfg.url:
+        target = Path(torch.hub.get_dir()) / "checkpoints" / (f"{arch}.pth.tar" if mambavision
+                                                              else Path(cfg.url).name)
+        # MambaVision's own downloads go to /tmp/<model>.pth.tar
+        for place in (target, Path(f"/tmp/{arch}.pth.tar")) if mambavision else (target,):
+            if place.is_file():
+                return str(place), looked
+            looked.append(str(place))
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            torch.hub.download_url_to_file(url, str(target), progress=True)
+            torch.hub.download_url_to_file(cfg.url, str(target), progress=True)
             return str(target), looked
         except Exception as exc:
             target.unlink(missing_ok=True)
-            looked.append(f"{url} (download failed)")
+            looked.append(f"{cfg.url} (download failed)")
             cause = exc
-    raise _unavailable(encoder, looked, cause)
+    raise _unavailable(encoder, env, looked, cause)
+
+
+def load_mambavision_weights(backbone: nn.Module, path: str, trust: bool = False) -> None:
+    """MambaVision's checkpoint ``path`` into ``backbone`` without its classifier (replaced); ValueError naming the
+    file when it does not fit."""
+    state = {k: v for k, v in read_state_dict(path, trust=trust).items() if not k.startswith("head.")}
+    result = backbone.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(f"weights file {path!r} does not fit: missing {result.missing_keys[:5]}, "
+                         f"unexpected {result.unexpected_keys[:5]}")
+
+
+def pretrained_backbone(build: Callable[..., nn.Module], encoder: str, name: str, weights_path: str | None = None,
+                        trust: bool = False, env: str | None = None) -> nn.Module:
+    """``build(**timm_kwargs)``'s timm model ``name`` holding the weights ``find_weights`` finds: MambaVision's
+    checkpoints loaded as they are, any other file's tensors handed to timm, which converts their keys."""
+    path, _ = find_weights(encoder, weights_path, name, env)
+    if Path(path).suffix == ".npz":
+        raise ValueError(f"encoder {encoder!r}: the weights file {path!r} is a .npz, which timm reads with its "
+                         "own code; convert it to .safetensors (timm.create_model(..., pretrained=True) on a "
+                         "machine with internet, then safetensors.torch.save_file(model.state_dict(), ...)) and "
+                         "pass that file")
+    if has_selective_scan(name):
+        backbone = build()
+        load_mambavision_weights(backbone, path, trust)
+        return backbone
+    state = read_state_dict(path, trust=trust)
+    try:
+        backbone = build(pretrained=True, pretrained_cfg_overlay=dict(state_dict=state, file=path))
+    except RuntimeError as exc:  # other keys or shapes
+        raise ValueError(f"weights file {path!r} does not fit {name!r} ({str(exc).splitlines()[0]})") from exc
+    for cfg in (getattr(backbone, "pretrained_cfg", None), getattr(backbone, "default_cfg", None)):
+        if isinstance(cfg, dict):
+            cfg.pop("state_dict", None)  # keep no copy of the tensors in the config
+    return backbone
 
 
 def create_timm_tower(encoder: str, pretrained: bool = False, weights_path: str | None = None,
                       image_size: int = 224, embed_dim: int = EMBED_DIM,
-                      trust_pickled_weights: bool = False) -> TimmImageTower:
+                      trust_pickled_weights: bool = False) -> ImageTower:
     """The timm model ``encoder`` without its classifier, built for ``image_size`` where it can be, with
     pretrained weights when asked, and a new ``embed_dim`` projection."""
     check_encoder(encoder)
-    timm = timm_registry()
-    arch, tag = split_name(encoder)
-    if pretrained:
-        path, _ = find_weights(encoder, weights_path)
-        if Path(path).suffix == ".npz":
-            raise ValueError(f"encoder {encoder!r}: the weights file {path!r} is a .npz, which timm reads with its "
-                             "own code; convert it to .safetensors (timm.create_model(..., pretrained=True) on a "
-                             "machine with internet, then safetensors.torch.save_file(model.state_dict(), ...)) and "
-                             "pass that file")
-        state = read_state_dict(path, trust=trust_pickled_weights)
-        if is_mambavision_model(arch):
-            backbone = _create(timm, arch, image_size)
-            state = {k: v for k, v in state.items() if not k.startswith("head.")}  # the classifier is replaced
-            result = backbone.load_state_dict(state, strict=False)
-            if result.missing_keys or result.unexpected_keys:
-                raise ValueError(f"weights file {path!r} does not fit {arch}: missing {result.missing_keys[:5]}, "
-                                 f"unexpected {result.unexpected_keys[:5]}")
-        else:
-            try:
-                backbone = _create(timm, encoder, image_size, pretrained=True,
-                                   pretrained_cfg_overlay=dict(state_dict=state, file=path))
-            except RuntimeError as exc:  # other keys or shapes
-                raise ValueError(f"weights file {path!r} does not fit {encoder!r} ({str(exc).splitlines()[0]})") from exc
-            for cfg in (getattr(backbone, "pretrained_cfg", None), getattr(backbone, "default_cfg", None)):
-                if isinstance(cfg, dict):
-                    cfg.pop("state_dict", None)  # keep no copy of the tensors in the config
-        del state
-    else:
-        backbone = _create(timm, encoder if not is_mambavision_model(arch) else arch, image_size)
-    features = _probe(backbone, encoder, image_size, timm)
-    return TimmImageTower(backbone, encoder, features, embed_dim)
+    name = split_name(encoder)[0] if has_selective_scan(encoder) else encoder
+    build = functools.partial(_create, name, image_size)
+    backbone = pretrained_backbone(build, encoder, name, weights_path, trust_pickled_weights) if pretrained else build()
+    features = _probe(backbone, encoder, image_size)
+    return ImageTower(backbone, encoder, encoder, embed_dim, features=features)

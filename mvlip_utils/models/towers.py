@@ -3,33 +3,28 @@
 ``mambavision``  MambaVision-B-21K (``mamba_vision_B_21k``); ``swin``  Swin-B; ``vit``  CLIP ViT-B/32's own image
 tower with CLIP's visual projection (timm's ``head``), aligned with the text tower when pretrained.
 Sizes: ``paper`` and ``smoke`` (the same families, tiny). Any other timm model name goes to ``timm_towers``.
-Pretrained weights come from ``weights_path``, else the caches/hubs; when they cannot be had the error names
-where it looked (never random weights in silence). Files are read by ``weights.read_state_dict``.
+Pretrained weights come from ``weights_path``, else ``WEIGHTS_ENV``'s variable, else the caches/hubs, as
+``timm_towers.find_weights`` looks for any tower's; when they cannot be had the error names where it looked (never
+random weights in silence).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-from pathlib import Path
+import functools
 from typing import Any, Callable
-
-import torch
-from torch import nn
 
 import timm
 
-from ..settings.encoders import DerivedNames
 from .image_tower import EMBED_DIM, ImageTower, WeightsUnavailableError, count_parameters  # noqa: F401
-from .timm_towers import architecture as timm_architecture, create_timm_tower
-from .weights import read_state_dict
+from .timm_towers import create_timm_tower, pretrained_backbone
 
 
-TIMM_NAMES = DerivedNames({  # an extra encoder is its own timm name (``timm_towers``)
+TIMM_NAMES = {  # the paper's towers; an extra encoder is its own timm name (``timm_towers``)
     "mambavision": "mamba_vision_B_21k",
     "swin": "swin_base_patch4_window7_224.ms_in22k_ft_in1k",
     "vit": "vit_base_patch32_clip_224.openai",
-}, lambda encoder: encoder)
+}
 
 # Environment variables a user can point at local checkpoint files
 WEIGHTS_ENV = {"mambavision": "MVLIP_MAMBAVISION_WEIGHTS", "swin": "MVLIP_SWIN_WEIGHTS", "vit": "MVLIP_VIT_WEIGHTS"}
@@ -45,56 +40,10 @@ SMOKE_OVERRIDES: dict[str, dict[str, Any]] = {
 }
 
 
-def _unavailable(encoder: str, what: str, looked: list[str], cause: BaseException | None) -> WeightsUnavailableError:
-    env = WEIGHTS_ENV[encoder]
-    where = "\n  ".join(looked) if looked else "(nowhere)"
-    msg = (f"pretrained weights for encoder={encoder!r} ({what}) are not available.\n"
-           f"Looked in:\n  {where}\n"
-           f"To go on: download the checkpoint on a machine with internet and pass its path as "
-           f"image_weights=... (or set {env}=/path/to/file), or run with pretrained=False "
-           f"(random weights; results are then not the paper's).")
-    if cause is not None:
-        msg += f"\nCause: {type(cause).__name__}: {cause}"
-    return WeightsUnavailableError(msg)
-
-
-def _load_mambavision_weights(backbone: nn.Module, path: str, trust: bool = False) -> None:
-    state = read_state_dict(path, trust=trust)
-    state = {k: v for k, v in state.items() if not k.startswith("head.")}  # the classifier is replaced
-    result = backbone.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(f"checkpoint {path!r} does not fit {TIMM_NAMES['mambavision']}: "
-                         f"missing {result.missing_keys[:5]}..., unexpected {result.unexpected_keys[:5]}...")
-
-
-def _mambavision_pretrained(backbone: nn.Module, weights_path: str | None, trust: bool = False) -> None:
-    looked = [f"environment variable {WEIGHTS_ENV['mambavision']} (unset)"]
-    if weights_path:
-        if not Path(weights_path).is_file():
-            raise FileNotFoundError(f"parameter image_weights={weights_path!r}: no such file")
-        _load_mambavision_weights(backbone, weights_path, trust)
-        return
-    target = str(Path(torch.hub.get_dir()) / "checkpoints" / "mamba_vision_B_21k.pth.tar")
-    for candidate in (target, "/tmp/mamba_vision_B_21k.pth.tar"):  # ours, then mambavision's own place
-        looked.append(candidate)
-        if Path(candidate).is_file():
-            _load_mambavision_weights(backbone, candidate, trust)
-            return
-    url = backbone.default_cfg.get("url")
-    looked.append(f"{url} (download to {target})")
-    try:
-        Path(target).parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(url, target, progress=True)
-    except Exception as exc:  # offline: no route to the hub
-        Path(target).unlink(missing_ok=True)
-        raise _unavailable("mambavision", TIMM_NAMES["mambavision"], looked, exc) from exc
-    _load_mambavision_weights(backbone, target, trust)
-
-
 def architecture(encoder: str, size: str = "paper", image_size: int = 224) -> dict[str, Any]:
     """What defines the tower's architecture (timm name, size overrides); a finished run is reused only if unchanged."""
     if encoder not in TIMM_NAMES:  # any other timm model, at its own size
-        return timm_architecture(encoder, image_size)
+        return {"timm_name": encoder, "size": "own", "image_size": image_size, "overrides": {}}
     overrides = dict(SMOKE_OVERRIDES[encoder]) if size == "smoke" else {}
     return {"timm_name": TIMM_NAMES[encoder], "size": size, "image_size": image_size,
             "own_projection": encoder in OWN_PROJECTION,
@@ -119,33 +68,10 @@ def create_image_tower(encoder: str, size: str = "paper", pretrained: bool = Fal
         kwargs["img_size"] = image_size
     if encoder == "vit" and pretrained:
         kwargs["act_layer"] = "quick_gelu"  # as OpenAI trained it; timm's `.openai` tag defaults to GELU
-    if pretrained and not weights_path:
-        weights_path = os.environ.get(WEIGHTS_ENV[encoder]) or None
-    if encoder == "mambavision":
-        backbone = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
-        if pretrained:
-            _mambavision_pretrained(backbone, weights_path, trust_pickled_weights)
-    else:
-        num_classes = embed_dim if encoder in OWN_PROJECTION else 0
-        if pretrained and weights_path and not Path(weights_path).is_file():
-            raise FileNotFoundError(f"parameter image_weights={weights_path!r}: no such file")
-        overlay = None  # a local file's tensors, read without running code; timm converts them as its own
-        if pretrained and weights_path:
-            overlay = dict(state_dict=read_state_dict(weights_path, trust=trust_pickled_weights),
-                           file=str(weights_path))
-        try:
-            backbone = timm.create_model(name, pretrained=pretrained, num_classes=num_classes,
-                                         pretrained_cfg_overlay=overlay, **kwargs)
-            for cfg in (getattr(backbone, "pretrained_cfg", None), getattr(backbone, "default_cfg", None)):
-                if isinstance(cfg, dict):
-                    cfg.pop("state_dict", None)  # keep no copy of the tensors in the config
-        except Exception as exc:
-            if not pretrained or weights_path:
-                raise
-            hub = timm.models.get_pretrained_cfg(name)
-            looked = [f"environment variable {WEIGHTS_ENV[encoder]} (unset)",
-                      f"the Hugging Face hub cache and hub, id {getattr(hub, 'hf_hub_id', None)!r}"]
-            raise _unavailable(encoder, name, looked, exc) from exc
+    num_classes = embed_dim if encoder in OWN_PROJECTION else 0
+    build = functools.partial(timm.create_model, name, num_classes=num_classes, **kwargs)
+    backbone = (pretrained_backbone(build, encoder, name, weights_path, trust_pickled_weights, WEIGHTS_ENV[encoder])
+                if pretrained else build())
     return ImageTower(backbone, encoder, name, embed_dim, own_projection=encoder in OWN_PROJECTION)
 
 

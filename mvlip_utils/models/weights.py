@@ -37,23 +37,19 @@ class UnsafeWeightsError(ValueError):
     """A pickled file needs a type that loading without running code does not allow."""
 
 
-def trusts_pickles(trust: bool | None = False) -> bool:
-    """True when the user opted in to loading pickled files in full: ``trust`` or ``MVLIP_TRUST_PICKLED_WEIGHTS``."""
-    return bool(trust) or os.environ.get(TRUST_ENV, "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def load_torch_file(path: str | os.PathLike, allowed: Sequence[type] = (), trust: bool | None = False,
                     what: str = "file", remedy: str = WEIGHTS_REMEDY) -> Any:
     """The contents of the torch file ``path``, loaded with ``weights_only=True`` and the ``allowed`` types.
 
     Raises ``UnsafeWeightsError`` (naming ``what``, the file, the types it needs and ``remedy``) when the file
-    needs other types, unless ``trusts_pickles(trust)``: then it is loaded in full."""
+    needs other types, unless the user opted in (``trust`` or ``MVLIP_TRUST_PICKLED_WEIGHTS``): then it is loaded
+    in full."""
     path = Path(path)
     try:
         with torch.serialization.safe_globals(list(allowed)):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if not trusts_pickles(trust):
+        if not trust and os.environ.get(TRUST_ENV, "").strip().lower() not in ("1", "true", "yes", "on"):
             besides = "".join(f", {_name(t)}" for t in allowed)
             raise UnsafeWeightsError(
                 f"{what} {str(path)!r} was not loaded: besides tensors{besides} and plain Python values it needs "
