@@ -27,8 +27,7 @@ def mcnemar(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> dict[str, A
 
 
 def paired_bootstrap(statistic, data: Sequence[np.ndarray]) -> dict[str, Any]:
-    """``statistic(*data)`` (vectorized) and its percentile interval from ``scipy.stats.bootstrap(paired=True)``
-    over images."""
+    """``statistic(*data)`` (vectorized) and its percentile interval, ``scipy.stats.bootstrap(paired=True)``."""
     result = stats.bootstrap(tuple(data), statistic, paired=True, vectorized=True, n_resamples=N_RESAMPLES,
                              confidence_level=1 - ALPHA, method="percentile", random_state=0)
     low, high = result.confidence_interval

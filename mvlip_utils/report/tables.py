@@ -82,7 +82,8 @@ def before_training(entry: Mapping[str, Any]) -> pd.DataFrame:
 
 def _against_vit(records: Mapping[str, Mapping[str, Any] | None]) -> dict[str, str]:
     gains = {e: _speed(record, records.get("vit")) for e, record in records.items() if e != "vit"}
-    return {e: "–" if g is None else f"{g['gain']:+.1f}%" if g["real"] else "no real difference" for e, g in gains.items()}
+    return {e: "–" if g is None else f"{g['gain']:+.1f}%" if g["real"] else "no real difference"
+            for e, g in gains.items()}
 
 
 def table2(runs: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any]) -> pd.DataFrame:
