@@ -117,8 +117,7 @@ def judge_table1(claim, runs, gaps) -> dict[str, Any]:
     relative gain is the claim's measure once the difference is real."""
     key = claim["metric"]
     result = stats.compare(key, runs["mambavision"]["runs"], runs["swin"]["runs"])
-    gain = relative_change(result["mean_a"], result["mean_b"])
-    gain = -gain if key in stats.LOWER_IS_BETTER else gain
+    gain = relative_change(result["mean_a"], result["mean_b"]) * (-1 if key in stats.LOWER_IS_BETTER else 1)
     evidence = dict(mvlip=result["mean_a"], mvlip_sd=result["sd_a"], swin=result["mean_b"], swin_sd=result["sd_b"],
                     **{k: result[k] for k in ("difference", "seeds", "found_in", "beyond_spread", "real")},
                     gain=gain if result["real"] else None, tests=result["tests"])

@@ -138,7 +138,7 @@ def eval_loop_table(runs: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     frame = benchmark_frame(runs, "eval_loop")
     if frame.empty:
         return frame
-    alone = {e: benchmark_rate(entry, kind="model_only", setting=PAPER, mode="inference") for e, entry in runs.items()}
+    alone = {e: benchmark_rate(entry, **ALONE) for e, entry in runs.items()}
     out = pd.DataFrame({
         "tower": _towers(runs, frame.encoder),
         "data": frame.source.map({"jpeg": "JPEG decoding", "uint8_cache": "uint8 cache"}),
