@@ -11,9 +11,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from ..settings.encoders import marked
 from ..settings.profiles import ENCODER_LABELS
-from .tables import PROFILE_PHASES
+from .tables import PROFILE_PHASES, model_label
 
 COLOURS = {"mambavision": "tab:green", "swin": "tab:blue", "vit": "tab:orange"}
 PALETTE = {ENCODER_LABELS[e]: c for e, c in COLOURS.items()}
@@ -37,7 +36,7 @@ def _done(fig):
 
 def seed_histories(runs: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     """Every run's history in one long frame with ``tower`` and ``seed`` columns."""
-    frames = [r["history"].assign(tower=marked(ENCODER_LABELS[e], e), seed=r["seed"])
+    frames = [r["history"].assign(tower=model_label(e), seed=r["seed"])
               for e, entry in runs.items() for r in entry["runs"]]
     return pd.concat(frames, ignore_index=True)
 
