@@ -8,6 +8,7 @@ conditions the claim needs, or a range that cannot test it). The rules' constant
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any, Mapping
 
 import numpy as np
@@ -25,17 +26,16 @@ EXPONENT_GAP = 0.1            # scaling: exponents closer than this grow alike
 TABLE1_METRICS = {"accuracy": "accuracy", "precision_weighted": "precision (weighted)", "f1_weighted": "F1 (weighted)"}
 RELEASED_ROUNDING = 0.005     # the authors' logs give CLIP as released to two decimals
 TOWER_SHORT = {"mambavision": "MambaVision", "swin": "Swin", "vit": "ViT"}
+LOOP = {"kind": "eval_loop", "source": "jpeg"}            # the paper's method: the evaluation loop, JPEG decoding
+CACHE = {"kind": "eval_loop", "source": "uint8_cache"}    # the same loop from the uint8 cache
+ALONE = {"kind": "model_only", "setting": PAPER, "mode": "inference"}  # the towers alone
+SPREAD = {"eval_loop": ("images_per_s_min", "images_per_s_max"), "model_only": ("images_per_s_p10", "images_per_s_p90")}
 
 
 def relative_change(value: float, base: float) -> float:
-    """(value - base) / base in percent; NaN when either is missing or base is 0."""
-    try:
-        value, base = float(value), float(base)
-    except (TypeError, ValueError):
-        return math.nan
-    if not (math.isfinite(value) and math.isfinite(base)) or base == 0:
-        return math.nan
-    return (value - base) / base * 100.0
+    """(value - base) / base in percent; NaN when either is not finite or base is 0."""
+    value, base = float(value), float(base)
+    return (value - base) / base * 100.0 if math.isfinite(value) and math.isfinite(base) and base else math.nan
 
 
 def paper_claims(ref: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -97,16 +97,11 @@ def speed_gaps(entry: Mapping[str, Any], ref: Mapping[str, Any]) -> list[str]:
     return gaps + (["no benchmark.json"] if entry.get("benchmark") is None else [])
 
 
-def _gaps(runs, encoders, rule, ref, absent=None) -> list[str]:
-    absent = absent or {}
+def _gaps(runs, encoders, rule, ref, absent) -> list[str]:
+    """The towers without a finished run (and why), else what their runs lack by ``rule``, each gap once."""
     missing = [f"no finished {ENCODER_LABELS[e]} run" + (f" ({absent[e]})" if e in absent else "")
                for e in encoders if e not in runs]
-    if missing:
-        return missing
-    gaps: list[str] = []
-    for e in encoders:
-        gaps += [g for g in rule(runs[e], ref) if g not in gaps]
-    return gaps
+    return missing or list(dict.fromkeys(g for e in encoders for g in rule(runs[e], ref)))
 
 
 def _row(verdict: str, reason: str, **evidence: Any) -> dict[str, Any]:
@@ -117,16 +112,12 @@ def _grade(real: bool, better: bool, gain: float, threshold: float) -> str:
     return "not supported" if not (real and better) else "supported" if gain >= threshold else "partly"
 
 
-def judge_table1(claim, runs, ref, absent=None) -> dict[str, Any]:
+def judge_table1(claim, runs, gaps) -> dict[str, Any]:
     """A Table 1 metric or the loss: each seed's paired test and the seeds' spread (``stats.compare``); the
     relative gain is the claim's measure once the difference is real."""
     key = claim["metric"]
-    gaps = _gaps(runs, ("mambavision", "swin"), accuracy_gaps, ref, absent)
-    if "mambavision" not in runs or "swin" not in runs:
-        return _row("no verdict", "; ".join(gaps))
     result = stats.compare(key, runs["mambavision"]["runs"], runs["swin"]["runs"])
-    gain = relative_change(result["mean_a"], result["mean_b"])
-    gain = -gain if key in stats.LOWER_IS_BETTER else gain
+    gain = relative_change(result["mean_a"], result["mean_b"]) * (-1 if key in stats.LOWER_IS_BETTER else 1)
     evidence = dict(mvlip=result["mean_a"], mvlip_sd=result["sd_a"], swin=result["mean_b"], swin_sd=result["sd_b"],
                     **{k: result[k] for k in ("difference", "seeds", "found_in", "beyond_spread", "real")},
                     gain=gain if result["real"] else None, tests=result["tests"])
@@ -140,11 +131,12 @@ def judge_table1(claim, runs, ref, absent=None) -> dict[str, Any]:
                 f"a real difference, {'in' if result['better'] else 'against'} the claimed direction", **evidence)
 
 
-def _speed(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None, low: str, high: str) -> dict[str, Any] | None:
-    """Gain of a over b in percent; real when at least MIN_SPEED_GAP_PERCENT and the spreads (``low``-``high``)
-    do not overlap."""
+def _speed(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Gain of record a over record b in percent; real when at least MIN_SPEED_GAP_PERCENT and their spreads
+    (``SPREAD`` of their kind) do not overlap."""
     if not a or not b or not a.get("images_per_s") or not b.get("images_per_s"):
         return None
+    low, high = SPREAD[a["kind"]]
     gain = relative_change(a["images_per_s"], b["images_per_s"])
     overlap = (all(isinstance(r.get(k), (int, float)) for r in (a, b) for k in (low, high))
                and a[low] <= b[high] and b[low] <= a[high])
@@ -155,43 +147,33 @@ def _speed(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None, low: str, h
 def decoder_bound(entry: Mapping[str, Any]) -> dict[str, float] | None:
     """{jpeg, cache} images/s of a tower whose JPEG evaluation loop runs under DECODER_BOUND_SHARE of its loop
     from the uint8 cache (the same loop without decoding): that loop times the JPEG decoder, not the tower."""
-    jpeg = benchmark_record(entry, kind="eval_loop", source="jpeg")
-    cache = benchmark_record(entry, kind="eval_loop", source="uint8_cache")
+    jpeg, cache = benchmark_record(entry, **LOOP), benchmark_record(entry, **CACHE)
     if not jpeg or not cache or not jpeg.get("images_per_s") or not cache.get("images_per_s"):
         return None
     bound = jpeg["images_per_s"] < DECODER_BOUND_SHARE * cache["images_per_s"]
     return {"jpeg": float(jpeg["images_per_s"]), "cache": float(cache["images_per_s"])} if bound else None
 
 
-def judge_throughput(claim, runs, ref, absent=None) -> dict[str, Any]:
+def judge_throughput(claim, runs, gaps) -> dict[str, Any]:
     """The paper's method (the whole evaluation loop, JPEG decoding) decides, unless it times the decoder for
     either tower: then the same loop from the uint8 cache decides. The towers alone stand beside."""
-    other = claim["other"]
-    gaps = _gaps(runs, ("mambavision", other), speed_gaps, ref, absent)
+    pair = ("mambavision", claim["other"])
     if gaps:
         return _row("no verdict", "; ".join(gaps))
-    mv, ot = runs["mambavision"], runs[other]
-    loop = _speed(benchmark_record(mv, kind="eval_loop", source="jpeg"),
-                  benchmark_record(ot, kind="eval_loop", source="jpeg"), "images_per_s_min", "images_per_s_max")
-    alone = _speed(benchmark_record(mv, kind="model_only", setting=PAPER, mode="inference"),
-                   benchmark_record(ot, kind="model_only", setting=PAPER, mode="inference"),
-                   "images_per_s_p10", "images_per_s_p90")
+    loop, cache, alone = (_speed(*(benchmark_record(runs[e], **match) for e in pair)) for match in (LOOP, CACHE, ALONE))
     if loop is None:
         return _row("no verdict", "no measurement of the paper's method", alone=alone)
-    bound = [e for e in ("mambavision", other) if decoder_bound(runs[e])]
-    if bound:
-        cache = _speed(benchmark_record(mv, kind="eval_loop", source="uint8_cache"),
-                       benchmark_record(ot, kind="eval_loop", source="uint8_cache"),
-                       "images_per_s_min", "images_per_s_max")
-        names = " and ".join(ENCODER_LABELS[e] for e in bound)
-        reason = (f"the paper's method times the JPEG decoder for {names}; the loop from the uint8 cache finds "
-                  + (("a real difference" + ("" if cache["gain"] > 0 else ", against the claimed direction"))
-                     if cache["real"] else "no real difference"))
-        verdict = _grade(cache["real"], cache["gain"] > 0, cache["gain"], claim["threshold"])
-        return _row(verdict, reason, loop=loop, cache=cache, alone=alone)
-    verdict = _grade(loop["real"], loop["gain"] > 0, loop["gain"], claim["threshold"])
-    reason = "the paper's method finds " + ("a real difference" if loop["real"] else "no real difference")
-    return _row(verdict, reason, loop=loop, alone=alone)
+    bound = [e for e in pair if decoder_bound(runs[e])]
+    if not bound:
+        reason = "the paper's method finds " + ("a real difference" if loop["real"] else "no real difference")
+        return _row(_grade(loop["real"], loop["gain"] > 0, loop["gain"], claim["threshold"]), reason, loop=loop,
+                    alone=alone)
+    reason = (f"the paper's method times the JPEG decoder for {' and '.join(ENCODER_LABELS[e] for e in bound)}; "
+              "the loop from the uint8 cache finds "
+              + (("a real difference" + ("" if cache["gain"] > 0 else ", against the claimed direction"))
+                 if cache["real"] else "no real difference"))
+    return _row(_grade(cache["real"], cache["gain"] > 0, cache["gain"], claim["threshold"]), reason, loop=loop,
+                cache=cache, alone=alone)
 
 
 def growth_exponents(runs: Mapping[str, Any]) -> pd.DataFrame:
@@ -205,8 +187,7 @@ def growth_exponents(runs: Mapping[str, Any]) -> pd.DataFrame:
         sweep = frame[(frame["kind"] == "resolution_sweep") & frame["images_per_s"].notna()]
         if len(sweep) < 2:
             continue
-        flops = sweep["flops_per_image"] if "flops_per_image" in sweep else pd.Series(dtype=float)
-        top = sweep.loc[sweep["pixels"].idxmax()]
+        flops, top = sweep["flops_per_image"], sweep.loc[sweep["pixels"].idxmax()]
         rows.append({"encoder": encoder,
                      "measured": fit_growth_exponent(sweep["pixels"], sweep["seconds_per_image"]),
                      "counted": (fit_growth_exponent(sweep["pixels"], flops) if flops.notna().sum() >= 2
@@ -216,15 +197,13 @@ def growth_exponents(runs: Mapping[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def judge_scaling(claim, runs, ref, absent=None) -> dict[str, Any]:
+def judge_scaling(claim, runs, gaps) -> dict[str, Any]:
     """Does MVLIP's cost grow more slowly than ViT's where their counted exponents differ?"""
-    gaps = _gaps(runs, ("mambavision", "vit"), speed_gaps, ref, absent)
-    exps = growth_exponents({e: runs[e] for e in ("mambavision", "swin", "vit") if e in runs})
+    exps = growth_exponents(runs)
     if gaps or not {"mambavision", "vit"} <= set(exps.get("encoder", [])):
         return _row("no verdict", "; ".join(gaps) or "no resolution sweep")
-    exps = exps.set_index("encoder")
-    mv, vit = exps.loc["mambavision"], exps.loc["vit"]
-    evidence = {"exponents": exps.reset_index().to_dict(orient="records")}
+    evidence = {"exponents": exps.to_dict(orient="records")}
+    mv, vit = exps.set_index("encoder").loc[["mambavision", "vit"]].to_dict(orient="records")
     if not vit["counted"] - mv["counted"] >= EXPONENT_GAP:
         return _row("no verdict", f"in {int(mv['smallest'])}-{int(mv['largest'])} px their counted exponents do "
                     "not differ, so this range cannot test the claim", **evidence)
@@ -236,14 +215,11 @@ def judge_scaling(claim, runs, ref, absent=None) -> dict[str, Any]:
     return _row(verdict, reason, **evidence)
 
 
-def judge_released(claim, runs, ref, absent=None) -> dict[str, Any]:
+def judge_released(claim, runs, gaps) -> dict[str, Any]:
     """CLIP as released, fp16, before fine-tuning: supported when the paper's two-decimal number lies within
     our accuracy's exact interval."""
-    if "vit" not in runs:
-        return _row("no verdict", "; ".join(_gaps(runs, ("vit",), accuracy_gaps, ref, absent)))
     before = runs["vit"]["runs"][0].get("before_training") or {}
     fp16 = before.get("fp16")
-    gaps = accuracy_gaps(runs["vit"], ref, epochs=False)
     if fp16 is None:
         return _row("no verdict", "no evaluation before training")
     n = int(fp16["n_val"])
@@ -258,16 +234,23 @@ def judge_released(claim, runs, ref, absent=None) -> dict[str, Any]:
                 "the paper's number lies " + ("within" if within else "outside") + " our interval", **evidence)
 
 
-JUDGES = {"table1": judge_table1, "throughput": judge_throughput, "scaling": judge_scaling,
-          "released": judge_released}
+JUDGES = {"table1": (judge_table1, ("mambavision", "swin"), accuracy_gaps),  # (judge, towers, what runs lack)
+          "throughput": (judge_throughput, None, speed_gaps),  # MVLIP and claim["other"]
+          "scaling": (judge_scaling, ("mambavision", "vit"), speed_gaps),
+          "released": (judge_released, ("vit",), partial(accuracy_gaps, epochs=False))}
 
 
 def judge(claim: Mapping[str, Any], runs: Mapping[str, Any], ref: Mapping[str, Any],
           absent: Mapping[str, str] | None = None) -> dict[str, Any]:
     """One claim's verdict from one edition's runs of the paper's towers (others are ignored): {verdict,
-    reason, the evidence's values}."""
+    reason, the evidence's values}; no verdict without a finished run of each tower the claim compares."""
     paper = {e: entry for e, entry in runs.items() if e in ENCODERS}
-    out = JUDGES[claim["kind"]](claim, paper, ref, {e: a for e, a in (absent or {}).items() if e in ENCODERS})
+    rule, towers, lacks = JUDGES[claim["kind"]]
+    towers = towers or ("mambavision", claim["other"])
+    gaps = _gaps(paper, towers, lacks, ref, absent or {})
+    if not set(towers) <= set(paper):
+        return _row("no verdict", "; ".join(gaps))
+    out = rule(claim, paper, gaps)
     assert out["verdict"] in VERDICTS, out
     return out
 
@@ -276,22 +259,21 @@ def _pm(mean: float, sd: float) -> str:
     return f"{mean:.4f}" if not math.isfinite(sd) else f"{mean:.4f} ± {sd:.4f}"
 
 
+def _gain(measured: Mapping[str, Any]) -> str:
+    return f", {measured['gain']:+.1f}%" if measured["real"] else ", no real difference"
+
+
 def evidence_text(claim: Mapping[str, Any], row: Mapping[str, Any]) -> str:
     """The measurement behind a verdict, for a table cell; a percentage only where the difference is real."""
     if claim["kind"] == "table1" and "difference" in row:
-        text = f"{_pm(row['mvlip'], row['mvlip_sd'])} vs {_pm(row['swin'], row['swin_sd'])}"
-        return text + (f", {row['gain']:+.1f}%" if row["real"] else ", no real difference")
+        return f"{_pm(row['mvlip'], row['mvlip_sd'])} vs {_pm(row['swin'], row['swin_sd'])}" + _gain(row)
     if claim["kind"] == "throughput" and row.get("loop"):
-        loop, alone = row["loop"], row.get("alone")
-        text = f"loop {loop['a']:.0f} vs {loop['b']:.0f} images/s" + (
-            f", {loop['gain']:+.1f}%" if loop["real"] and not row.get("cache") else "")
-        if row.get("cache"):
-            cache = row["cache"]
-            text += (f"; from the cache {cache['a']:.0f} vs {cache['b']:.0f}"
-                     + (f", {cache['gain']:+.1f}%" if cache["real"] else ", no real difference"))
+        loop, cache, alone = row["loop"], row.get("cache"), row.get("alone")
+        text = f"loop {loop['a']:.0f} vs {loop['b']:.0f} images/s" + (_gain(loop) if loop["real"] and not cache else "")
+        if cache:
+            text += f"; from the cache {cache['a']:.0f} vs {cache['b']:.0f}" + _gain(cache)
         if alone:
-            text += (f"; towers alone {alone['a']:.0f} vs {alone['b']:.0f}"
-                     + (f", {alone['gain']:+.1f}%" if alone["real"] else ", no real difference"))
+            text += f"; towers alone {alone['a']:.0f} vs {alone['b']:.0f}" + _gain(alone)
         return text
     if claim["kind"] == "scaling" and row.get("exponents"):
         return "; ".join(f"{TOWER_SHORT[r['encoder']]} b = {r['measured']:.2f} (counted {r['counted']:.2f})"
@@ -372,20 +354,18 @@ def seed_table(detail: pd.DataFrame) -> pd.DataFrame:
 
 def throughput_overview(runs: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     """One row per tower and condition for ``plots.throughput_by_condition`` (median and spread)."""
-    conditions = [("model_only", {"setting": PAPER, "mode": "inference"}, "alone, paper's conditions, inference"),
-                  ("model_only", {"setting": PAPER, "mode": "train"}, "alone, paper's conditions, training step"),
-                  ("eval_loop", {"source": "jpeg"}, "paper's method, JPEG decoding"),
-                  ("eval_loop", {"source": "uint8_cache"}, "paper's method, uint8 cache")]
+    conditions = [(ALONE, "alone, paper's conditions, inference"),
+                  (ALONE | {"mode": "train"}, "alone, paper's conditions, training step"),
+                  (LOOP, "paper's method, JPEG decoding"), (CACHE, "paper's method, uint8 cache")]
     rows = []
     for encoder, entry in runs.items():
         if encoder not in ENCODERS:
             continue
-        for kind, match, label in conditions:
-            r = benchmark_record(entry, kind=kind, **match)
+        for match, label in conditions:
+            r = benchmark_record(entry, **match)
             if r is None or pd.isna(r.get("images_per_s")):
                 continue
-            low, high = (("images_per_s_p10", "images_per_s_p90") if kind == "model_only"
-                         else ("images_per_s_min", "images_per_s_max"))
+            low, high = SPREAD[match["kind"]]
             rows.append({"tower": ENCODER_LABELS[encoder], "condition": label, "images/s": float(r["images_per_s"]),
                          "low": r.get(low), "high": r.get(high)})
     return pd.DataFrame(rows)

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from ..settings.encoders import marked
 from ..settings.profiles import ENCODER_LABELS
+from .tables import PROFILE_PHASES, model_label
 
 COLOURS = {"mambavision": "tab:green", "swin": "tab:blue", "vit": "tab:orange"}
 PALETTE = {ENCODER_LABELS[e]: c for e, c in COLOURS.items()}
@@ -36,7 +36,7 @@ def _done(fig):
 
 def seed_histories(runs: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     """Every run's history in one long frame with ``tower`` and ``seed`` columns."""
-    frames = [r["history"].assign(tower=marked(ENCODER_LABELS[e], e), seed=r["seed"])
+    frames = [r["history"].assign(tower=model_label(e), seed=r["seed"])
               for e, entry in runs.items() for r in entry["runs"]]
     return pd.concat(frames, ignore_index=True)
 
@@ -87,11 +87,10 @@ def throughput_by_condition(frame: pd.DataFrame, title: str = "Throughput of the
     sns.barplot(data=frame, y="condition", x="images/s", hue="tower", order=conditions, hue_order=towers,
                 palette=palette(frame.tower), ax=ax, errorbar=None)
     for container, tower in zip(ax.containers, towers):
-        rows = frame[frame.tower == tower].set_index("condition")
-        for bar, condition in zip(container, conditions):
-            if condition in rows.index and pd.notna(rows.loc[condition, "low"]) and pd.notna(rows.loc[condition, "high"]):
-                y = bar.get_y() + bar.get_height() / 2
-                ax.plot([rows.loc[condition, "low"], rows.loc[condition, "high"]], [y, y], color="black", lw=1)
+        spread = frame[frame.tower == tower].set_index("condition").reindex(conditions)
+        for bar, low, high in zip(container, spread["low"], spread["high"]):
+            if pd.notna(low) and pd.notna(high):
+                ax.plot([low, high], [bar.get_y() + bar.get_height() / 2] * 2, color="black", lw=1)
     ax.set_xscale("log")
     ax.set(xlabel="images per second (log scale)", ylabel="", title=title)
     ax.grid(alpha=0.3, axis="x", which="both")
@@ -140,8 +139,7 @@ def step_time_breakdown(table: pd.DataFrame, title: str):
     """A training step's ms per tower and step (``tables.step_profile_table``): on a GPU kernel time by phase and
     the rest of the step; on a CPU the host's phases and its wait for data."""
     on_gpu = table["kernels ms"].notna().all()
-    parts = {f"{phase} {'kernels' if on_gpu else '(host)'}": table[f"{phase} ms"]
-             for phase in ("forward", "backward", "optimizer")}
+    parts = {f"{phase} {'kernels' if on_gpu else '(host)'}": table[f"{phase} ms"] for phase in PROFILE_PHASES}
     parts["the rest of the step" if on_gpu else "waiting for data"] = (
         (table["step ms"] - table["kernels ms"]).clip(lower=0) if on_gpu else table["data wait ms"])
     frame = pd.DataFrame(parts)

@@ -13,6 +13,8 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
+import pandas as pd
+
 from ..data.files import jsonable, write_json
 from ..measure.benchmark_suite import benchmark_record
 from ..measure.flops import peak_flops, utilisation_fields
@@ -88,10 +90,8 @@ def study_projection(runs: Mapping[str, Mapping[str, Any]], ref: Mapping[str, An
             "fp32_floor_minutes": total("fp32_floor_minutes"), "provenance": provenance}
 
 
-def projection_table(projection: Mapping[str, Any], labels: Mapping[str, str]) -> "Any":
+def projection_table(projection: Mapping[str, Any], labels: Mapping[str, str]) -> pd.DataFrame:
     """Minutes of the paper's study per encoder by stage, one seed, and with every seed."""
-    import pandas as pd
-
     rows = {labels[p["encoder"]]: {"training": p["train_minutes"], "validation": p["validation_minutes"],
                                    "checkpoint waits": p["checkpoint_minutes"],
                                    "first-epoch warm-up": p["warmup_minutes"], "set-up": p["setup_minutes"],

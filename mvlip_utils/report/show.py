@@ -22,12 +22,9 @@ def glue(**values: Any) -> None:
 
 
 def figure_caption(what: str, profile: str, encoder: str | Sequence[str] | None, hardware: str) -> str:
-    """'<what>. Profile `smoke`, encoder CLIP(Swin), hardware CPU (...).'"""
-    if encoder is None or isinstance(encoder, str):
-        names = ENCODER_LABELS.get(encoder, encoder) if encoder else "all"
-    else:
-        names = ", ".join(ENCODER_LABELS.get(e, e) for e in encoder)
-    return f"{what.rstrip('.')}. Profile `{profile}`, encoder {names}, hardware {hardware}."
+    """'<what>. Profile `smoke`, encoder CLIP(Swin), hardware CPU (...).' (encoder "all" for None)"""
+    names = ", ".join(ENCODER_LABELS.get(e, e) for e in ([encoder] if isinstance(encoder, str) else encoder or []))
+    return f"{what.rstrip('.')}. Profile `{profile}`, encoder {names or 'all'}, hardware {hardware}."
 
 
 def show_figure(fig, caption: str) -> None:

@@ -26,10 +26,10 @@ def mcnemar(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> dict[str, A
             "low": None, "high": None, "only_a": only_a, "only_b": only_b}
 
 
-def paired_bootstrap(statistic, data: Sequence[np.ndarray], vectorized: bool = False, seed: int = 0) -> dict[str, Any]:
-    """``statistic(*data)`` and its percentile interval from ``scipy.stats.bootstrap(paired=True)`` over images."""
-    result = stats.bootstrap(tuple(data), statistic, paired=True, vectorized=vectorized, n_resamples=N_RESAMPLES,
-                             confidence_level=1 - ALPHA, method="percentile", random_state=seed)
+def paired_bootstrap(statistic, data: Sequence[np.ndarray]) -> dict[str, Any]:
+    """``statistic(*data)`` (vectorized) and its percentile interval, ``scipy.stats.bootstrap(paired=True)``."""
+    result = stats.bootstrap(tuple(data), statistic, paired=True, vectorized=True, n_resamples=N_RESAMPLES,
+                             confidence_level=1 - ALPHA, method="percentile", random_state=0)
     low, high = result.confidence_interval
     return {"test": "paired bootstrap", "difference": float(np.squeeze(statistic(*data))), "p_value": None,
             "low": float(low), "high": float(high)}
@@ -66,14 +66,10 @@ def paired_test(key: str, a: pd.DataFrame, b: pd.DataFrame) -> dict[str, Any]:
     if key == "accuracy":
         out = mcnemar(a["correct"], b["correct"])
     elif key == "zeroshot_loss":
-        out = paired_bootstrap(lambda d, axis=-1: np.mean(d, axis=axis),
-                               [a["loss"].to_numpy() - b["loss"].to_numpy()], vectorized=True)
+        out = paired_bootstrap(lambda d, axis=-1: np.mean(d, axis=axis), [a["loss"].to_numpy() - b["loss"].to_numpy()])
     else:
-        def difference(y, pa, pb, axis=-1):
-            return label_scores(y, pa, key) - label_scores(y, pb, key)
-
-        out = paired_bootstrap(difference, [labels, a["prediction"].to_numpy(), b["prediction"].to_numpy()],
-                               vectorized=True)
+        out = paired_bootstrap(lambda y, pa, pb, axis=-1: label_scores(y, pa, key) - label_scores(y, pb, key),
+                               [labels, a["prediction"].to_numpy(), b["prediction"].to_numpy()])
     out["significant"] = (out["p_value"] < ALPHA if out["p_value"] is not None
                           else not out["low"] <= 0 <= out["high"])
     return out
@@ -83,8 +79,7 @@ def seed_spread(values_a: Sequence[float], values_b: Sequence[float]) -> dict[st
     """Each tower's mean and SD (ddof 1) over seeds; whether the means differ by more than SPREAD_FACTOR times
     the larger SD (None with fewer than two seeds)."""
     a, b = np.asarray(values_a, dtype=float), np.asarray(values_b, dtype=float)
-    sd_a = float(np.std(a, ddof=1)) if len(a) > 1 else math.nan
-    sd_b = float(np.std(b, ddof=1)) if len(b) > 1 else math.nan
+    sd_a, sd_b = (float(np.std(x, ddof=1)) if len(x) > 1 else math.nan for x in (a, b))
     beyond = None if min(len(a), len(b)) < 2 else bool(abs(a.mean() - b.mean()) > SPREAD_FACTOR * max(sd_a, sd_b))
     return {"mean_a": float(a.mean()), "sd_a": sd_a, "mean_b": float(b.mean()), "sd_b": sd_b, "seeds": len(a),
             "beyond_spread": beyond}

@@ -12,7 +12,7 @@ import pandas as pd
 from ..measure.benchmark_suite import BEST, PAPER, benchmark_rate, benchmark_record
 from ..settings.encoders import marked, tower_name
 from ..settings.profiles import ENCODER_LABELS, ENCODERS
-from .findings import _speed, decoder_bound, growth_exponents
+from .findings import ALONE, LOOP, _pm, _speed, decoder_bound, growth_exponents
 
 TABLE1_METRICS = {"accuracy": "Accuracy", "precision_weighted": "Precision (weighted)", "f1_weighted": "F1 (weighted)",
                   "precision_macro": "Precision (macro)", "recall_macro": "Recall (macro)", "f1_macro": "F1 (macro)",
@@ -36,31 +36,20 @@ def _towers(runs: Mapping[str, Mapping[str, Any]], encoders) -> list[str]:
 def mean_sd(values) -> str:
     """'0.4083 ± 0.0123' over seeds (the SD with ddof 1); one value alone, '–' for none."""
     values = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
-    if not len(values):
-        return "–"
-    return f"{values.mean():.4f}" if len(values) == 1 else f"{values.mean():.4f} ± {values.std(ddof=1):.4f}"
-
-
-def paper_final_metrics(ref: Mapping[str, Any]) -> dict[str, dict[str, float]]:
-    """The paper's final-epoch numbers: Table 1, completed from the authors' last logged epoch (macro averages,
-    zero-shot loss), for MVLIP and CLIP(Swin); CLIP(ViT) as released, in fp16."""
-    logs = ref["authors_logs"]
-    out: dict[str, dict[str, float]] = {}
-    for encoder in ("mambavision", "swin"):
-        last = logs[logs.encoder == encoder].sort_values("epoch").iloc[-1]
-        row = {k: float(last[k]) for k in TABLE1_METRICS if k in last.index}
-        row["zeroshot_loss"] = float(last["val_zeroshot_loss"])
-        row.update({k: float(v) for k, v in ref["table1_final_epoch"][encoder].items()})
-        out[encoder] = row
-    vit = dict(ref["table1_final_epoch"][VIT_PRETRAINED])
-    vit["zeroshot_loss"] = vit.pop("val_zeroshot_loss")
-    out["vit"] = {k: float(v) for k, v in vit.items()}
-    return out
+    return _pm(values.mean(), values.std(ddof=1) if len(values) > 1 else math.nan) if len(values) else "–"
 
 
 def paper_table1(ref: Mapping[str, Any]) -> pd.DataFrame:
-    """Table 1 as the paper reports it (with CLIP(ViT) as released, not fine-tuned, in fp16)."""
-    paper = paper_final_metrics(ref)
+    """Table 1 as the paper reports it, completed from the authors' last logged epoch (macro averages, zero-shot
+    loss) for MVLIP and CLIP(Swin); CLIP(ViT) as released, not fine-tuned, in fp16."""
+    logs, reported = ref["authors_logs"], ref["table1_final_epoch"]
+    paper = {"vit": {k: float(v) for k, v in reported[VIT_PRETRAINED].items()}}
+    paper["vit"]["zeroshot_loss"] = paper["vit"].pop("val_zeroshot_loss")
+    for encoder in ("mambavision", "swin"):
+        last = logs[logs.encoder == encoder].sort_values("epoch").iloc[-1]
+        paper[encoder] = {k: float(last[k]) for k in TABLE1_METRICS if k in last.index}
+        paper[encoder]["zeroshot_loss"] = float(last["val_zeroshot_loss"])
+        paper[encoder].update({k: float(v) for k, v in reported[encoder].items()})
     return pd.DataFrame({name: [paper[encoder].get(k) for k in TABLE1_METRICS] for encoder, name in
                          (("mambavision", "MVLIP"), ("swin", "CLIP(Swin)"), ("vit", "CLIP(ViT) as released"))},
                         index=list(TABLE1_METRICS.values())).rename_axis("metric")
@@ -91,14 +80,10 @@ def before_training(entry: Mapping[str, Any]) -> pd.DataFrame:
                              "loss": m["zeroshot_loss"]} for p, m in before.items()}).T
 
 
-def _relative(values: Mapping[str, Mapping[str, Any] | None], base: str, low: str, high: str) -> dict[str, str]:
-    out = {}
-    for encoder, record in values.items():
-        if encoder == base:
-            continue
-        gain = _speed(record, values.get(base), low, high)
-        out[encoder] = "–" if gain is None else (f"{gain['gain']:+.1f}%" if gain["real"] else "no real difference")
-    return out
+def _against_vit(records: Mapping[str, Mapping[str, Any] | None]) -> dict[str, str]:
+    gains = {e: _speed(record, records.get("vit")) for e, record in records.items() if e != "vit"}
+    return {e: "–" if g is None else f"{g['gain']:+.1f}%" if g["real"] else "no real difference"
+            for e, g in gains.items()}
 
 
 def table2(runs: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any]) -> pd.DataFrame:
@@ -107,14 +92,11 @@ def table2(runs: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any]) -> pd.
     the JPEG decoder (``findings.decoder_bound``)."""
     paper = ref["table2_throughput_images_per_s"]
     encoders = [e for e in ENCODERS if e in paper or e in runs] + [e for e in runs if e not in ENCODERS]
-    loop = {e: benchmark_record(runs[e], kind="eval_loop", source="jpeg") if e in runs else None for e in encoders}
-    alone = {e: benchmark_record(runs[e], kind="model_only", setting=PAPER, mode="inference") if e in runs else None
-             for e in encoders}
-    loop_vs = _relative(loop, "vit", "images_per_s_min", "images_per_s_max")
-    bound = [e for e in encoders if e in runs and decoder_bound(runs[e])]
-    if bound:  # the loop times the JPEG decoder for these towers: no percentage from it
-        loop_vs = {e: ("decoder-bound" if e in bound or "vit" in bound else v) for e, v in loop_vs.items()}
-    alone_vs = _relative(alone, "vit", "images_per_s_p10", "images_per_s_p90")
+    loop, alone = ({e: benchmark_record(runs[e], **match) if e in runs else None for e in encoders}
+                   for match in (LOOP, ALONE))
+    bound = [e for e in encoders if e in runs and decoder_bound(runs[e])]  # the loop times their JPEG decoder
+    loop_vs = {e: "decoder-bound" if e in bound or "vit" in bound else v for e, v in _against_vit(loop).items()}
+    alone_vs = _against_vit(alone)
     rows = {model_label(e): {
         "paper": f"{paper[e]:.0f}" if e in paper else "–",
         "paper: vs CLIP(ViT)": f"{(paper[e] / paper['vit'] - 1) * 100:+.1f}%" if e in paper and e != "vit" else "–",
@@ -156,7 +138,7 @@ def eval_loop_table(runs: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     frame = benchmark_frame(runs, "eval_loop")
     if frame.empty:
         return frame
-    alone = {e: benchmark_rate(entry, kind="model_only", setting=PAPER, mode="inference") for e, entry in runs.items()}
+    alone = {e: benchmark_rate(entry, **ALONE) for e, entry in runs.items()}
     out = pd.DataFrame({
         "tower": _towers(runs, frame.encoder),
         "data": frame.source.map({"jpeg": "JPEG decoding", "uint8_cache": "uint8 cache"}),
