@@ -17,7 +17,7 @@ def test_rank_slices_of_the_single_process_batches():
     # the same batches, in the same order, as the single-process training loader (4 full batches, drop_last)
     from mvlip_utils.data.folders import make_loader
 
-    expected = [b.tolist() for b in make_loader(dist_mod._Indices(70), 16, shuffle=True, drop_last=True, seed=7)]
+    expected = [b.tolist() for b in make_loader(range(70), 16, shuffle=True, drop_last=True, seed=7)]
     assert batches == expected and len(batches) == 4 and sorted(sum(batches, [])) != list(range(64))
     ranks = [list(dist_mod.RankSliceSampler(batches, r, 2)) for r in range(2)]
     assert all(len(s) == 8 for r in ranks for s in r)

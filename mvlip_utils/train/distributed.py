@@ -45,10 +45,6 @@ def info() -> DistInfo:
     return DistInfo()
 
 
-def is_main() -> bool:
-    return info().is_main
-
-
 def init_from_env(device: str = "auto", timeout_s: int = 1800) -> DistInfo:
     """Start the process group from torchrun's environment when WORLD_SIZE > 1 (idempotent): NCCL when
     ``device`` (the run's setting) resolves to CUDA, else gloo; each process pinned to its GPU."""
@@ -69,13 +65,6 @@ def init_from_env(device: str = "auto", timeout_s: int = 1800) -> DistInfo:
 def destroy() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def device_for_rank(device: str) -> str:
-    """'cuda' -> 'cuda:<local rank>' under a process group; anything else unchanged."""
-    if device == "cuda" and info().enabled:
-        return f"cuda:{info().local_rank}"
-    return device
 
 
 def barrier() -> None:
@@ -130,22 +119,11 @@ def local_batch_size(global_batch: int, world_size: int) -> int:
     return global_batch // world_size
 
 
-class _Indices(torch.utils.data.Dataset):
-    def __init__(self, n: int):
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> int:
-        return i
-
-
-def global_batches(n: int, batch_size: int, seed: int, drop_last: bool = True) -> list[list[int]]:
+def global_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:
     """The batches of sample indices that the single-process training loader forms for ``seed``."""
     from ..data.folders import make_loader
 
-    loader = make_loader(_Indices(n), batch_size, shuffle=True, drop_last=drop_last, num_workers=0, seed=seed)
+    loader = make_loader(range(n), batch_size, shuffle=True, drop_last=True, num_workers=0, seed=seed)
     return [batch.tolist() for batch in loader]
 
 
@@ -172,8 +150,6 @@ def wrap_ddp(module: nn.Module, device: str) -> nn.Module:
 
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
     if has_bn and str(device).startswith("cuda"):
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            raise TypeError("wrap_ddp expects a tower, not a bare BatchNorm layer")
         nn.SyncBatchNorm.convert_sync_batchnorm(module)  # replaces the children in place
     elif has_bn:
         logging.getLogger("mvlip_utils.distributed").warning(
