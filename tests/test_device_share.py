@@ -34,7 +34,7 @@ def test_auto_is_one_chain_per_visible_gpu_shared_round_robin(monkeypatch, count
 def test_the_cli_default_is_auto(monkeypatch):
     seen = {}
     monkeypatch.setattr(study, "run_study", lambda *a, **k: seen.update(k))
-    monkeypatch.setattr(device_share, "auto_devices", lambda n, count=None: [str(i % 2) for i in range(n)])
+    monkeypatch.setattr(device_share, "auto_devices", lambda n: [str(i % 2) for i in range(n)])
     assert study.main(["--encoders", "mambavision", "swin", "vit", "--no-book"]) == 0
     assert seen["gpus"] == ["0", "1", "0"]
 

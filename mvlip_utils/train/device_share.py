@@ -18,12 +18,11 @@ HELD_ENV = "MVLIP_DEVICE_LOCK_HELD"  # "1" while the chain's runner holds it (it
 SHARED_ENV = "MVLIP_DEVICE_SHARED_WITH"  # the other encoders whose chains run on this device, comma-separated
 
 
-def auto_devices(n_chains: int, count: int | None = None) -> list[str] | None:
-    """``--gpus auto``: chain i on GPU i mod ``count`` (the visible GPUs); None (in turn) with one GPU or none."""
-    if count is None:
-        import torch
+def auto_devices(n_chains: int) -> list[str] | None:
+    """``--gpus auto``: chain i on visible GPU i mod their count; None (in turn) with one GPU or none."""
+    import torch
 
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if count < 2:
         return None
     return [str(i % count) for i in range(n_chains)]
@@ -75,13 +74,9 @@ def timing_lock(log=None) -> Iterator[None]:
     if log is not None and shared_with():
         log(f"waiting for the timing lock of this device (shared with {', '.join(shared_with())}) ...")
     with lock:
-        previous = os.environ.get(HELD_ENV)
         os.environ[HELD_ENV] = "1"  # the notebook started now inherits it: it must not wait for its runner
         try:
             yield
         finally:
-            if previous is None:
-                os.environ.pop(HELD_ENV, None)
-            else:
-                os.environ[HELD_ENV] = previous
+            os.environ.pop(HELD_ENV, None)
 

@@ -3,7 +3,7 @@ helper is a no-op in a plain one-process run. ``torchrun --nproc_per_node=2 -m m
 
 Equivalence with one process (tests/test_distributed.py): ``batch_size`` is the global batch; the batches are
 the single process's loader's (``global_batches``), each rank training on its contiguous slice
-(``RankSliceSampler``). ``ClipLoss(local_loss=False, gather_with_grad=True)`` gives every rank the global-batch
+(``rank_slices``). ``ClipLoss(local_loss=False, gather_with_grad=True)`` gives every rank the global-batch
 loss; the gather's backward (x world_size) and DDP's all-reduce (/ world_size) give one process's gradient.
 BatchNorm becomes ``SyncBatchNorm`` under DDP (on GPUs), so batch statistics are the global batch's.
 """
@@ -15,12 +15,11 @@ import datetime
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import Sampler
 
 
 @dataclass(frozen=True)
@@ -127,21 +126,10 @@ def global_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:
     return [batch.tolist() for batch in loader]
 
 
-class RankSliceSampler(Sampler[list[int]]):
-    """A batch sampler: for each global batch, this rank's contiguous slice of it."""
-
-    def __init__(self, batches: list[list[int]], rank: int, world_size: int):
-        self.batches, self.rank, self.world_size = batches, rank, world_size
-        for batch in batches:
-            local_batch_size(len(batch), world_size)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for batch in self.batches:
-            local = len(batch) // self.world_size
-            yield batch[self.rank * local:(self.rank + 1) * local]
-
-    def __len__(self) -> int:
-        return len(self.batches)
+def rank_slices(batches: list[list[int]], rank: int, world_size: int) -> list[list[int]]:
+    """For each global batch, this rank's contiguous slice of it (a DataLoader's ``batch_sampler``)."""
+    local = len(batches[0]) // world_size if batches else 0  # every batch is full (drop_last)
+    return [batch[rank * local:(rank + 1) * local] for batch in batches]
 
 
 def wrap_ddp(module: nn.Module, device: str) -> nn.Module:

@@ -105,20 +105,16 @@ def build_experiment(config: StudyConfig, progress: bool = True, shared: dict | 
                                   for split, dataset in (("train", train_set), ("val", val_set)))
         shared["data"] = (Path(root), train_set, val_set, list(classnames), val_files)
     root, train_set, val_set, classnames, val_files = shared["data"]
-    text = None if config.train_text else shared.get("text")
-    if text is None:
+    text_tower, bank = (None, None) if config.train_text else shared.get("text", (None, None))
+    if text_tower is None:
         torch.manual_seed(TEXT_SEED)
         text_tower = create_text_tower(pretrained=config.pretrained, weights_path=config.text_weights,
                                        trust_pickled_weights=config.trust_pickled_weights)
-    else:
-        text_tower = text[0]
     model = assemble_model(config, seeded_image_tower(config), text_tower, device)
-    if text is None:
+    if bank is None:
         bank = prompt_bank(config, model, classnames, device, progress)
         if not config.train_text:
             shared["text"] = (text_tower, bank)
-    else:
-        bank = text[1]
     return Experiment(config, device, model, bank, train_set, val_set, classnames, root, val_files)
 
 
@@ -166,26 +162,16 @@ def prepare_shared_inputs(configs, progress: bool = True) -> list[Path]:
     prepared: list[Path] = []
     for config in configs:
         root = dataset_root(config, progress)
+        paths = [cache_path(config, root, split) for split in ("train", "val")] if config.data_cache else []
         if root not in prepared:
             prepared.append(root)
-        if not config.data_cache:
-            continue
-        splits = None
-        for split in ("train", "val"):
-            path = cache_path(config, root, split)
-            if path in prepared:
-                continue
-            if splits is None:
-                train_set, val_set, _ = data_mod.load_splits(root, image_size=config.image_size, progress=progress)
-                splits = {"train": train_set, "val": val_set}
-            data_cache.cache_preprocessed(splits[split], path, config.image_size, num_workers=config.num_workers,
-                                        progress=progress)
-            prepared.append(path)
+        if paths and paths[0] not in prepared:  # both splits' caches, built from the same scan of the folder
+            splits = data_mod.load_splits(root, image_size=config.image_size, progress=progress)[:2]
+            for dataset, path in zip(splits, paths):
+                data_cache.cache_preprocessed(dataset, path, config.image_size, num_workers=config.num_workers,
+                                              progress=progress)
+            prepared += paths
     return prepared
-
-
-def sample_paths(dataset) -> list[str]:
-    return [path for path, _ in dataset.samples] if hasattr(dataset, "samples") else list(dataset.paths)
 
 
 def caption_features(experiment: Experiment, labels: torch.Tensor, templates: torch.Tensor) -> torch.Tensor:

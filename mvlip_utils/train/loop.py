@@ -33,7 +33,7 @@ from . import run_folder as rf
 from .checkpoint import CheckpointWriter, load_checkpoint, read_checkpoint
 from .evaluate import progress_iter, synchronize, to_model_input
 from .experiment import (Experiment, build_experiment, caption_features, evaluate_experiment, make_optimizer,
-                         prepare_shared_inputs, sample_paths, training_tower)
+                         prepare_shared_inputs, training_tower)
 from .provenance import device_description, versions
 from ..settings.precision import autocast_region, precision_context
 from ..settings.profiles import StudyConfig
@@ -92,7 +92,7 @@ def train_one_epoch(experiment: Experiment, optimizer, scheduler, loss_fn: ClipL
     if info.enabled:  # this rank's slice of each of the single process's global batches
         batches = dist_mod.global_batches(len(experiment.train_set), config.batch_size, seed=config.seed * 1000 + epoch)
         loader = torch.utils.data.DataLoader(
-            experiment.train_set, batch_sampler=dist_mod.RankSliceSampler(batches, info.rank, info.world_size),
+            experiment.train_set, batch_sampler=dist_mod.rank_slices(batches, info.rank, info.world_size),
             num_workers=config.num_workers, worker_init_fn=data_mod._seed_worker,
             pin_memory=experiment.device.startswith("cuda"))
         outside_ddp = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("visual.")]
@@ -293,7 +293,7 @@ def train_run(config: StudyConfig, resume: bool = True, progress: bool = True,
                     raise NonFiniteLossError(f"non-finite zero-shot loss at the end of {run}")
                 root = experiment.data_root
                 images = [str(Path(p).relative_to(root)) if Path(p).is_relative_to(root) else str(p)
-                          for p in sample_paths(experiment.val_files)]
+                          for p, _ in experiment.val_files.samples]
                 # clip_benchmark.json names a generated dataset by its kind, a folder by its name
                 rf.write_final_results(run, config, evaluation, images,
                                        config.data if config.data.startswith("generated") else Path(root).name)
