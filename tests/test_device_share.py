@@ -34,7 +34,7 @@ def test_auto_is_one_chain_per_visible_gpu_shared_round_robin(monkeypatch, count
 def test_the_cli_default_is_auto(monkeypatch):
     seen = {}
     monkeypatch.setattr(study, "run_study", lambda *a, **k: seen.update(k))
-    monkeypatch.setattr(device_share, "auto_devices", lambda n, count=None: [str(i % 2) for i in range(n)])
+    monkeypatch.setattr(device_share, "auto_devices", lambda n: [str(i % 2) for i in range(n)])
     assert study.main(["--encoders", "mambavision", "swin", "vit", "--no-book"]) == 0
     assert seen["gpus"] == ["0", "1", "0"]
 
@@ -49,8 +49,6 @@ def test_a_shared_gpu_is_named_with_what_runs_one_at_a_time(tmp_path):
     env = device_share.chain_env("swin", encoders, devices, tmp_path)
     assert env == {device_share.LOCK_ENV: str(tmp_path / "device-0.lock"), device_share.SHARED_ENV: "mambavision"}
     assert device_share.chain_env("vit", encoders, devices, tmp_path)[device_share.SHARED_ENV] == ""
-    assert "shared with the chain(s) of mambavision" in device_share.training_note("CLIP(Swin)", env)
-    assert device_share.training_note("CLIP(ViT)", {}) == ""
 
 
 HOLD = """

@@ -17,13 +17,13 @@ def test_rank_slices_of_the_single_process_batches():
     # the same batches, in the same order, as the single-process training loader (4 full batches, drop_last)
     from mvlip_utils.data.folders import make_loader
 
-    expected = [b.tolist() for b in make_loader(dist_mod._Indices(70), 16, shuffle=True, drop_last=True, seed=7)]
+    expected = [b.tolist() for b in make_loader(range(70), 16, shuffle=True, drop_last=True, seed=7)]
     assert batches == expected and len(batches) == 4 and sorted(sum(batches, [])) != list(range(64))
-    ranks = [list(dist_mod.RankSliceSampler(batches, r, 2)) for r in range(2)]
+    ranks = [dist_mod.rank_slices(batches, r, 2) for r in range(2)]
     assert all(len(s) == 8 for r in ranks for s in r)
     assert [a + b for a, b in zip(*ranks)] == batches
     with pytest.raises(ValueError, match="batch_size=16"):
-        dist_mod.RankSliceSampler(batches, 0, 3)
+        dist_mod.local_batch_size(16, 3)
     assert dist_mod.all_reduce_mean(2.5) == 2.5 and dist_mod.broadcast_object({"a": 1}) == {"a": 1}
 
 

@@ -13,30 +13,16 @@ import numpy as np
 import torch
 
 from ..data.files import atomic_write_bytes
-from ..models.model import MVLIP
 from ..models.towers import architecture
 from ..models.weights import load_torch_file
 from .experiment import Experiment
 from .run_folder import CHECKPOINT, refuse_other_run
-
-CHECKPOINT_REMEDY = ("To go on: start the run again (train_run(..., resume=False); the study's --force) or use "
-                     "another results_dir.")
-
-
-def _model_state(model: MVLIP, train_text: bool) -> dict[str, torch.Tensor]:
-    """The model's state without a frozen text tower (rebuilt from its weights)."""
-    return {k: v for k, v in model.state_dict().items() if train_text or not k.startswith("text.")}
-
 
 def _numpy_rng_state() -> dict[str, Any]:
     """numpy's global RNG state as plain values and a tensor."""
     name, key, pos, has_gauss, cached_gaussian = np.random.get_state()
     return {"bit_generator": name, "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
             "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)}
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def _host_copy(value: Any) -> Any:
@@ -51,18 +37,20 @@ def _host_copy(value: Any) -> Any:
 
 
 def checkpoint_state(experiment: Experiment, optimizer, scheduler, epoch: int, history: list[dict]) -> dict[str, Any]:
-    """The run's state after ``epoch``, copied to host memory."""
+    """The run's state after ``epoch``, copied to host memory; the model's without a frozen text tower (rebuilt
+    from its weights)."""
     config = experiment.config
     return _host_copy({
         "epoch": epoch,
-        "model": _model_state(experiment.model, config.train_text),
+        "model": {k: v for k, v in experiment.model.state_dict().items()
+                  if config.train_text or not k.startswith("text.")},
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_rng_state(), "python": random.getstate(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         "config": config.to_dict(),
         "architecture": architecture(config.encoder, config.model_size, config.image_size),
-        "history": [{k: _plain(v) for k, v in row.items()} for row in history],
+        "history": [{k: v.item() if isinstance(v, np.generic) else v for k, v in row.items()} for row in history],
     })
 
 
@@ -73,17 +61,17 @@ def write_checkpoint(state: dict[str, Any], path) -> None:
 
 
 class CheckpointWriter:
-    """Writes a run's checkpoints in a (non-daemon) background thread; ``write_seconds``: the last write's."""
+    """Writes a run's checkpoints, one at a time, in a (non-daemon) background thread."""
 
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
-        self.write_seconds: float | None = None
 
-    def save(self, experiment: Experiment, optimizer, scheduler, epoch: int, history: list[dict]) -> float | None:
-        """Start writing the state after ``epoch``; returns the seconds of the previous write (None if none)."""
-        previous = self.wait()
-        self.write_seconds = None
+    def save(self, experiment: Experiment, optimizer, scheduler, epoch: int, history: list[dict],
+             timing: dict[str, Any]) -> None:
+        """Start writing the state after ``epoch`` once the previous write is done (``wait``);
+        ``timing["checkpoint_write_seconds"]`` gets the write's seconds when it ends."""
+        self.wait()
         state = checkpoint_state(experiment, optimizer, scheduler, epoch, history)
         path = experiment.run_dir / CHECKPOINT
 
@@ -93,19 +81,17 @@ class CheckpointWriter:
                 write_checkpoint(state, path)
             except BaseException as exc:  # noqa: BLE001 - raised in the training thread by wait()
                 self._error = exc
-            self.write_seconds = time.perf_counter() - started
+            timing["checkpoint_write_seconds"] = time.perf_counter() - started
 
         self._thread = threading.Thread(target=write, name=f"checkpoint-epoch-{epoch}")
         self._thread.start()
-        return previous
 
-    def wait(self) -> float | None:
-        """Block until the last write is done; its error, if any, is raised here. Returns its seconds."""
+    def wait(self) -> None:
+        """Block until the last write is done; its error, if any, is raised here."""
         self.join()
         if self._error is not None:
             error, self._error = self._error, None
             raise error
-        return self.write_seconds
 
     def join(self) -> None:
         if self._thread is not None:
@@ -120,18 +106,19 @@ def read_checkpoint(experiment: Experiment) -> dict[str, Any] | None:
     path = experiment.run_dir / CHECKPOINT
     if not path.is_file():
         return None
-    state = load_torch_file(path, trust=config.trust_pickled_weights, what="run checkpoint", remedy=CHECKPOINT_REMEDY)
+    state = load_torch_file(path, trust=config.trust_pickled_weights, what="run checkpoint",
+                            remedy="To go on: start the run again (train_run(..., resume=False); the study's --force) "
+                                   "or use another results_dir.")
     holds = f"a checkpoint after epoch {state['epoch']} of a {state['config'].get('epochs')}-epoch run"
     refuse_other_run(experiment.run_dir, holds, config, state["config"], state.get("architecture"),
                      architecture(config.encoder, config.model_size, config.image_size))
     return state
 
 
-def load_checkpoint(experiment: Experiment, optimizer, scheduler,
-                    state: dict[str, Any] | None = None) -> tuple[int, list[dict]]:
-    """Restore a run from its checkpoint (``state``: read_checkpoint's, else read here): (last complete epoch,
-    history), (0, []) without one. RunMismatchError as read_checkpoint; ValueError if it does not fit the model."""
-    state = state if state is not None else read_checkpoint(experiment)
+def load_checkpoint(experiment: Experiment, optimizer, scheduler, state: dict[str, Any] | None
+                    ) -> tuple[int, list[dict]]:
+    """Restore a run from its checkpoint ``state`` (``read_checkpoint``'s): (last complete epoch, history),
+    (0, []) without one. ValueError if it does not fit the model."""
     if state is None:
         return 0, []
     path = experiment.run_dir / CHECKPOINT

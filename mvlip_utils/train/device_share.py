@@ -9,7 +9,7 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Iterator, Sequence
 
 from filelock import FileLock
 
@@ -18,12 +18,11 @@ HELD_ENV = "MVLIP_DEVICE_LOCK_HELD"  # "1" while the chain's runner holds it (it
 SHARED_ENV = "MVLIP_DEVICE_SHARED_WITH"  # the other encoders whose chains run on this device, comma-separated
 
 
-def auto_devices(n_chains: int, count: int | None = None) -> list[str] | None:
-    """``--gpus auto``: chain i on GPU i mod ``count`` (the visible GPUs); None (in turn) with one GPU or none."""
-    if count is None:
-        import torch
+def auto_devices(n_chains: int) -> list[str] | None:
+    """``--gpus auto``: chain i on visible GPU i mod their count; None (in turn) with one GPU or none."""
+    import torch
 
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if count < 2:
         return None
     return [str(i % count) for i in range(n_chains)]
@@ -48,25 +47,20 @@ def sharing_lines(encoders: Sequence[str], devices: Sequence[str]) -> list[str]:
     return lines
 
 
-def lock_file(device: str, lock_dir: str | os.PathLike | None = None) -> Path:
-    """The timing lock file of ``device`` (one per device on this machine)."""
-    folder = Path(lock_dir) if lock_dir else Path(tempfile.gettempdir()) / "mvlip-device-locks"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"device-{device}.lock"
-
-
 def chain_env(encoder: str, encoders: Sequence[str], devices: Sequence[str],
               lock_dir: str | os.PathLike | None = None) -> dict[str, str]:
-    """The environment of ``encoder``'s chain: its device's timing lock and the encoders sharing the device."""
+    """The environment of ``encoder``'s chain: its device's timing lock (one file per device on this machine)
+    and the encoders sharing the device."""
     device = str(devices[list(encoders).index(encoder)])
     others = [e for e, d in zip(encoders, devices) if str(d) == device and e != encoder]
-    return {LOCK_ENV: str(lock_file(device, lock_dir)), SHARED_ENV: ",".join(others)}
+    folder = Path(lock_dir) if lock_dir else Path(tempfile.gettempdir()) / "mvlip-device-locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    return {LOCK_ENV: str(folder / f"device-{device}.lock"), SHARED_ENV: ",".join(others)}
 
 
-def shared_with(environ: Mapping[str, str] | None = None) -> list[str]:
+def shared_with() -> list[str]:
     """The encoders whose chains share this chain's device (empty outside a shared chain)."""
-    value = (os.environ if environ is None else environ).get(SHARED_ENV, "")
-    return [e for e in value.split(",") if e]
+    return [e for e in os.environ.get(SHARED_ENV, "").split(",") if e]
 
 
 @contextlib.contextmanager
@@ -80,22 +74,9 @@ def timing_lock(log=None) -> Iterator[None]:
     if log is not None and shared_with():
         log(f"waiting for the timing lock of this device (shared with {', '.join(shared_with())}) ...")
     with lock:
-        previous = os.environ.get(HELD_ENV)
         os.environ[HELD_ENV] = "1"  # the notebook started now inherits it: it must not wait for its runner
         try:
             yield
         finally:
-            if previous is None:
-                os.environ.pop(HELD_ENV, None)
-            else:
-                os.environ[HELD_ENV] = previous
+            os.environ.pop(HELD_ENV, None)
 
-
-def training_note(encoder_label: str, environ: Mapping[str, str] | None = None) -> str:
-    """The training chapter's sentence when its GPU was shared ("" when not)."""
-    others = shared_with(environ)
-    if not others:
-        return ""
-    return (f"This run's device was shared with the chain(s) of {', '.join(others)} (the study's `--gpus`): "
-            f"{encoder_label}'s training epochs overlapped theirs, so their times and images/s include that "
-            "sharing; the step check below ran alone on the device (one chain at a time).")

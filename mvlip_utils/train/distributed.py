@@ -3,7 +3,7 @@ helper is a no-op in a plain one-process run. ``torchrun --nproc_per_node=2 -m m
 
 Equivalence with one process (tests/test_distributed.py): ``batch_size`` is the global batch; the batches are
 the single process's loader's (``global_batches``), each rank training on its contiguous slice
-(``RankSliceSampler``). ``ClipLoss(local_loss=False, gather_with_grad=True)`` gives every rank the global-batch
+(``rank_slices``). ``ClipLoss(local_loss=False, gather_with_grad=True)`` gives every rank the global-batch
 loss; the gather's backward (x world_size) and DDP's all-reduce (/ world_size) give one process's gradient.
 BatchNorm becomes ``SyncBatchNorm`` under DDP (on GPUs), so batch statistics are the global batch's.
 """
@@ -15,12 +15,11 @@ import datetime
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import Sampler
 
 
 @dataclass(frozen=True)
@@ -45,10 +44,6 @@ def info() -> DistInfo:
     return DistInfo()
 
 
-def is_main() -> bool:
-    return info().is_main
-
-
 def init_from_env(device: str = "auto", timeout_s: int = 1800) -> DistInfo:
     """Start the process group from torchrun's environment when WORLD_SIZE > 1 (idempotent): NCCL when
     ``device`` (the run's setting) resolves to CUDA, else gloo; each process pinned to its GPU."""
@@ -69,13 +64,6 @@ def init_from_env(device: str = "auto", timeout_s: int = 1800) -> DistInfo:
 def destroy() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def device_for_rank(device: str) -> str:
-    """'cuda' -> 'cuda:<local rank>' under a process group; anything else unchanged."""
-    if device == "cuda" and info().enabled:
-        return f"cuda:{info().local_rank}"
-    return device
 
 
 def barrier() -> None:
@@ -130,40 +118,18 @@ def local_batch_size(global_batch: int, world_size: int) -> int:
     return global_batch // world_size
 
 
-class _Indices(torch.utils.data.Dataset):
-    def __init__(self, n: int):
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> int:
-        return i
-
-
-def global_batches(n: int, batch_size: int, seed: int, drop_last: bool = True) -> list[list[int]]:
+def global_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:
     """The batches of sample indices that the single-process training loader forms for ``seed``."""
     from ..data.folders import make_loader
 
-    loader = make_loader(_Indices(n), batch_size, shuffle=True, drop_last=drop_last, num_workers=0, seed=seed)
+    loader = make_loader(range(n), batch_size, shuffle=True, drop_last=True, num_workers=0, seed=seed)
     return [batch.tolist() for batch in loader]
 
 
-class RankSliceSampler(Sampler[list[int]]):
-    """A batch sampler: for each global batch, this rank's contiguous slice of it."""
-
-    def __init__(self, batches: list[list[int]], rank: int, world_size: int):
-        self.batches, self.rank, self.world_size = batches, rank, world_size
-        for batch in batches:
-            local_batch_size(len(batch), world_size)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for batch in self.batches:
-            local = len(batch) // self.world_size
-            yield batch[self.rank * local:(self.rank + 1) * local]
-
-    def __len__(self) -> int:
-        return len(self.batches)
+def rank_slices(batches: list[list[int]], rank: int, world_size: int) -> list[list[int]]:
+    """For each global batch, this rank's contiguous slice of it (a DataLoader's ``batch_sampler``)."""
+    local = len(batches[0]) // world_size if batches else 0  # every batch is full (drop_last)
+    return [batch[rank * local:(rank + 1) * local] for batch in batches]
 
 
 def wrap_ddp(module: nn.Module, device: str) -> nn.Module:
@@ -172,8 +138,6 @@ def wrap_ddp(module: nn.Module, device: str) -> nn.Module:
 
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
     if has_bn and str(device).startswith("cuda"):
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            raise TypeError("wrap_ddp expects a tower, not a bare BatchNorm layer")
         nn.SyncBatchNorm.convert_sync_batchnorm(module)  # replaces the children in place
     elif has_bn:
         logging.getLogger("mvlip_utils.distributed").warning(

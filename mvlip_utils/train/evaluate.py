@@ -58,30 +58,25 @@ def classification_metrics(labels: np.ndarray, logits: np.ndarray, n_classes: in
     out["top5"] = (float(top_k_accuracy_score(labels, logits, k=5, labels=classes)) if n_classes > 5
                    else math.nan)
     for average in ("weighted", "macro"):
-        out.update(label_metrics(labels, predictions, average))
+        p, r, f, _ = precision_recall_fscore_support(labels, predictions, average=average, zero_division=0)
+        out.update({f"precision_{average}": float(p), f"recall_{average}": float(r), f"f1_{average}": float(f)})
     out["mean_per_class_recall"] = float(balanced_accuracy_score(labels, predictions))
     return out
 
 
-def label_metrics(labels: np.ndarray, predictions: np.ndarray, average: str = "weighted") -> dict[str, float]:
-    """scikit-learn's precision, recall and F1 with ``average`` over the classes in labels or predictions."""
-    p, r, f, _ = precision_recall_fscore_support(labels, predictions, average=average, zero_division=0)
-    return {f"precision_{average}": float(p), f"recall_{average}": float(r), f"f1_{average}": float(f)}
-
-
 @torch.no_grad()
-def zero_shot_logits(model, loader, classifier: torch.Tensor, device: str, precision: str = "fp32",
-                     progress: bool = True, desc: str = "zero-shot",
-                     on_features: Callable[[torch.Tensor, torch.Tensor], None] | None = None
-                     ) -> tuple[np.ndarray, np.ndarray, float]:
-    """(labels, logits, wall seconds); ``on_features(features, labels)`` gets each batch's image features."""
+def zero_shot_evaluate(model, loader, classifier: torch.Tensor, classnames: Sequence[str], device: str,
+                       precision: str = "fp32", progress: bool = True,
+                       on_features: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> dict[str, Any]:
+    """The metrics, ``zeroshot_loss``, ``n_val``, ``wall_time_s``, ``images_per_s`` and ``per_image`` results of
+    one pass; ``on_features(features, labels)`` gets each batch's image features."""
     model.eval()
     labels, logits = [], []
     scale = model.logit_scale.exp().float()
     classifier = classifier.to(device).float()
     start = time.perf_counter()
     with precision_context(precision, device, autocast=False):
-        for images, target in progress_iter(loader, desc, progress):
+        for images, target in progress_iter(loader, "zero-shot", progress):
             images = to_model_input(images, device)
             with autocast_region(precision, device):
                 features = model.encode_image(images, normalize=True)
@@ -91,15 +86,7 @@ def zero_shot_logits(model, loader, classifier: torch.Tensor, device: str, preci
             labels.append(target)
     synchronize(device)
     wall = time.perf_counter() - start
-    return torch.cat(labels).numpy(), torch.cat(logits).numpy(), wall
-
-
-def zero_shot_evaluate(model, loader, classifier: torch.Tensor, classnames: Sequence[str], device: str,
-                       precision: str = "fp32", progress: bool = True,
-                       on_features: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> dict[str, Any]:
-    """The metrics, ``zeroshot_loss``, ``n_val``, ``images_per_s`` and ``per_image`` results of one pass."""
-    labels, logits, wall = zero_shot_logits(model, loader, classifier, device, precision, progress,
-                                            on_features=on_features)
+    labels, logits = torch.cat(labels).numpy(), torch.cat(logits).numpy()
     metrics = classification_metrics(labels, logits, n_classes=len(classnames))
     predictions = logits.argmax(axis=1)
     losses = F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels), reduction="none").numpy()

@@ -26,12 +26,6 @@ from ..models.towers import create_image_tower
 DATA_SEED = 0  # the generated datasets' seed: the same for every seed of every encoder
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def dataset_root(config: StudyConfig, progress: bool = True) -> Path:
     """The folder with train/ and val/: the user's, or a generated dataset written once under ``data_dir`` in a
     folder named by all that decides its images (the generator's version too). FileNotFoundError if missing."""
@@ -70,11 +64,6 @@ class Experiment:
     val_files: Any = None  # the validation split as image files (val_set may be its uint8 cache)
     ddp_visual: Any = None  # the DDP-wrapped image tower under torchrun (trains); None in one process
     compiled_visual: Any = None  # torch.compile of the image tower for training (train_step compiled/graphed)
-
-    @property
-    def dist(self) -> dist_mod.DistInfo:
-        return dist_mod.info()
-
     @property
     def run_dir(self) -> Path:
         return run_dir(self.config)
@@ -84,8 +73,10 @@ TEXT_SEED = 0  # a random text tower's initialisation: the same for every seed
 
 
 def seeded_image_tower(config: StudyConfig) -> torch.nn.Module:
-    """The run's image tower, created right after ``seed_everything(config.seed)``."""
-    seed_everything(config.seed)
+    """The run's image tower, created right after seeding Python, numpy and torch with ``config.seed``."""
+    random.seed(config.seed)
+    np.random.seed(config.seed % 2**32)
+    torch.manual_seed(config.seed)
     return create_image_tower(config.encoder, size=config.model_size, pretrained=config.pretrained,
                               weights_path=config.image_weights, image_size=config.image_size,
                               trust_pickled_weights=config.trust_pickled_weights)
@@ -100,7 +91,9 @@ def assemble_model(config: StudyConfig, image_tower: torch.nn.Module, text_tower
 def build_experiment(config: StudyConfig, progress: bool = True, shared: dict | None = None) -> Experiment:
     """The run of ``config``, built; ``shared``: a dict carrying data and frozen text tower from seed to seed."""
     shared = {} if shared is None else shared
-    device = dist_mod.device_for_rank(resolve_device(config.device))
+    device = resolve_device(config.device)
+    if device == "cuda" and dist_mod.info().enabled:  # under a process group: this rank's GPU
+        device = f"cuda:{dist_mod.info().local_rank}"
     if "data" not in shared:
         with dist_mod.main_first():  # rank 0 writes the generated dataset, the others then find it there
             root = dataset_root(config, progress)
@@ -112,20 +105,16 @@ def build_experiment(config: StudyConfig, progress: bool = True, shared: dict | 
                                   for split, dataset in (("train", train_set), ("val", val_set)))
         shared["data"] = (Path(root), train_set, val_set, list(classnames), val_files)
     root, train_set, val_set, classnames, val_files = shared["data"]
-    text = None if config.train_text else shared.get("text")
-    if text is None:
+    text_tower, bank = (None, None) if config.train_text else shared.get("text", (None, None))
+    if text_tower is None:
         torch.manual_seed(TEXT_SEED)
         text_tower = create_text_tower(pretrained=config.pretrained, weights_path=config.text_weights,
                                        trust_pickled_weights=config.trust_pickled_weights)
-    else:
-        text_tower = text[0]
     model = assemble_model(config, seeded_image_tower(config), text_tower, device)
-    if text is None:
+    if bank is None:
         bank = prompt_bank(config, model, classnames, device, progress)
         if not config.train_text:
             shared["text"] = (text_tower, bank)
-    else:
-        bank = text[1]
     return Experiment(config, device, model, bank, train_set, val_set, classnames, root, val_files)
 
 
@@ -161,7 +150,7 @@ def cached_split(config: StudyConfig, root: Path, split: str, dataset, progress:
     """``dataset`` served from its uint8 cache under ``data_dir/cache`` (built once, on rank 0)."""
     path = cache_path(config, root, split)
     with dist_mod.main_first():
-        if dist_mod.is_main():
+        if dist_mod.info().is_main:
             data_cache.cache_preprocessed(dataset, path, config.image_size, num_workers=config.num_workers,
                                         progress=progress)
     return data_cache.CachedImageDataset(path)
@@ -173,26 +162,16 @@ def prepare_shared_inputs(configs, progress: bool = True) -> list[Path]:
     prepared: list[Path] = []
     for config in configs:
         root = dataset_root(config, progress)
+        paths = [cache_path(config, root, split) for split in ("train", "val")] if config.data_cache else []
         if root not in prepared:
             prepared.append(root)
-        if not config.data_cache:
-            continue
-        splits = None
-        for split in ("train", "val"):
-            path = cache_path(config, root, split)
-            if path in prepared:
-                continue
-            if splits is None:
-                train_set, val_set, _ = data_mod.load_splits(root, image_size=config.image_size, progress=progress)
-                splits = {"train": train_set, "val": val_set}
-            data_cache.cache_preprocessed(splits[split], path, config.image_size, num_workers=config.num_workers,
-                                        progress=progress)
-            prepared.append(path)
+        if paths and paths[0] not in prepared:  # both splits' caches, built from the same scan of the folder
+            splits = data_mod.load_splits(root, image_size=config.image_size, progress=progress)[:2]
+            for dataset, path in zip(splits, paths):
+                data_cache.cache_preprocessed(dataset, path, config.image_size, num_workers=config.num_workers,
+                                              progress=progress)
+            prepared += paths
     return prepared
-
-
-def sample_paths(dataset) -> list[str]:
-    return [path for path, _ in dataset.samples] if hasattr(dataset, "samples") else list(dataset.paths)
 
 
 def caption_features(experiment: Experiment, labels: torch.Tensor, templates: torch.Tensor) -> torch.Tensor:
@@ -211,11 +190,9 @@ def eval_loader(experiment: Experiment, source: str = "run", num_workers: int | 
         dataset = experiment.val_set
     elif source == "files":
         dataset = experiment.val_files
-    elif source == "cache":
+    else:
         dataset = (experiment.val_set if isinstance(experiment.val_set, data_cache.CachedImageDataset) else
                    cached_split(config, experiment.data_root, "val", experiment.val_files, progress=False))
-    else:
-        raise ValueError(f"parameter source={source!r} is not one of ['run', 'files', 'cache']")
     return data_mod.make_loader(dataset, config.eval_batch_size, shuffle=False, drop_last=False,
                                 num_workers=config.num_workers if num_workers is None else num_workers,
                                 seed=config.seed, pin_memory=experiment.device.startswith("cuda"))
@@ -230,28 +207,26 @@ def evaluate_experiment(experiment: Experiment, progress: bool = True, loader=No
                               on_features=on_features)
 
 
-def compile_tower(tower: torch.nn.Module, mode: str | None = None):
-    """``torch.compile`` of the image tower for training, dynamo's recompile limit raised to its number of
-    modules (MambaVision recompiles once per block: their drop-path rates differ)."""
-    import torch._dynamo
-    import torch._inductor.config
-
-    blocks = sum(1 for _ in tower.modules())
-    config = torch._dynamo.config
-    for name in ("recompile_limit", "cache_size_limit"):
-        if hasattr(config, name):
-            setattr(config, name, max(getattr(config, name), blocks))
-    # drop path draws from PyTorch's generator, as in eager mode: the same stochastic-depth masks
-    torch._inductor.config.fallback_random = True
-    return torch.compile(tower, mode=mode)
-
-
 COMPILE_MODES = {"compiled": None, "graphed": "reduce-overhead"}  # train_step -> torch.compile mode
 
 
 def training_tower(config: StudyConfig, tower: torch.nn.Module):
-    """The compiled image tower ``config.train_step`` trains through, or None (eager, fused)."""
-    return compile_tower(tower, COMPILE_MODES[config.train_step]) if config.train_step in COMPILE_MODES else None
+    """The compiled image tower ``config.train_step`` trains through, or None (eager, fused): ``torch.compile``
+    with dynamo's recompile limit raised to the tower's number of modules (MambaVision recompiles once per
+    block: their drop-path rates differ)."""
+    if config.train_step not in COMPILE_MODES:
+        return None
+    import torch._dynamo
+    import torch._inductor.config
+
+    blocks = sum(1 for _ in tower.modules())
+    dynamo = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dynamo, name):
+            setattr(dynamo, name, max(getattr(dynamo, name), blocks))
+    # drop path draws from PyTorch's generator, as in eager mode: the same stochastic-depth masks
+    torch._inductor.config.fallback_random = True
+    return torch.compile(tower, mode=COMPILE_MODES[config.train_step])
 
 
 def make_adamw(parameters, lr: float = 1e-4, weight_decay: float = 0.01, fused: bool = False):

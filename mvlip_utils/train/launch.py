@@ -10,11 +10,6 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 
-def device_env(device: str) -> dict[str, str]:
-    """The environment of a job pinned to ``device`` (a CUDA index, or "cpu" for none)."""
-    return {**os.environ, "CUDA_VISIBLE_DEVICES": "" if str(device) == "cpu" else str(device), "PYTHONUNBUFFERED": "1"}
-
-
 def run_pinned(jobs: Mapping[str, Sequence[str]], devices: Sequence[str], cwd: str | os.PathLike,
                log: Callable[[str], None] = print, on_line: Callable[[str, str], None] | None = None,
                extra_env: Mapping[str, Mapping[str, str]] | None = None) -> list[str]:
@@ -23,9 +18,12 @@ def run_pinned(jobs: Mapping[str, Sequence[str]], devices: Sequence[str], cwd: s
     if len(devices) != len(jobs):
         raise ValueError(f"--gpus: {len(devices)} entries for {len(jobs)} encoders {list(jobs)}; give one each")
     extra_env = extra_env or {}
-    procs = {name: (device, subprocess.Popen(list(cmd), cwd=Path(cwd), env={**device_env(device), **extra_env.get(name, {})},
-                                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-             for (name, cmd), device in zip(jobs.items(), devices)}
+    procs = {}
+    for (name, cmd), device in zip(jobs.items(), devices):
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": "" if str(device) == "cpu" else str(device),  # "cpu": no GPU
+               "PYTHONUNBUFFERED": "1", **extra_env.get(name, {})}
+        procs[name] = (device, subprocess.Popen(list(cmd), cwd=Path(cwd), env=env, stdout=subprocess.PIPE,
+                                                stderr=subprocess.STDOUT, text=True))
     lock = threading.Lock()
 
     def relay(name: str, device: str, proc: subprocess.Popen) -> None:

@@ -33,7 +33,7 @@ from . import run_folder as rf
 from .checkpoint import CheckpointWriter, load_checkpoint, read_checkpoint
 from .evaluate import progress_iter, synchronize, to_model_input
 from .experiment import (Experiment, build_experiment, caption_features, evaluate_experiment, make_optimizer,
-                         prepare_shared_inputs, sample_paths, training_tower)
+                         prepare_shared_inputs, training_tower)
 from .provenance import device_description, versions
 from ..settings.precision import autocast_region, precision_context
 from ..settings.profiles import StudyConfig
@@ -85,21 +85,14 @@ def train_one_epoch(experiment: Experiment, optimizer, scheduler, loss_fn: ClipL
                     progress: bool = True, timing: dict[str, float] | None = None) -> float:
     """One epoch under the run's precision; returns its mean training loss. ``timing``, if given, gets
     ``loader_start_seconds``: the seconds the epoch waited for its first batch."""
-    with precision_context(experiment.config.precision, experiment.device, autocast=False):
-        return _train_one_epoch(experiment, optimizer, scheduler, loss_fn, epoch, progress,
-                                timing if timing is not None else {})
-
-
-def _train_one_epoch(experiment: Experiment, optimizer, scheduler, loss_fn: ClipLoss, epoch: int,
-                     progress: bool, timing: dict[str, float]) -> float:
     config = experiment.config
     model = experiment.model
     model.train()
-    info = experiment.dist
+    info = dist_mod.info()
     if info.enabled:  # this rank's slice of each of the single process's global batches
         batches = dist_mod.global_batches(len(experiment.train_set), config.batch_size, seed=config.seed * 1000 + epoch)
         loader = torch.utils.data.DataLoader(
-            experiment.train_set, batch_sampler=dist_mod.RankSliceSampler(batches, info.rank, info.world_size),
+            experiment.train_set, batch_sampler=dist_mod.rank_slices(batches, info.rank, info.world_size),
             num_workers=config.num_workers, worker_init_fn=data_mod._seed_worker,
             pin_memory=experiment.device.startswith("cuda"))
         outside_ddp = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("visual.")]
@@ -113,28 +106,29 @@ def _train_one_epoch(experiment: Experiment, optimizer, scheduler, loss_fn: Clip
     bars: list = []
     batches = progress_iter(loader, f"{config.encoder} epoch {epoch}/{config.epochs}", progress, bars)
     started = time.perf_counter()
-    for step, (images, labels) in enumerate(batches):
-        if step == 0:
-            timing["loader_start_seconds"] = time.perf_counter() - started
-        with record_function(PHASES["forward"]):
-            # captions drawn for the whole global batch, this rank's slice kept
-            local = len(labels)
-            templates = torch.randint(len(experiment.bank.templates), (local * info.world_size,),
-                                      generator=draws)[info.rank * local:(info.rank + 1) * local]
-            loss = contrastive_loss(experiment, loss_fn, images, labels, templates)
-        with record_function(PHASES["backward"]):
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            dist_mod.all_reduce_grads_(outside_ddp)  # a learnt temperature / trained text tower, as DDP does
-        with record_function(PHASES["optimizer"]):
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), config.grad_clip)
-            optimizer.step()
-            scheduler.step()
-        losses.append(loss.detach())
-        if (step + 1) % READ_LOSS_EVERY == 0:
-            with record_function(PHASES["loss_read"]):
-                bars[0].set_postfix(loss=f"{_epoch_mean_loss(losses, experiment, epoch):.4f}")
+    with precision_context(config.precision, experiment.device, autocast=False):
+        for step, (images, labels) in enumerate(batches):
+            if step == 0 and timing is not None:
+                timing["loader_start_seconds"] = time.perf_counter() - started
+            with record_function(PHASES["forward"]):
+                # captions drawn for the whole global batch, this rank's slice kept
+                local = len(labels)
+                templates = torch.randint(len(experiment.bank.templates), (local * info.world_size,),
+                                          generator=draws)[info.rank * local:(info.rank + 1) * local]
+                loss = contrastive_loss(experiment, loss_fn, images, labels, templates)
+            with record_function(PHASES["backward"]):
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                dist_mod.all_reduce_grads_(outside_ddp)  # a learnt temperature / trained text tower, as DDP does
+            with record_function(PHASES["optimizer"]):
+                if config.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), config.grad_clip)
+                optimizer.step()
+                scheduler.step()
+            losses.append(loss.detach())
+            if (step + 1) % READ_LOSS_EVERY == 0:
+                with record_function(PHASES["loss_read"]):
+                    bars[0].set_postfix(loss=f"{_epoch_mean_loss(losses, experiment, epoch):.4f}")
     if not losses:
         raise ValueError(f"parameter batch_size={config.batch_size} is larger than the training set "
                          f"({len(experiment.train_set)} images) and drop_last leaves no batch")
@@ -170,14 +164,6 @@ def validate(experiment: Experiment, loss_fn: ClipLoss, progress: bool = True) -
     return float(np.average(losses, weights=sizes)), evaluation
 
 
-def train_run(config: StudyConfig, resume: bool = True, progress: bool = True,
-              stop_after_epoch: int | None = None,
-              on_epoch_end: Callable[[dict[str, Any]], None] | None = None, shared: dict | None = None) -> pd.DataFrame:
-    """``_train_run`` in deterministic mode when ``config.deterministic``; ``shared``: see ``build_experiment``."""
-    with deterministic_mode(config.deterministic):
-        return _train_run(config, resume, progress, stop_after_epoch, on_epoch_end, shared)
-
-
 def train_seeds(config: StudyConfig, resume: bool = True, progress: bool = True,
                 on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> dict[int, pd.DataFrame]:
     """{seed: history} of every seed's run of ``config`` in turn, sharing data and the frozen text tower."""
@@ -202,156 +188,134 @@ def write_run_config(experiment: Experiment) -> None:
         "architecture": architecture(config.encoder, config.model_size, config.image_size)})
 
 
-BEFORE_TRAINING_PRECISIONS = ("fp16",)  # besides the run's own
-
-
-def evaluate_before_training(experiment: Experiment, progress: bool) -> dict[str, Any]:
-    """{precision: zero-shot metrics} of the model as built, in the run's precision and in fp16."""
-    out = {}
-    for precision in (experiment.config.precision, *BEFORE_TRAINING_PRECISIONS):
-        evaluation = evaluate_experiment(experiment, progress, precision=precision)
-        out[precision] = {key: evaluation[key] for key in rf.METRIC_KEYS}
-    return out
-
-
-def _train_run(config: StudyConfig, resume: bool = True, progress: bool = True,
-               stop_after_epoch: int | None = None,
-               on_epoch_end: Callable[[dict[str, Any]], None] | None = None, shared: dict | None = None) -> pd.DataFrame:
-    """Train (or resume) the run of ``config``; returns its history. ``stop_after_epoch``: stop after that
-    epoch's checkpoint, without metrics.json. A finished run of the same parameters is returned as it is; their
-    checkpoint after epoch k resumes at k + 1; a run or checkpoint of other parameters (``epochs`` too) or tower
-    raises RunMismatchError and changes nothing. ``resume=False`` deletes the folder's checkpoint and results
-    first. Epoch seconds go to ``timings.csv``; ``on_epoch_end`` (rank 0) gets the history row plus timings."""
-    info = dist_mod.init_from_env(config.device)
-    main = info.is_main
-    progress = progress and main
-    run = rf.run_dir(config)
-    if main and not resume:
-        rf.clear_run(run)
-    dist_mod.barrier()
-    finished = rf.finished_run_history(config, architecture(config.encoder, config.model_size, config.image_size))
-    if finished is not None:
-        logger.info("%s holds the finished run of these parameters; nothing to train", run)
-        return finished
-    setup_started = time.perf_counter()
-    experiment = build_experiment(config, progress, shared)
-    if info.enabled:
-        dist_mod.local_batch_size(config.batch_size, info.world_size)  # names batch_size if not divisible
-        experiment.ddp_visual = dist_mod.wrap_ddp(experiment.model.visual, experiment.device)
-        loss_fn = ClipLoss(local_loss=False, gather_with_grad=True, rank=info.rank, world_size=info.world_size)
-    else:
-        loss_fn = ClipLoss()
-        experiment.compiled_visual = training_tower(config, experiment.model.visual)
-    eval_loss_fn = ClipLoss()  # validation runs on rank 0 alone, over its own batches
-    optimizer, scheduler = make_optimizer(experiment)
-    if main:
-        run.mkdir(parents=True, exist_ok=True)
-    saved = read_checkpoint(experiment)  # another run's checkpoint is refused before any work
-    # every process evaluates the model as built before it restores a checkpoint, so that a resumed process has
-    # done what the first one did before its first epoch (the checkpoint then restores weights and RNG states)
-    before_training = evaluate_before_training(experiment, progress) if main else None
-    start_epoch, history = load_checkpoint(experiment, optimizer, scheduler, saved)
-    if start_epoch:
-        logger.info("resuming %s from epoch %d", run, start_epoch)
-    elif main:
-        rf.clear_run(run)  # nothing to resume: what an earlier start left (a config.json, no checkpoint) goes
-    if main and (start_epoch < config.epochs or not (run / "config.json").is_file()):
-        write_run_config(experiment)  # not when the run only needs its final files (then it is there)
-    if main and not (run / rf.BEFORE_TRAINING).is_file():
-        write_json(run / rf.BEFORE_TRAINING, before_training)
-    timings = rf.read_timings(run, start_epoch) if main else []
-    setup_seconds = time.perf_counter() - setup_started
-    evaluation = None
-    steps_per_epoch = len(experiment.train_set) // config.batch_size
-    checkpoints = CheckpointWriter()  # the checkpoint is written while the next epoch trains
-    try:
-        for epoch in range(start_epoch + 1, config.epochs + 1):
-            if experiment.device.startswith("cuda"):
-                torch.cuda.reset_peak_memory_stats(experiment.device)
-            started = time.perf_counter()
-            epoch_timing: dict[str, float] = {}
-            train_loss = train_one_epoch(experiment, optimizer, scheduler, loss_fn, epoch, progress, epoch_timing)
-            synchronize(experiment.device)
-            train_seconds = time.perf_counter() - started
-            row = timing = None
-            if main:
-                t = time.perf_counter()
-                val_loss, evaluation = validate(experiment, eval_loss_fn, progress)
-                validation_seconds = time.perf_counter() - t
-                row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                       "val_zeroshot_loss": evaluation["zeroshot_loss"],
-                       **{k: evaluation[k] for k in rf.HISTORY_COLUMNS[4:]}}
-                history.append(row)
-                rf.write_history(run, history)
-                t = time.perf_counter()
-                previous = checkpoints.save(experiment, optimizer, scheduler, epoch, history)
-                if timings and previous is not None:
-                    timings[-1]["checkpoint_write_seconds"] = previous  # the last epoch's write, now known
-                timing = {"epoch": epoch, "train_seconds": train_seconds,
-                          "train_images": steps_per_epoch * config.batch_size,
-                          "validation_seconds": validation_seconds, "val_images": evaluation["n_val"],
-                          "checkpoint_seconds": time.perf_counter() - t, "checkpoint_write_seconds": math.nan,
-                          "loader_start_seconds": epoch_timing.get("loader_start_seconds", math.nan),
-                          "epoch_seconds": time.perf_counter() - started,
-                          "setup_seconds": setup_seconds, "world_size": info.world_size,
-                          "peak_memory_gib": (torch.cuda.max_memory_allocated(experiment.device) / 2**30
-                                              if experiment.device.startswith("cuda") else math.nan)}
-                timings.append(timing)
-                rf.write_timings(run, timings)
-                logger.info("epoch %d: %s (%.1fs)", epoch, {k: round(v, 4) for k, v in row.items()},
-                            time.perf_counter() - started)
-            if info.enabled:  # the others wait here while rank 0 evaluates, then share its row
-                row = dist_mod.broadcast_object(row)
-                if not main:
-                    history.append(row)
-            if on_epoch_end and main:
-                on_epoch_end({**row, **timing})
-            if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < config.epochs:
-                _finish_checkpoints(checkpoints, timings, run)
-                return pd.DataFrame(history, columns=rf.HISTORY_COLUMNS)
+def train_run(config: StudyConfig, resume: bool = True, progress: bool = True,
+              stop_after_epoch: int | None = None,
+              on_epoch_end: Callable[[dict[str, Any]], None] | None = None, shared: dict | None = None) -> pd.DataFrame:
+    """Train (or resume) the run of ``config``, in deterministic mode when ``config.deterministic``; returns its
+    history. ``stop_after_epoch``: stop after that epoch's checkpoint, without metrics.json. A finished run of the
+    same parameters is returned as it is; their checkpoint after epoch k resumes at k + 1; a run or checkpoint of
+    other parameters (``epochs`` too) or tower raises RunMismatchError and changes nothing. ``resume=False``
+    deletes the folder's checkpoint and results first. Epoch seconds go to ``timings.csv``; ``on_epoch_end``
+    (rank 0) gets the history row plus timings; ``shared``: see ``build_experiment``."""
+    with deterministic_mode(config.deterministic):
+        info = dist_mod.init_from_env(config.device)
+        main = info.is_main
+        progress = progress and main
+        run = rf.run_dir(config)
+        if main and not resume:
+            rf.clear_run(run)
+        dist_mod.barrier()
+        finished = rf.finished_run_history(config, architecture(config.encoder, config.model_size, config.image_size))
+        if finished is not None:
+            logger.info("%s holds the finished run of these parameters; nothing to train", run)
+            return finished
+        setup_started = time.perf_counter()
+        experiment = build_experiment(config, progress, shared)
+        if info.enabled:
+            dist_mod.local_batch_size(config.batch_size, info.world_size)  # names batch_size if not divisible
+            experiment.ddp_visual = dist_mod.wrap_ddp(experiment.model.visual, experiment.device)
+            loss_fn = ClipLoss(local_loss=False, gather_with_grad=True, rank=info.rank, world_size=info.world_size)
+        else:
+            loss_fn = ClipLoss()
+            experiment.compiled_visual = training_tower(config, experiment.model.visual)
+        optimizer, scheduler = make_optimizer(experiment)
         if main:
-            _finish_checkpoints(checkpoints, timings, run)
-            if evaluation is None:  # the checkpoint holds the last epoch but the final files are missing
-                evaluation = evaluate_experiment(experiment, progress)
-                rf.write_history(run, history)
-            if not math.isfinite(evaluation["zeroshot_loss"]):
-                raise NonFiniteLossError(f"non-finite zero-shot loss at the end of {run}")
-            root = experiment.data_root
-            images = [str(Path(p).relative_to(root)) if Path(p).is_relative_to(root) else str(p)
-                      for p in sample_paths(experiment.val_files)]
-            rf.write_final_results(run, config, evaluation, images, dataset_name(config, root))
-    finally:
-        checkpoints.join()  # a run that fails still finishes writing its last good checkpoint
-    dist_mod.barrier()
-    return pd.DataFrame(history, columns=rf.HISTORY_COLUMNS)
+            run.mkdir(parents=True, exist_ok=True)
+        saved = read_checkpoint(experiment)  # another run's checkpoint is refused before any work
+        # every process evaluates the model as built (in the run's precision and in fp16) before it restores a
+        # checkpoint, so that a resumed process has done what the first one did before its first epoch (the
+        # checkpoint then restores weights and RNG states)
+        before_training = {}
+        for precision in (config.precision, "fp16") if main else ():
+            built = evaluate_experiment(experiment, progress, precision=precision)
+            before_training[precision] = {key: built[key] for key in rf.METRIC_KEYS}
+        start_epoch, history = load_checkpoint(experiment, optimizer, scheduler, saved)
+        if start_epoch:
+            logger.info("resuming %s from epoch %d", run, start_epoch)
+        elif main:
+            rf.clear_run(run)  # nothing to resume: what an earlier start left (a config.json, no checkpoint) goes
+        if main and (start_epoch < config.epochs or not (run / "config.json").is_file()):
+            write_run_config(experiment)  # not when the run only needs its final files (then it is there)
+        if main and not (run / rf.BEFORE_TRAINING).is_file():
+            write_json(run / rf.BEFORE_TRAINING, before_training)
+        timings = rf.read_timings(run, start_epoch) if main else []
+        setup_seconds = time.perf_counter() - setup_started
+        evaluation = None
+        steps_per_epoch = len(experiment.train_set) // config.batch_size
+        checkpoints = CheckpointWriter()  # the checkpoint is written while the next epoch trains
+        try:
+            for epoch in range(start_epoch + 1, config.epochs + 1):
+                if experiment.device.startswith("cuda"):
+                    torch.cuda.reset_peak_memory_stats(experiment.device)
+                started = time.perf_counter()
+                timing = {"epoch": epoch, "train_images": steps_per_epoch * config.batch_size,
+                          "setup_seconds": setup_seconds, "world_size": info.world_size}
+                train_loss = train_one_epoch(experiment, optimizer, scheduler, loss_fn, epoch, progress, timing)
+                synchronize(experiment.device)
+                timing["train_seconds"] = time.perf_counter() - started
+                row = None
+                if main:  # validation runs on rank 0 alone, over its own batches
+                    t = time.perf_counter()
+                    val_loss, evaluation = validate(experiment, ClipLoss(), progress)
+                    timing.update(validation_seconds=time.perf_counter() - t, val_images=evaluation["n_val"])
+                    row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                           "val_zeroshot_loss": evaluation["zeroshot_loss"],
+                           **{k: evaluation[k] for k in rf.HISTORY_COLUMNS[4:]}}
+                    history.append(row)
+                    rf.write_history(run, history)
+                    t = time.perf_counter()
+                    timing["checkpoint_write_seconds"] = math.nan  # set by the writer when its write ends
+                    checkpoints.save(experiment, optimizer, scheduler, epoch, history, timing)
+                    timing.update(checkpoint_seconds=time.perf_counter() - t,
+                                  epoch_seconds=time.perf_counter() - started,
+                                  peak_memory_gib=(torch.cuda.max_memory_allocated(experiment.device) / 2**30
+                                                   if experiment.device.startswith("cuda") else math.nan))
+                    timings.append(timing)
+                    rf.write_timings(run, timings)
+                    logger.info("epoch %d: %s (%.1fs)", epoch, {k: round(v, 4) for k, v in row.items()},
+                                time.perf_counter() - started)
+                if info.enabled:  # the others wait here while rank 0 evaluates, then share its row
+                    row = dist_mod.broadcast_object(row)
+                    if not main:
+                        history.append(row)
+                if on_epoch_end and main:
+                    on_epoch_end({**row, **timing})
+                if stop_after_epoch is not None and stop_after_epoch <= epoch < config.epochs:
+                    break
+            if main and evaluation is not None:
+                checkpoints.wait()  # the last write's error is raised here; its seconds go to timings.csv
+                rf.write_timings(run, timings)
+            if main and len(history) == config.epochs:  # not stopped after an earlier epoch
+                if evaluation is None:  # the checkpoint holds the last epoch but the final files are missing
+                    evaluation = evaluate_experiment(experiment, progress)
+                    rf.write_history(run, history)
+                if not math.isfinite(evaluation["zeroshot_loss"]):
+                    raise NonFiniteLossError(f"non-finite zero-shot loss at the end of {run}")
+                root = experiment.data_root
+                images = [str(Path(p).relative_to(root)) if Path(p).is_relative_to(root) else str(p)
+                          for p, _ in experiment.val_files.samples]
+                # clip_benchmark.json names a generated dataset by its kind, a folder by its name
+                rf.write_final_results(run, config, evaluation, images,
+                                       config.data if config.data.startswith("generated") else Path(root).name)
+        finally:
+            checkpoints.join()  # a run that fails still finishes writing its last good checkpoint
+        dist_mod.barrier()
+        return pd.DataFrame(history, columns=rf.HISTORY_COLUMNS)
 
 
-def dataset_name(config: StudyConfig, root) -> str:
-    """The dataset's name in clip_benchmark.json: the generated ones by their kind, a folder by its name."""
-    return config.data if config.data.startswith("generated") else Path(root).name
-
-
-def _finish_checkpoints(checkpoints: CheckpointWriter, timings: list[dict[str, Any]], run) -> None:
-    """Wait for the last checkpoint write (raising its error); record its seconds in the last timings row."""
-    seconds = checkpoints.wait()
-    if timings and seconds is not None and math.isnan(timings[-1].get("checkpoint_write_seconds", math.nan)):
-        timings[-1]["checkpoint_write_seconds"] = seconds
-        rf.write_timings(run, timings)
+BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
 
 def _parse_value(text: str, default: Any):
+    """A command-line value as the type of the field's ``default``."""
     if isinstance(default, list):
         return [int(v) for v in text.split(",") if v.strip()]
     if isinstance(default, bool):
-        if text.lower() in ("1", "true", "yes", "on"):
-            return True
-        if text.lower() in ("0", "false", "no", "off"):
-            return False
-        raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
-    if isinstance(default, int):
-        return int(text)
-    if isinstance(default, float):
-        return float(text)
+        if text.lower() not in BOOLEANS:
+            raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+        return BOOLEANS[text.lower()]
+    if isinstance(default, (int, float)):
+        return type(default)(text)
     return None if text.lower() == "none" else text
 
 
@@ -390,9 +354,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-CLI_ONLY = ("profile", "no_resume", "quiet", "encoders", "gpus")
-
-
 def main(argv: list[str] | None = None) -> int:
     """The command line: a user error (bad parameter or data folder, missing weights, a run folder holding
     another run) ends in one ``error: ...`` line and exit status 2."""
@@ -405,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if k not in CLI_ONLY and v is not None}
+    overrides = {k: v for k, v in vars(args).items()
+                 if k not in ("profile", "no_resume", "quiet", "encoders", "gpus") and v is not None}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         if args.encoders:  # one process per encoder, each on its device
@@ -415,8 +377,9 @@ def main(argv: list[str] | None = None) -> int:
                 check_encoder(config.encoder)
             prepare_shared_inputs(configs, progress=not args.quiet)  # once, before the processes start
             devices = args.gpus.split(",") if args.gpus else ["0"] * len(encoders)
-            rest = _without(argv, ("--encoders", "--gpus"))
-            jobs = {e: [sys.executable, "-m", "mvlip_utils.train", *rest, "--encoder", e] for e in encoders}
+            # each child trains its one encoder: an empty --encoders (the last one given wins) ends the fan-out
+            jobs = {e: [sys.executable, "-m", "mvlip_utils.train", *argv, "--encoders=", "--encoder", e]
+                    for e in encoders}
             failed = run_pinned(jobs, devices, ".")
             return 1 if failed else 0
         config = get_config(args.profile, **overrides)
@@ -433,17 +396,6 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS + (WeightsUnavailableError,) as exc:
         return user_error_exit(exc)
     return 0
-
-
-def _without(argv: list[str], options: tuple[str, ...]) -> list[str]:
-    """``argv`` without ``options`` and their values (``--opt value`` or ``--opt=value``)."""
-    out, skip = [], False
-    for arg in argv:
-        if skip or arg in options or any(arg.startswith(f"{o}=") for o in options):
-            skip = arg in options
-            continue
-        out.append(arg)
-    return out
 
 
 if __name__ == "__main__":

@@ -14,13 +14,6 @@ from pathlib import Path
 from typing import Any
 
 
-def package_version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def versions() -> dict[str, str]:
     """Python, torch (and its CUDA), triton and the study's libraries, as installed."""
     import torch
@@ -28,7 +21,10 @@ def versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "torch_build": torch.__version__, "cuda": torch.version.cuda}
     for name in ("torch", "torchvision", "triton", "timm", "open_clip_torch", "mambavision", "numpy",
                  "scikit-learn", "scipy"):
-        out[name] = package_version(name) or "not installed"
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
     return out
 
 
@@ -79,15 +75,13 @@ def run_command() -> str:
     return command.replace(host, "<host>") if host and len(host) > 2 else command
 
 
-def collect_provenance(device: Any = None, **extra: Any) -> dict[str, Any]:
+def collect_provenance(device: Any = None) -> dict[str, Any]:
     import torch
 
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
     git = git_state()
-    out = dict(date_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), command=run_command(),
-               git_commit=git["commit"], git_dirty=git["dirty"], python=platform.python_version(),
-               os=f"{platform.system()} {platform.release()}", machine=platform.machine(), cpu_count=os.cpu_count(),
-               gpus=gpus, gpu_name=gpus[0] if gpus else None, driver=gpu_driver() if gpus else None,
-               device_name=device_description(device) if device is not None else None, versions=versions())
-    out.update(extra)
-    return out
+    return dict(date_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), command=run_command(),
+                git_commit=git["commit"], git_dirty=git["dirty"], python=platform.python_version(),
+                os=f"{platform.system()} {platform.release()}", machine=platform.machine(), cpu_count=os.cpu_count(),
+                gpus=gpus, gpu_name=gpus[0] if gpus else None, driver=gpu_driver() if gpus else None,
+                device_name=device_description(device) if device is not None else None, versions=versions())

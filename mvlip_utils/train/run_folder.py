@@ -83,7 +83,7 @@ def read_timings(run: Path, through_epoch: int) -> list[dict[str, Any]]:
 
 
 def write_final_results(run: Path, config: StudyConfig, evaluation: Mapping[str, Any], images: list[str],
-                        dataset: str) -> dict[str, Any]:
+                        dataset: str) -> None:
     """metrics.json, per_image.csv.gz (``images``: each validation image's path under the dataset) and
     clip_benchmark.json (CLIP_benchmark's format) of a finished run."""
     run = Path(run)
@@ -97,7 +97,6 @@ def write_final_results(run: Path, config: StudyConfig, evaluation: Mapping[str,
         "metrics": {"acc1": metrics["accuracy"], "acc5": metrics["top5"],
                     "mean_per_class_recall": metrics["mean_per_class_recall"]}})
     write_json(run / "metrics.json", {**metrics, "epochs": config.epochs, "eval_images_per_s": evaluation["images_per_s"]})
-    return metrics
 
 
 def write_benchmark(path: str | os.PathLike, records: Any, provenance: Mapping[str, Any] | None = None) -> Path:
