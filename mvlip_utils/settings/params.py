@@ -104,14 +104,9 @@ class CommandLineParser(argparse.ArgumentParser):
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError)
 
 
-def one_line(exc: BaseException) -> str:
-    """An exception's message on one line (multi-line messages joined with '; ')."""
-    return "; ".join(part.strip() for part in str(exc).splitlines() if part.strip())
-
-
 def user_error_exit(exc: BaseException) -> int:
-    """Print a user error as one ``error: ...`` line on stderr; return the exit status 2."""
-    print(f"error: {one_line(exc)}", file=sys.stderr)
+    """Print a user error as one ``error: ...`` line on stderr (its lines joined with '; '); return exit status 2."""
+    print("error: " + "; ".join(part.strip() for part in str(exc).splitlines() if part.strip()), file=sys.stderr)
     return 2
 
 
