@@ -62,8 +62,6 @@ def cache_preprocessed(dataset: ImageFolderSplit, path, image_size: int = 224, n
     from .files import atomic_path, build_lock
 
     path = Path(path)
-    if not hasattr(dataset, "samples"):
-        raise TypeError(f"dataset must be an ImageFolderSplit (with .samples), got {type(dataset).__name__}")
     paths = [p for p, _ in dataset.samples]
     files = _files_signature(paths)
     classes = list(getattr(dataset, "classes", []))
@@ -92,11 +90,7 @@ class CachedImageDataset(Dataset):
 
     def __init__(self, path):
         self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"preprocessed cache not found: {self.path}")
         blob = torch.load(self.path, map_location="cpu", mmap=True, weights_only=True)
-        if not isinstance(blob, dict) or blob.get("format") != CACHE_FORMAT:
-            raise ValueError(f"{self.path}: not a {CACHE_FORMAT} cache file")
         self.images, self.labels = blob["images"], blob["labels"]
         self.paths, self.classes, self.image_size = blob["paths"], blob["classes"], blob["image_size"]
         self.targets = self.labels.tolist()
@@ -110,9 +104,6 @@ class CachedImageDataset(Dataset):
 
 def normalize_on_device(batch_uint8: torch.Tensor, device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 (B,3,H,W) -> ``dtype`` on ``device``: /255 then CLIP mean/std (clip_transform's ToTensor + Normalize)."""
-    if batch_uint8.dtype != torch.uint8 or batch_uint8.ndim != 4 or batch_uint8.shape[1] != 3:
-        raise ValueError(f"batch_uint8 must be a uint8 tensor (B,3,H,W), got {batch_uint8.dtype} "
-                         f"{tuple(batch_uint8.shape)}")
     x = batch_uint8.to(device=device, non_blocking=True).to(torch.float32).div_(255.0)
     mean = torch.tensor(OPENAI_DATASET_MEAN, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(OPENAI_DATASET_STD, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)

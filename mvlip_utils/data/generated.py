@@ -134,52 +134,18 @@ def make_generated_dataset(root, n_classes: int = 10, train_per_class: int = 40,
             with atomic_path(root / split / f"{colour} {shape}" / f"{i:04d}.png") as tmp:
                 img.save(tmp, format="PNG", optimize=False)
 
-    return _build_once(root, manifest, GENERATOR_NAME, ".png", write)
-
-
-def _files_match(root: Path, manifest: dict, suffix: str) -> bool:
-    for split in ("train", "val"):
-        for cls, n in manifest["counts"][split].items():
-            d = root / split / cls
-            if not d.is_dir() or len([p for p in os.listdir(d) if p.endswith(suffix)]) != n:
-                return False
-    return True
+    return _build_once(root, manifest, ".png", write)
 
 
 def _is_current(root: Path, manifest: dict, suffix: str) -> bool:
-    """Whether ``root`` holds this very dataset, complete (reads only; no lock needed)."""
+    """Whether ``root`` holds this very dataset, complete: its manifest and every file."""
     try:
-        return json.loads((root / "manifest.json").read_text()) == manifest and _files_match(root, manifest, suffix)
+        if json.loads((root / "manifest.json").read_text()) != manifest:
+            return False
     except (OSError, json.JSONDecodeError):
         return False
-
-
-def _reuse_or_prepare(root: Path, manifest: dict, generator: str, suffix: str) -> bool:
-    """True when ``root`` already holds this very dataset; else ``root`` is cleared of an older dataset of this
-    generator and given an unfinished manifest. Call it holding ``root``'s ``build_lock``."""
-    mpath = root / "manifest.json"
-    if mpath.is_file():
-        try:
-            old = json.loads(mpath.read_text())
-        except (OSError, json.JSONDecodeError):
-            old = None
-        if not isinstance(old, dict) or old.get("generator") != generator:
-            raise ValueError(f"{root}: manifest.json was not written by {generator}; "
-                             "refusing to overwrite it (pick another root)")
-        if old == manifest and _files_match(root, manifest, suffix):
-            logger.info("generated dataset at %s is up to date; not regenerating", root)
-            return True
-        logger.info("generated dataset at %s has other parameters or is incomplete; regenerating", root)
-        for sub in ("train", "val"):
-            if (root / sub).exists():
-                shutil.rmtree(root / sub)
-        mpath.unlink()
-    elif root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise ValueError(f"{root}: exists and is not empty but has no manifest.json from {generator}; "
-                         "refusing to write into it (pick an empty or new folder)")
-    root.mkdir(parents=True, exist_ok=True)
-    _write_manifest(root, {**manifest, "complete": False})
-    return False
+    folders = [(root / split / cls, n) for split in ("train", "val") for cls, n in manifest["counts"][split].items()]
+    return all(d.is_dir() and sum(p.endswith(suffix) for p in os.listdir(d)) == n for d, n in folders)
 
 
 def _write_manifest(root: Path, manifest: dict) -> None:
@@ -187,14 +153,33 @@ def _write_manifest(root: Path, manifest: dict) -> None:
         tmp.write_text(json.dumps(manifest, indent=2))
 
 
-def _build_once(root: Path, manifest: dict, generator: str, suffix: str, write: Callable[[], None]) -> Path:
+def _build_once(root: Path, manifest: dict, suffix: str, write: Callable[[], None]) -> Path:
     """``root`` holding the dataset ``manifest`` describes: reused, else written once by ``write()`` under
-    ``root``'s lock (checked again once held); the complete manifest is written last."""
+    ``root``'s lock (checked again once held; an older dataset of this generator removed first); the complete
+    manifest is written last."""
     if _is_current(root, manifest, suffix):
         return root
     with build_lock(root):
-        if _reuse_or_prepare(root, manifest, generator, suffix):
-            return root  # (another process may have written it while this one waited for the lock)
+        if _is_current(root, manifest, suffix):
+            return root  # another process wrote it while this one waited for the lock
+        generator, mpath = manifest["generator"], root / "manifest.json"
+        if mpath.is_file():
+            try:
+                old = json.loads(mpath.read_text())
+            except (OSError, json.JSONDecodeError):
+                old = None
+            if not isinstance(old, dict) or old.get("generator") != generator:
+                raise ValueError(f"{root}: manifest.json was not written by {generator}; "
+                                 "refusing to overwrite it (pick another root)")
+            logger.info("generated dataset at %s has other parameters or is incomplete; regenerating", root)
+            for sub in ("train", "val"):
+                if (root / sub).exists():
+                    shutil.rmtree(root / sub)
+        elif root.exists() and (not root.is_dir() or any(root.iterdir())):
+            raise ValueError(f"{root}: exists and is not empty but has no manifest.json from {generator}; "
+                             "refusing to write into it (pick an empty or new folder)")
+        root.mkdir(parents=True, exist_ok=True)
+        _write_manifest(root, {**manifest, "complete": False})
         write()
         _write_manifest(root, manifest)
     return root
@@ -271,4 +256,4 @@ def make_imagenet_like_dataset(root, n_classes: int = 1000, train_per_class: int
         write_random_jpegs(jobs, workers or max(1, min(32, os.cpu_count() or 1)), progress=progress,
                            desc=f"generating {root.name}")
 
-    return _build_once(root, manifest, IMAGENET_LIKE_NAME, ".JPEG", write)
+    return _build_once(root, manifest, ".JPEG", write)
