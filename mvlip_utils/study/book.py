@@ -18,7 +18,6 @@ from ..settings.profiles import PROFILES, records_edition
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-GLUE_PREFIX = "application/papermill.record/"
 
 
 def glued(nb) -> dict[str, str]:
@@ -29,7 +28,7 @@ def glued(nb) -> dict[str, str]:
             name = output.get("metadata", {}).get("scrapbook", {}).get("name")
             if name:
                 data = output.get("data", {})
-                out[name] = data.get(GLUE_PREFIX + "text/plain", data.get("text/plain"))
+                out[name] = data.get("application/papermill.record/text/plain", data.get("text/plain"))
     return out
 
 
@@ -96,13 +95,6 @@ def toc_text(editions: dict[str, Sequence[str]], root: Path = PROJECT_ROOT) -> s
             lines += [f"      - file: {step.book_path(Path('book')).with_suffix('').as_posix()}",
                       f"        title: \"{step.title}\""]
     return "\n".join(lines) + "\n"
-
-
-def write_toc(path: Path, editions: dict[str, Sequence[str]], root: Path = PROJECT_ROOT) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(toc_text(editions, root))
-    return path
 
 
 def copy_recorded_chapters(root: Path, profile: str, encoders: Sequence[str]) -> None:

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from ..models.timm_towers import check_encoder
 from ..settings.profiles import ENCODERS, PROFILES, get_config, needs_cuda, records_edition
-from .book import _ANSI, PROJECT_ROOT, build_book, copy_recorded_chapters, prepare_chapter, write_edition_record, write_toc
+from .book import _ANSI, PROJECT_ROOT, build_book, copy_recorded_chapters, prepare_chapter, toc_text, write_edition_record
 from ..train import device_share
 from ..train.launch import run_pinned
 from .reuse import executed_fingerprint, files_digest, fingerprint, library_hash, step_inputs
@@ -66,14 +66,9 @@ def step_parameters(step: Step, encoders: Sequence[str], overrides: dict[str, An
                     force: bool = False) -> dict[str, Any]:
     """The papermill parameters of one step: profile, encoder(s) and the ``accepted`` overrides."""
     accepted = set(accepted)
-    params: dict[str, Any] = {"profile": step.profile}
+    params: dict[str, Any] = {} if step.notebook == FINDINGS else {"profile": step.profile}
     params.update({k: v for k, v in overrides.items() if k in accepted})
-    if step.encoder:
-        params["encoder"] = step.encoder
-    else:
-        params["encoders"] = list(encoders)
-    if step.notebook == FINDINGS:
-        params.pop("profile")
+    params.update({"encoder": step.encoder} if step.encoder else {"encoders": list(encoders)})
     if step.notebook == TRAIN and force:
         params["resume"] = False
     return params
@@ -142,29 +137,24 @@ def kernel_for_this_python() -> str:
                        "run scripts/setup_env.sh, or `python -m ipykernel install --user --name mvlip`")
 
 
-def describe_failure(step: Step, exc: Any, output: Path, source_lines: int = 8, traceback_lines: int = 20) -> str:
-    """A PapermillExecutionError told: notebook, encoder, cell, source head, error."""
+def describe_failure(step: Step, exc: Any, output: Path) -> str:
+    """A PapermillExecutionError told: notebook, encoder, cell, the cell's first 8 lines, the error and the last
+    20 lines of its traceback."""
     source = (exc.source or "").splitlines()
-    head = "\n".join("    | " + line for line in source[:source_lines])
-    if len(source) > source_lines:
-        head += f"\n    | ... ({len(source) - source_lines} more lines)"
-    trace = _ANSI.sub("", "\n".join(exc.traceback or [])).splitlines()
-    tail = "\n".join(trace[-traceback_lines:])
-    return (f"notebook {step.notebook}.ipynb failed"
-            f"{f' for encoder {step.encoder!r}' if step.encoder else ''} "
-            f"in cell {exc.cell_index} (execution count {exc.exec_count}):\n"
-            f"{head}\n"
-            f"  {exc.ename}: {exc.evalue}\n"
-            f"  traceback (last lines):\n{_indent(tail, '    ')}\n"
-            f"  the partly executed notebook is {output}")
+    more = [f"... ({len(source) - 8} more lines)"] if len(source) > 8 else []
+    trace = _ANSI.sub("", "\n".join(exc.traceback or [])).splitlines()[-20:]
+    return (f"notebook {step.notebook}.ipynb failed{_for_encoder(step)} in cell {exc.cell_index} (execution count "
+            f"{exc.exec_count}):\n" + "\n".join("    | " + line for line in source[:8] + more) + "\n"
+            f"  {exc.ename}: {exc.evalue}\n  traceback (last lines):\n" + "\n".join("    " + line for line in trace)
+            + f"\n  the partly executed notebook is {output}")
 
 
-def _indent(text: str, prefix: str) -> str:
-    return "\n".join(prefix + line for line in text.splitlines())
+def _for_encoder(step: Step) -> str:
+    return f" for encoder {step.encoder!r}" if step.encoder else ""
 
 
 def execute_step(step: Step, source: Path, output: Path, parameters: dict[str, Any], kernel_name: str,
-                 cwd: Path, fp: str | Callable[[], str], timeout: int | None = None) -> float:
+                 cwd: Path, fp: str | Callable[[], str]) -> float:
     """Execute one notebook with papermill; returns seconds; StudyStepError on failure. ``fp`` (or a callable
     giving it after the run) is stored in the executed notebook's metadata."""
     import nbformat
@@ -176,14 +166,12 @@ def execute_step(step: Step, source: Path, output: Path, parameters: dict[str, A
     try:
         papermill.execute_notebook(str(source), str(output), parameters=parameters, kernel_name=kernel_name,
                                    cwd=str(cwd), progress_bar=False, log_output=False,
-                                   execution_timeout=timeout,
                                    extra_arguments=["--IPKernelApp.log_level=CRITICAL"])  # quiet kernel start-up
     except PapermillExecutionError as exc:
         raise StudyStepError(describe_failure(step, exc, output), step.notebook, step.encoder,
                              exc.cell_index) from None
-    except Exception as exc:  # kernel died, timeout, bad notebook: still say which step
-        raise StudyStepError(f"notebook {step.notebook}.ipynb"
-                             f"{f' for encoder {step.encoder!r}' if step.encoder else ''} could not run: "
+    except Exception as exc:  # kernel died, bad notebook: still say which step
+        raise StudyStepError(f"notebook {step.notebook}.ipynb{_for_encoder(step)} could not run: "
                              f"{type(exc).__name__}: {exc}", step.notebook, step.encoder) from exc
     seconds = time.perf_counter() - start
     nb = nbformat.read(output, as_version=4)
@@ -205,7 +193,6 @@ class StudyContext:
     kernel_name: str
     library: str
     force: bool
-    timeout: int | None
     log: Callable[[str], None]
 
 
@@ -228,7 +215,7 @@ def run_step(ctx: StudyContext, step: Step, encoders: Sequence[str], editions: S
     ctx.log(f"[study {index}] {step.label:<34} running ...")
     # a benchmark chapter times alone on its device: chains sharing it take its lock (device_share)
     with device_share.timing_lock(ctx.log) if step.notebook == BENCHMARK else contextlib.nullcontext():
-        seconds = execute_step(step, source, output, params, ctx.kernel_name, ctx.root, current, ctx.timeout)
+        seconds = execute_step(step, source, output, params, ctx.kernel_name, ctx.root, current)
     ctx.log(f"[study {index}] {step.label:<34} done in {seconds:6.1f} s")
     return step.label, "executed", seconds
 
@@ -258,8 +245,7 @@ def cuda_available() -> bool:
 
 def run_study(profile: str = "smoke", encoders: Sequence[str] | None = None,
               overrides: dict[str, Any] | None = None, force: bool = False, book: bool = True,
-              root: str | os.PathLike = PROJECT_ROOT, kernel_name: str | None = None,
-              timeout: int | None = None, log: Callable[[str], None] = print,
+              root: str | os.PathLike = PROJECT_ROOT, log: Callable[[str], None] = print,
               gpus: Sequence[str] | None = None, encoder_steps_only: bool = False) -> dict[str, Any]:
     """Run one edition, the recorded editions' discussions and the findings, and build the book. ``root``: the
     folder of notebooks/, book/ and _config.yml. ``gpus``: each encoder's chain in its own process on that
@@ -279,8 +265,7 @@ def run_study(profile: str = "smoke", encoders: Sequence[str] | None = None,
                          "build the book with `make book` (the smoke profile).")
     if gpus is not None and len(gpus) != len(encoders):
         raise ValueError(f"--gpus: {len(gpus)} entries for {len(encoders)} encoders {encoders}; give one each")
-    ctx = StudyContext(root, sources, accepted, overrides, kernel_name or kernel_for_this_python(),
-                       library_hash(), force, timeout, log)
+    ctx = StudyContext(root, sources, accepted, overrides, kernel_for_this_python(), library_hash(), force, log)
     os.environ.setdefault("MVLIP_COMMAND", f"python -m mvlip_utils.study --profile {profile}")
     t0 = time.perf_counter()
     log(f"[study] profile={profile} encoders={encoders} overrides={overrides or '{}'} kernel={ctx.kernel_name} "
@@ -291,20 +276,17 @@ def run_study(profile: str = "smoke", encoders: Sequence[str] | None = None,
     if encoder_steps_only:
         steps = [s for s in steps if s.encoder]
     seeds = get_config(profile, **{k: v for k, v in overrides.items() if k in parameter_names()}).seeds
-
-    def record() -> None:  # the discussion reads the edition's record: its seeds, steps and GPUs
-        write_edition_record(root, profile, encoders, seeds, gpus)
-
+    # the discussion reads the edition's record (write_edition_record): its seeds, steps and GPUs
     if gpus is None:
         for i, step in enumerate(steps, 1):
             if step.notebook == DISCUSSION:
-                record()
+                write_edition_record(root, profile, encoders, seeds, gpus)
             report.append(run_step(ctx, step, encoders, index=f"{i:2d}/{len(steps)}"))
     else:
         report.append(run_step(ctx, steps[0], encoders, index="setup"))
         chains, failed = run_chains_in_parallel(ctx, profile, encoders, gpus)
         report += chains
-        record()
+        write_edition_record(root, profile, encoders, seeds, gpus)
         report.append(run_step(ctx, steps[-1], encoders, index="discussion"))
     editions = {}
     if not encoder_steps_only:
@@ -322,7 +304,8 @@ def run_study(profile: str = "smoke", encoders: Sequence[str] | None = None,
         for other, other_encoders in editions.items():
             if records_edition(other):
                 copy_recorded_chapters(root, other, other_encoders)
-        toc = write_toc(root / "book" / "executed" / "_toc.yml", editions)
+        toc = root / "book" / "executed" / "_toc.yml"
+        toc.write_text(toc_text(editions, root))
         tb = time.perf_counter()
         html = build_book(root, toc, log=log)
         log(f"[study] book built in {time.perf_counter() - tb:.1f} s: {html / 'index.html'}")
