@@ -4,19 +4,19 @@ parameters cells themselves, and the command lines' one-line errors."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import fields
+from pathlib import Path
 from typing import Any, Mapping
 
 from .notebooks import BENCHMARK, EVALUATE, FINDINGS, PER_ENCODER, TRAIN
+from .profiles import ENCODERS, BenchSettings, StudyConfig, get_bench_settings, get_config, help_text, user_fields
 
 
 def work_in_project_root() -> None:
     """Make the repository root the working folder when a notebook runs from ``notebooks/`` (as JupyterLab starts
     it), so that ``data/`` and ``results/`` are the repository's."""
-    import os
-    from pathlib import Path
-
     here = Path.cwd()
     if here.name == "notebooks" and (here.parent / "mvlip_utils").is_dir() and not (here / "mvlip_utils").is_dir():
         os.chdir(here.parent)
@@ -24,7 +24,6 @@ def work_in_project_root() -> None:
 
 def config_from_parameters(namespace: Mapping[str, Any], **fixed: Any):
     """The StudyConfig of ``namespace`` (``profile`` and any field; None = the profile's value) and ``fixed``."""
-    from .profiles import StudyConfig, get_config
     from .reproducibility import prepare_environment
 
     if "profile" not in namespace:
@@ -39,16 +38,12 @@ def config_from_parameters(namespace: Mapping[str, Any], **fixed: Any):
 
 def bench_from_parameters(namespace: Mapping[str, Any]):
     """The BenchSettings of a notebook's parameters (None = the profile's value)."""
-    from .profiles import BenchSettings, get_bench_settings
-
     values = {f.name: namespace[f.name] for f in fields(BenchSettings) if f.name in namespace}
     return get_bench_settings(namespace["profile"], **values)
 
 
 def parameter_names() -> list[str]:
     """Every StudyConfig field a user sets: each notebook's parameters cell defines all of them."""
-    from .profiles import StudyConfig, user_fields
-
     return user_fields(StudyConfig)
 
 
@@ -67,8 +62,6 @@ BENCH_FIELDS = {TRAIN: ("step_check_images", "step_check_steps", "step_profile_s
 
 def parameters_cell_source(notebook: str) -> str:
     """The parameters cell of ``notebook``, from the fields' help texts; a test checks every notebook against it."""
-    from .profiles import ENCODERS, BenchSettings, StudyConfig, help_text, user_fields
-
     def line(name: str, value: Any, help_: str) -> str:
         return f"{name} = {value!r}  # {help_}"
 
@@ -112,8 +105,6 @@ def user_error_exit(exc: BaseException) -> int:
 
 def parameter_help_epilog() -> str:
     """Every run parameter (StudyConfig) and measuring parameter (BenchSettings) with its help text."""
-    from .profiles import BenchSettings, StudyConfig, help_text, user_fields
-
     lines = ["run parameters (StudyConfig; default: the profile's):"]
     lines += [f"  {name:<26} {help_text(StudyConfig, name)}" for name in user_fields(StudyConfig)]
     lines += ["measuring parameters (BenchSettings; the benchmark and training notebooks):"]

@@ -141,10 +141,7 @@ TEST_PROFILES = ("cuda-smoke",)
 
 
 def help_text(cls: type, name: str) -> str:
-    for f in fields(cls):
-        if f.name == name:
-            return f.metadata.get("help", "")
-    raise KeyError(f"{cls.__name__} has no field {name!r}")
+    return {f.name: f.metadata["help"] for f in fields(cls)}[name]
 
 
 def user_fields(cls: type) -> list[str]:

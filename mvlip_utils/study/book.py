@@ -13,8 +13,12 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..settings.notebooks import DISCUSSION, FINDINGS, PER_ENCODER, RECORDED_STEPS, SETUP, Step, edition_record_path, plan
+import nbformat
+
+from ..data.files import write_json
+from ..settings.notebooks import FINDINGS, RECORDED_STEPS, Step, edition_record_path, plan
 from ..settings.profiles import PROFILES, records_edition
+from ..train.provenance import collect_provenance
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -59,8 +63,6 @@ def code_cells(nb) -> list[str]:
 def book_copy(recorded: Path, source: Path, output: Path, title: str) -> Path:
     """A recorded chapter as the book shows it, at ``output``: markdown and tags from ``source`` when its code
     cells are the same, the recorded outputs kept."""
-    import nbformat
-
     nb, src = nbformat.read(recorded, as_version=4), nbformat.read(source, as_version=4)
     ours = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
     if code_cells(nb) == code_cells(src) and len(ours) == len(src.cells):
@@ -124,11 +126,6 @@ def build_book(root: Path, toc: Path, log: Callable[[str], None] = print) -> Pat
 def write_edition_record(root: Path, profile: str, encoders: Sequence[str], seeds: Sequence[int], gpus=None) -> Path:
     """Write the edition's record (``edition_record_path``), JSON: profile, encoders, seeds, chain_gpus (null:
     in turn), steps ([{step, seconds}]) and provenance; left as it is when unchanged."""
-    import nbformat
-
-    from ..data.files import write_json
-    from ..train.provenance import collect_provenance
-
     book = Path(root) / "book"
     steps = []
     for step in plan(encoders, profile)[:-1]:  # not the discussion, which reads the record

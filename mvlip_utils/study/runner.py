@@ -15,9 +15,9 @@ notebook raises ``StudyStepError`` naming the notebook, encoder and cell.
 from __future__ import annotations
 
 import argparse
-import json
 import ast
 import contextlib
+import json
 import os
 import re
 import sys
@@ -26,15 +26,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+import nbformat
+
 from ..models.timm_towers import check_encoder
-from ..settings.profiles import ENCODERS, PROFILES, get_config, needs_cuda, records_edition
-from .book import _ANSI, PROJECT_ROOT, build_book, copy_recorded_chapters, prepare_chapter, toc_text, write_edition_record
+from ..settings.notebooks import (BENCHMARK, DISCUSSION, FINDINGS, NOTEBOOKS, PER_ENCODER, SETUP, TRAIN, Step,
+                                  edition_record_path, plan)
+from ..settings.params import USER_ERRORS, CommandLineParser, parameter_help_epilog, parameter_names, user_error_exit
+from ..settings.profiles import ENCODERS, PROFILES, needs_cuda, records_edition
 from ..train import device_share
 from ..train.launch import run_pinned
-from .reuse import executed_fingerprint, files_digest, fingerprint, library_hash, step_inputs
-from ..settings.notebooks import (BENCHMARK, DISCUSSION, FINDINGS, NOTEBOOKS, PER_ENCODER, SETUP, TRAIN, Step,
-                        edition_record_path, plan)
-from ..settings.params import parameter_names
+from .book import (_ANSI, PROJECT_ROOT, build_book, copy_recorded_chapters, prepare_chapter, toc_text,
+                   write_edition_record)
+from .reuse import executed_fingerprint, files_digest, fingerprint, library_hash, step_inputs, study_config
 
 
 class StudyStepError(RuntimeError):
@@ -49,8 +52,6 @@ class StudyStepError(RuntimeError):
 
 def notebook_parameters(path: str | os.PathLike) -> list[str]:
     """The names a notebook's ``parameters`` cell assigns (ValueError unless there is exactly one)."""
-    import nbformat
-
     nb = nbformat.read(path, as_version=4)
     cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     if len(cells) != 1:
@@ -114,7 +115,7 @@ def check_overrides(profile: str, encoders: Sequence[str], overrides: dict[str, 
     if unknown:
         raise ValueError(f"-p: unknown parameter(s) {unknown}; known: {sorted(fields_ | set(notebook_names))}")
     for encoder in encoders:
-        get_config(profile, encoder=encoder, **{k: v for k, v in overrides.items() if k in fields_})
+        study_config(profile, overrides, encoder=encoder)
 
 
 def kernel_for_this_python() -> str:
@@ -157,7 +158,6 @@ def execute_step(step: Step, source: Path, output: Path, parameters: dict[str, A
                  cwd: Path, fp: str | Callable[[], str]) -> float:
     """Execute one notebook with papermill; returns seconds; StudyStepError on failure. ``fp`` (or a callable
     giving it after the run) is stored in the executed notebook's metadata."""
-    import nbformat
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -275,7 +275,7 @@ def run_study(profile: str = "smoke", encoders: Sequence[str] | None = None,
     steps = plan(encoders, profile)
     if encoder_steps_only:
         steps = [s for s in steps if s.encoder]
-    seeds = get_config(profile, **{k: v for k, v in overrides.items() if k in parameter_names()}).seeds
+    seeds = study_config(profile, overrides).seeds
     # the discussion reads the edition's record (write_edition_record): its seeds, steps and GPUs
     if gpus is None:
         for i, step in enumerate(steps, 1):
@@ -353,8 +353,6 @@ def gpus_argument(value: str | None, n_encoders: int, encoder_steps_only: bool =
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line: a bad parameter or encoder exits 2 (``error: ...``), a failing notebook or book 1."""
-    from ..settings.params import USER_ERRORS, CommandLineParser, parameter_help_epilog, user_error_exit
-
     parser = CommandLineParser(prog="python -m mvlip_utils.study", description=__doc__.split("\n\n")[0],
                                epilog=parameter_help_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="smoke", choices=list(PROFILES))
