@@ -378,16 +378,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         gpus = gpus_argument(args.gpus, len(args.encoders), args.encoder_steps_only)
         if args.gpus == "auto" and not args.encoder_steps_only:
-            print(f"[study] --gpus auto: {'one chain per GPU, on ' + ','.join(gpus) if gpus else 'one GPU or none visible, the encoders in turn'}")
+            print("[study] --gpus auto: " + ("one chain per GPU, on " + ",".join(gpus) if gpus
+                                             else "one GPU or none visible, the encoders in turn"))
         run_study(args.profile, args.encoders, parse_overrides(args.param), force=args.force,
                   book=not args.no_book, root=args.root, gpus=gpus, encoder_steps_only=args.encoder_steps_only)
     except USER_ERRORS as exc:
         return user_error_exit(exc)
-    except (StudyStepError, RuntimeError) as exc:
+    except RuntimeError as exc:  # a failing notebook (StudyStepError) or book
         print(f"\n[study] FAILED: {exc}", file=sys.stderr)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
