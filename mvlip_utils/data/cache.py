@@ -44,31 +44,29 @@ def _files_signature(paths: Sequence[str]) -> str:
 
 def _cache_is_current(path: Path, image_size: int, paths: list[str], files: str, classes: list[str]) -> bool:
     """Whether ``path`` is a readable cache of these very files, labelled by these classes, at ``image_size``."""
-    if not path.is_file():
-        return False
     try:
         old = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
         return (old.get("format") == CACHE_FORMAT and old.get("image_size") == image_size
                 and old.get("paths") == paths and old.get("files") == files and old.get("classes") == classes)
-    except Exception:  # noqa: BLE001 - unreadable cache: rebuild it
+    except Exception:  # noqa: BLE001 - a missing or unreadable cache: build it
         return False
 
 
 def cache_preprocessed(dataset: ImageFolderSplit, path, image_size: int = 224, num_workers: int = 0,
-                       overwrite: bool = False, progress: bool = True) -> Path:
+                       progress: bool = True) -> Path:
     """Preprocess ``dataset`` once (Resize, CenterCrop, RGB as uint8) into ``path``: ``{"images": uint8 (N,3,H,W),
     "labels": int64 (N,), "paths", "files", "classes", "image_size", "format"}``. Reused while image_size, the
-    files (sizes, mtimes) and classes are unchanged, unless ``overwrite``; built under ``path``'s lock."""
+    files (sizes, mtimes) and classes are unchanged; built under ``path``'s lock."""
     from .files import atomic_path, build_lock
 
     path = Path(path)
     paths = [p for p, _ in dataset.samples]
     files = _files_signature(paths)
     classes = list(getattr(dataset, "classes", []))
-    if not overwrite and _cache_is_current(path, image_size, paths, files, classes):
+    if _cache_is_current(path, image_size, paths, files, classes):
         return path
     with build_lock(path):
-        if not overwrite and _cache_is_current(path, image_size, paths, files, classes):
+        if _cache_is_current(path, image_size, paths, files, classes):
             return path  # another process built it while this one waited
         n = len(paths)
         images = torch.empty((n, 3, image_size, image_size), dtype=torch.uint8)

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import random
@@ -50,11 +49,6 @@ def sample_captions(labels, classnames: Sequence[str], generator: torch.Generato
 WNID_RE = re.compile(r"^n\d{8}$")
 
 
-@functools.lru_cache(maxsize=None)
-def _wnid_to_index() -> dict[str, int]:
-    return {w: i for i, w in enumerate(imagenet_wnids(len(open_clip.IMAGENET_CLASSNAMES)))}
-
-
 def class_names_for_folders(folder_names: Sequence[str]) -> list[str]:
     """Folder names -> caption class names: ImageNet wnid folders -> open_clip's CLIP ImageNet names, any other
     folder -> its name with "_" replaced by " ". ValueError for unknown wnids or a mix of both kinds."""
@@ -66,7 +60,7 @@ def class_names_for_folders(folder_names: Sequence[str]) -> list[str]:
         raise ValueError(f"folder_names mixes ImageNet wnid folders (e.g. {wn}) with other folders "
                          f"(e.g. {other}); use one kind")
     if names and all(is_wnid):
-        table = _wnid_to_index()
+        table = {w: i for i, w in enumerate(imagenet_wnids(len(open_clip.IMAGENET_CLASSNAMES)))}
         unknown = [n for n in names if n not in table]
         if unknown:
             raise ValueError(f"folder_names: unknown ImageNet wnid(s) {unknown[:10]}"

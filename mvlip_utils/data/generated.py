@@ -66,7 +66,6 @@ def _shape_polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> 
         w = 0.33 * r
         return rot([(-w, -r), (w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r), (-w, w),
                     (-r, w), (-r, -w), (-w, -w)])
-    raise ValueError(f"shape: unknown polygon shape {shape!r}")
 
 
 def _draw_sample(colour: str, shape: str, image_size: int, rng: np.random.Generator) -> Image.Image:

@@ -8,7 +8,6 @@ import re
 
 PAPER_ENCODERS = ("mambavision", "swin", "vit")
 _PAPER_TOWERS = {"mambavision": "MambaVision-B-21K", "swin": "Swin-B", "vit": "ViT-B/32"}
-BEYOND = "beyond the paper"
 _SAFE = re.compile(r"[a-z0-9][a-z0-9._-]*")
 
 
@@ -45,7 +44,7 @@ def tower_name(encoder: str, size: str = "paper") -> str:
 
 def marked(label: str, encoder: str) -> str:
     """``label``, with ", beyond the paper" for an extra encoder (tables and figures beside the paper's towers)."""
-    return label if is_paper_encoder(encoder) else f"{label}, {BEYOND}"
+    return label if is_paper_encoder(encoder) else f"{label}, beyond the paper"
 
 
 class DerivedNames(dict):

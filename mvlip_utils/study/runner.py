@@ -228,9 +228,8 @@ def recorded_editions(root: Path, exclude: Sequence[str] = ()) -> dict[str, list
         if profile in exclude or not records_edition(profile) or not Step(SETUP, None, profile).output(book_dir).is_file():
             continue
         record = edition_record_path(book_dir, profile)
-        extras = [e for e in (json.loads(record.read_text()).get("encoders", []) if record.is_file() else [])
-                  if e not in ENCODERS]  # timm encoders the edition ran beyond the paper's towers
-        encoders = [e for e in (*ENCODERS, *extras)
+        listed = json.loads(record.read_text()).get("encoders", []) if record.is_file() else []  # timm ones too
+        encoders = [e for e in dict.fromkeys([*ENCODERS, *listed])
                     if all(Step(nb, e, profile).output(book_dir).is_file() for nb in PER_ENCODER)]
         if encoders:
             out[profile] = encoders
@@ -249,7 +248,7 @@ def run_study(profile: str = "smoke", encoders: Sequence[str] | None = None,
               gpus: Sequence[str] | None = None, encoder_steps_only: bool = False) -> dict[str, Any]:
     """Run one edition, the recorded editions' discussions and the findings, and build the book. ``root``: the
     folder of notebooks/, book/ and _config.yml. ``gpus``: each encoder's chain in its own process on that
-    device. Returns {"steps": [(label, status, seconds)], "failed", "study_s", "total_s", "html"}."""
+    device. Returns {"steps": [(label, status, seconds)], "failed", "html"}."""
     root = Path(root).resolve()
     encoders = list(encoders or ENCODERS)
     overrides = dict(overrides or {})
@@ -297,8 +296,6 @@ def run_study(profile: str = "smoke", encoders: Sequence[str] | None = None,
         order = sorted(editions, key=list(PROFILES).index)
         all_encoders = [e for e in ENCODERS if any(e in editions[p] for p in order)]
         report.append(run_step(ctx, Step(FINDINGS, None, profile), all_encoders, order, index="findings"))
-    study_s = time.perf_counter() - t0
-    log(f"[study] notebooks: {study_s:.1f} s")
     html = None
     if book and not encoder_steps_only:
         for other, other_encoders in editions.items():
@@ -314,7 +311,7 @@ def run_study(profile: str = "smoke", encoders: Sequence[str] | None = None,
     if failed:
         raise StudyStepError(f"encoder chain(s) failed: {', '.join(failed)} (the others finished; see above)",
                              TRAIN, failed[0])
-    return {"steps": report, "failed": failed, "study_s": study_s, "total_s": total, "html": html}
+    return {"steps": report, "failed": failed, "html": html}
 
 
 def run_chains_in_parallel(ctx: StudyContext, profile: str, encoders: Sequence[str],
