@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -14,23 +16,14 @@ from tqdm.auto import tqdm
 
 from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
-from .folders import ImageFolderSplit, _geometry_transform, load_image
+from .folders import ImageFolderSplit, _geometry_transform
 
 CACHE_FORMAT = "mvlip-uint8-v1"
 
 
-class _UInt8View(Dataset):
-    def __init__(self, dataset: ImageFolderSplit, image_size: int):
-        self.samples = dataset.samples
-        self.geom = _geometry_transform(image_size)
-
-    def __len__(self):
-        return len(self.samples)
-
-    def __getitem__(self, i):
-        path, label = self.samples[i]
-        arr = np.asarray(self.geom(load_image(path)), dtype=np.uint8)  # (H, W, 3)
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous(), label
+def _uint8(geometry, image) -> torch.Tensor:
+    """An RGB image after ``geometry`` as uint8 (3, H, W)."""
+    return torch.from_numpy(np.asarray(geometry(image), dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 
 def _files_signature(paths: Sequence[str]) -> str:
@@ -71,7 +64,9 @@ def cache_preprocessed(dataset: ImageFolderSplit, path, image_size: int = 224, n
         n = len(paths)
         images = torch.empty((n, 3, image_size, image_size), dtype=torch.uint8)
         labels = torch.empty((n,), dtype=torch.int64)
-        loader = DataLoader(_UInt8View(dataset, image_size), batch_size=64, shuffle=False, num_workers=num_workers)
+        view = copy.copy(dataset)  # the same files, as uint8 images before ToTensor and Normalize
+        view.transform = functools.partial(_uint8, _geometry_transform(image_size))
+        loader = DataLoader(view, batch_size=64, shuffle=False, num_workers=num_workers)
         i = 0
         for x, y in tqdm(loader, desc=f"caching {path.name}", disable=not progress, leave=False):
             images[i:i + len(x)] = x

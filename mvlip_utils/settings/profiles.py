@@ -81,7 +81,7 @@ class StudyConfig:
         return dataclasses.asdict(self)
 
     def replace(self, **overrides: Any) -> "StudyConfig":
-        return validate(dataclasses.replace(self, **_checked_keys(overrides)))
+        return validate(dataclasses.replace(self, **overrides))
 
     def runs(self) -> list["StudyConfig"]:
         """One configuration per seed, in the order of ``seeds``."""
@@ -149,20 +149,15 @@ def user_fields(cls: type) -> list[str]:
     return [f.name for f in fields(cls) if not f.metadata.get("internal")]
 
 
-def _checked_keys(overrides: dict[str, Any], cls: type = StudyConfig) -> dict[str, Any]:
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f"unknown parameter(s) {unknown}; known parameters: {sorted(known)}")
-    return overrides
-
-
 def _profile_values(profile: str, cls: type, overrides: dict[str, Any]) -> dict[str, Any]:
     if profile not in PROFILES:
         raise ValueError(f"parameter profile={profile!r} is not one of {list(PROFILES)}")
     names = {f.name for f in fields(cls)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown}; known parameters: {sorted(names)}")
     values = {k: v for k, v in PROFILES[profile].items() if k in names}
-    values.update({k: v for k, v in _checked_keys(overrides, cls).items() if v is not None})
+    values.update({k: v for k, v in overrides.items() if v is not None})
     return values
 
 
