@@ -189,8 +189,6 @@ def load_splits(root, transform: Callable | None = None, image_size: int = 224, 
     """``root/train`` and ``root/val`` -> (train_ds, val_ds, classnames). FileNotFoundError for a missing folder,
     ValueError for no class folders, an empty train class or val classes absent from train."""
     root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"dataset root not found: {root}")
     for split in ("train", "val"):
         if not (root / split).is_dir():
             raise FileNotFoundError(f"{root}: missing the '{split}' folder ({root / split}); "

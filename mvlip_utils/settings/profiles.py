@@ -170,9 +170,8 @@ def _check(obj: Any, ok: Callable[[Any], bool], requirement: str, *names: str) -
 
 def validate(config: StudyConfig) -> StudyConfig:
     """Raise ValueError naming the first bad parameter."""
-    if not isinstance(config.encoder, str) or not config.encoder:
-        raise ValueError(f"parameter encoder={config.encoder!r} must be a paper tower {list(PAPER_ENCODERS)} or a "
-                         "timm model name")
+    _check(config, lambda v: isinstance(v, str) and v, f"must be a paper tower {list(PAPER_ENCODERS)} or a timm "
+           "model name", "encoder")
     choices = {"model_size": MODEL_SIZES, "precision": PRECISIONS, "device": DEVICES, "profile": tuple(PROFILES),
                "train_step": TRAIN_STEPS}
     for name, allowed in choices.items():

@@ -253,9 +253,6 @@ def run_study(profile: str = "smoke", encoders: Sequence[str] | None = None,
     encoders = list(encoders or ENCODERS)
     overrides = dict(overrides or {})
     sources = {nb: root / "notebooks" / f"{nb}.ipynb" for nb in NOTEBOOKS}
-    missing = [str(p) for p in sources.values() if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"notebook(s) missing: {missing}")
     accepted = {nb: notebook_parameters(path) for nb, path in sources.items()}
     check_overrides(profile, encoders, overrides, {n for names in accepted.values() for n in names})
     if needs_cuda(profile) and overrides.get("device", "cuda") != "cpu" and not cuda_available():
