@@ -26,8 +26,6 @@ def config_from_parameters(namespace: Mapping[str, Any], **fixed: Any):
     """The StudyConfig of ``namespace`` (``profile`` and any field; None = the profile's value) and ``fixed``."""
     from .reproducibility import prepare_environment
 
-    if "profile" not in namespace:
-        raise ValueError("the notebook's parameters must define 'profile'")
     values = {f.name: namespace[f.name] for f in fields(StudyConfig) if f.name != "profile" and f.name in namespace}
     values.update(fixed)
     config = get_config(namespace["profile"], **values)
