@@ -75,23 +75,21 @@ def step_parameters(step: Step, encoders: Sequence[str], overrides: dict[str, An
     return params
 
 
+_WORDS = {"true": True, "false": False, "none": None, "null": None}
+
+
 def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
     """``["epochs=2", "pretrained=true", "data=/x"]`` -> {"epochs": 2, "pretrained": True, "data": "/x"}."""
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
-        key = key.strip()
+        key, word = key.strip(), raw.strip().lower()
         if not sep or not key.isidentifier():
             raise ValueError(f"-p {pair!r}: expected key=value with a parameter name as key")
-        words = {"true": True, "false": False, "none": None, "null": None}
-        if raw.strip().lower() in words:
-            value: Any = words[raw.strip().lower()]
-        else:
-            try:
-                value = ast.literal_eval(raw)
-            except (ValueError, SyntaxError):
-                value = raw
-        out[key] = value
+        try:
+            out[key] = _WORDS[word] if word in _WORDS else ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            out[key] = raw
     return out
 
 
@@ -314,13 +312,11 @@ def run_study(profile: str = "smoke", encoders: Sequence[str] | None = None,
 def run_chains_in_parallel(ctx: StudyContext, profile: str, encoders: Sequence[str],
                            gpus: Sequence[str]) -> tuple[list[tuple[str, str, float]], list[str]]:
     """Each encoder's chain in its own study process pinned to its GPU: (the chains' steps, failed encoders)."""
-    jobs = {}
-    for encoder in encoders:
-        cmd = [sys.executable, "-m", "mvlip_utils.study", "--profile", profile, "--encoders", encoder,
-               "--encoder-steps-only", "--no-book", "--root", str(ctx.root)] + (["--force"] if ctx.force else [])
-        for key, value in ctx.overrides.items():
-            cmd += ["-p", f"{key}={value!r}"]
-        jobs[encoder] = cmd
+    force = ["--force"] if ctx.force else []
+    params = [arg for key, value in ctx.overrides.items() for arg in ("-p", f"{key}={value!r}")]
+    jobs = {encoder: [sys.executable, "-m", "mvlip_utils.study", "--profile", profile, "--encoders", encoder,
+                      "--encoder-steps-only", "--no-book", "--root", str(ctx.root), *force, *params]
+            for encoder in encoders}
     for line in device_share.sharing_lines(encoders, gpus):
         ctx.log(f"[study] {line}")
     env = {encoder: device_share.chain_env(encoder, encoders, gpus) for encoder in encoders}
