@@ -46,20 +46,20 @@ def _cache_is_current(path: Path, image_size: int, paths: list[str], files: str,
 
 
 def cache_preprocessed(dataset: ImageFolderSplit, path, image_size: int = 224, num_workers: int = 0,
-                       progress: bool = True) -> Path:
+                       overwrite: bool = False, progress: bool = True) -> Path:
     """Preprocess ``dataset`` once (Resize, CenterCrop, RGB as uint8) into ``path``: ``{"images": uint8 (N,3,H,W),
     "labels": int64 (N,), "paths", "files", "classes", "image_size", "format"}``. Reused while image_size, the
-    files (sizes, mtimes) and classes are unchanged; built under ``path``'s lock."""
+    files (sizes, mtimes) and classes are unchanged, unless ``overwrite``; built under ``path``'s lock."""
     from .files import atomic_path, build_lock
 
     path = Path(path)
     paths = [p for p, _ in dataset.samples]
     files = _files_signature(paths)
     classes = list(getattr(dataset, "classes", []))
-    if _cache_is_current(path, image_size, paths, files, classes):
+    if not overwrite and _cache_is_current(path, image_size, paths, files, classes):
         return path
     with build_lock(path):
-        if _cache_is_current(path, image_size, paths, files, classes):
+        if not overwrite and _cache_is_current(path, image_size, paths, files, classes):
             return path  # another process built it while this one waited
         n = len(paths)
         images = torch.empty((n, 3, image_size, image_size), dtype=torch.uint8)

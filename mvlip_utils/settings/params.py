@@ -85,8 +85,7 @@ class CommandLineParser(argparse.ArgumentParser):
     """argparse with one-line errors (``error: ...``, exit status 2) and no abbreviated options."""
 
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault("allow_abbrev", False)
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **{"allow_abbrev": False, **kwargs})
 
     def error(self, message: str):  # noqa: D401 - argparse's hook
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")

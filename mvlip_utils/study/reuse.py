@@ -49,11 +49,9 @@ def fingerprint(source: Path, parameters: dict[str, Any], library: str, inputs: 
 
 def executed_fingerprint(path: Path) -> str | None:
     """The fingerprint of an executed notebook that completed without error, else None."""
-    if not Path(path).is_file():
-        return None
     try:
         nb = nbformat.read(path, as_version=4)
-    except Exception:  # noqa: BLE001 - an unreadable (half-written) notebook is simply redone
+    except Exception:  # noqa: BLE001 - a missing or unreadable (half-written) notebook is simply redone
         return None
     pm = nb.metadata.get("papermill", {})
     if pm.get("exception") or not pm.get("end_time"):
