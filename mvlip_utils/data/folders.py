@@ -53,13 +53,11 @@ def class_names_for_folders(folder_names: Sequence[str]) -> list[str]:
     """Folder names -> caption class names: ImageNet wnid folders -> open_clip's CLIP ImageNet names, any other
     folder -> its name with "_" replaced by " ". ValueError for unknown wnids or a mix of both kinds."""
     names = [str(f) for f in folder_names]
-    is_wnid = [bool(WNID_RE.match(n)) for n in names]
-    if any(is_wnid) and not all(is_wnid):
-        wn = [n for n, w in zip(names, is_wnid) if w][:5]
-        other = [n for n, w in zip(names, is_wnid) if not w][:5]
-        raise ValueError(f"folder_names mixes ImageNet wnid folders (e.g. {wn}) with other folders "
-                         f"(e.g. {other}); use one kind")
-    if names and all(is_wnid):
+    wnids, other = [n for n in names if WNID_RE.match(n)], [n for n in names if not WNID_RE.match(n)]
+    if wnids and other:
+        raise ValueError(f"folder_names mixes ImageNet wnid folders (e.g. {wnids[:5]}) with other folders "
+                         f"(e.g. {other[:5]}); use one kind")
+    if wnids:
         table = {w: i for i, w in enumerate(imagenet_wnids(len(open_clip.IMAGENET_CLASSNAMES)))}
         unknown = [n for n in names if n not in table]
         if unknown:

@@ -129,12 +129,16 @@ def make_generated_dataset(root, n_classes: int = 10, train_per_class: int = 40,
     return _build_once(root, manifest, ".png", write)
 
 
+def _read_manifest(root: Path) -> dict | None:
+    try:
+        return json.loads((root / "manifest.json").read_text())
+    except (OSError, json.JSONDecodeError):  # none, or unreadable
+        return None
+
+
 def _is_current(root: Path, manifest: dict, suffix: str) -> bool:
     """Whether ``root`` holds this very dataset, complete: its manifest and every file."""
-    try:
-        if json.loads((root / "manifest.json").read_text()) != manifest:
-            return False
-    except (OSError, json.JSONDecodeError):
+    if _read_manifest(root) != manifest:
         return False
     folders = [(root / split / cls, n) for split in ("train", "val") for cls, n in manifest["counts"][split].items()]
     return all(d.is_dir() and sum(p.endswith(suffix) for p in os.listdir(d)) == n for d, n in folders)
@@ -154,12 +158,8 @@ def _build_once(root: Path, manifest: dict, suffix: str, write: Callable[[], Non
     with build_lock(root):
         if _is_current(root, manifest, suffix):
             return root  # another process wrote it while this one waited for the lock
-        generator, mpath = manifest["generator"], root / "manifest.json"
-        if mpath.is_file():
-            try:
-                old = json.loads(mpath.read_text())
-            except (OSError, json.JSONDecodeError):
-                old = None
+        generator, old = manifest["generator"], _read_manifest(root)
+        if (root / "manifest.json").is_file():
             if not isinstance(old, dict) or old.get("generator") != generator:
                 raise ValueError(f"{root}: manifest.json was not written by {generator}; "
                                  "refusing to overwrite it (pick another root)")

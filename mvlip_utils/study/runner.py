@@ -118,21 +118,16 @@ def check_overrides(profile: str, encoders: Sequence[str], overrides: dict[str, 
 
 def kernel_for_this_python() -> str:
     """The Jupyter kernel (``mvlip``, else ``python3``) that runs this interpreter; RuntimeError if none."""
-    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+    from jupyter_client.kernelspec import KernelSpecManager
 
-    manager = KernelSpecManager()
     here = os.path.normpath(os.path.abspath(sys.executable))
     generic = {"python", f"python{sys.version_info[0]}", "python%d.%d" % sys.version_info[:2]}
-    seen = []
-    for name in ("mvlip", "python3"):
-        try:
-            argv0 = manager.get_kernel_spec(name).argv[0]
-        except NoSuchKernel:
-            continue
-        seen.append(f"{name} -> {argv0}")
+    specs = KernelSpecManager().get_all_specs()
+    found = {name: specs[name]["spec"]["argv"][0] for name in ("mvlip", "python3") if name in specs}
+    for name, argv0 in found.items():
         if argv0 in generic or os.path.normpath(os.path.abspath(argv0)) == here:
             return name
-    raise RuntimeError(f"no Jupyter kernel runs {sys.executable} (found: {seen or 'none'}); "
+    raise RuntimeError(f"no Jupyter kernel runs {sys.executable} (found: {found or 'none'}); "
                        "run scripts/setup_env.sh, or `python -m ipykernel install --user --name mvlip`")
 
 
