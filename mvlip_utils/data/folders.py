@@ -1,11 +1,8 @@
 """Reading image folders: caption templates, class names, CLIP preprocessing, ImageFolder splits and seeded loaders.
 
-- Classes are the train split's class folders, sorted (wnid folders follow open_clip's sorted-wnid order); a
-  train class without a readable image, or a val class absent from train, is an error naming it.
-- Unreadable images are found when a split is scanned and skipped (logged, listed in ``ds.skipped``).
-- Images are converted to RGB (16/32-bit greyscale rescaled to 8 bits, alpha dropped; no EXIF rotation).
-- Image files are recognised by extension, case-insensitively; hidden files are ignored; folders are walked
-  recursively, like torchvision's ImageFolder.
+Classes are the train split's class folders, sorted (wnid folders follow open_clip's sorted-wnid order). Image
+files are recognised by extension, case-insensitively; hidden files are ignored; folders are walked recursively,
+like torchvision's ImageFolder; images are converted to RGB without EXIF rotation.
 """
 
 from __future__ import annotations

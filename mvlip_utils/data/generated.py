@@ -150,9 +150,7 @@ def _write_manifest(root: Path, manifest: dict) -> None:
 
 
 def _build_once(root: Path, manifest: dict, suffix: str, write: Callable[[], None]) -> Path:
-    """``root`` holding the dataset ``manifest`` describes: reused, else written once by ``write()`` under
-    ``root``'s lock (checked again once held; an older dataset of this generator removed first); the complete
-    manifest is written last."""
+    """``root`` holding the dataset ``manifest`` describes: reused, else written by ``write()``, its manifest last."""
     if _is_current(root, manifest, suffix):
         return root
     with build_lock(root):

@@ -45,28 +45,21 @@ def current_settings() -> dict[str, Any]:
     """The settings ``deterministic_mode`` changes, as they are now."""
     import torch._inductor.config as inductor
 
-    out: dict[str, Any] = {
-        "use_deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
-        "warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
-        "cudnn.deterministic": torch.backends.cudnn.deterministic,
-        "cudnn.benchmark": torch.backends.cudnn.benchmark,
-        CUBLAS_ENV: os.environ.get(CUBLAS_ENV),
-    }
-    for name in INDUCTOR_SETTINGS:
-        if hasattr(inductor, name):
-            out[f"inductor.{name}"] = getattr(inductor, name)
-    return out
+    return {"use_deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+            "warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
+            "cudnn.deterministic": torch.backends.cudnn.deterministic,
+            "cudnn.benchmark": torch.backends.cudnn.benchmark,
+            CUBLAS_ENV: os.environ.get(CUBLAS_ENV),
+            **{f"inductor.{name}": getattr(inductor, name) for name in INDUCTOR_SETTINGS if hasattr(inductor, name)}}
 
 
 def deterministic_settings() -> dict[str, Any]:
     """What deterministic mode sets (the inductor settings this PyTorch has)."""
     now = current_settings()
-    target: dict[str, Any] = {"use_deterministic_algorithms": True, "warn_only": False, "cudnn.deterministic": True,
-                              "cudnn.benchmark": False,
-                              CUBLAS_ENV: now[CUBLAS_ENV] if now[CUBLAS_ENV] in CUBLAS_DETERMINISTIC
-                              else CUBLAS_DETERMINISTIC[0]}
-    target.update({f"inductor.{name}": value for name, value in INDUCTOR_SETTINGS.items() if f"inductor.{name}" in now})
-    return target
+    cublas = now[CUBLAS_ENV] if now[CUBLAS_ENV] in CUBLAS_DETERMINISTIC else CUBLAS_DETERMINISTIC[0]
+    return {"use_deterministic_algorithms": True, "warn_only": False, "cudnn.deterministic": True,
+            "cudnn.benchmark": False, CUBLAS_ENV: cublas,
+            **{f"inductor.{name}": value for name, value in INDUCTOR_SETTINGS.items() if f"inductor.{name}" in now}}
 
 
 def apply_settings(settings: dict[str, Any]) -> None:

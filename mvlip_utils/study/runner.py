@@ -261,9 +261,7 @@ def run_study(profile: str = "smoke", encoders: Sequence[str] | None = None,
         f"force={force}" + (f" gpus={list(gpus)}" if gpus else ""))
     report: list[tuple[str, str, float]] = []
     failed: list[str] = []
-    steps = plan(encoders, profile)
-    if encoder_steps_only:
-        steps = [s for s in steps if s.encoder]
+    steps = [s for s in plan(encoders, profile) if s.encoder or not encoder_steps_only]
     seeds = study_config(profile, overrides).seeds
     # the discussion reads the edition's record (write_edition_record): its seeds, steps and GPUs
     if gpus is None:
