@@ -82,8 +82,7 @@ class CachedImageDataset(Dataset):
     """Items ``(uint8 image (3,H,W), label)`` from a ``cache_preprocessed`` file (memory-mapped)."""
 
     def __init__(self, path):
-        self.path = Path(path)
-        blob = torch.load(self.path, map_location="cpu", mmap=True, weights_only=True)
+        blob = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
         self.images, self.labels = blob["images"], blob["labels"]
         self.paths, self.classes, self.image_size = blob["paths"], blob["classes"], blob["image_size"]
         self.targets = self.labels.tolist()

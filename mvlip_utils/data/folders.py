@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import Compose
 from tqdm.auto import tqdm
 
 import open_clip
@@ -72,8 +73,6 @@ def clip_transform(image_size: int = 224):
 
 def _geometry_transform(image_size: int):
     """The part of clip_transform before ToTensor/Normalize (Resize, CenterCrop, RGB): PIL -> PIL."""
-    from torchvision.transforms import Compose
-
     return Compose(clip_transform(image_size).transforms[:-2])
 
 

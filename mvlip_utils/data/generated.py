@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import math
+import multiprocessing as mp
 import os
 import shutil
 from pathlib import Path
@@ -116,9 +117,6 @@ def make_generated_dataset(root, n_classes: int = 10, train_per_class: int = 40,
     def write() -> None:
         jobs = [(split, si, ci, i) for si, (split, n) in enumerate((("train", train_per_class), ("val", val_per_class)))
                 for ci in range(n_classes) for i in range(n)]
-        for split in ("train", "val"):
-            for cls in manifest["classes"]:
-                (root / split / cls).mkdir(parents=True, exist_ok=True)
         for split, si, ci, i in tqdm(jobs, desc=f"generating {root.name}", disable=not progress, leave=False):
             colour, shape = combos[ci]
             rng = np.random.default_rng([int(seed), si, ci, i])
@@ -191,8 +189,6 @@ def write_random_jpeg(job: tuple[str, int, int, int]) -> int:
 def write_random_jpegs(jobs: Sequence[tuple[str, int, int, int]], workers: int = 1, chunksize: int = 16,
                        progress: bool = False, desc: str = "writing JPEGs") -> list[int]:
     """``write_random_jpeg`` for every job, over ``workers`` forked processes; the files' sizes."""
-    import multiprocessing as mp
-
     with mp.get_context("fork").Pool(workers) if workers > 1 else contextlib.nullcontext() as pool:
         sizes = pool.imap(write_random_jpeg, jobs, chunksize=chunksize) if pool else map(write_random_jpeg, jobs)
         return list(tqdm(sizes, total=len(jobs), desc=desc, disable=not progress, leave=False))

@@ -33,12 +33,11 @@ class Step:
     @property
     def title(self) -> str:
         """The chapter's title, unique in the book: "MVLIP (tiny MambaVision): training, smoke edition"."""
-        if self.notebook == FINDINGS:
-            return "Findings: the paper's claims, one verdict each"
-        if self.notebook == SETUP:
-            return f"Set-up of the {self.profile} edition: machine, data, models"
-        if self.notebook == DISCUSSION:
-            return f"Discussion of the {self.profile} edition: the paper's claims against its runs"
+        edition_wide = {FINDINGS: "Findings: the paper's claims, one verdict each",
+                        SETUP: f"Set-up of the {self.profile} edition: machine, data, models",
+                        DISCUSSION: f"Discussion of the {self.profile} edition: the paper's claims against its runs"}
+        if self.notebook in edition_wide:
+            return edition_wide[self.notebook]
         size = PROFILES[self.profile].get("model_size", "smoke")
         return (f"{ENCODER_LABELS[self.encoder]} ({tower_name(self.encoder, size)}): "
                 f"{CHAPTER_TITLES[self.notebook]}, {self.profile} edition")

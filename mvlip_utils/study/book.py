@@ -132,11 +132,10 @@ def write_edition_record(root: Path, profile: str, encoders: Sequence[str], seed
         path = step.output(book)
         meta = nbformat.read(path, as_version=4).metadata.get("mvlip", {}) if path.is_file() else {}
         steps.append({"step": step.label, "seconds": meta.get("seconds")})
-    device = "cuda" if PROFILES[profile].get("device") == "cuda" else "cpu"
     path = edition_record_path(book, profile)
     record = {"profile": profile, "encoders": list(encoders), "seeds": list(seeds),
               "chain_gpus": list(gpus) if gpus is not None else None, "steps": steps}
     old = json.loads(path.read_text()) if path.is_file() else {}
     if {k: old.get(k) for k in record} != record:
-        write_json(path, {**record, "provenance": collect_provenance(device)})
+        write_json(path, {**record, "provenance": collect_provenance(PROFILES[profile].get("device", "cpu"))})
     return path

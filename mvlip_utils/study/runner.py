@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import nbformat
+import torch
+from jupyter_client.kernelspec import KernelSpecManager
 
 from ..models.timm_towers import check_encoder
 from ..settings.notebooks import (BENCHMARK, DISCUSSION, FINDINGS, NOTEBOOKS, PER_ENCODER, SETUP, TRAIN, Step,
@@ -103,9 +105,8 @@ def check_overrides(profile: str, encoders: Sequence[str], overrides: dict[str, 
             raise ValueError(f"--encoders: {exc}") from None
     if len(set(encoders)) != len(encoders):
         raise ValueError(f"--encoders: {list(encoders)} names an encoder twice")
-    for key in ("profile", "encoder", "encoders"):
-        if key in overrides:
-            raise ValueError(f"-p {key}=...: choose profile and encoders with --profile and --encoders")
+    for key in sorted({"profile", "encoder", "encoders"} & set(overrides)):
+        raise ValueError(f"-p {key}=...: choose profile and encoders with --profile and --encoders")
     if "resume" in overrides:  # it would be ignored wherever a step is reused (FINGERPRINT_IGNORES)
         raise ValueError("-p resume=...: use --force to retrain from scratch (the study sets resume itself)")
     fields_ = set(parameter_names())
@@ -118,8 +119,6 @@ def check_overrides(profile: str, encoders: Sequence[str], overrides: dict[str, 
 
 def kernel_for_this_python() -> str:
     """The Jupyter kernel (``mvlip``, else ``python3``) that runs this interpreter; RuntimeError if none."""
-    from jupyter_client.kernelspec import KernelSpecManager
-
     here = os.path.normpath(os.path.abspath(sys.executable))
     generic = {"python", f"python{sys.version_info[0]}", "python%d.%d" % sys.version_info[:2]}
     specs = KernelSpecManager().get_all_specs()
@@ -230,8 +229,6 @@ def recorded_editions(root: Path, exclude: Sequence[str] = ()) -> dict[str, list
 
 
 def cuda_available() -> bool:
-    import torch
-
     return torch.cuda.is_available()
 
 
