@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
+from .files import atomic_path, build_lock
 from .folders import ImageFolderSplit, _geometry_transform
 
 CACHE_FORMAT = "mvlip-uint8-v1"
@@ -50,27 +51,23 @@ def cache_preprocessed(dataset: ImageFolderSplit, path, image_size: int = 224, n
     """Preprocess ``dataset`` once (Resize, CenterCrop, RGB as uint8) into ``path``: ``{"images": uint8 (N,3,H,W),
     "labels": int64 (N,), "paths", "files", "classes", "image_size", "format"}``. Reused while image_size, the
     files (sizes, mtimes) and classes are unchanged, unless ``overwrite``; built under ``path``'s lock."""
-    from .files import atomic_path, build_lock
-
     path = Path(path)
     paths = [p for p, _ in dataset.samples]
     files = _files_signature(paths)
-    classes = list(getattr(dataset, "classes", []))
+    classes = list(dataset.classes)
     if not overwrite and _cache_is_current(path, image_size, paths, files, classes):
         return path
     with build_lock(path):
         if not overwrite and _cache_is_current(path, image_size, paths, files, classes):
             return path  # another process built it while this one waited
-        n = len(paths)
-        images = torch.empty((n, 3, image_size, image_size), dtype=torch.uint8)
-        labels = torch.empty((n,), dtype=torch.int64)
+        images = torch.empty((len(paths), 3, image_size, image_size), dtype=torch.uint8)
+        labels = torch.tensor([y for _, y in dataset.samples], dtype=torch.int64)
         view = copy.copy(dataset)  # the same files, as uint8 images before ToTensor and Normalize
         view.transform = functools.partial(_uint8, _geometry_transform(image_size))
         loader = DataLoader(view, batch_size=64, shuffle=False, num_workers=num_workers)
         i = 0
-        for x, y in tqdm(loader, desc=f"caching {path.name}", disable=not progress, leave=False):
+        for x, _ in tqdm(loader, desc=f"caching {path.name}", disable=not progress, leave=False):
             images[i:i + len(x)] = x
-            labels[i:i + len(x)] = y
             i += len(x)
         with atomic_path(path) as tmp:
             torch.save({"format": CACHE_FORMAT, "images": images, "labels": labels, "paths": paths,

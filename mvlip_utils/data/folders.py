@@ -156,8 +156,9 @@ class ImageFolderSplit(Dataset):
         for c in present:
             candidates.extend((p, self.class_to_idx[c]) for p in _list_images(self.root / c))
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            reasons = list(tqdm(pool.map(lambda pl: _check_file(pl[0]), candidates), total=len(candidates),
-                                desc=f"scanning {self.root}", disable=not progress or len(candidates) < 2000, leave=False))
+            reasons = list(tqdm(pool.map(_check_file, [p for p, _ in candidates]), total=len(candidates),
+                                desc=f"scanning {self.root}", disable=not progress or len(candidates) < 2000,
+                                leave=False))
         self.samples = [(str(p), y) for (p, y), r in zip(candidates, reasons) if r is None]
         self.skipped = [(str(p), r) for (p, _), r in zip(candidates, reasons) if r is not None]
         self.targets = [y for _, y in self.samples]
