@@ -59,8 +59,6 @@ def test_sample_captions_reproducible_and_use_templates():
     for cap, y in zip(a, labels.tolist()):
         assert cap in {t.format(names[y]) for t in D.TEMPLATES}
     assert len(set(a)) > 5  # templates actually vary
-    with pytest.raises(ValueError, match="labels"):
-        D.sample_captions(torch.tensor([2]), names)
 
 
 # ---------------------------------------------------------------------------------- class names
@@ -102,8 +100,6 @@ def test_clip_transform_matches_open_clip_and_normalises():
     expect = (torch.tensor([200, 100, 50]) / 255 - torch.tensor(open_clip.OPENAI_DATASET_MEAN)) / torch.tensor(
         open_clip.OPENAI_DATASET_STD)
     torch.testing.assert_close(flat.mean((1, 2)), expect.float(), atol=1e-5, rtol=0)
-    with pytest.raises(ValueError, match="image_size"):
-        D.clip_transform(0)
 
 
 # ------------------------------------------------------------------------------------- datasets
@@ -268,8 +264,6 @@ def test_cache_matches_transform(tmp_path, generated):
     assert C.CachedImageDataset(path).images.shape[-1] == 12
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         C.CachedImageDataset(tmp_path / "nope.pt")
-    with pytest.raises(ValueError, match="batch_uint8"):
-        C.normalize_on_device(xb.float(), "cpu")
 
 
 def test_the_cache_follows_the_class_list_a_train_only_class_shifts_the_labels(tmp_path):

@@ -320,7 +320,7 @@ def study_context(root: Path, force: bool = False, log=lambda _: None) -> study.
     """What ``run_study`` gives its steps, for the smoke study's overrides (TINY)."""
     sources = {nb: root / "notebooks" / f"{nb}.ipynb" for nb in NOTEBOOKS}
     return study.StudyContext(root, sources, {nb: study.notebook_parameters(p) for nb, p in sources.items()},
-                              dict(TINY), study.kernel_for_this_python(), reuse.library_hash(), force, None, log)
+                              dict(TINY), study.kernel_for_this_python(), reuse.library_hash(), force, log)
 
 
 def decisions(ctx: study.StudyContext, monkeypatch) -> dict[str, str]:

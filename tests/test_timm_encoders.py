@@ -21,7 +21,7 @@ from mvlip_utils.train import run_folder
 from mvlip_utils.models import timm_towers
 from mvlip_utils.study.book import toc_text
 from mvlip_utils.models.model import MVLIP, create_text_tower
-from mvlip_utils.settings.profiles import ENCODER_LABELS, ENCODERS, TOWER_NAMES, get_config
+from mvlip_utils.settings.profiles import ENCODER_LABELS, ENCODERS, get_config
 from mvlip_utils.models.towers import WeightsUnavailableError, architecture, create_image_tower
 from mvlip_utils.models.weights import UnsafeWeightsError
 
@@ -37,7 +37,7 @@ def test_paper_encoders_keep_their_names_folders_and_labels():
         assert ENCODER_LABELS[encoder] == {"mambavision": "MVLIP", "swin": "CLIP(Swin)", "vit": "CLIP(ViT)"}[encoder]
     assert list(ENCODER_LABELS) == list(ENCODERS) and "convnext_atto" not in ENCODER_LABELS  # iteration: the paper's
     assert ENCODER_LABELS["convnext_atto"] == "CLIP(convnext_atto)" == ENCODER_LABELS.get("convnext_atto")
-    assert TOWER_NAMES["convnext_base.fb_in22k_ft_in1k"] == "convnext_base.fb_in22k_ft_in1k"
+    assert encoders.tower_name("convnext_base.fb_in22k_ft_in1k") == "convnext_base.fb_in22k_ft_in1k"
     assert tables.tower_label("convnext_atto") == "convnext_atto, beyond the paper"
     assert tables.tower_label("swin") == "Swin-B" and tables.tower_label("swin", "smoke") == "tiny Swin"
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -14,23 +16,15 @@ from tqdm.auto import tqdm
 
 from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
-from .folders import ImageFolderSplit, _geometry_transform, load_image
+from .files import atomic_path, build_lock
+from .folders import ImageFolderSplit, _geometry_transform
 
 CACHE_FORMAT = "mvlip-uint8-v1"
 
 
-class _UInt8View(Dataset):
-    def __init__(self, dataset: ImageFolderSplit, image_size: int):
-        self.samples = dataset.samples
-        self.geom = _geometry_transform(image_size)
-
-    def __len__(self):
-        return len(self.samples)
-
-    def __getitem__(self, i):
-        path, label = self.samples[i]
-        arr = np.asarray(self.geom(load_image(path)), dtype=np.uint8)  # (H, W, 3)
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous(), label
+def _uint8(geometry, image) -> torch.Tensor:
+    """An RGB image after ``geometry`` as uint8 (3, H, W)."""
+    return torch.from_numpy(np.asarray(geometry(image), dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 
 def _files_signature(paths: Sequence[str]) -> str:
@@ -44,13 +38,11 @@ def _files_signature(paths: Sequence[str]) -> str:
 
 def _cache_is_current(path: Path, image_size: int, paths: list[str], files: str, classes: list[str]) -> bool:
     """Whether ``path`` is a readable cache of these very files, labelled by these classes, at ``image_size``."""
-    if not path.is_file():
-        return False
     try:
         old = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
         return (old.get("format") == CACHE_FORMAT and old.get("image_size") == image_size
                 and old.get("paths") == paths and old.get("files") == files and old.get("classes") == classes)
-    except Exception:  # noqa: BLE001 - unreadable cache: rebuild it
+    except Exception:  # noqa: BLE001 - a missing or unreadable cache: build it
         return False
 
 
@@ -59,27 +51,23 @@ def cache_preprocessed(dataset: ImageFolderSplit, path, image_size: int = 224, n
     """Preprocess ``dataset`` once (Resize, CenterCrop, RGB as uint8) into ``path``: ``{"images": uint8 (N,3,H,W),
     "labels": int64 (N,), "paths", "files", "classes", "image_size", "format"}``. Reused while image_size, the
     files (sizes, mtimes) and classes are unchanged, unless ``overwrite``; built under ``path``'s lock."""
-    from .files import atomic_path, build_lock
-
     path = Path(path)
-    if not hasattr(dataset, "samples"):
-        raise TypeError(f"dataset must be an ImageFolderSplit (with .samples), got {type(dataset).__name__}")
     paths = [p for p, _ in dataset.samples]
     files = _files_signature(paths)
-    classes = list(getattr(dataset, "classes", []))
+    classes = list(dataset.classes)
     if not overwrite and _cache_is_current(path, image_size, paths, files, classes):
         return path
     with build_lock(path):
         if not overwrite and _cache_is_current(path, image_size, paths, files, classes):
             return path  # another process built it while this one waited
-        n = len(paths)
-        images = torch.empty((n, 3, image_size, image_size), dtype=torch.uint8)
-        labels = torch.empty((n,), dtype=torch.int64)
-        loader = DataLoader(_UInt8View(dataset, image_size), batch_size=64, shuffle=False, num_workers=num_workers)
+        images = torch.empty((len(paths), 3, image_size, image_size), dtype=torch.uint8)
+        labels = torch.tensor([y for _, y in dataset.samples], dtype=torch.int64)
+        view = copy.copy(dataset)  # the same files, as uint8 images before ToTensor and Normalize
+        view.transform = functools.partial(_uint8, _geometry_transform(image_size))
+        loader = DataLoader(view, batch_size=64, shuffle=False, num_workers=num_workers)
         i = 0
-        for x, y in tqdm(loader, desc=f"caching {path.name}", disable=not progress, leave=False):
+        for x, _ in tqdm(loader, desc=f"caching {path.name}", disable=not progress, leave=False):
             images[i:i + len(x)] = x
-            labels[i:i + len(x)] = y
             i += len(x)
         with atomic_path(path) as tmp:
             torch.save({"format": CACHE_FORMAT, "images": images, "labels": labels, "paths": paths,
@@ -91,12 +79,7 @@ class CachedImageDataset(Dataset):
     """Items ``(uint8 image (3,H,W), label)`` from a ``cache_preprocessed`` file (memory-mapped)."""
 
     def __init__(self, path):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"preprocessed cache not found: {self.path}")
-        blob = torch.load(self.path, map_location="cpu", mmap=True, weights_only=True)
-        if not isinstance(blob, dict) or blob.get("format") != CACHE_FORMAT:
-            raise ValueError(f"{self.path}: not a {CACHE_FORMAT} cache file")
+        blob = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
         self.images, self.labels = blob["images"], blob["labels"]
         self.paths, self.classes, self.image_size = blob["paths"], blob["classes"], blob["image_size"]
         self.targets = self.labels.tolist()
@@ -110,9 +93,6 @@ class CachedImageDataset(Dataset):
 
 def normalize_on_device(batch_uint8: torch.Tensor, device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 (B,3,H,W) -> ``dtype`` on ``device``: /255 then CLIP mean/std (clip_transform's ToTensor + Normalize)."""
-    if batch_uint8.dtype != torch.uint8 or batch_uint8.ndim != 4 or batch_uint8.shape[1] != 3:
-        raise ValueError(f"batch_uint8 must be a uint8 tensor (B,3,H,W), got {batch_uint8.dtype} "
-                         f"{tuple(batch_uint8.shape)}")
     x = batch_uint8.to(device=device, non_blocking=True).to(torch.float32).div_(255.0)
     mean = torch.tensor(OPENAI_DATASET_MEAN, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(OPENAI_DATASET_STD, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)

@@ -16,12 +16,12 @@ import pandas as pd
 from filelock import FileLock
 
 
-def build_lock(path: str | os.PathLike, timeout: float = -1) -> FileLock:
-    """The inter-process lock of building ``path``: ``<path>.lock`` beside it (``timeout`` -1: wait). Hold it
-    around check-build-publish, so the second process finds what the first built."""
+def build_lock(path: str | os.PathLike) -> FileLock:
+    """The inter-process lock of building ``path``: ``<path>.lock`` beside it, waited for. Hold it around
+    check-build-publish, so the second process finds what the first built."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(path.with_name(path.name + ".lock")), timeout=timeout)
+    return FileLock(str(path.with_name(path.name + ".lock")))
 
 
 @contextlib.contextmanager
@@ -85,8 +85,8 @@ def read_json(path: str | os.PathLike) -> Any:
     return json.loads(path.read_text())
 
 
-def write_csv(path: str | os.PathLike, frame: pd.DataFrame, index: bool = False) -> None:
+def write_csv(path: str | os.PathLike, frame: pd.DataFrame) -> None:
     """A DataFrame as CSV (gzipped when ``path`` ends in .gz), written atomically."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=index, compression="gzip" if path.suffix == ".gz" else None)
+        frame.to_csv(tmp, index=False, compression="gzip" if path.suffix == ".gz" else None)

@@ -1,16 +1,12 @@
 """Reading image folders: caption templates, class names, CLIP preprocessing, ImageFolder splits and seeded loaders.
 
-- Classes are the train split's class folders, sorted (wnid folders follow open_clip's sorted-wnid order); a
-  train class without a readable image, or a val class absent from train, is an error naming it.
-- Unreadable images are found when a split is scanned and skipped (logged, listed in ``ds.skipped``).
-- Images are converted to RGB (16/32-bit greyscale rescaled to 8 bits, alpha dropped; no EXIF rotation).
-- Image files are recognised by extension, case-insensitively; hidden files are ignored; folders are walked
-  recursively, like torchvision's ImageFolder.
+Classes are the train split's class folders, sorted (wnid folders follow open_clip's sorted-wnid order). Image
+files are recognised by extension, case-insensitively; hidden files are ignored; folders are walked recursively,
+like torchvision's ImageFolder; images are converted to RGB without EXIF rotation.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import random
@@ -23,10 +19,13 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import Compose
 from tqdm.auto import tqdm
 
 import open_clip
 from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+from .generated import imagenet_wnids
 
 logger = logging.getLogger("mvlip_utils.data")
 
@@ -37,45 +36,27 @@ TEMPLATES: tuple[str, ...] = (  # the paper's 10 caption templates (the authors'
 )
 
 
-def sample_captions(labels, classnames: Sequence[str], generator: torch.Generator | None = None,
-                    templates: Sequence[str] = TEMPLATES) -> list[str]:
+def sample_captions(labels, classnames: Sequence[str], generator: torch.Generator | None = None) -> list[str]:
     """One caption per label: a template drawn uniformly at random, filled with that label's class name.
     Pass a seeded ``torch.Generator`` for a reproducible draw."""
     labels = torch.as_tensor(labels).reshape(-1)
-    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= len(classnames)):
-        raise ValueError(f"labels: values must lie in [0, {len(classnames)}) (len(classnames)); "
-                         f"got min {int(labels.min())}, max {int(labels.max())}")
-    picks = torch.randint(len(templates), (len(labels),), generator=generator)
-    return [templates[int(t)].format(classnames[int(y)]) for t, y in zip(picks, labels)]
+    picks = torch.randint(len(TEMPLATES), (len(labels),), generator=generator)
+    return [TEMPLATES[int(t)].format(classnames[int(y)]) for t, y in zip(picks, labels)]
 
 
 WNID_RE = re.compile(r"^n\d{8}$")
-
-
-@functools.lru_cache(maxsize=None)
-def _wnid_to_index() -> dict[str, int]:
-    from timm.data import ImageNetInfo
-
-    info = ImageNetInfo()  # imagenet-1k: the 1000 wnids in sorted order
-    wnids = [info.index_to_label_name(i) for i in range(info.num_classes())]
-    if len(wnids) != len(open_clip.IMAGENET_CLASSNAMES):
-        raise RuntimeError(f"timm's ImageNet wnid list has {len(wnids)} entries but "
-                           f"open_clip.IMAGENET_CLASSNAMES has {len(open_clip.IMAGENET_CLASSNAMES)}")
-    return {w: i for i, w in enumerate(wnids)}
 
 
 def class_names_for_folders(folder_names: Sequence[str]) -> list[str]:
     """Folder names -> caption class names: ImageNet wnid folders -> open_clip's CLIP ImageNet names, any other
     folder -> its name with "_" replaced by " ". ValueError for unknown wnids or a mix of both kinds."""
     names = [str(f) for f in folder_names]
-    is_wnid = [bool(WNID_RE.match(n)) for n in names]
-    if any(is_wnid) and not all(is_wnid):
-        wn = [n for n, w in zip(names, is_wnid) if w][:5]
-        other = [n for n, w in zip(names, is_wnid) if not w][:5]
-        raise ValueError(f"folder_names mixes ImageNet wnid folders (e.g. {wn}) with other folders "
-                         f"(e.g. {other}); use one kind")
-    if names and all(is_wnid):
-        table = _wnid_to_index()
+    wnids, other = [n for n in names if WNID_RE.match(n)], [n for n in names if not WNID_RE.match(n)]
+    if wnids and other:
+        raise ValueError(f"folder_names mixes ImageNet wnid folders (e.g. {wnids[:5]}) with other folders "
+                         f"(e.g. {other[:5]}); use one kind")
+    if wnids:
+        table = {w: i for i, w in enumerate(imagenet_wnids(len(open_clip.IMAGENET_CLASSNAMES)))}
         unknown = [n for n in names if n not in table]
         if unknown:
             raise ValueError(f"folder_names: unknown ImageNet wnid(s) {unknown[:10]}"
@@ -87,20 +68,12 @@ def class_names_for_folders(folder_names: Sequence[str]) -> list[str]:
 def clip_transform(image_size: int = 224):
     """open_clip's CLIP eval preprocessing: Resize(image_size, bicubic), CenterCrop, RGB, ToTensor,
     Normalize(OpenAI CLIP mean/std); no augmentation."""
-    if not isinstance(image_size, int) or image_size < 1:
-        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
     return open_clip.image_transform(image_size, is_train=False, mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD)
 
 
 def _geometry_transform(image_size: int):
     """The part of clip_transform before ToTensor/Normalize (Resize, CenterCrop, RGB): PIL -> PIL."""
-    steps = clip_transform(image_size).transforms
-    names = [type(s).__name__ for s in steps]
-    if names[-2:] != ["MaybeToTensor", "Normalize"] and names[-2:] != ["ToTensor", "Normalize"]:
-        raise RuntimeError(f"unexpected open_clip transform layout {names}; update _geometry_transform")
-    from torchvision.transforms import Compose
-
-    return Compose(steps[:-2])
+    return Compose(clip_transform(image_size).transforms[:-2])
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -130,34 +103,26 @@ def load_image(path) -> Image.Image:
 
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-CHECKS = ("verify", "decode", "none")
-
-
-def _is_image_file(name: str) -> bool:
-    return not name.startswith(".") and name.lower().endswith(IMG_EXTENSIONS)
 
 
 def _list_images(folder: Path) -> list[Path]:
     out = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out.extend(Path(dirpath) / f for f in sorted(filenames) if _is_image_file(f))
+        out.extend(Path(dirpath) / f for f in sorted(filenames)
+                   if not f.startswith(".") and f.lower().endswith(IMG_EXTENSIONS))
     return out
 
 
-def _check_file(path: Path, check: str) -> str | None:
-    """None if the file looks like a readable image, else the reason. "verify": PIL's verify, plus a full decode
-    of truncated JPEGs and of formats verify checks little; "decode": always a full decode."""
+def _check_file(path: Path) -> str | None:
+    """None if the file looks like a readable image, else the reason: PIL's verify, plus a full decode of truncated
+    JPEGs and of formats verify checks little."""
     try:
         with Image.open(path) as im:
             fmt = im.format
             w, h = im.size
             if w < 1 or h < 1:
                 return f"empty image size {im.size}"
-            if check == "decode":
-                im.load()
-                to_rgb(im)
-                return None
             im.verify()
         full = fmt not in ("JPEG", "PNG", "MPO")
         if fmt in ("JPEG", "MPO"):
@@ -176,43 +141,30 @@ def _check_file(path: Path, check: str) -> str | None:
 class ImageFolderSplit(Dataset):
     """One split of an ImageFolder (``split_dir/<class folder>/**/<image>``) with a fixed class list.
 
-    Label = index in ``classes``; other folders raise ValueError. Files are scanned on construction (``check``:
-    "verify", "decode" or "none"); unreadable ones are left out and listed in ``.skipped`` as (path, reason).
+    Label = index in ``classes`` (``load_splits`` checks that every class folder is one). Files are scanned on
+    construction (``_check_file``); unreadable ones are left out and listed in ``.skipped`` as (path, reason).
     Items are ``(transform(rgb_image), label)``, by default ``clip_transform(image_size)``."""
 
     def __init__(self, split_dir, classes: Sequence[str], transform: Callable | None = None,
-                 image_size: int = 224, check: str = "verify", progress: bool = True, workers: int = 8):
+                 image_size: int = 224, progress: bool = True, workers: int = 8):
         self.root = Path(split_dir)
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"split folder not found: {self.root}")
-        if check not in CHECKS:
-            raise ValueError(f"check must be one of {CHECKS}, got {check!r}")
         self.classes = list(classes)
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         present = sorted(d.name for d in self.root.iterdir() if d.is_dir() and not d.name.startswith("."))
-        extra = [c for c in present if c not in self.class_to_idx]
-        if extra:
-            raise ValueError(f"{self.root}: class folder(s) {extra[:10]}{' ...' if len(extra) > 10 else ''} "
-                             f"are not among the {len(self.classes)} known classes")
         self.transform = transform if transform is not None else clip_transform(image_size)
         candidates: list[tuple[Path, int]] = []
         for c in present:
             candidates.extend((p, self.class_to_idx[c]) for p in _list_images(self.root / c))
-        if check == "none":
-            reasons = [None] * len(candidates)
-        else:
-            with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-                reasons = list(tqdm(pool.map(lambda pl: _check_file(pl[0], check), candidates),
-                                    total=len(candidates), desc=f"scanning {self.root}",
-                                    disable=not progress or len(candidates) < 2000, leave=False))
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            reasons = list(tqdm(pool.map(_check_file, [p for p, _ in candidates]), total=len(candidates),
+                                desc=f"scanning {self.root}", disable=not progress or len(candidates) < 2000,
+                                leave=False))
         self.samples = [(str(p), y) for (p, y), r in zip(candidates, reasons) if r is None]
         self.skipped = [(str(p), r) for (p, _), r in zip(candidates, reasons) if r is not None]
         self.targets = [y for _, y in self.samples]
         if self.skipped:
             logger.warning("%s: skipped %d unreadable image file(s): %s", self.root, len(self.skipped),
                            [p for p, _ in self.skipped][:20] + (["..."] if len(self.skipped) > 20 else []))
-            for p, r in self.skipped:
-                logger.debug("skipped %s (%s)", p, r)
         counts = np.bincount(np.asarray(self.targets, dtype=np.int64), minlength=len(self.classes))
         self.empty_classes = [c for c in present if counts[self.class_to_idx[c]] == 0]
 
@@ -224,22 +176,14 @@ class ImageFolderSplit(Dataset):
         try:
             img = load_image(path)
         except Exception as exc:  # passed the scan but fails now: name the file
-            raise OSError(f"cannot decode image {path} ({type(exc).__name__}: {exc}); "
-                          "rescan with check='decode' to skip such files up front") from exc
+            raise OSError(f"cannot decode image {path} ({type(exc).__name__}: {exc})") from exc
         return self.transform(img), label
 
-    def __repr__(self) -> str:
-        return (f"{type(self).__name__}(root={str(self.root)!r}, n={len(self)}, classes={len(self.classes)}, "
-                f"skipped={len(self.skipped)})")
 
-
-def load_splits(root, transform: Callable | None = None, image_size: int = 224, *, check: str = "verify",
-                progress: bool = True):
+def load_splits(root, transform: Callable | None = None, image_size: int = 224, *, progress: bool = True):
     """``root/train`` and ``root/val`` -> (train_ds, val_ds, classnames). FileNotFoundError for a missing folder,
     ValueError for no class folders, an empty train class or val classes absent from train."""
     root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"dataset root not found: {root}")
     for split in ("train", "val"):
         if not (root / split).is_dir():
             raise FileNotFoundError(f"{root}: missing the '{split}' folder ({root / split}); "
@@ -248,18 +192,16 @@ def load_splits(root, transform: Callable | None = None, image_size: int = 224, 
     if not classes:
         raise ValueError(f"{root / 'train'}: no class folders (expected train/<class>/<images>)")
     val_folders = sorted(d.name for d in (root / "val").iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not val_folders:
-        raise ValueError(f"{root / 'val'}: no class folders (expected val/<class>/<images>)")
     missing = [c for c in val_folders if c not in set(classes)]
     if missing:
         raise ValueError(f"{root / 'val'}: class folder(s) absent from train/: {missing[:10]}"
                          f"{' ...' if len(missing) > 10 else ''}")
     classnames = class_names_for_folders(classes)  # raises for unknown / mixed wnids
-    train = ImageFolderSplit(root / "train", classes, transform, image_size, check=check, progress=progress)
+    train = ImageFolderSplit(root / "train", classes, transform, image_size, progress=progress)
     if train.empty_classes:
         raise ValueError(f"{root / 'train'}: class folder(s) with no readable image: "
                          f"{[str(root / 'train' / c) for c in train.empty_classes[:10]]}")
-    val = ImageFolderSplit(root / "val", classes, transform, image_size, check=check, progress=progress)
+    val = ImageFolderSplit(root / "val", classes, transform, image_size, progress=progress)
     if val.empty_classes:
         logger.warning("%s: %d val class folder(s) without a readable image: %s", root / "val",
                        len(val.empty_classes), val.empty_classes[:20])
@@ -280,10 +222,6 @@ def _seed_worker(worker_id: int) -> None:
 def make_loader(dataset, batch_size: int, shuffle: bool, drop_last: bool, num_workers: int = 0, seed: int = 0,
                 pin_memory: bool = False) -> DataLoader:
     """A DataLoader whose shuffle order and worker seeds are fixed by ``seed`` (a seeded torch.Generator)."""
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if not isinstance(num_workers, int) or num_workers < 0:
-        raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
                       num_workers=num_workers, generator=torch.Generator().manual_seed(int(seed)),
                       worker_init_fn=_seed_worker, pin_memory=pin_memory, persistent_workers=False)

@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import math
+import multiprocessing as mp
 import os
 import shutil
 from pathlib import Path
@@ -66,7 +67,6 @@ def _shape_polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> 
         w = 0.33 * r
         return rot([(-w, -r), (w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r), (-w, w),
                     (-r, w), (-r, -w), (-w, -w)])
-    raise ValueError(f"shape: unknown polygon shape {shape!r}")
 
 
 def _draw_sample(colour: str, shape: str, image_size: int, rng: np.random.Generator) -> Image.Image:
@@ -92,13 +92,6 @@ def _draw_sample(colour: str, shape: str, image_size: int, rng: np.random.Genera
     return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
 
 
-def _check_ints(*checks: tuple[str, object, int]) -> None:
-    """Each (name, value, lo): value must be an int (or numpy integer, not a bool) >= lo."""
-    for name, value, lo in checks:
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < lo:
-            raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
-
-
 def _manifest(generator: str, version: int, params: dict, classes: list[str]) -> dict:
     """A dataset's manifest.json (``params`` holds at least n_classes, train_per_class and val_per_class)."""
     train, val, n_classes = params["train_per_class"], params["val_per_class"], params["n_classes"]
@@ -112,8 +105,8 @@ def make_generated_dataset(root, n_classes: int = 10, train_per_class: int = 40,
                            image_size: int = 64, seed: int = 0, progress: bool = True) -> Path:
     """Write (or reuse) the coloured-shapes dataset at ``root`` (``root/{train,val}/<colour> <shape>/NNNN.png``);
     each image has its own RNG stream (seed, split, class, index), so equal parameters give identical files."""
-    _check_ints(("train_per_class", train_per_class, 1), ("val_per_class", val_per_class, 0),
-                ("image_size", image_size, 16), ("seed", seed, 0))
+    if image_size < 16:
+        raise ValueError(f"image_size={image_size}: the generated dataset draws at least 16 px")
     root = Path(root)
     combos = generated_class_combos(n_classes)
     manifest = _manifest(GENERATOR_NAME, GENERATOR_VERSION,
@@ -124,9 +117,6 @@ def make_generated_dataset(root, n_classes: int = 10, train_per_class: int = 40,
     def write() -> None:
         jobs = [(split, si, ci, i) for si, (split, n) in enumerate((("train", train_per_class), ("val", val_per_class)))
                 for ci in range(n_classes) for i in range(n)]
-        for split in ("train", "val"):
-            for cls in manifest["classes"]:
-                (root / split / cls).mkdir(parents=True, exist_ok=True)
         for split, si, ci, i in tqdm(jobs, desc=f"generating {root.name}", disable=not progress, leave=False):
             colour, shape = combos[ci]
             rng = np.random.default_rng([int(seed), si, ci, i])
@@ -134,52 +124,22 @@ def make_generated_dataset(root, n_classes: int = 10, train_per_class: int = 40,
             with atomic_path(root / split / f"{colour} {shape}" / f"{i:04d}.png") as tmp:
                 img.save(tmp, format="PNG", optimize=False)
 
-    return _build_once(root, manifest, GENERATOR_NAME, ".png", write)
+    return _build_once(root, manifest, ".png", write)
 
 
-def _files_match(root: Path, manifest: dict, suffix: str) -> bool:
-    for split in ("train", "val"):
-        for cls, n in manifest["counts"][split].items():
-            d = root / split / cls
-            if not d.is_dir() or len([p for p in os.listdir(d) if p.endswith(suffix)]) != n:
-                return False
-    return True
+def _read_manifest(root: Path) -> dict | None:
+    try:
+        return json.loads((root / "manifest.json").read_text())
+    except (OSError, json.JSONDecodeError):  # none, or unreadable
+        return None
 
 
 def _is_current(root: Path, manifest: dict, suffix: str) -> bool:
-    """Whether ``root`` holds this very dataset, complete (reads only; no lock needed)."""
-    try:
-        return json.loads((root / "manifest.json").read_text()) == manifest and _files_match(root, manifest, suffix)
-    except (OSError, json.JSONDecodeError):
+    """Whether ``root`` holds this very dataset, complete: its manifest and every file."""
+    if _read_manifest(root) != manifest:
         return False
-
-
-def _reuse_or_prepare(root: Path, manifest: dict, generator: str, suffix: str) -> bool:
-    """True when ``root`` already holds this very dataset; else ``root`` is cleared of an older dataset of this
-    generator and given an unfinished manifest. Call it holding ``root``'s ``build_lock``."""
-    mpath = root / "manifest.json"
-    if mpath.is_file():
-        try:
-            old = json.loads(mpath.read_text())
-        except (OSError, json.JSONDecodeError):
-            old = None
-        if not isinstance(old, dict) or old.get("generator") != generator:
-            raise ValueError(f"{root}: manifest.json was not written by {generator}; "
-                             "refusing to overwrite it (pick another root)")
-        if old == manifest and _files_match(root, manifest, suffix):
-            logger.info("generated dataset at %s is up to date; not regenerating", root)
-            return True
-        logger.info("generated dataset at %s has other parameters or is incomplete; regenerating", root)
-        for sub in ("train", "val"):
-            if (root / sub).exists():
-                shutil.rmtree(root / sub)
-        mpath.unlink()
-    elif root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise ValueError(f"{root}: exists and is not empty but has no manifest.json from {generator}; "
-                         "refusing to write into it (pick an empty or new folder)")
-    root.mkdir(parents=True, exist_ok=True)
-    _write_manifest(root, {**manifest, "complete": False})
-    return False
+    folders = [(root / split / cls, n) for split in ("train", "val") for cls, n in manifest["counts"][split].items()]
+    return all(d.is_dir() and sum(p.endswith(suffix) for p in os.listdir(d)) == n for d, n in folders)
 
 
 def _write_manifest(root: Path, manifest: dict) -> None:
@@ -187,14 +147,27 @@ def _write_manifest(root: Path, manifest: dict) -> None:
         tmp.write_text(json.dumps(manifest, indent=2))
 
 
-def _build_once(root: Path, manifest: dict, generator: str, suffix: str, write: Callable[[], None]) -> Path:
-    """``root`` holding the dataset ``manifest`` describes: reused, else written once by ``write()`` under
-    ``root``'s lock (checked again once held); the complete manifest is written last."""
+def _build_once(root: Path, manifest: dict, suffix: str, write: Callable[[], None]) -> Path:
+    """``root`` holding the dataset ``manifest`` describes: reused, else written by ``write()``, its manifest last."""
     if _is_current(root, manifest, suffix):
         return root
     with build_lock(root):
-        if _reuse_or_prepare(root, manifest, generator, suffix):
-            return root  # (another process may have written it while this one waited for the lock)
+        if _is_current(root, manifest, suffix):
+            return root  # another process wrote it while this one waited for the lock
+        generator, old = manifest["generator"], _read_manifest(root)
+        if (root / "manifest.json").is_file():
+            if not isinstance(old, dict) or old.get("generator") != generator:
+                raise ValueError(f"{root}: manifest.json was not written by {generator}; "
+                                 "refusing to overwrite it (pick another root)")
+            logger.info("generated dataset at %s has other parameters or is incomplete; regenerating", root)
+            for sub in ("train", "val"):
+                if (root / sub).exists():
+                    shutil.rmtree(root / sub)
+        elif root.exists() and (not root.is_dir() or any(root.iterdir())):
+            raise ValueError(f"{root}: exists and is not empty but has no manifest.json from {generator}; "
+                             "refusing to write into it (pick an empty or new folder)")
+        root.mkdir(parents=True, exist_ok=True)
+        _write_manifest(root, {**manifest, "complete": False})
         write()
         _write_manifest(root, manifest)
     return root
@@ -216,8 +189,6 @@ def write_random_jpeg(job: tuple[str, int, int, int]) -> int:
 def write_random_jpegs(jobs: Sequence[tuple[str, int, int, int]], workers: int = 1, chunksize: int = 16,
                        progress: bool = False, desc: str = "writing JPEGs") -> list[int]:
     """``write_random_jpeg`` for every job, over ``workers`` forked processes; the files' sizes."""
-    import multiprocessing as mp
-
     with mp.get_context("fork").Pool(workers) if workers > 1 else contextlib.nullcontext() as pool:
         sizes = pool.imap(write_random_jpeg, jobs, chunksize=chunksize) if pool else map(write_random_jpeg, jobs)
         return list(tqdm(sizes, total=len(jobs), desc=desc, disable=not progress, leave=False))
@@ -232,14 +203,7 @@ def imagenet_wnids(n_classes: int) -> list[str]:
     from timm.data import ImageNetInfo
 
     info = ImageNetInfo()
-    if not isinstance(n_classes, int) or not 1 <= n_classes <= info.num_classes():
-        raise ValueError(f"n_classes must be an int in [1, {info.num_classes()}] (ImageNet-1k's wnids), "
-                         f"got {n_classes!r}")
     return [info.index_to_label_name(i) for i in range(n_classes)]
-
-
-def _jpeg_seed(seed: int, split: int, cls: int, index: int) -> int:
-    return int(np.random.SeedSequence([int(seed), split, cls, index]).generate_state(1)[0])
 
 
 def make_imagenet_like_dataset(root, n_classes: int = 1000, train_per_class: int = 4, val_per_class: int = 4,
@@ -248,10 +212,6 @@ def make_imagenet_like_dataset(root, n_classes: int = 1000, train_per_class: int
     """Write (or reuse) ``root/{train,val}/<wnid>/<wnid>_NNNN.JPEG`` for ImageNet-1k's first ``n_classes`` wnids:
     random JPEGs of ``min_side``..``max_side`` px, each from its own seed, by ``workers`` processes
     (default: the CPU count, at most 32)."""
-    _check_ints(("train_per_class", train_per_class, 1), ("val_per_class", val_per_class, 1),
-                ("min_side", min_side, 16), ("seed", seed, 0))
-    if not isinstance(max_side, int) or max_side < min_side:
-        raise ValueError(f"max_side must be an int >= min_side={min_side}, got {max_side!r}")
     root = Path(root)
     wnids = imagenet_wnids(n_classes)
     manifest = _manifest(IMAGENET_LIKE_NAME, IMAGENET_LIKE_VERSION,
@@ -263,12 +223,11 @@ def make_imagenet_like_dataset(root, n_classes: int = 1000, train_per_class: int
     def write() -> None:
         jobs = []
         for si, (split, n) in enumerate((("train", train_per_class), ("val", val_per_class))):
-            for ci, wnid in enumerate(wnids):
-                folder = root / split / wnid
-                folder.mkdir(parents=True, exist_ok=True)
-                jobs += [(str(folder / f"{wnid}_{i:04d}.JPEG"), _jpeg_seed(seed, si, ci, i), min_side, max_side)
+            for ci, wnid in enumerate(wnids):  # each file's seed drawn from (seed, split, class, index)
+                jobs += [(str(root / split / wnid / f"{wnid}_{i:04d}.JPEG"),
+                          int(np.random.SeedSequence([int(seed), si, ci, i]).generate_state(1)[0]), min_side, max_side)
                          for i in range(int(n))]
         write_random_jpegs(jobs, workers or max(1, min(32, os.cpu_count() or 1)), progress=progress,
                            desc=f"generating {root.name}")
 
-    return _build_once(root, manifest, IMAGENET_LIKE_NAME, ".JPEG", write)
+    return _build_once(root, manifest, ".JPEG", write)

@@ -7,9 +7,7 @@ import hashlib
 import re
 
 PAPER_ENCODERS = ("mambavision", "swin", "vit")
-_PAPER_LABELS = {"mambavision": "MVLIP", "swin": "CLIP(Swin)", "vit": "CLIP(ViT)"}
 _PAPER_TOWERS = {"mambavision": "MambaVision-B-21K", "swin": "Swin-B", "vit": "ViT-B/32"}
-BEYOND = "beyond the paper"
 _SAFE = re.compile(r"[a-z0-9][a-z0-9._-]*")
 
 
@@ -37,11 +35,6 @@ def encoder_folder(encoder: str) -> str:
     return f"{safe}-{hashlib.sha1(encoder.encode()).hexdigest()[:6]}"
 
 
-def encoder_label(encoder: str) -> str:
-    """What the book calls the model: the paper's names, else ``CLIP(<timm name>)``."""
-    return _PAPER_LABELS.get(encoder) or f"CLIP({encoder})"
-
-
 def tower_name(encoder: str, size: str = "paper") -> str:
     """The image tower's name: the paper's (``Swin-B``; ``tiny Swin`` at the smoke size), else the timm name."""
     if encoder in _PAPER_TOWERS and size == "smoke":
@@ -51,7 +44,7 @@ def tower_name(encoder: str, size: str = "paper") -> str:
 
 def marked(label: str, encoder: str) -> str:
     """``label``, with ", beyond the paper" for an extra encoder (tables and figures beside the paper's towers)."""
-    return label if is_paper_encoder(encoder) else f"{label}, {BEYOND}"
+    return label if is_paper_encoder(encoder) else f"{label}, beyond the paper"
 
 
 class DerivedNames(dict):
@@ -68,3 +61,8 @@ class DerivedNames(dict):
 
     def get(self, key, default=None):
         return self[key] if key in self or (isinstance(key, str) and key) else default
+
+
+# What the book calls the model: the paper's names, else ``CLIP(<timm name>)``
+ENCODER_LABELS = DerivedNames({"mambavision": "MVLIP", "swin": "CLIP(Swin)", "vit": "CLIP(ViT)"},
+                              lambda encoder: f"CLIP({encoder})")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .encoders import encoder_folder, encoder_label, tower_name
+from .encoders import ENCODER_LABELS, encoder_folder, tower_name
 from .profiles import PROFILES, records_edition
 
 FINDINGS, SETUP, TRAIN, EVALUATE, BENCHMARK, DISCUSSION = (
@@ -33,33 +33,26 @@ class Step:
     @property
     def title(self) -> str:
         """The chapter's title, unique in the book: "MVLIP (tiny MambaVision): training, smoke edition"."""
-        if self.notebook == FINDINGS:
-            return "Findings: the paper's claims, one verdict each"
-        if self.notebook == SETUP:
-            return f"Set-up of the {self.profile} edition: machine, data, models"
-        if self.notebook == DISCUSSION:
-            return f"Discussion of the {self.profile} edition: the paper's claims against its runs"
+        edition_wide = {FINDINGS: "Findings: the paper's claims, one verdict each",
+                        SETUP: f"Set-up of the {self.profile} edition: machine, data, models",
+                        DISCUSSION: f"Discussion of the {self.profile} edition: the paper's claims against its runs"}
+        if self.notebook in edition_wide:
+            return edition_wide[self.notebook]
         size = PROFILES[self.profile].get("model_size", "smoke")
-        return (f"{encoder_label(self.encoder)} ({tower_name(self.encoder, size)}): "
+        return (f"{ENCODER_LABELS[self.encoder]} ({tower_name(self.encoder, size)}): "
                 f"{CHAPTER_TITLES[self.notebook]}, {self.profile} edition")
 
     def output(self, book_dir: Path) -> Path:
         """book/recorded/<profile>/ for a recorded edition's GPU steps, else book/executed/<profile>/ (per encoder
         under <encoder>/); the findings at book/executed/."""
-        if self.notebook == FINDINGS:
-            return Path(book_dir) / "executed" / f"{FINDINGS}.ipynb"
-        kind = "recorded" if records_edition(self.profile) and self.notebook in RECORDED_STEPS else "executed"
-        base = Path(book_dir) / kind / self.profile
-        if self.encoder:
-            base = base / encoder_folder(self.encoder)
-        return base / f"{self.notebook}.ipynb"
+        recorded = records_edition(self.profile) and self.notebook in RECORDED_STEPS
+        return self.book_path(book_dir, "recorded" if recorded else "executed")
 
-    def book_path(self, book_dir: Path) -> Path:
-        """The chapter as the book shows it, under book/executed/."""
-        base = Path(book_dir) / "executed"
+    def book_path(self, book_dir: Path, kind: str = "executed") -> Path:
+        """The chapter as the book shows it, under book/executed/ (``kind``: that folder)."""
         if self.notebook == FINDINGS:
-            return base / f"{FINDINGS}.ipynb"
-        base = base / self.profile
+            return Path(book_dir) / kind / f"{FINDINGS}.ipynb"
+        base = Path(book_dir) / kind / self.profile
         return (base / encoder_folder(self.encoder) if self.encoder else base) / f"{self.notebook}.ipynb"
 
 

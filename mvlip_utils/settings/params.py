@@ -4,19 +4,19 @@ parameters cells themselves, and the command lines' one-line errors."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import fields
+from pathlib import Path
 from typing import Any, Mapping
 
 from .notebooks import BENCHMARK, EVALUATE, FINDINGS, PER_ENCODER, TRAIN
+from .profiles import ENCODERS, BenchSettings, StudyConfig, get_bench_settings, get_config, help_text, user_fields
 
 
 def work_in_project_root() -> None:
     """Make the repository root the working folder when a notebook runs from ``notebooks/`` (as JupyterLab starts
     it), so that ``data/`` and ``results/`` are the repository's."""
-    import os
-    from pathlib import Path
-
     here = Path.cwd()
     if here.name == "notebooks" and (here.parent / "mvlip_utils").is_dir() and not (here / "mvlip_utils").is_dir():
         os.chdir(here.parent)
@@ -24,11 +24,8 @@ def work_in_project_root() -> None:
 
 def config_from_parameters(namespace: Mapping[str, Any], **fixed: Any):
     """The StudyConfig of ``namespace`` (``profile`` and any field; None = the profile's value) and ``fixed``."""
-    from .profiles import StudyConfig, get_config
     from .reproducibility import prepare_environment
 
-    if "profile" not in namespace:
-        raise ValueError("the notebook's parameters must define 'profile'")
     values = {f.name: namespace[f.name] for f in fields(StudyConfig) if f.name != "profile" and f.name in namespace}
     values.update(fixed)
     config = get_config(namespace["profile"], **values)
@@ -39,16 +36,12 @@ def config_from_parameters(namespace: Mapping[str, Any], **fixed: Any):
 
 def bench_from_parameters(namespace: Mapping[str, Any]):
     """The BenchSettings of a notebook's parameters (None = the profile's value)."""
-    from .profiles import BenchSettings, get_bench_settings
-
     values = {f.name: namespace[f.name] for f in fields(BenchSettings) if f.name in namespace}
     return get_bench_settings(namespace["profile"], **values)
 
 
 def parameter_names() -> list[str]:
     """Every StudyConfig field a user sets: each notebook's parameters cell defines all of them."""
-    from .profiles import StudyConfig, user_fields
-
     return user_fields(StudyConfig)
 
 
@@ -67,8 +60,6 @@ BENCH_FIELDS = {TRAIN: ("step_check_images", "step_check_steps", "step_profile_s
 
 def parameters_cell_source(notebook: str) -> str:
     """The parameters cell of ``notebook``, from the fields' help texts; a test checks every notebook against it."""
-    from .profiles import ENCODERS, BenchSettings, StudyConfig, help_text, user_fields
-
     def line(name: str, value: Any, help_: str) -> str:
         return f"{name} = {value!r}  # {help_}"
 
@@ -94,8 +85,7 @@ class CommandLineParser(argparse.ArgumentParser):
     """argparse with one-line errors (``error: ...``, exit status 2) and no abbreviated options."""
 
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault("allow_abbrev", False)
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **{"allow_abbrev": False, **kwargs})
 
     def error(self, message: str):  # noqa: D401 - argparse's hook
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
@@ -104,21 +94,14 @@ class CommandLineParser(argparse.ArgumentParser):
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError)
 
 
-def one_line(exc: BaseException) -> str:
-    """An exception's message on one line (multi-line messages joined with '; ')."""
-    return "; ".join(part.strip() for part in str(exc).splitlines() if part.strip())
-
-
 def user_error_exit(exc: BaseException) -> int:
-    """Print a user error as one ``error: ...`` line on stderr; return the exit status 2."""
-    print(f"error: {one_line(exc)}", file=sys.stderr)
+    """Print a user error as one ``error: ...`` line on stderr (its lines joined with '; '); return exit status 2."""
+    print("error: " + "; ".join(part.strip() for part in str(exc).splitlines() if part.strip()), file=sys.stderr)
     return 2
 
 
 def parameter_help_epilog() -> str:
     """Every run parameter (StudyConfig) and measuring parameter (BenchSettings) with its help text."""
-    from .profiles import BenchSettings, StudyConfig, help_text, user_fields
-
     lines = ["run parameters (StudyConfig; default: the profile's):"]
     lines += [f"  {name:<26} {help_text(StudyConfig, name)}" for name in user_fields(StudyConfig)]
     lines += ["measuring parameters (BenchSettings; the benchmark and training notebooks):"]

@@ -9,10 +9,6 @@ import torch
 from .profiles import PRECISIONS
 
 
-def _device_type(device) -> str:
-    return device.type if isinstance(device, torch.device) else torch.device(device).type
-
-
 @contextlib.contextmanager
 def precision_context(precision: str, device="cpu", autocast: bool = True):
     """Set the float32 matmul mode for ``precision`` (TF32 flags, matmul precision) and, with ``autocast``, enter
@@ -40,5 +36,5 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 def autocast_region(precision: str, device):
     """Autocast on ``device``'s type for ``precision`` bf16 or fp16; nothing otherwise."""
     if precision in AUTOCAST_DTYPES:
-        return torch.autocast(device_type=_device_type(device), dtype=AUTOCAST_DTYPES[precision])
+        return torch.autocast(device_type=torch.device(device).type, dtype=AUTOCAST_DTYPES[precision])
     return contextlib.nullcontext()

@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Callable
 
-from .encoders import PAPER_ENCODERS, DerivedNames, encoder_label, tower_name
+from .encoders import ENCODER_LABELS, PAPER_ENCODERS  # noqa: F401 - ENCODER_LABELS: the notebooks import it here
 
 ENCODERS = PAPER_ENCODERS
-ENCODER_LABELS = DerivedNames({"mambavision": "MVLIP", "swin": "CLIP(Swin)", "vit": "CLIP(ViT)"}, encoder_label)
-TOWER_NAMES = DerivedNames({"mambavision": "MambaVision-B-21K", "swin": "Swin-B", "vit": "ViT-B/32"}, tower_name)
 MODEL_SIZES = ("smoke", "paper")
 PRECISIONS = ("fp32", "fp32-tf32conv", "tf32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -83,7 +81,7 @@ class StudyConfig:
         return dataclasses.asdict(self)
 
     def replace(self, **overrides: Any) -> "StudyConfig":
-        return validate(dataclasses.replace(self, **_checked_keys(overrides)))
+        return validate(dataclasses.replace(self, **overrides))
 
     def runs(self) -> list["StudyConfig"]:
         """One configuration per seed, in the order of ``seeds``."""
@@ -143,10 +141,7 @@ TEST_PROFILES = ("cuda-smoke",)
 
 
 def help_text(cls: type, name: str) -> str:
-    for f in fields(cls):
-        if f.name == name:
-            return f.metadata.get("help", "")
-    raise KeyError(f"{cls.__name__} has no field {name!r}")
+    return {f.name: f.metadata["help"] for f in fields(cls)}[name]
 
 
 def user_fields(cls: type) -> list[str]:
@@ -154,55 +149,44 @@ def user_fields(cls: type) -> list[str]:
     return [f.name for f in fields(cls) if not f.metadata.get("internal")]
 
 
-def _checked_keys(overrides: dict[str, Any], cls: type = StudyConfig) -> dict[str, Any]:
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f"unknown parameter(s) {unknown}; known parameters: {sorted(known)}")
-    return overrides
-
-
 def _profile_values(profile: str, cls: type, overrides: dict[str, Any]) -> dict[str, Any]:
     if profile not in PROFILES:
         raise ValueError(f"parameter profile={profile!r} is not one of {list(PROFILES)}")
     names = {f.name for f in fields(cls)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown}; known parameters: {sorted(names)}")
     values = {k: v for k, v in PROFILES[profile].items() if k in names}
-    values.update({k: v for k, v in _checked_keys(overrides, cls).items() if v is not None})
+    values.update({k: v for k, v in overrides.items() if v is not None})
     return values
 
 
-def _at_least(obj: Any, lowest: int, *names: str) -> None:
+def _check(obj: Any, ok: Callable[[Any], bool], requirement: str, *names: str) -> None:
+    """ValueError naming the first of ``names`` whose value is not ``ok``."""
     for name in names:
-        if int(getattr(obj, name)) < lowest:
-            raise ValueError(f"parameter {name}={getattr(obj, name)!r} must be >= {lowest}")
+        if not ok(getattr(obj, name)):
+            raise ValueError(f"parameter {name}={getattr(obj, name)!r} {requirement}")
 
 
 def validate(config: StudyConfig) -> StudyConfig:
     """Raise ValueError naming the first bad parameter."""
-    if not isinstance(config.encoder, str) or not config.encoder:
-        raise ValueError(f"parameter encoder={config.encoder!r} must be a paper tower {list(PAPER_ENCODERS)} or a "
-                         "timm model name")
+    _check(config, lambda v: isinstance(v, str) and v, f"must be a paper tower {list(PAPER_ENCODERS)} or a timm "
+           "model name", "encoder")
     choices = {"model_size": MODEL_SIZES, "precision": PRECISIONS, "device": DEVICES, "profile": tuple(PROFILES),
                "train_step": TRAIN_STEPS}
     for name, allowed in choices.items():
-        value = getattr(config, name)
-        if not (name == "device" and isinstance(value, str) and value.startswith("cuda:")) and value not in allowed:
-            raise ValueError(f"parameter {name}={value!r} is not one of {list(allowed)}")
-    _at_least(config, 1, "epochs", "batch_size", "eval_batch_size", "image_size", "generated_classes",
-              "generated_train_per_class", "generated_val_per_class")
-    for name in ("lr", "temperature"):
-        if not float(getattr(config, name)) > 0:
-            raise ValueError(f"parameter {name}={getattr(config, name)!r} must be > 0")
-    for name in ("weight_decay", "grad_clip", "num_workers"):
-        if float(getattr(config, name)) < 0:
-            raise ValueError(f"parameter {name}={getattr(config, name)!r} must be >= 0")
-    seeds = config.seeds
-    if (not isinstance(seeds, (list, tuple)) or not seeds or len(set(seeds)) != len(seeds)
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
-        raise ValueError(f"parameter seeds={seeds!r} must be a list of distinct integers >= 0")
-    if config.data == "generated-imagenet" and config.generated_classes > 1000:
-        raise ValueError(f"parameter generated_classes={config.generated_classes} must be <= 1000 with "
-                         "data='generated-imagenet' (ImageNet-1k's wnids)")
+        _check(config, lambda v: v in allowed or (name == "device" and isinstance(v, str) and v.startswith("cuda:")),
+               f"is not one of {list(allowed)}", name)
+    _check(config, lambda v: int(v) >= 1, "must be >= 1", "epochs", "batch_size", "eval_batch_size", "image_size",
+           "generated_classes", "generated_train_per_class", "generated_val_per_class")
+    _check(config, lambda v: float(v) > 0, "must be > 0", "lr", "temperature")
+    _check(config, lambda v: float(v) >= 0, "must be >= 0", "weight_decay", "grad_clip", "num_workers")
+    _check(config, lambda v: isinstance(v, (list, tuple)) and v and len(set(v)) == len(v) and all(
+        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in v),
+        "must be a list of distinct integers >= 0", "seeds")
+    if config.data == "generated-imagenet":
+        _check(config, lambda v: v <= 1000, "must be <= 1000 with data='generated-imagenet' (ImageNet-1k's wnids)",
+               "generated_classes")
     return config
 
 
@@ -216,16 +200,14 @@ def get_config(profile: str = "smoke", **overrides: Any) -> StudyConfig:
 def get_bench_settings(profile: str = "smoke", **overrides: Any) -> BenchSettings:
     """The measuring settings of ``profile`` with ``overrides`` (None ignored)."""
     settings = BenchSettings(**_profile_values(profile, BenchSettings, overrides))
-    _at_least(settings, 1, "repeats", "eval_repeats", "best_batch", "sweep_batch")
-    _at_least(settings, 0, "warmup", "eval_workers", "step_check_images", "step_profile_steps")
-    if settings.resolutions is not None and (not settings.resolutions or any(int(r) < 16 for r in settings.resolutions)):
-        raise ValueError(f"parameter resolutions={settings.resolutions!r} must be a list of sizes >= 16 px")
-    steps = list(settings.step_check_steps)
-    if not steps or steps[0] != "eager" or any(step not in TRAIN_STEPS for step in steps):
-        raise ValueError(f"parameter step_check_steps={settings.step_check_steps!r} must start with 'eager' and "
-                         f"hold steps from {list(TRAIN_STEPS)}")
-    if settings.sweep_precision is not None and settings.sweep_precision not in PRECISIONS:
-        raise ValueError(f"parameter sweep_precision={settings.sweep_precision!r} is not one of {list(PRECISIONS)}")
+    _check(settings, lambda v: int(v) >= 1, "must be >= 1", "repeats", "eval_repeats", "best_batch", "sweep_batch")
+    _check(settings, lambda v: int(v) >= 0, "must be >= 0", "warmup", "eval_workers", "step_check_images",
+           "step_profile_steps")
+    _check(settings, lambda v: v is None or (v and all(int(r) >= 16 for r in v)), "must be a list of sizes >= 16 px",
+           "resolutions")
+    _check(settings, lambda v: list(v)[:1] == ["eager"] and all(step in TRAIN_STEPS for step in v),
+           f"must start with 'eager' and hold steps from {list(TRAIN_STEPS)}", "step_check_steps")
+    _check(settings, lambda v: v is None or v in PRECISIONS, f"is not one of {list(PRECISIONS)}", "sweep_precision")
     return settings
 
 

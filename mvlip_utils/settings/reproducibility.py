@@ -32,14 +32,6 @@ class NondeterministicOperationError(RuntimeError, ValueError):
                          f"device (it raised: {detail}). {WAY_ON}")
 
 
-def _inductor_config():
-    try:
-        import torch._inductor.config as inductor_config
-    except Exception:  # noqa: BLE001 - a PyTorch without inductor has nothing to set
-        return None
-    return inductor_config
-
-
 def prepare_environment(enabled: bool) -> str | None:
     """Set ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` when ``enabled`` (a deterministic value already there is kept);
     returns the previous value (None: it was unset). Call it before the process's first cuBLAS call."""
@@ -51,67 +43,42 @@ def prepare_environment(enabled: bool) -> str | None:
 
 def current_settings() -> dict[str, Any]:
     """The settings ``deterministic_mode`` changes, as they are now."""
-    out: dict[str, Any] = {
-        "use_deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
-        "warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
-        "cudnn.deterministic": torch.backends.cudnn.deterministic,
-        "cudnn.benchmark": torch.backends.cudnn.benchmark,
-        CUBLAS_ENV: os.environ.get(CUBLAS_ENV),
-    }
-    inductor = _inductor_config()
-    for name in INDUCTOR_SETTINGS:
-        if inductor is not None and hasattr(inductor, name):
-            out[f"inductor.{name}"] = getattr(inductor, name)
-    return out
+    import torch._inductor.config as inductor
+
+    return {"use_deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+            "warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
+            "cudnn.deterministic": torch.backends.cudnn.deterministic,
+            "cudnn.benchmark": torch.backends.cudnn.benchmark,
+            CUBLAS_ENV: os.environ.get(CUBLAS_ENV),
+            **{f"inductor.{name}": getattr(inductor, name) for name in INDUCTOR_SETTINGS if hasattr(inductor, name)}}
 
 
 def deterministic_settings() -> dict[str, Any]:
     """What deterministic mode sets (the inductor settings this PyTorch has)."""
     now = current_settings()
-    target: dict[str, Any] = {"use_deterministic_algorithms": True, "warn_only": False, "cudnn.deterministic": True,
-                              "cudnn.benchmark": False,
-                              CUBLAS_ENV: now[CUBLAS_ENV] if now[CUBLAS_ENV] in CUBLAS_DETERMINISTIC
-                              else CUBLAS_DETERMINISTIC[0]}
-    target.update({f"inductor.{name}": value for name, value in INDUCTOR_SETTINGS.items() if f"inductor.{name}" in now})
-    return target
+    cublas = now[CUBLAS_ENV] if now[CUBLAS_ENV] in CUBLAS_DETERMINISTIC else CUBLAS_DETERMINISTIC[0]
+    return {"use_deterministic_algorithms": True, "warn_only": False, "cudnn.deterministic": True,
+            "cudnn.benchmark": False, CUBLAS_ENV: cublas,
+            **{f"inductor.{name}": value for name, value in INDUCTOR_SETTINGS.items() if f"inductor.{name}" in now}}
 
 
 def apply_settings(settings: dict[str, Any]) -> None:
-    """Set each of ``settings`` (names as ``current_settings``; an environment value None unsets it), inductor's
-    last (``torch.use_deterministic_algorithms`` sets inductor's ``deterministic`` too)."""
-    if "use_deterministic_algorithms" in settings or "warn_only" in settings:
-        torch.use_deterministic_algorithms(
-            bool(settings.get("use_deterministic_algorithms", torch.are_deterministic_algorithms_enabled())),
-            warn_only=bool(settings.get("warn_only", torch.is_deterministic_algorithms_warn_only_enabled())))
-    if "cudnn.deterministic" in settings:
-        torch.backends.cudnn.deterministic = bool(settings["cudnn.deterministic"])
-    if "cudnn.benchmark" in settings:
-        torch.backends.cudnn.benchmark = bool(settings["cudnn.benchmark"])
-    if CUBLAS_ENV in settings:
-        if settings[CUBLAS_ENV] is None:
-            os.environ.pop(CUBLAS_ENV, None)
-        else:
-            os.environ[CUBLAS_ENV] = str(settings[CUBLAS_ENV])
-    inductor = _inductor_config()
+    """Set ``settings`` (every name of ``current_settings``, or none; an environment value None unsets it),
+    inductor's last (``torch.use_deterministic_algorithms`` sets inductor's ``deterministic`` too)."""
+    import torch._inductor.config as inductor
+
+    if not settings:
+        return
+    torch.use_deterministic_algorithms(settings["use_deterministic_algorithms"], warn_only=settings["warn_only"])
+    torch.backends.cudnn.deterministic = settings["cudnn.deterministic"]
+    torch.backends.cudnn.benchmark = settings["cudnn.benchmark"]
+    if settings[CUBLAS_ENV] is None:
+        os.environ.pop(CUBLAS_ENV, None)
+    else:
+        os.environ[CUBLAS_ENV] = settings[CUBLAS_ENV]
     for key, value in settings.items():
-        if key.startswith("inductor.") and inductor is not None and hasattr(inductor, key[len("inductor."):]):
+        if key.startswith("inductor."):  # only the names this PyTorch's inductor has
             setattr(inductor, key[len("inductor."):], value)
-
-
-def set_deterministic(enabled: bool) -> dict[str, Any]:
-    """Enter deterministic mode when ``enabled``; returns {setting: previous value} of what changed."""
-    if not enabled:
-        return {}
-    before = current_settings()
-    target = deterministic_settings()
-    # the deterministic-algorithms pair is set together, so both previous values are kept when either changes
-    changed = {k: before[k] for k, v in target.items() if before.get(k) != v}
-    if {"use_deterministic_algorithms", "warn_only"} & set(changed):
-        changed.update({k: before[k] for k in ("use_deterministic_algorithms", "warn_only")})
-    if any(k.startswith("inductor.") for k in target) and "use_deterministic_algorithms" in changed:
-        changed.update({k: before[k] for k in target if k.startswith("inductor.")})
-    apply_settings(target)
-    return changed
 
 
 _OPERATION_PATTERNS = (
@@ -138,11 +105,14 @@ def nondeterministic_operation(exc: BaseException) -> str | None:
 
 @contextlib.contextmanager
 def deterministic_mode(enabled: bool) -> Iterator[dict[str, Any]]:
-    """Deterministic mode inside the block when ``enabled``, restored on leaving; yields {setting: previous value}.
+    """Deterministic mode inside the block when ``enabled``, the settings restored on leaving; yields them as they
+    were ({} when not ``enabled``).
     An operation without a deterministic implementation raises ``NondeterministicOperationError``."""
-    changed = set_deterministic(enabled)
+    before = current_settings() if enabled else {}
+    if enabled:
+        apply_settings(deterministic_settings())
     try:
-        yield changed
+        yield before
     except RuntimeError as exc:
         operation = nondeterministic_operation(exc) if enabled else None
         if operation is None or isinstance(exc, NondeterministicOperationError):
@@ -151,4 +121,4 @@ def deterministic_mode(enabled: bool) -> Iterator[dict[str, Any]]:
         detail = re.split(r", but you set|(?<=\.) ", first)[0]  # PyTorch's first clause names the operation
         raise NondeterministicOperationError(operation, detail[:300]) from exc
     finally:
-        apply_settings(changed)
+        apply_settings(before)

@@ -13,12 +13,15 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..settings.notebooks import DISCUSSION, FINDINGS, PER_ENCODER, RECORDED_STEPS, SETUP, Step, edition_record_path, plan
+import nbformat
+
+from ..data.files import write_json
+from ..settings.notebooks import FINDINGS, RECORDED_STEPS, Step, edition_record_path, plan
 from ..settings.profiles import PROFILES, records_edition
+from ..train.provenance import collect_provenance
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-GLUE_PREFIX = "application/papermill.record/"
 
 
 def glued(nb) -> dict[str, str]:
@@ -29,7 +32,7 @@ def glued(nb) -> dict[str, str]:
             name = output.get("metadata", {}).get("scrapbook", {}).get("name")
             if name:
                 data = output.get("data", {})
-                out[name] = data.get(GLUE_PREFIX + "text/plain", data.get("text/plain"))
+                out[name] = data.get("application/papermill.record/text/plain", data.get("text/plain"))
     return out
 
 
@@ -60,8 +63,6 @@ def code_cells(nb) -> list[str]:
 def book_copy(recorded: Path, source: Path, output: Path, title: str) -> Path:
     """A recorded chapter as the book shows it, at ``output``: markdown and tags from ``source`` when its code
     cells are the same, the recorded outputs kept."""
-    import nbformat
-
     nb, src = nbformat.read(recorded, as_version=4), nbformat.read(source, as_version=4)
     ours = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
     if code_cells(nb) == code_cells(src) and len(ours) == len(src.cells):
@@ -98,13 +99,6 @@ def toc_text(editions: dict[str, Sequence[str]], root: Path = PROJECT_ROOT) -> s
     return "\n".join(lines) + "\n"
 
 
-def write_toc(path: Path, editions: dict[str, Sequence[str]], root: Path = PROJECT_ROOT) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(toc_text(editions, root))
-    return path
-
-
 def copy_recorded_chapters(root: Path, profile: str, encoders: Sequence[str]) -> None:
     """The book copies of a recorded edition's chapters (``book_copy``)."""
     book = Path(root) / "book"
@@ -132,22 +126,16 @@ def build_book(root: Path, toc: Path, log: Callable[[str], None] = print) -> Pat
 def write_edition_record(root: Path, profile: str, encoders: Sequence[str], seeds: Sequence[int], gpus=None) -> Path:
     """Write the edition's record (``edition_record_path``), JSON: profile, encoders, seeds, chain_gpus (null:
     in turn), steps ([{step, seconds}]) and provenance; left as it is when unchanged."""
-    import nbformat
-
-    from ..data.files import write_json
-    from ..train.provenance import collect_provenance
-
     book = Path(root) / "book"
     steps = []
     for step in plan(encoders, profile)[:-1]:  # not the discussion, which reads the record
         path = step.output(book)
         meta = nbformat.read(path, as_version=4).metadata.get("mvlip", {}) if path.is_file() else {}
         steps.append({"step": step.label, "seconds": meta.get("seconds")})
-    device = "cuda" if PROFILES[profile].get("device") == "cuda" else "cpu"
     path = edition_record_path(book, profile)
     record = {"profile": profile, "encoders": list(encoders), "seeds": list(seeds),
               "chain_gpus": list(gpus) if gpus is not None else None, "steps": steps}
     old = json.loads(path.read_text()) if path.is_file() else {}
     if {k: old.get(k) for k in record} != record:
-        write_json(path, {**record, "provenance": collect_provenance(device)})
+        write_json(path, {**record, "provenance": collect_provenance(PROFILES[profile].get("device", "cpu"))})
     return path

@@ -8,8 +8,12 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from ..settings.notebooks import BENCHMARK, DISCUSSION, FINDINGS, SETUP, Step, edition_record_path
+import nbformat
+
+from ..settings.notebooks import BENCHMARK, FINDINGS, SETUP, Step, edition_record_path
 from ..settings.params import parameter_names
+from ..settings.profiles import get_config
+from ..train.run_folder import ENCODER_FILES, RUN_FILES, edition_dir, edition_files, encoder_dir, run_dir
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 FINGERPRINT_IGNORES = ("resume",)  # parameters that change how a step runs, not what it produces
@@ -45,13 +49,9 @@ def fingerprint(source: Path, parameters: dict[str, Any], library: str, inputs: 
 
 def executed_fingerprint(path: Path) -> str | None:
     """The fingerprint of an executed notebook that completed without error, else None."""
-    import nbformat
-
-    if not Path(path).is_file():
-        return None
     try:
         nb = nbformat.read(path, as_version=4)
-    except Exception:  # noqa: BLE001 - an unreadable (half-written) notebook is simply redone
+    except Exception:  # noqa: BLE001 - a missing or unreadable (half-written) notebook is simply redone
         return None
     pm = nb.metadata.get("papermill", {})
     if pm.get("exception") or not pm.get("end_time"):
@@ -59,10 +59,8 @@ def executed_fingerprint(path: Path) -> str | None:
     return nb.metadata.get("mvlip", {}).get("fingerprint")
 
 
-def _config(profile: str, overrides: dict[str, Any], **fields: Any):
+def study_config(profile: str, overrides: dict[str, Any], **fields: Any):
     """The StudyConfig of ``profile`` with those of ``overrides`` that are its fields (and ``fields``)."""
-    from ..settings.profiles import get_config
-
     names = set(parameter_names())
     return get_config(profile, **fields, **{k: v for k, v in overrides.items() if k in names})
 
@@ -71,12 +69,10 @@ def step_inputs(step: Step, root: Path, encoders: Sequence[str], overrides: dict
                 editions: Sequence[str] = ()) -> list[Path]:
     """The files a step reads: the encoder's and its runs' (train, evaluate), benchmark.json (benchmark), the
     edition's (discussion) or every edition's (findings)."""
-    from ..train.run_folder import ENCODER_FILES, RUN_FILES, edition_dir, edition_files, encoder_dir, run_dir
-
     if step.notebook == SETUP:
         return []
     if step.encoder:
-        config = _config(step.profile, overrides, encoder=step.encoder)
+        config = study_config(step.profile, overrides, encoder=step.encoder)
         folder = Path(root) / encoder_dir(config)
         if step.notebook == BENCHMARK:
             return [folder / "benchmark.json"]
@@ -85,7 +81,7 @@ def step_inputs(step: Step, root: Path, encoders: Sequence[str], overrides: dict
                 + [Path(root) / run_dir(run) / name for run in config.runs() for name in RUN_FILES])
     files: list[Path] = []
     for profile in (editions if step.notebook == FINDINGS else [step.profile]):
-        folder = Path(root) / edition_dir(_config(profile, overrides))
+        folder = Path(root) / edition_dir(study_config(profile, overrides))
         files += [edition_record_path(Path(root) / "book", profile), folder / "study_projection.json"]
         files += edition_files(folder, encoders)
     return files

@@ -15,9 +15,9 @@ notebook raises ``StudyStepError`` naming the notebook, encoder and cell.
 from __future__ import annotations
 
 import argparse
-import json
 import ast
 import contextlib
+import json
 import os
 import re
 import sys
@@ -26,15 +26,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+import nbformat
+import torch
+from jupyter_client.kernelspec import KernelSpecManager
+
 from ..models.timm_towers import check_encoder
-from ..settings.profiles import ENCODERS, PROFILES, get_config, needs_cuda, records_edition
-from .book import _ANSI, PROJECT_ROOT, build_book, copy_recorded_chapters, prepare_chapter, write_edition_record, write_toc
+from ..settings.notebooks import (BENCHMARK, DISCUSSION, FINDINGS, NOTEBOOKS, PER_ENCODER, SETUP, TRAIN, Step,
+                                  edition_record_path, plan)
+from ..settings.params import USER_ERRORS, CommandLineParser, parameter_help_epilog, parameter_names, user_error_exit
+from ..settings.profiles import ENCODERS, PROFILES, needs_cuda, records_edition
 from ..train import device_share
 from ..train.launch import run_pinned
-from .reuse import executed_fingerprint, files_digest, fingerprint, library_hash, step_inputs
-from ..settings.notebooks import (BENCHMARK, DISCUSSION, FINDINGS, NOTEBOOKS, PER_ENCODER, SETUP, TRAIN, Step,
-                        edition_record_path, plan)
-from ..settings.params import parameter_names
+from .book import (_ANSI, PROJECT_ROOT, build_book, copy_recorded_chapters, prepare_chapter, toc_text,
+                   write_edition_record)
+from .reuse import executed_fingerprint, files_digest, fingerprint, library_hash, step_inputs, study_config
 
 
 class StudyStepError(RuntimeError):
@@ -49,8 +54,6 @@ class StudyStepError(RuntimeError):
 
 def notebook_parameters(path: str | os.PathLike) -> list[str]:
     """The names a notebook's ``parameters`` cell assigns (ValueError unless there is exactly one)."""
-    import nbformat
-
     nb = nbformat.read(path, as_version=4)
     cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     if len(cells) != 1:
@@ -66,17 +69,15 @@ def step_parameters(step: Step, encoders: Sequence[str], overrides: dict[str, An
                     force: bool = False) -> dict[str, Any]:
     """The papermill parameters of one step: profile, encoder(s) and the ``accepted`` overrides."""
     accepted = set(accepted)
-    params: dict[str, Any] = {"profile": step.profile}
+    params: dict[str, Any] = {} if step.notebook == FINDINGS else {"profile": step.profile}
     params.update({k: v for k, v in overrides.items() if k in accepted})
-    if step.encoder:
-        params["encoder"] = step.encoder
-    else:
-        params["encoders"] = list(encoders)
-    if step.notebook == FINDINGS:
-        params.pop("profile")
+    params.update({"encoder": step.encoder} if step.encoder else {"encoders": list(encoders)})
     if step.notebook == TRAIN and force:
         params["resume"] = False
     return params
+
+
+_WORDS = {"true": True, "false": False, "none": None, "null": None}
 
 
 def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
@@ -84,18 +85,13 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
-        key = key.strip()
+        key, word = key.strip(), raw.strip().lower()
         if not sep or not key.isidentifier():
             raise ValueError(f"-p {pair!r}: expected key=value with a parameter name as key")
-        words = {"true": True, "false": False, "none": None, "null": None}
-        if raw.strip().lower() in words:
-            value: Any = words[raw.strip().lower()]
-        else:
-            try:
-                value = ast.literal_eval(raw)
-            except (ValueError, SyntaxError):
-                value = raw
-        out[key] = value
+        try:
+            out[key] = _WORDS[word] if word in _WORDS else ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            out[key] = raw
     return out
 
 
@@ -109,9 +105,8 @@ def check_overrides(profile: str, encoders: Sequence[str], overrides: dict[str, 
             raise ValueError(f"--encoders: {exc}") from None
     if len(set(encoders)) != len(encoders):
         raise ValueError(f"--encoders: {list(encoders)} names an encoder twice")
-    for key in ("profile", "encoder", "encoders"):
-        if key in overrides:
-            raise ValueError(f"-p {key}=...: choose profile and encoders with --profile and --encoders")
+    for key in sorted({"profile", "encoder", "encoders"} & set(overrides)):
+        raise ValueError(f"-p {key}=...: choose profile and encoders with --profile and --encoders")
     if "resume" in overrides:  # it would be ignored wherever a step is reused (FINGERPRINT_IGNORES)
         raise ValueError("-p resume=...: use --force to retrain from scratch (the study sets resume itself)")
     fields_ = set(parameter_names())
@@ -119,55 +114,42 @@ def check_overrides(profile: str, encoders: Sequence[str], overrides: dict[str, 
     if unknown:
         raise ValueError(f"-p: unknown parameter(s) {unknown}; known: {sorted(fields_ | set(notebook_names))}")
     for encoder in encoders:
-        get_config(profile, encoder=encoder, **{k: v for k, v in overrides.items() if k in fields_})
+        study_config(profile, overrides, encoder=encoder)
 
 
 def kernel_for_this_python() -> str:
     """The Jupyter kernel (``mvlip``, else ``python3``) that runs this interpreter; RuntimeError if none."""
-    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-
-    manager = KernelSpecManager()
     here = os.path.normpath(os.path.abspath(sys.executable))
     generic = {"python", f"python{sys.version_info[0]}", "python%d.%d" % sys.version_info[:2]}
-    seen = []
-    for name in ("mvlip", "python3"):
-        try:
-            argv0 = manager.get_kernel_spec(name).argv[0]
-        except NoSuchKernel:
-            continue
-        seen.append(f"{name} -> {argv0}")
+    specs = KernelSpecManager().get_all_specs()
+    found = {name: specs[name]["spec"]["argv"][0] for name in ("mvlip", "python3") if name in specs}
+    for name, argv0 in found.items():
         if argv0 in generic or os.path.normpath(os.path.abspath(argv0)) == here:
             return name
-    raise RuntimeError(f"no Jupyter kernel runs {sys.executable} (found: {seen or 'none'}); "
+    raise RuntimeError(f"no Jupyter kernel runs {sys.executable} (found: {found or 'none'}); "
                        "run scripts/setup_env.sh, or `python -m ipykernel install --user --name mvlip`")
 
 
-def describe_failure(step: Step, exc: Any, output: Path, source_lines: int = 8, traceback_lines: int = 20) -> str:
-    """A PapermillExecutionError told: notebook, encoder, cell, source head, error."""
+def describe_failure(step: Step, exc: Any, output: Path) -> str:
+    """A PapermillExecutionError told: notebook, encoder, cell, the cell's first 8 lines, the error and the last
+    20 lines of its traceback."""
     source = (exc.source or "").splitlines()
-    head = "\n".join("    | " + line for line in source[:source_lines])
-    if len(source) > source_lines:
-        head += f"\n    | ... ({len(source) - source_lines} more lines)"
-    trace = _ANSI.sub("", "\n".join(exc.traceback or [])).splitlines()
-    tail = "\n".join(trace[-traceback_lines:])
-    return (f"notebook {step.notebook}.ipynb failed"
-            f"{f' for encoder {step.encoder!r}' if step.encoder else ''} "
-            f"in cell {exc.cell_index} (execution count {exc.exec_count}):\n"
-            f"{head}\n"
-            f"  {exc.ename}: {exc.evalue}\n"
-            f"  traceback (last lines):\n{_indent(tail, '    ')}\n"
-            f"  the partly executed notebook is {output}")
+    more = [f"... ({len(source) - 8} more lines)"] if len(source) > 8 else []
+    trace = _ANSI.sub("", "\n".join(exc.traceback or [])).splitlines()[-20:]
+    return (f"notebook {step.notebook}.ipynb failed{_for_encoder(step)} in cell {exc.cell_index} (execution count "
+            f"{exc.exec_count}):\n" + "\n".join("    | " + line for line in source[:8] + more) + "\n"
+            f"  {exc.ename}: {exc.evalue}\n  traceback (last lines):\n" + "\n".join("    " + line for line in trace)
+            + f"\n  the partly executed notebook is {output}")
 
 
-def _indent(text: str, prefix: str) -> str:
-    return "\n".join(prefix + line for line in text.splitlines())
+def _for_encoder(step: Step) -> str:
+    return f" for encoder {step.encoder!r}" if step.encoder else ""
 
 
 def execute_step(step: Step, source: Path, output: Path, parameters: dict[str, Any], kernel_name: str,
-                 cwd: Path, fp: str | Callable[[], str], timeout: int | None = None) -> float:
+                 cwd: Path, fp: str | Callable[[], str]) -> float:
     """Execute one notebook with papermill; returns seconds; StudyStepError on failure. ``fp`` (or a callable
     giving it after the run) is stored in the executed notebook's metadata."""
-    import nbformat
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -176,14 +158,12 @@ def execute_step(step: Step, source: Path, output: Path, parameters: dict[str, A
     try:
         papermill.execute_notebook(str(source), str(output), parameters=parameters, kernel_name=kernel_name,
                                    cwd=str(cwd), progress_bar=False, log_output=False,
-                                   execution_timeout=timeout,
                                    extra_arguments=["--IPKernelApp.log_level=CRITICAL"])  # quiet kernel start-up
     except PapermillExecutionError as exc:
         raise StudyStepError(describe_failure(step, exc, output), step.notebook, step.encoder,
                              exc.cell_index) from None
-    except Exception as exc:  # kernel died, timeout, bad notebook: still say which step
-        raise StudyStepError(f"notebook {step.notebook}.ipynb"
-                             f"{f' for encoder {step.encoder!r}' if step.encoder else ''} could not run: "
+    except Exception as exc:  # kernel died, bad notebook: still say which step
+        raise StudyStepError(f"notebook {step.notebook}.ipynb{_for_encoder(step)} could not run: "
                              f"{type(exc).__name__}: {exc}", step.notebook, step.encoder) from exc
     seconds = time.perf_counter() - start
     nb = nbformat.read(output, as_version=4)
@@ -205,7 +185,6 @@ class StudyContext:
     kernel_name: str
     library: str
     force: bool
-    timeout: int | None
     log: Callable[[str], None]
 
 
@@ -228,7 +207,7 @@ def run_step(ctx: StudyContext, step: Step, encoders: Sequence[str], editions: S
     ctx.log(f"[study {index}] {step.label:<34} running ...")
     # a benchmark chapter times alone on its device: chains sharing it take its lock (device_share)
     with device_share.timing_lock(ctx.log) if step.notebook == BENCHMARK else contextlib.nullcontext():
-        seconds = execute_step(step, source, output, params, ctx.kernel_name, ctx.root, current, ctx.timeout)
+        seconds = execute_step(step, source, output, params, ctx.kernel_name, ctx.root, current)
     ctx.log(f"[study {index}] {step.label:<34} done in {seconds:6.1f} s")
     return step.label, "executed", seconds
 
@@ -241,9 +220,8 @@ def recorded_editions(root: Path, exclude: Sequence[str] = ()) -> dict[str, list
         if profile in exclude or not records_edition(profile) or not Step(SETUP, None, profile).output(book_dir).is_file():
             continue
         record = edition_record_path(book_dir, profile)
-        extras = [e for e in (json.loads(record.read_text()).get("encoders", []) if record.is_file() else [])
-                  if e not in ENCODERS]  # timm encoders the edition ran beyond the paper's towers
-        encoders = [e for e in (*ENCODERS, *extras)
+        listed = json.loads(record.read_text()).get("encoders", []) if record.is_file() else []  # timm ones too
+        encoders = [e for e in dict.fromkeys([*ENCODERS, *listed])
                     if all(Step(nb, e, profile).output(book_dir).is_file() for nb in PER_ENCODER)]
         if encoders:
             out[profile] = encoders
@@ -251,26 +229,20 @@ def recorded_editions(root: Path, exclude: Sequence[str] = ()) -> dict[str, list
 
 
 def cuda_available() -> bool:
-    import torch
-
     return torch.cuda.is_available()
 
 
 def run_study(profile: str = "smoke", encoders: Sequence[str] | None = None,
               overrides: dict[str, Any] | None = None, force: bool = False, book: bool = True,
-              root: str | os.PathLike = PROJECT_ROOT, kernel_name: str | None = None,
-              timeout: int | None = None, log: Callable[[str], None] = print,
+              root: str | os.PathLike = PROJECT_ROOT, log: Callable[[str], None] = print,
               gpus: Sequence[str] | None = None, encoder_steps_only: bool = False) -> dict[str, Any]:
     """Run one edition, the recorded editions' discussions and the findings, and build the book. ``root``: the
     folder of notebooks/, book/ and _config.yml. ``gpus``: each encoder's chain in its own process on that
-    device. Returns {"steps": [(label, status, seconds)], "failed", "study_s", "total_s", "html"}."""
+    device. Returns {"steps": [(label, status, seconds)], "failed", "html"}."""
     root = Path(root).resolve()
     encoders = list(encoders or ENCODERS)
     overrides = dict(overrides or {})
     sources = {nb: root / "notebooks" / f"{nb}.ipynb" for nb in NOTEBOOKS}
-    missing = [str(p) for p in sources.values() if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"notebook(s) missing: {missing}")
     accepted = {nb: notebook_parameters(path) for nb, path in sources.items()}
     check_overrides(profile, encoders, overrides, {n for names in accepted.values() for n in names})
     if needs_cuda(profile) and overrides.get("device", "cuda") != "cpu" and not cuda_available():
@@ -279,32 +251,26 @@ def run_study(profile: str = "smoke", encoders: Sequence[str] | None = None,
                          "build the book with `make book` (the smoke profile).")
     if gpus is not None and len(gpus) != len(encoders):
         raise ValueError(f"--gpus: {len(gpus)} entries for {len(encoders)} encoders {encoders}; give one each")
-    ctx = StudyContext(root, sources, accepted, overrides, kernel_name or kernel_for_this_python(),
-                       library_hash(), force, timeout, log)
+    ctx = StudyContext(root, sources, accepted, overrides, kernel_for_this_python(), library_hash(), force, log)
     os.environ.setdefault("MVLIP_COMMAND", f"python -m mvlip_utils.study --profile {profile}")
     t0 = time.perf_counter()
     log(f"[study] profile={profile} encoders={encoders} overrides={overrides or '{}'} kernel={ctx.kernel_name} "
         f"force={force}" + (f" gpus={list(gpus)}" if gpus else ""))
     report: list[tuple[str, str, float]] = []
     failed: list[str] = []
-    steps = plan(encoders, profile)
-    if encoder_steps_only:
-        steps = [s for s in steps if s.encoder]
-    seeds = get_config(profile, **{k: v for k, v in overrides.items() if k in parameter_names()}).seeds
-
-    def record() -> None:  # the discussion reads the edition's record: its seeds, steps and GPUs
-        write_edition_record(root, profile, encoders, seeds, gpus)
-
+    steps = [s for s in plan(encoders, profile) if s.encoder or not encoder_steps_only]
+    seeds = study_config(profile, overrides).seeds
+    # the discussion reads the edition's record (write_edition_record): its seeds, steps and GPUs
     if gpus is None:
         for i, step in enumerate(steps, 1):
             if step.notebook == DISCUSSION:
-                record()
+                write_edition_record(root, profile, encoders, seeds, gpus)
             report.append(run_step(ctx, step, encoders, index=f"{i:2d}/{len(steps)}"))
     else:
         report.append(run_step(ctx, steps[0], encoders, index="setup"))
         chains, failed = run_chains_in_parallel(ctx, profile, encoders, gpus)
         report += chains
-        record()
+        write_edition_record(root, profile, encoders, seeds, gpus)
         report.append(run_step(ctx, steps[-1], encoders, index="discussion"))
     editions = {}
     if not encoder_steps_only:
@@ -315,14 +281,13 @@ def run_study(profile: str = "smoke", encoders: Sequence[str] | None = None,
         order = sorted(editions, key=list(PROFILES).index)
         all_encoders = [e for e in ENCODERS if any(e in editions[p] for p in order)]
         report.append(run_step(ctx, Step(FINDINGS, None, profile), all_encoders, order, index="findings"))
-    study_s = time.perf_counter() - t0
-    log(f"[study] notebooks: {study_s:.1f} s")
     html = None
     if book and not encoder_steps_only:
         for other, other_encoders in editions.items():
             if records_edition(other):
                 copy_recorded_chapters(root, other, other_encoders)
-        toc = write_toc(root / "book" / "executed" / "_toc.yml", editions)
+        toc = root / "book" / "executed" / "_toc.yml"
+        toc.write_text(toc_text(editions, root))
         tb = time.perf_counter()
         html = build_book(root, toc, log=log)
         log(f"[study] book built in {time.perf_counter() - tb:.1f} s: {html / 'index.html'}")
@@ -331,19 +296,17 @@ def run_study(profile: str = "smoke", encoders: Sequence[str] | None = None,
     if failed:
         raise StudyStepError(f"encoder chain(s) failed: {', '.join(failed)} (the others finished; see above)",
                              TRAIN, failed[0])
-    return {"steps": report, "failed": failed, "study_s": study_s, "total_s": total, "html": html}
+    return {"steps": report, "failed": failed, "html": html}
 
 
 def run_chains_in_parallel(ctx: StudyContext, profile: str, encoders: Sequence[str],
                            gpus: Sequence[str]) -> tuple[list[tuple[str, str, float]], list[str]]:
     """Each encoder's chain in its own study process pinned to its GPU: (the chains' steps, failed encoders)."""
-    jobs = {}
-    for encoder in encoders:
-        cmd = [sys.executable, "-m", "mvlip_utils.study", "--profile", profile, "--encoders", encoder,
-               "--encoder-steps-only", "--no-book", "--root", str(ctx.root)] + (["--force"] if ctx.force else [])
-        for key, value in ctx.overrides.items():
-            cmd += ["-p", f"{key}={value!r}"]
-        jobs[encoder] = cmd
+    force = ["--force"] if ctx.force else []
+    params = [arg for key, value in ctx.overrides.items() for arg in ("-p", f"{key}={value!r}")]
+    jobs = {encoder: [sys.executable, "-m", "mvlip_utils.study", "--profile", profile, "--encoders", encoder,
+                      "--encoder-steps-only", "--no-book", "--root", str(ctx.root), *force, *params]
+            for encoder in encoders}
     for line in device_share.sharing_lines(encoders, gpus):
         ctx.log(f"[study] {line}")
     env = {encoder: device_share.chain_env(encoder, encoders, gpus) for encoder in encoders}
@@ -370,8 +333,6 @@ def gpus_argument(value: str | None, n_encoders: int, encoder_steps_only: bool =
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line: a bad parameter or encoder exits 2 (``error: ...``), a failing notebook or book 1."""
-    from ..settings.params import USER_ERRORS, CommandLineParser, parameter_help_epilog, user_error_exit
-
     parser = CommandLineParser(prog="python -m mvlip_utils.study", description=__doc__.split("\n\n")[0],
                                epilog=parameter_help_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="smoke", choices=list(PROFILES))
@@ -397,16 +358,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         gpus = gpus_argument(args.gpus, len(args.encoders), args.encoder_steps_only)
         if args.gpus == "auto" and not args.encoder_steps_only:
-            print(f"[study] --gpus auto: {'one chain per GPU, on ' + ','.join(gpus) if gpus else 'one GPU or none visible, the encoders in turn'}")
+            print("[study] --gpus auto: " + ("one chain per GPU, on " + ",".join(gpus) if gpus
+                                             else "one GPU or none visible, the encoders in turn"))
         run_study(args.profile, args.encoders, parse_overrides(args.param), force=args.force,
                   book=not args.no_book, root=args.root, gpus=gpus, encoder_steps_only=args.encoder_steps_only)
     except USER_ERRORS as exc:
         return user_error_exit(exc)
-    except (StudyStepError, RuntimeError) as exc:
+    except RuntimeError as exc:  # a failing notebook (StudyStepError) or book
         print(f"\n[study] FAILED: {exc}", file=sys.stderr)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
