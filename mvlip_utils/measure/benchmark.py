@@ -62,7 +62,7 @@ def time_callable(fn: Callable[[], Any], device="cpu", warmup: int = 5, repeats:
             end.record()
             pairs.append((start, end))
         torch.cuda.synchronize(dev)
-    return np.asarray([s.elapsed_time(e) / 1000.0 for s, e in pairs])
+        return np.asarray([s.elapsed_time(e) / 1000.0 for s, e in pairs])
 
 
 def make_step(module: nn.Module, batch_size: int, image_size: int, precision: str = "fp32", mode: str = "inference",
