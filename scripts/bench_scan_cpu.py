@@ -43,7 +43,7 @@ def main() -> None:
             def forward_backward():
                 fn(*leaves[:6], delta_bias=leaves[6], delta_softplus=True).sum().backward()
 
-            times = [time_callable(f, "cpu", warmup=1, repeats=args.repeats)["min_s"] * 1e3
+            times = [time_callable(f, "cpu", warmup=1, repeats=args.repeats).min() * 1e3
                      for f in (forward, forward_backward)]
             print(f"{str(shape):<20}{name:<26}{times[0]:>9.1f}{times[1]:>10.1f}", flush=True)
 

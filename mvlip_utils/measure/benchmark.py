@@ -1,9 +1,7 @@
 """The study's one timing method and the measurements built on it.
 
 Warm up, synchronise, time many steps, report the median and spread with every condition that produced it
-(timm's ``benchmark.py`` habit). ``time_callable`` times a call; ``model_throughput`` a module alone on random
-inputs; ``eval_loop_throughput`` the paper's Table 2 method; ``interleaved_ratio`` two variants in alternating rounds.
-"""
+(timm's ``benchmark.py`` habit)."""
 from __future__ import annotations
 
 import gc
@@ -41,37 +39,30 @@ def free_memory(dev: torch.device | None = None) -> None:
         torch.cuda.empty_cache()
 
 
-def time_callable(fn: Callable[[], Any], device="cpu", warmup: int = 5, repeats: int = 20) -> dict:
-    """Time ``fn()``: ``warmup`` untimed calls, then ``repeats`` timed ones, in seconds: CUDA events on CUDA
-    (device time, launch gaps included), else ``perf_counter``.
-    Returns dict(median_s, p10_s, p90_s, mean_s, min_s, max_s, repeats, warmup, timer, times_s)."""
+def time_callable(fn: Callable[[], Any], device="cpu", warmup: int = 5, repeats: int = 20) -> np.ndarray:
+    """Seconds of each of ``repeats`` calls of ``fn()`` after ``warmup`` untimed ones: CUDA events on CUDA (device
+    time, launch gaps included), else ``perf_counter``."""
     dev = torch.device(device)
-    use_events = dev.type == "cuda"
     for _ in range(warmup):
         fn()
     _sync(dev)
-    times: list[float] = []
-    if use_events:
-        with torch.cuda.device(dev):
-            pairs = []
-            for _ in range(repeats):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                pairs.append((start, end))
-            torch.cuda.synchronize(dev)
-            times = [s.elapsed_time(e) / 1000.0 for s, e in pairs]
-    else:
+    if dev.type != "cuda":
+        times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
             fn()
             times.append(time.perf_counter() - t0)
-    arr = np.asarray(times, dtype=np.float64)
-    return dict(median_s=float(np.median(arr)), p10_s=float(np.percentile(arr, 10)),
-                p90_s=float(np.percentile(arr, 90)), mean_s=float(arr.mean()), min_s=float(arr.min()),
-                max_s=float(arr.max()), repeats=repeats, warmup=warmup,
-                timer="cuda_event" if use_events else "perf_counter", times_s=[float(t) for t in arr])
+        return np.asarray(times)
+    with torch.cuda.device(dev):
+        pairs = []
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            pairs.append((start, end))
+        torch.cuda.synchronize(dev)
+        return np.asarray([s.elapsed_time(e) / 1000.0 for s, e in pairs])
 
 
 def make_step(module: nn.Module, batch_size: int, image_size: int, precision: str = "fp32", mode: str = "inference",
@@ -110,10 +101,8 @@ def model_throughput(module: nn.Module, batch_size: int, image_size: int = 224, 
                      mode: str = "inference", device="cpu", channels_last: bool = False, warmup: int = 5,
                      repeats: int = 20, *, lr: float = 1e-4, weight_decay: float = 0.01, fused: bool = False,
                      flops_per_image: float | None = None) -> dict:
-    """Images/s of ``module`` alone on random inputs, with every condition recorded.
-
-    ``mode``: inference (eval, no_grad, forward) or train (forward, float32 mean-square loss, backward, AdamW
-    step; the weights change). Errors (OOM) propagate. ``peak_memory_bytes`` (CUDA): weights, optimizer state
+    """Images/s of ``module`` alone on random inputs (``make_step``'s step), median and 10th-90th percentiles,
+    with every condition recorded. Errors (OOM) propagate. ``peak_memory_bytes`` (CUDA): weights, optimizer state
     and activations. ``flops_per_image`` adds ``tflops_per_s`` and ``utilisation`` of the GPU's peak."""
     dev = torch.device(device)
     step, opt = make_step(module, batch_size, image_size, precision, mode, dev, channels_last,
@@ -125,7 +114,7 @@ def model_throughput(module: nn.Module, batch_size: int, image_size: int = 224, 
             free_memory(dev)
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
-            timing = time_callable(step, dev, warmup=warmup, repeats=repeats)
+            times = time_callable(step, dev, warmup=warmup, repeats=repeats)
             peak = int(torch.cuda.max_memory_allocated(dev)) if dev.type == "cuda" else None
     finally:
         torch.backends.cudnn.benchmark = saved_bench
@@ -134,13 +123,12 @@ def model_throughput(module: nn.Module, batch_size: int, image_size: int = 224, 
         step = opt = None  # the step closure holds the optimizer, its state and the batch
         free_memory(dev)
 
-    med = timing["median_s"]
+    p10, med, p90 = np.percentile(times, [10, 50, 90])
     name = device_description(dev)
     out = dict(
-        images_per_s=batch_size / med, images_per_s_p10=batch_size / timing["p90_s"],
-        images_per_s_p90=batch_size / timing["p10_s"], seconds_per_image=med / batch_size, median_s=med,
-        p10_s=timing["p10_s"], p90_s=timing["p90_s"], repeats=repeats, warmup=warmup, timer=timing["timer"],
-        batch_size=batch_size, image_size=image_size, precision=precision, mode=mode,
+        images_per_s=batch_size / med, images_per_s_p10=batch_size / p90, images_per_s_p90=batch_size / p10,
+        seconds_per_image=med / batch_size, repeats=repeats, warmup=warmup, batch_size=batch_size,
+        image_size=image_size, precision=precision, mode=mode,
         optimizer=("fused" if fused else "foreach") if mode == "train" else None, device_name=name,
         channels_last=bool(channels_last), peak_memory_bytes=peak)
     out.update(utilisation_fields(flops_per_image, out["images_per_s"], name, precision))
@@ -162,20 +150,17 @@ def eval_loop_throughput(evaluate_fn: Callable[[], dict], device=None, warmup: i
         walls.append(time.perf_counter() - t0)
     wall = float(np.median(walls))
     return dict(n_images=n_images, wall_time_s=wall, images_per_s=n_images / wall,
-                images_per_s_min=n_images / max(walls), images_per_s_max=n_images / min(walls), wall_times_s=walls,
-                repeats=repeats, warmup=warmup,
-                method="n_images / wall time of the whole evaluation loop (data loading included)")
+                images_per_s_min=n_images / max(walls), images_per_s_max=n_images / min(walls), repeats=repeats,
+                warmup=warmup)
 
 
 def interleaved_ratio(step_a: Callable[[], Any], step_b: Callable[[], Any], device="cpu", rounds: int = 5,
                       warmup: int = 3, repeats: int = 10) -> dict:
     """Time two steps in alternating rounds (a, b, a, b, ...) so drifts hit both alike; ``ratio``: median over
     rounds of a's throughput over b's (``b_s / a_s``), with its min and max."""
-    a_s, b_s = [], []
-    for _ in range(rounds):
-        a_s.append(time_callable(step_a, device, warmup=warmup, repeats=repeats)["median_s"])
-        b_s.append(time_callable(step_b, device, warmup=warmup, repeats=repeats)["median_s"])
-    ratios = [b / a for a, b in zip(a_s, b_s)]
-    return dict(a_median_s=float(np.median(a_s)), b_median_s=float(np.median(b_s)), a_round_s=a_s, b_round_s=b_s,
-                ratio=float(np.median(ratios)), ratio_min=float(min(ratios)), ratio_max=float(max(ratios)),
-                rounds=rounds, warmup=warmup, repeats=repeats)
+    a_s, b_s = np.array([[np.median(time_callable(step, device, warmup=warmup, repeats=repeats))
+                          for step in (step_a, step_b)] for _ in range(rounds)]).T
+    ratios = b_s / a_s
+    return dict(a_median_s=float(np.median(a_s)), b_median_s=float(np.median(b_s)), ratio=float(np.median(ratios)),
+                ratio_min=float(ratios.min()), ratio_max=float(ratios.max()), rounds=rounds, warmup=warmup,
+                repeats=repeats)

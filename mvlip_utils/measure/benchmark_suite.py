@@ -11,6 +11,7 @@ import math
 import time
 from typing import Any, Callable, Mapping
 
+import pandas as pd
 import torch
 
 from .benchmark import eval_loop_throughput, free_memory, interleaved_ratio, is_oom_error, make_step, model_throughput
@@ -29,7 +30,7 @@ from ..train import experiment as exp
 from ..train import loop as train
 from ..train.device_share import timing_lock
 from ..train.evaluate import synchronize
-from ..train.provenance import collect_provenance
+from ..train.provenance import collect_provenance, device_description
 from ..train.run_folder import encoder_dir
 
 PAPER, BEST = "paper's conditions", "best: bf16, channels_last"
@@ -38,12 +39,9 @@ PAPER, BEST = "paper's conditions", "best: bf16, channels_last"
 def benchmark_record(entry: Mapping[str, Any], **match: Any) -> dict | None:
     """The first record of ``entry["benchmark"]`` (a DataFrame) whose fields equal ``match``, or None."""
     rows = entry.get("benchmark")
-    if rows is None or "kind" not in rows:
+    if rows is None or not {"kind", *match} <= set(rows):
         return None
-    for key, value in match.items():
-        if key not in rows:
-            return None
-        rows = rows[rows[key] == value]
+    rows = rows[(rows[list(match)] == pd.Series(match)).all(axis=1)]
     return None if rows.empty else rows.iloc[0].to_dict()
 
 
@@ -181,34 +179,29 @@ def train_step_check(config: StudyConfig, images: int, epochs: int = 2, steps: t
                  speedup=v["images_per_s"] / reference["images_per_s"])
     out = {"images": len(subset), "epochs": epochs, "batch_size": config.batch_size, "precision": config.precision,
            "tolerance": STEP_CHECK_TOLERANCE, "read_loss_every": train.READ_LOSS_EVERY, "variants": variants,
-           "provenance": collect_provenance(base.device)}
+           "device_name": device_description(base.device), "provenance": collect_provenance(base.device)}
     if deterministic_check:
         out["deterministic"] = _deterministic_check(base, config, subset, epochs, progress, variants)
     write_json(encoder_dir(config) / "step_check.json", out)
     return out
 
 
-DETERMINISTIC_REPEATS = 2
-
-
 def _deterministic_check(base, config: StudyConfig, subset, epochs: int, progress: bool,
                          variants: list[dict[str, Any]]) -> dict[str, Any]:
-    """``config.train_step`` trained ``DETERMINISTIC_REPEATS`` times in deterministic mode from the check's start:
-    images/s against the default mode's and whether the repeats' losses are bit-identical. An
-    operation without a deterministic implementation is recorded as the error."""
+    """``config.train_step`` trained twice in deterministic mode from the check's start: images/s against the
+    default mode's and whether the repeats' losses are bit-identical. An operation without a deterministic
+    implementation is recorded as the error."""
     step = config.train_step
-    out: dict[str, Any] = {"train_step": step, "repeats": DETERMINISTIC_REPEATS}
+    out: dict[str, Any] = {"train_step": step, "repeats": 2}
     default = next((v for v in variants if v["train_step"] == step and not v.get("error")), None)
     try:
-        if default is None:
-            default = _train_short(base, config, subset, step, epochs, progress)
-            free_memory()
+        default = default or _train_short(base, config, subset, step, epochs, progress)
         repeats = []
-        for _ in range(DETERMINISTIC_REPEATS):
+        for _ in range(out["repeats"]):
+            free_memory()
             with deterministic_mode(True):
                 out["settings"] = deterministic_settings()
                 repeats.append(_train_short(base, config.replace(deterministic=True), subset, step, epochs, progress))
-            free_memory()
     except Exception as exc:  # noqa: BLE001 - e.g. an operation without a deterministic implementation
         return {**out, "error": f"{type(exc).__name__}: {str(exc)[:400]}"}
     rates = [r["images_per_s"] for r in repeats]

@@ -28,13 +28,12 @@ def peak_flops(device_name: str | None, precision: str) -> float | None:
 
 def utilisation_fields(flops_per_image: float | None, images_per_s: float, device_name: str | None,
                        precision: str) -> dict:
-    """{flops_per_image, tflops_per_s, peak_tflops_per_s, utilisation} of a throughput (None where unknown)."""
+    """{flops_per_image, tflops_per_s, utilisation} of a throughput (None where unknown)."""
     if not flops_per_image or not math.isfinite(images_per_s):
-        return dict(flops_per_image=flops_per_image, tflops_per_s=None, peak_tflops_per_s=None, utilisation=None)
-    achieved = flops_per_image * images_per_s
-    peak = peak_flops(device_name, precision)
+        return dict(flops_per_image=flops_per_image, tflops_per_s=None, utilisation=None)
+    achieved, peak = flops_per_image * images_per_s, peak_flops(device_name, precision)
     return dict(flops_per_image=float(flops_per_image), tflops_per_s=achieved / 1e12,
-                peak_tflops_per_s=peak / 1e12 if peak else None, utilisation=achieved / peak if peak else None)
+                utilisation=achieved / peak if peak else None)
 
 
 def flops_per_image(module: nn.Module, image_size: int, mode: str = "inference", device="cpu",

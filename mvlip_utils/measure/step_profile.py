@@ -3,18 +3,18 @@ into per-step figures (``summarize_trace``)."""
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import dataclasses
 import gzip
 import json
+import math
 import os
 import sys
 import tempfile
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from torch.profiler import ProfilerActivity, profile
 
@@ -70,34 +70,19 @@ def _native_stderr_silenced():
         os.close(saved)
 
 
-def _union_within(intervals: list[tuple[float, float]], start: float, end: float) -> float:
-    """Length of the union of ``intervals`` (sorted by start) clipped to [start, end]."""
-    total, cur_s, cur_e = 0.0, None, None
-    for s, e in intervals:
-        s, e = max(s, start), min(e, end)
-        if e <= s:
-            continue
-        if cur_e is None or s > cur_e:
-            if cur_e is not None:
-                total += cur_e - cur_s
-            cur_s, cur_e = s, e
-        else:
-            cur_e = max(cur_e, e)
-    if cur_e is not None:
-        total += cur_e - cur_s
-    return total
-
-
 def summarize_trace(trace: dict, phases: dict[str, str]) -> dict[str, Any]:
     """Per-step figures (ms) of a torch.profiler Chrome trace whose phases are record_function ranges named by
     ``phases`` (role -> name). A step runs from one ``forward`` to the next (data wait included; the first, the
     workers' start, is left out): host time per phase and in the data wait; on a GPU busy (union of kernels,
     copies, memsets) and idle time, kernel time by the phase that launched it, kernels per step, top kernels."""
-    events = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X"]
-    names = {name: role for role, name in phases.items()}
-    annotations = [e for e in events if e.get("cat") == "user_annotation"]
-    phase_events = [e for e in annotations if e["name"] in names]
-    forwards = sorted(e["ts"] for e in phase_events if names[e["name"]] == "forward")
+    events = pd.DataFrame([e for e in trace.get("traceEvents", []) if e.get("ph") == "X"],
+                          columns=["name", "cat", "ts", "dur", "args"])
+    events = events.assign(ts=events.ts.astype(float), dur=events.dur.astype(float).fillna(0.0),
+                           role=events.name.map({name: role for role, name in phases.items()}),
+                           correlation=[a.get("correlation") if isinstance(a, dict) else None for a in events.args])
+    annotations = events[events.cat == "user_annotation"]
+    phase_events = annotations[annotations.role.notna()]
+    forwards = sorted(phase_events.ts[phase_events.role == "forward"])
     if len(forwards) < 2:
         raise ValueError(f"the trace holds {len(forwards)} training step(s) named {phases['forward']!r}; "
                          "at least two are needed (one step is measured from one forward to the next)")
@@ -106,45 +91,38 @@ def summarize_trace(trace: dict, phases: dict[str, str]) -> dict[str, Any]:
     else:  # the first step waits for the loader's workers to start
         start, end, n = forwards[1], forwards[-1], len(forwards) - 2
     span = end - start
-    measured = [e for e in annotations if start <= e["ts"] < end]
-    host = {role: 0.0 for role in phases}
-    for e in (e for e in measured if e["name"] in names):
-        host[names[e["name"]]] += e.get("dur", 0.0)
-    data_wait = sum(e.get("dur", 0.0) for e in measured if e["name"].startswith(DATA_WAIT_PREFIX))
+    measured = annotations[(annotations.ts >= start) & (annotations.ts < end)]
+    host = measured.groupby("role").dur.sum()
     summary: dict[str, Any] = {
-        "steps": n, "step_ms": span / n / 1e3, "data_wait_ms": data_wait / n / 1e3,
-        **{f"host_{role}_ms": host[role] / n / 1e3 for role in phases},
+        "steps": n, "step_ms": span / n / 1e3,
+        "data_wait_ms": measured.dur[measured.name.str.startswith(DATA_WAIT_PREFIX, na=False)].sum() / n / 1e3,
+        **{f"host_{role}_ms": host.get(role, 0.0) / n / 1e3 for role in phases},
     }
 
-    gpu = [e for e in events if e.get("cat") in GPU_CATEGORIES]
-    if not gpu:  # on the CPU: the host's figures only
+    gpu = events[events.cat.isin(GPU_CATEGORIES)]
+    if gpu.empty:  # on the CPU: the host's figures only
         return {**summary, "gpu_busy_ms": None, "top_kernels": []}
-    busy = _union_within(sorted((e["ts"], e["ts"] + e.get("dur", 0.0)) for e in gpu), start, end)
-    launches = {e["args"]["correlation"]: e["ts"] for e in events
-                if e.get("cat") in LAUNCH_CATEGORIES and "correlation" in e.get("args", {})}
-    ranges = sorted((e["ts"], e["ts"] + e.get("dur", 0.0), names[e["name"]]) for e in phase_events)
-    range_starts = [r[0] for r in ranges]
-    by_phase: dict[str, float] = defaultdict(float)
-    by_kernel: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
-    counted = 0
-    for e in gpu:
-        launched = launches.get(e.get("args", {}).get("correlation"))
-        if launched is None or not (start <= launched < end):
-            continue  # launched outside the measured steps
-        i = bisect.bisect_right(range_starts, launched) - 1  # the phase range that launched it, if any
-        by_phase[ranges[i][2] if i >= 0 and launched <= ranges[i][1] else "other"] += e.get("dur", 0.0)
-        if e.get("cat") == "kernel":
-            counted += 1
-            record = by_kernel[e["name"]]
-            record[0] += 1
-            record[1] += e.get("dur", 0.0)
-    total_gpu = sum(v[1] for v in by_kernel.values()) or 1.0
-    top = sorted(by_kernel.items(), key=lambda kv: -kv[1][1])[:TOP_KERNELS]
+    # the union of the GPU's intervals within the steps: each interval adds what reaches past all earlier ones
+    clipped = pd.DataFrame({"s": gpu.ts.clip(start, end), "e": (gpu.ts + gpu.dur).clip(start, end)}).sort_values("s")
+    earlier = clipped.e.cummax().shift(fill_value=-math.inf)
+    busy = (clipped.e - clipped.s.where(clipped.s > earlier, earlier)).clip(lower=0).sum()
+    launches = events[events.cat.isin(LAUNCH_CATEGORIES) & events.correlation.notna()]
+    launched = gpu.assign(launched=gpu.correlation.map(dict(zip(launches.correlation, launches.ts))))
+    launched = launched[(launched.launched >= start) & (launched.launched < end)]  # in the measured steps
+    ranges = phase_events[["ts", "dur", "role"]].rename(columns={"ts": "range_start", "role": "phase"})
+    launched = pd.merge_asof(launched[["name", "cat", "dur", "launched"]].sort_values("launched"),
+                             ranges.sort_values("range_start"), left_on="launched", right_on="range_start",
+                             suffixes=("", "_range"))  # the phase range that launched it, if any
+    in_range = launched.launched <= launched.range_start + launched.dur_range
+    by_phase = launched.dur.groupby(launched.phase.where(in_range, "other")).sum()
+    kernels = launched[launched.cat == "kernel"].groupby("name").dur.agg(["size", "sum"])
+    top = kernels.sort_values("sum", ascending=False, kind="stable").head(TOP_KERNELS)
     summary.update(
         gpu_busy_ms=busy / n / 1e3, gpu_idle_ms=(span - busy) / n / 1e3, gpu_busy_fraction=busy / span,
-        kernels_per_step=counted / n,
+        kernels_per_step=kernels["size"].sum() / n,
         **{f"gpu_{role}_ms": by_phase.get(role, 0.0) / n / 1e3 for role in phases},
         top_kernels=[{"kernel": name[:160], "calls_per_step": calls / n, "ms_per_step": us / n / 1e3,
-                      "share_of_kernel_time": us / total_gpu} for name, (calls, us) in top],
+                      "share_of_kernel_time": us / (kernels["sum"].sum() or 1.0)}
+                     for name, calls, us in top.itertuples()],
     )
     return summary

@@ -46,7 +46,7 @@ def marginal_memory_per_image(module: nn.Module, image_size: int, batch_size: in
     return (peaks[n] - peaks[1]) / (n - 1)
 
 
-TIMED = ("images_per_s", "seconds_per_image", "median_s", "p10_s", "p90_s", "peak_memory_bytes")
+TIMED = ("images_per_s", "seconds_per_image", "peak_memory_bytes")
 
 
 def resolution_sweep(factory: Callable[[int], nn.Module], resolutions: Iterable[int],
