@@ -164,16 +164,13 @@ def judge_throughput(claim, runs, gaps) -> dict[str, Any]:
     if loop is None:
         return _row("no verdict", "no measurement of the paper's method", alone=alone)
     bound = [e for e in pair if decoder_bound(runs[e])]
-    if not bound:
-        reason = "the paper's method finds " + ("a real difference" if loop["real"] else "no real difference")
-        return _row(_grade(loop["real"], loop["gain"] > 0, loop["gain"], claim["threshold"]), reason, loop=loop,
-                    alone=alone)
+    by = cache if bound else loop
+    found = ("a real difference" + ("" if by["gain"] > 0 or not bound else ", against the claimed direction")
+             if by["real"] else "no real difference")
     reason = (f"the paper's method times the JPEG decoder for {' and '.join(ENCODER_LABELS[e] for e in bound)}; "
-              "the loop from the uint8 cache finds "
-              + (("a real difference" + ("" if cache["gain"] > 0 else ", against the claimed direction"))
-                 if cache["real"] else "no real difference"))
-    return _row(_grade(cache["real"], cache["gain"] > 0, cache["gain"], claim["threshold"]), reason, loop=loop,
-                cache=cache, alone=alone)
+              "the loop from the uint8 cache finds " if bound else "the paper's method finds ") + found
+    return _row(_grade(by["real"], by["gain"] > 0, by["gain"], claim["threshold"]), reason, loop=loop,
+                **({"cache": cache} if bound else {}), alone=alone)
 
 
 def growth_exponents(runs: Mapping[str, Any]) -> pd.DataFrame:
@@ -224,8 +221,7 @@ def judge_released(claim, runs, gaps) -> dict[str, Any]:
         return _row("no verdict", "no evaluation before training")
     n = int(fp16["n_val"])
     low, high = stats.proportion_interval(round(fp16["accuracy"] * n), n)
-    evidence = dict(fp16=fp16["accuracy"], low=low, high=high,
-                    fp32=next((v["accuracy"] for k, v in before.items() if k != "fp16"), None))
+    evidence = dict(fp16=fp16["accuracy"], low=low, high=high)
     if gaps:
         return _row("no verdict", "; ".join(gaps), **evidence)
     paper = claim["threshold"]

@@ -258,13 +258,12 @@ def deterministic_table(check: Mapping[str, Any] | None) -> pd.DataFrame:
     record = (check or {}).get("deterministic")
     if not record or record.get("error"):
         return pd.DataFrame()
-    default = record["default_images_per_s"]
-    rows = [{"mode": "default", "images/s": default, "of the default's": 1.0,
-             "loss per epoch": ", ".join(f"{x:.9f}" for x in record["default_losses"])}]
-    rows += [{"mode": f"deterministic, repeat {i}", "images/s": rate, "of the default's": rate / default,
-              "loss per epoch": ", ".join(f"{x:.9f}" for x in values)}
-             for i, (rate, values) in enumerate(zip(record["images_per_s_repeats"], record["losses"]), 1)]
-    return pd.DataFrame(rows).set_index("mode")
+    rates = [record["default_images_per_s"], *record["images_per_s_repeats"]]
+    return pd.DataFrame({"images/s": rates, "of the default's": [r / rates[0] for r in rates],
+                         "loss per epoch": [", ".join(f"{x:.9f}" for x in values)
+                                            for values in [record["default_losses"], *record["losses"]]]},
+                        index=pd.Index(["default"] + [f"deterministic, repeat {i}" for i in range(1, len(rates))],
+                                       name="mode"))
 
 
 def history_summary(entry: Mapping[str, Any]) -> pd.DataFrame:
