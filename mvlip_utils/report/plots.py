@@ -135,8 +135,7 @@ def step_time_breakdown(table: pd.DataFrame, title: str):
     parts = {f"{phase} {'kernels' if on_gpu else '(host)'}": table[f"{phase} ms"] for phase in PROFILE_PHASES}
     parts["the rest of the step" if on_gpu else "waiting for data"] = (
         (table["step ms"] - table["kernels ms"]).clip(lower=0) if on_gpu else table["data wait ms"])
-    frame = pd.DataFrame(parts)
-    frame.index = [f"{t}, {s}" for t, s in zip(table.tower, table.step)]
+    frame = pd.DataFrame(parts).set_axis([f"{t}, {s}" for t, s in zip(table.tower, table.step)])
     return stacked_minutes(frame, title, xlabel="milliseconds per training step")
 
 
