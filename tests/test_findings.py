@@ -309,7 +309,7 @@ def released_runs(accuracy: float | None, **config) -> dict:
 
 def test_clip_as_released_against_the_authors_two_decimals():
     out = findings.judge(claim("clip_released"), released_runs(2313 / N), REF)  # 0.5896
-    assert out["verdict"] == "supported" and out["low"] < 0.59 < out["high"] and out["fp32"] == pytest.approx(0.5906, abs=1e-4)
+    assert out["verdict"] == "supported" and out["low"] < 0.59 < out["high"]
     assert findings.evidence_text(claim("clip_released"), out) == "0.5896 (interval 0.5740-0.6050)"
     assert findings.judge(claim("clip_released"), released_runs(0.63), REF)["verdict"] == "not supported"
     assert findings.judge(claim("clip_released"), released_runs(None), REF)["reason"] == "no evaluation before training"

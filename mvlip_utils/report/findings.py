@@ -164,21 +164,17 @@ def judge_throughput(claim, runs, gaps) -> dict[str, Any]:
     if loop is None:
         return _row("no verdict", "no measurement of the paper's method", alone=alone)
     bound = [e for e in pair if decoder_bound(runs[e])]
-    if not bound:
-        reason = "the paper's method finds " + ("a real difference" if loop["real"] else "no real difference")
-        return _row(_grade(loop["real"], loop["gain"] > 0, loop["gain"], claim["threshold"]), reason, loop=loop,
-                    alone=alone)
+    by = cache if bound else loop
+    found = ("a real difference" + ("" if by["gain"] > 0 or not bound else ", against the claimed direction")
+             if by["real"] else "no real difference")
     reason = (f"the paper's method times the JPEG decoder for {' and '.join(ENCODER_LABELS[e] for e in bound)}; "
-              "the loop from the uint8 cache finds "
-              + (("a real difference" + ("" if cache["gain"] > 0 else ", against the claimed direction"))
-                 if cache["real"] else "no real difference"))
-    return _row(_grade(cache["real"], cache["gain"] > 0, cache["gain"], claim["threshold"]), reason, loop=loop,
-                cache=cache, alone=alone)
+              "the loop from the uint8 cache finds " if bound else "the paper's method finds ") + found
+    return _row(_grade(by["real"], by["gain"] > 0, by["gain"], claim["threshold"]), reason, loop=loop,
+                **({"cache": cache} if bound else {}), alone=alone)
 
 
 def growth_exponents(runs: Mapping[str, Any]) -> pd.DataFrame:
-    """Per encoder with a resolution sweep: exponent b (cost ~ pixels^b) of measured time and counted FLOPs per
-    image, the resolutions measured, ms per image at the largest."""
+    """Per encoder with a resolution sweep: exponent b (cost ~ pixels^b) of measured time and counted FLOPs."""
     rows = []
     for encoder, entry in runs.items():
         frame = entry.get("benchmark")
@@ -218,14 +214,12 @@ def judge_scaling(claim, runs, gaps) -> dict[str, Any]:
 def judge_released(claim, runs, gaps) -> dict[str, Any]:
     """CLIP as released, fp16, before fine-tuning: supported when the paper's two-decimal number lies within
     our accuracy's exact interval."""
-    before = runs["vit"]["runs"][0].get("before_training") or {}
-    fp16 = before.get("fp16")
+    fp16 = (runs["vit"]["runs"][0].get("before_training") or {}).get("fp16")
     if fp16 is None:
         return _row("no verdict", "no evaluation before training")
     n = int(fp16["n_val"])
     low, high = stats.proportion_interval(round(fp16["accuracy"] * n), n)
-    evidence = dict(fp16=fp16["accuracy"], low=low, high=high,
-                    fp32=next((v["accuracy"] for k, v in before.items() if k != "fp16"), None))
+    evidence = dict(fp16=fp16["accuracy"], low=low, high=high)
     if gaps:
         return _row("no verdict", "; ".join(gaps), **evidence)
     paper = claim["threshold"]
@@ -309,8 +303,7 @@ def verdicts(editions: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any],
 
 
 def findings_table(detail: pd.DataFrame, ref: Mapping[str, Any]) -> pd.DataFrame:
-    """One row per claim (``detail``: ``verdicts``'): the paper's number, ours from the last (most faithful)
-    edition with a verdict, else the last edition's, the verdict and the reason."""
+    """One row per claim (``detail``: ``verdicts``'), ours from the last (most faithful) edition with a verdict."""
     rows = []
     for claim in paper_claims(ref):
         mine = detail[detail["claim id"] == claim["id"]]
@@ -324,32 +317,22 @@ def findings_table(detail: pd.DataFrame, ref: Mapping[str, Any]) -> pd.DataFrame
 
 
 def table1_tests(detail: pd.DataFrame) -> pd.DataFrame:
-    """Table 1's claims per edition and seed (``detail``: ``verdicts``'): the difference, its test (McNemar's p
-    or the bootstrap interval) and whether it found a difference."""
-    rows = []
-    for item in detail.itertuples():
-        for test in item.evidence.get("tests", []):
-            interval = (f"p = {test['p_value']:.3g}" if test["p_value"] is not None
-                        else f"{test['low']:+.4f} to {test['high']:+.4f}")
-            rows.append({"claim": item.claim, "edition": item.edition, "seed": int(test["seed"]),
-                         "difference": test["difference"], "test": test["test"], "p or 95% interval": interval,
-                         "found": "yes" if test["significant"] else "no"})
-    return pd.DataFrame(rows)
+    """Table 1's claims per edition and seed (``detail``: ``verdicts``'): each seed's paired test."""
+    return pd.DataFrame([{"claim": item.claim, "edition": item.edition, "seed": int(test["seed"]),
+                          "difference": test["difference"], "test": test["test"],
+                          "p or 95% interval": (f"p = {test['p_value']:.3g}" if test["p_value"] is not None
+                                                else f"{test['low']:+.4f} to {test['high']:+.4f}"),
+                          "found": "yes" if test["significant"] else "no"}
+                         for item in detail.itertuples() for test in item.evidence.get("tests", [])])
 
 
 def seed_table(detail: pd.DataFrame) -> pd.DataFrame:
-    """Table 1's claims over seeds (``detail``: ``verdicts``'): each tower's mean ± SD, in how many seeds the
-    paired test found a difference, whether the means differ beyond the spread, the verdict."""
-    rows = []
-    for item in detail.itertuples():
-        e = item.evidence
-        if "difference" not in e:
-            continue
-        rows.append({"claim": item.claim, "edition": item.edition, "MVLIP": _pm(e["mvlip"], e["mvlip_sd"]),
-                     "CLIP(Swin)": _pm(e["swin"], e["swin_sd"]), "found in": f"{e['found_in']} of {e['seeds']}",
-                     "beyond spread": {True: "yes", False: "no", None: "one seed"}[e["beyond_spread"]],
-                     "verdict": item.verdict})
-    return pd.DataFrame(rows)
+    """Table 1's claims over seeds (``detail``: ``verdicts``'): the towers' spread and the seeds' tests."""
+    return pd.DataFrame([{"claim": item.claim, "edition": item.edition, "MVLIP": _pm(e["mvlip"], e["mvlip_sd"]),
+                          "CLIP(Swin)": _pm(e["swin"], e["swin_sd"]), "found in": f"{e['found_in']} of {e['seeds']}",
+                          "beyond spread": {True: "yes", False: "no", None: "one seed"}[e["beyond_spread"]],
+                          "verdict": item.verdict}
+                         for item in detail.itertuples() if "difference" in (e := item.evidence)])
 
 
 def throughput_overview(runs: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
@@ -357,18 +340,11 @@ def throughput_overview(runs: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     conditions = [(ALONE, "alone, paper's conditions, inference"),
                   (ALONE | {"mode": "train"}, "alone, paper's conditions, training step"),
                   (LOOP, "paper's method, JPEG decoding"), (CACHE, "paper's method, uint8 cache")]
-    rows = []
-    for encoder, entry in runs.items():
-        if encoder not in ENCODERS:
-            continue
-        for match, label in conditions:
-            r = benchmark_record(entry, **match)
-            if r is None or pd.isna(r.get("images_per_s")):
-                continue
-            low, high = SPREAD[match["kind"]]
-            rows.append({"tower": ENCODER_LABELS[encoder], "condition": label, "images/s": float(r["images_per_s"]),
-                         "low": r.get(low), "high": r.get(high)})
-    return pd.DataFrame(rows)
+    measured = [(e, label, SPREAD[match["kind"]], benchmark_record(entry, **match))
+                for e, entry in runs.items() if e in ENCODERS for match, label in conditions]
+    return pd.DataFrame([{"tower": ENCODER_LABELS[e], "condition": label, "images/s": float(r["images_per_s"]),
+                          "low": r.get(low), "high": r.get(high)}
+                         for e, label, (low, high), r in measured if r is not None and pd.notna(r.get("images_per_s"))])
 
 
 def counts(table: pd.DataFrame) -> dict[str, int]:
@@ -385,8 +361,4 @@ def same_class_captions(labels, batch_size: int, seed: int = 0) -> float:
 
     loader = make_loader(torch.as_tensor(np.asarray(labels)), batch_size, shuffle=True, drop_last=True,
                          seed=seed * 1000 + 1)
-    shared = []
-    for batch in loader:
-        _, inverse, n = np.unique(batch.numpy(), return_inverse=True, return_counts=True)
-        shared.append(int((n[inverse] > 1).sum()))
-    return float(np.mean(shared))
+    return float(np.mean([pd.Series(batch.numpy()).duplicated(keep=False).sum() for batch in loader]))

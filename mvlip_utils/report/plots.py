@@ -25,13 +25,19 @@ def palette(labels) -> dict[str, str]:
     return {**PALETTE, **{label: EXTRA_COLOURS[i % len(EXTRA_COLOURS)] for i, label in enumerate(extras)}}
 
 
-def _outside_legend(ax, title: str | None = None) -> None:
-    ax.legend(fontsize=8, title=title, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-
-
-def _done(fig):
+def _done(fig, legend_beside=None):
+    """The figure laid out, with ``legend_beside``'s legend outside its data."""
+    if legend_beside is not None:
+        legend_beside.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     return fig
+
+
+def _loss_axes(axes, titles) -> None:
+    for ax, title in zip(axes, titles):
+        ax.set(title=title, xlabel="epoch", ylabel="loss")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
 
 
 def seed_histories(runs: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
@@ -42,25 +48,21 @@ def seed_histories(runs: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
 
 
 def loss_curves(entry: Mapping[str, Any], label: str):
-    """One encoder's training loss (the paper's Figure 2) and validation loss (Figure 3) per epoch: each seed
-    thin, their mean bold with a band of one SD."""
+    """One encoder's training loss (the paper's Figure 2) and validation loss (Figure 3): each seed thin, the mean
+    bold."""
     data = seed_histories({entry["encoder"]: entry})
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    for ax, column, title in ((axes[0], "train_loss", "Training loss (contrastive)"),
-                              (axes[1], "val_zeroshot_loss", "Validation loss (zero-shot CE)")):
+    for ax, column in zip(axes, ("train_loss", "val_zeroshot_loss")):
         sns.lineplot(data=data, x="epoch", y=column, units="seed", estimator=None, lw=0.7, alpha=0.5,
                      color="grey", ax=ax)
         sns.lineplot(data=data, x="epoch", y=column, errorbar="sd", marker="o", color="tab:green", ax=ax,
                      label=f"mean of {data.seed.nunique()} seed(s)")
-        ax.set(title=f"{title}: {label}", xlabel="epoch", ylabel="loss")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    _loss_axes(axes, (f"Training loss (contrastive): {label}", f"Validation loss (zero-shot CE): {label}"))
     return _done(fig)
 
 
 def loss_curves_beside_the_authors(runs: Mapping[str, Mapping[str, Any]], authors_logs: pd.DataFrame, edition: str):
-    """The authors' curves (their logs) on top, ours (``edition``, mean and one SD over seeds) below, on axes of
-    their own: the two are not comparable in scale."""
+    """The authors' curves (their logs) on top, ours below, on axes of their own (not comparable in scale)."""
     fig, axes = plt.subplots(2, 2, figsize=(12, 7.5))
     logs = authors_logs.assign(tower=authors_logs.encoder.map(ENCODER_LABELS.get))
     ours = seed_histories(runs)
@@ -69,18 +71,13 @@ def loss_curves_beside_the_authors(runs: Mapping[str, Mapping[str, Any]], author
         sns.lineplot(data=logs, x="epoch", y=column, hue="tower", palette=colours, marker=".", ax=axes[0, col])
         sns.lineplot(data=ours, x="epoch", y=column, hue="tower", palette=colours, errorbar="sd", marker="o",
                      ax=axes[1, col])
-    titles = ("The authors: training loss (Figure 2)", "The authors: validation loss (Figure 3)",
-              f"Ours, {edition}: training loss", f"Ours, {edition}: validation loss")
-    for ax, title in zip(axes.flat, titles):
-        ax.set(title=title, xlabel="epoch", ylabel="loss")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    _loss_axes(axes.flat, ("The authors: training loss (Figure 2)", "The authors: validation loss (Figure 3)",
+                           f"Ours, {edition}: training loss", f"Ours, {edition}: validation loss"))
     return _done(fig)
 
 
 def throughput_by_condition(frame: pd.DataFrame, title: str = "Throughput of the image towers"):
-    """Log-scaled horizontal bars of images/s per tower and condition (``frame``: tower, condition, images/s,
-    low, high; the spread a black line)."""
+    """Log-scaled bars of images/s per tower and condition (``findings.throughput_overview``), spread in black."""
     fig, ax = plt.subplots(figsize=(11, 0.5 * len(frame) + 1.5))
     conditions = list(dict.fromkeys(frame["condition"]))
     towers = list(dict.fromkeys(frame["tower"]))
@@ -94,13 +91,12 @@ def throughput_by_condition(frame: pd.DataFrame, title: str = "Throughput of the
     ax.set_xscale("log")
     ax.set(xlabel="images per second (log scale)", ylabel="", title=title)
     ax.grid(alpha=0.3, axis="x", which="both")
-    _outside_legend(ax)
-    return _done(fig)
+    return _done(fig, ax)
 
 
 def resolution_sweep(sweeps: pd.DataFrame, labels: Mapping[str, str]):
-    """Log-log against pixels per image, one line per tower (``labels``: encoder -> name): measured time, counted
-    FLOPs and memory per image where measured; grey guides of slope 1 and 2 through each panel's first point."""
+    """Log-log against pixels per image, one line per tower: measured time, counted FLOPs and memory per image
+    where measured; grey guides of slope 1 and 2 through each panel's first point."""
     data = sweeps[sweeps["images_per_s"].notna()].assign(
         tower=lambda f: f.encoder.map(labels), ms=lambda f: f.seconds_per_image * 1e3,
         gflops=lambda f: f.get("flops_per_image", np.nan) / 1e9,
@@ -120,8 +116,7 @@ def resolution_sweep(sweeps: pd.DataFrame, labels: Mapping[str, str]):
         ax.set(xscale="log", yscale="log", xlabel="pixels per image", ylabel=label)
         ax.xaxis.set_minor_formatter(plt.NullFormatter())
         ax.grid(alpha=0.3, which="both")
-    _outside_legend(axes[0][-1])
-    return _done(fig)
+    return _done(fig, axes[0][-1])
 
 
 def stacked_minutes(frame: pd.DataFrame, title: str, xlabel: str = "minutes"):
@@ -131,25 +126,21 @@ def stacked_minutes(frame: pd.DataFrame, title: str, xlabel: str = "minutes"):
     ax.invert_yaxis()
     ax.set(xlabel=xlabel, ylabel="", title=title)
     ax.grid(alpha=0.3, axis="x")
-    _outside_legend(ax)
-    return _done(fig)
+    return _done(fig, ax)
 
 
 def step_time_breakdown(table: pd.DataFrame, title: str):
-    """A training step's ms per tower and step (``tables.step_profile_table``): on a GPU kernel time by phase and
-    the rest of the step; on a CPU the host's phases and its wait for data."""
+    """A training step's ms per tower and step (``tables.step_profile_table``) by phase, stacked."""
     on_gpu = table["kernels ms"].notna().all()
     parts = {f"{phase} {'kernels' if on_gpu else '(host)'}": table[f"{phase} ms"] for phase in PROFILE_PHASES}
     parts["the rest of the step" if on_gpu else "waiting for data"] = (
         (table["step ms"] - table["kernels ms"]).clip(lower=0) if on_gpu else table["data wait ms"])
-    frame = pd.DataFrame(parts)
-    frame.index = [f"{t}, {s}" for t, s in zip(table.tower, table.step)]
+    frame = pd.DataFrame(parts).set_axis([f"{t}, {s}" for t, s in zip(table.tower, table.step)])
     return stacked_minutes(frame, title, xlabel="milliseconds per training step")
 
 
 def confusion(images: pd.DataFrame, classnames: Sequence[str], classes: Sequence[int]):
-    """Confusion among ``classes`` from per-image results: true rows, predicted columns, each row divided by all
-    images of its true class."""
+    """Confusion among ``classes`` (per-image results), each true class's row a share of all its images."""
     sub = images[images.label.isin(classes)]
     counts = pd.crosstab(sub.label, sub.prediction).reindex(index=classes, columns=classes, fill_value=0)
     rates = counts.div(images.groupby("label").size().reindex(classes), axis=0)
@@ -189,5 +180,4 @@ def class_counts(counts: pd.DataFrame):
         ax.hist(counts["val images"], bins=bins, label="val", alpha=0.7)
         ax.set_xlabel("images per class")
     ax.set_ylabel("classes" if len(counts) > 40 else "images")
-    _outside_legend(ax)
-    return _done(fig)
+    return _done(fig, ax)

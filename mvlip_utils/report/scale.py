@@ -102,8 +102,7 @@ def projection_table(projection: Mapping[str, Any], labels: Mapping[str, str]) -
 
 def training_utilisation(train_images_per_s: float, flops: Mapping[str, float], device_name: str,
                          precision: str) -> dict[str, Any]:
-    """Achieved training FLOP/s (counted FLOPs per image x images/s) and its share of the device's ``precision``
-    peak (None where unknown)."""
+    """Achieved training FLOP/s and its share of the device's ``precision`` peak (None where unknown)."""
     return utilisation_fields(flops["train"], train_images_per_s, device_name, precision)
 
 

@@ -59,11 +59,9 @@ def show_table(frame, table_id: str, caption: str, formats: Mapping[str, str] | 
     import pandas as pd
     from IPython.display import HTML, Markdown, display
 
-    formats = dict(formats or {})
     shown = frame.copy()
     for column in shown.columns:
-        pattern = formats.get(column, default)
-        shown[column] = [cell_text(v, pattern) for v in shown[column]]
+        shown[column] = [cell_text(v, (formats or {}).get(column, default)) for v in shown[column]]
     classes = "mvlip-table mvlip-wide" if wide else "mvlip-table"
     display(Markdown(f"**{caption}**"))
     plain_index = isinstance(shown.index, pd.RangeIndex)  # 0, 1, 2, ... says nothing: left out

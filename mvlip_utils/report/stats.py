@@ -100,7 +100,7 @@ def compare(key: str, runs_a: Sequence[Mapping[str, Any]], runs_b: Sequence[Mapp
     real = found == len(tests) and len(signs) == 1 and spread["beyond_spread"] is not False
     difference = float(np.mean([t["difference"] for t in tests]))
     better = difference < 0 if key in LOWER_IS_BETTER else difference > 0
-    return {"key": key, "tests": tests, **spread, "difference": difference, "found_in": found, "real": real,
+    return {"tests": tests, **spread, "difference": difference, "found_in": found, "real": real,
             "better": better}
 
 

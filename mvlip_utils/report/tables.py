@@ -17,7 +17,6 @@ from .findings import ALONE, LOOP, _pm, _speed, decoder_bound, growth_exponents
 TABLE1_METRICS = {"accuracy": "Accuracy", "precision_weighted": "Precision (weighted)", "f1_weighted": "F1 (weighted)",
                   "precision_macro": "Precision (macro)", "recall_macro": "Recall (macro)", "f1_macro": "F1 (macro)",
                   "top5": "Top-5 accuracy", "zeroshot_loss": "Validation loss"}
-VIT_PRETRAINED = "vit_pretrained_not_finetuned_fp16"
 
 
 def model_label(encoder: str) -> str:
@@ -43,7 +42,7 @@ def paper_table1(ref: Mapping[str, Any]) -> pd.DataFrame:
     """Table 1 as the paper reports it, completed from the authors' last logged epoch (macro averages, zero-shot
     loss) for MVLIP and CLIP(Swin); CLIP(ViT) as released, not fine-tuned, in fp16."""
     logs, reported = ref["authors_logs"], ref["table1_final_epoch"]
-    paper = {"vit": {k: float(v) for k, v in reported[VIT_PRETRAINED].items()}}
+    paper = {"vit": {k: float(v) for k, v in reported["vit_pretrained_not_finetuned_fp16"].items()}}
     paper["vit"]["zeroshot_loss"] = paper["vit"].pop("val_zeroshot_loss")
     for encoder in ("mambavision", "swin"):
         last = logs[logs.encoder == encoder].sort_values("epoch").iloc[-1]
@@ -87,9 +86,8 @@ def _against_vit(records: Mapping[str, Mapping[str, Any] | None]) -> dict[str, s
 
 
 def table2(runs: Mapping[str, Mapping[str, Any]], ref: Mapping[str, Any]) -> pd.DataFrame:
-    """Table 2: the paper's throughput beside ours (the paper's method, the towers alone), each against CLIP(ViT);
-    our percentages only where the difference is real (``findings._speed``) and the loop times the towers, not
-    the JPEG decoder (``findings.decoder_bound``)."""
+    """Table 2: the paper's throughput beside ours, each against CLIP(ViT); our percentages only where the
+    difference is real (``findings._speed``) and the loop times the towers, not the JPEG decoder."""
     paper = ref["table2_throughput_images_per_s"]
     encoders = [e for e in ENCODERS if e in paper or e in runs] + [e for e in runs if e not in ENCODERS]
     loop, alone = ({e: benchmark_record(runs[e], **match) if e in runs else None for e in encoders}
@@ -116,8 +114,7 @@ def benchmark_frame(runs: Mapping[str, Mapping[str, Any]], kind: str) -> pd.Data
 
 
 def model_only_table(runs: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
-    """The towers alone per tower, setting and mode: median images/s, 10th-90th percentiles, peak memory, share
-    of the GPU's peak FLOP/s."""
+    """The towers alone per tower, setting and mode: median images/s, p10-p90, peak memory, FLOP/s share."""
     frame = benchmark_frame(runs, "model_only")
     if frame.empty:
         return frame
@@ -182,8 +179,7 @@ def scan_cost_table(runs: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
 
 
 def step_check_table(runs: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
-    """The training steps' check per tower and step: last epoch's images/s, largest relative loss difference
-    from the eager step's."""
+    """The training steps' check per tower and step: images/s and the losses against the eager step's."""
     return pd.DataFrame([{"tower": tower_label(encoder, entry["config"].get("model_size", "paper")),
                           "step": variant["train_step"], "images/s": variant.get("images_per_s"),
                           "loss difference": variant.get("max_rel_loss_difference"),
@@ -196,8 +192,7 @@ PROFILE_PHASES = ("forward", "backward", "optimizer")
 
 
 def step_profile_table(runs: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
-    """Where a profiled training step's time goes, per tower and step: step ms, GPU kernel ms by launching phase
-    (the host's phases on a CPU) and their share of the step, the host's wait for data."""
+    """Where a profiled training step's ms go, per tower and step: GPU kernels by phase (on a CPU the host's)."""
     rows = []
     for encoder, entry in runs.items():
         check = entry.get("step_check") or {}
@@ -253,18 +248,16 @@ def most_confused(run: Mapping[str, Any], classnames: list[str], n: int = 10) ->
 
 
 def deterministic_table(check: Mapping[str, Any] | None) -> pd.DataFrame:
-    """The step check's deterministic record: default mode, then each deterministic repeat, with images/s and
-    per-epoch losses to 9 digits (bit-identical repeats read alike). Empty without a record or on failure."""
+    """The default mode, then each deterministic repeat: images/s, losses to 9 digits. Empty without a record."""
     record = (check or {}).get("deterministic")
     if not record or record.get("error"):
         return pd.DataFrame()
-    default = record["default_images_per_s"]
-    rows = [{"mode": "default", "images/s": default, "of the default's": 1.0,
-             "loss per epoch": ", ".join(f"{x:.9f}" for x in record["default_losses"])}]
-    rows += [{"mode": f"deterministic, repeat {i}", "images/s": rate, "of the default's": rate / default,
-              "loss per epoch": ", ".join(f"{x:.9f}" for x in values)}
-             for i, (rate, values) in enumerate(zip(record["images_per_s_repeats"], record["losses"]), 1)]
-    return pd.DataFrame(rows).set_index("mode")
+    rates = [record["default_images_per_s"], *record["images_per_s_repeats"]]
+    return pd.DataFrame({"images/s": rates, "of the default's": [r / rates[0] for r in rates],
+                         "loss per epoch": [", ".join(f"{x:.9f}" for x in values)
+                                            for values in [record["default_losses"], *record["losses"]]]},
+                        index=pd.Index(["default"] + [f"deterministic, repeat {i}" for i in range(1, len(rates))],
+                                       name="mode"))
 
 
 def history_summary(entry: Mapping[str, Any]) -> pd.DataFrame:
