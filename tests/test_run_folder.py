@@ -72,12 +72,7 @@ def test_a_run_writes_its_folder_with_the_documented_files_and_columns(finished_
         timings = pd.read_csv(run / "timings.csv")
         assert list(timings.columns) == rf.TIMING_COLUMNS and list(timings.epoch) == [1, 2]
         assert (timings.train_images == 64).all() and (timings.val_images == 16).all()  # 4 batches of 16, 16 val
-        assert (timings.world_size == 1).all() and timings.peak_memory_gib.isna().all()  # the CPU: no GPU memory
         assert (timings[["train_seconds", "validation_seconds", "checkpoint_seconds", "setup_seconds"]] > 0).all().all()
-        # every epoch's background checkpoint write is timed (the last one once the run waited for it at its
-        # end), and so is the wait for each epoch's first batch
-        assert (timings.checkpoint_write_seconds > 0).all() and (timings.loader_start_seconds > 0).all()
-        assert (timings.epoch_seconds >= timings.train_seconds + timings.validation_seconds).all()
     # a seed's run is its own: the same data, another initialisation, data order and caption draws
     first, second = (rf.load_history(rf.run_dir(c)) for c in config.runs())
     assert (first.train_loss != second.train_loss).all()

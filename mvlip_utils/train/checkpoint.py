@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import random
 import threading
-import time
 from typing import Any
 
 import numpy as np
@@ -67,21 +66,17 @@ class CheckpointWriter:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
-    def save(self, experiment: Experiment, optimizer, scheduler, epoch: int, history: list[dict],
-             timing: dict[str, Any]) -> None:
-        """Start writing the state after ``epoch`` once the previous write is done (``wait``);
-        ``timing["checkpoint_write_seconds"]`` gets the write's seconds when it ends."""
+    def save(self, experiment: Experiment, optimizer, scheduler, epoch: int, history: list[dict]) -> None:
+        """Start writing the state after ``epoch`` once the previous write is done (``wait``)."""
         self.wait()
         state = checkpoint_state(experiment, optimizer, scheduler, epoch, history)
         path = experiment.run_dir / CHECKPOINT
 
         def write() -> None:
-            started = time.perf_counter()
             try:
                 write_checkpoint(state, path)
             except BaseException as exc:  # noqa: BLE001 - raised in the training thread by wait()
                 self._error = exc
-            timing["checkpoint_write_seconds"] = time.perf_counter() - started
 
         self._thread = threading.Thread(target=write, name=f"checkpoint-epoch-{epoch}")
         self._thread.start()

@@ -82,9 +82,8 @@ def image_text_loss(experiment: Experiment, loss_fn: ClipLoss, image_features: t
 
 
 def train_one_epoch(experiment: Experiment, optimizer, scheduler, loss_fn: ClipLoss, epoch: int,
-                    progress: bool = True, timing: dict[str, float] | None = None) -> float:
-    """One epoch under the run's precision; returns its mean training loss. ``timing``, if given, gets
-    ``loader_start_seconds``: the seconds the epoch waited for its first batch."""
+                    progress: bool = True) -> float:
+    """One epoch under the run's precision; returns its mean training loss."""
     config = experiment.config
     model = experiment.model
     model.train()
@@ -105,11 +104,8 @@ def train_one_epoch(experiment: Experiment, optimizer, scheduler, loss_fn: ClipL
     losses: list[torch.Tensor] = []  # each step's loss, left on the device: read back every READ_LOSS_EVERY steps
     bars: list = []
     batches = progress_iter(loader, f"{config.encoder} epoch {epoch}/{config.epochs}", progress, bars)
-    started = time.perf_counter()
     with precision_context(config.precision, experiment.device, autocast=False):
         for step, (images, labels) in enumerate(batches):
-            if step == 0 and timing is not None:
-                timing["loader_start_seconds"] = time.perf_counter() - started
             with record_function(PHASES["forward"]):
                 # captions drawn for the whole global batch, this rank's slice kept
                 local = len(labels)
@@ -245,12 +241,10 @@ def train_run(config: StudyConfig, resume: bool = True, progress: bool = True,
         checkpoints = CheckpointWriter()  # the checkpoint is written while the next epoch trains
         try:
             for epoch in range(start_epoch + 1, config.epochs + 1):
-                if experiment.device.startswith("cuda"):
-                    torch.cuda.reset_peak_memory_stats(experiment.device)
                 started = time.perf_counter()
                 timing = {"epoch": epoch, "train_images": steps_per_epoch * config.batch_size,
-                          "setup_seconds": setup_seconds, "world_size": info.world_size}
-                train_loss = train_one_epoch(experiment, optimizer, scheduler, loss_fn, epoch, progress, timing)
+                          "setup_seconds": setup_seconds}
+                train_loss = train_one_epoch(experiment, optimizer, scheduler, loss_fn, epoch, progress)
                 synchronize(experiment.device)
                 timing["train_seconds"] = time.perf_counter() - started
                 row = None
@@ -264,12 +258,8 @@ def train_run(config: StudyConfig, resume: bool = True, progress: bool = True,
                     history.append(row)
                     rf.write_history(run, history)
                     t = time.perf_counter()
-                    timing["checkpoint_write_seconds"] = math.nan  # set by the writer when its write ends
-                    checkpoints.save(experiment, optimizer, scheduler, epoch, history, timing)
-                    timing.update(checkpoint_seconds=time.perf_counter() - t,
-                                  epoch_seconds=time.perf_counter() - started,
-                                  peak_memory_gib=(torch.cuda.max_memory_allocated(experiment.device) / 2**30
-                                                   if experiment.device.startswith("cuda") else math.nan))
+                    checkpoints.save(experiment, optimizer, scheduler, epoch, history)
+                    timing["checkpoint_seconds"] = time.perf_counter() - t
                     timings.append(timing)
                     rf.write_timings(run, timings)
                     logger.info("epoch %d: %s (%.1fs)", epoch, {k: round(v, 4) for k, v in row.items()},
@@ -283,8 +273,7 @@ def train_run(config: StudyConfig, resume: bool = True, progress: bool = True,
                 if stop_after_epoch is not None and stop_after_epoch <= epoch < config.epochs:
                     break
             if main and evaluation is not None:
-                checkpoints.wait()  # the last write's error is raised here; its seconds go to timings.csv
-                rf.write_timings(run, timings)
+                checkpoints.wait()  # the last write's error is raised here
             if main and len(history) == config.epochs:  # not stopped after an earlier epoch
                 if evaluation is None:  # the checkpoint holds the last epoch but the final files are missing
                     evaluation = evaluate_experiment(experiment, progress)

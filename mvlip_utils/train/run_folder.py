@@ -28,8 +28,7 @@ from .provenance import collect_provenance
 HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_zeroshot_loss", "accuracy", "top5",
                    "precision_weighted", "recall_weighted", "f1_weighted"]
 TIMING_COLUMNS = ["epoch", "train_seconds", "train_images", "validation_seconds", "val_images", "checkpoint_seconds",
-                  "checkpoint_write_seconds", "loader_start_seconds", "epoch_seconds", "setup_seconds", "world_size",
-                  "peak_memory_gib"]
+                  "setup_seconds"]
 METRIC_KEYS = ["accuracy", "top5", "precision_weighted", "recall_weighted", "f1_weighted",
                "precision_macro", "recall_macro", "f1_macro", "mean_per_class_recall", "zeroshot_loss", "n_val",
                "n_classes"]
