@@ -71,14 +71,8 @@ def contrastive_loss(experiment: Experiment, loss_fn: ClipLoss, images: torch.Te
             visual = experiment.ddp_visual if experiment.ddp_visual is not None else experiment.compiled_visual
         image_features = (F.normalize(visual(images), dim=-1) if visual is not None
                           else model.encode_image(images, normalize=True))
-    return image_text_loss(experiment, loss_fn, image_features, labels, templates)
-
-
-def image_text_loss(experiment: Experiment, loss_fn: ClipLoss, image_features: torch.Tensor, labels: torch.Tensor,
-                    templates: torch.Tensor) -> torch.Tensor:
-    """The symmetric contrastive loss of normalised image features against their captions' text features."""
     text_features = caption_features(experiment, labels, templates)
-    return loss_fn(image_features.float(), text_features.float(), experiment.model.logit_scale.exp())
+    return loss_fn(image_features.float(), text_features.float(), model.logit_scale.exp())
 
 
 def train_one_epoch(experiment: Experiment, optimizer, scheduler, loss_fn: ClipLoss, epoch: int,
@@ -296,21 +290,17 @@ BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false
 
 
 def _parse_value(text: str, default: Any):
-    """A command-line value as the type of the field's ``default``."""
+    """A command-line value as the type of the field's ``default`` (a list: comma-separated ints)."""
     if isinstance(default, list):
         return [int(v) for v in text.split(",") if v.strip()]
-    if isinstance(default, bool):
-        if text.lower() not in BOOLEANS:
-            raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
-        return BOOLEANS[text.lower()]
-    if isinstance(default, (int, float)):
-        return type(default)(text)
+    if isinstance(default, bool) and text.lower() not in BOOLEANS:
+        raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+    if isinstance(default, (int, float)):  # bool too
+        return BOOLEANS[text.lower()] if isinstance(default, bool) else type(default)(text)
     return None if text.lower() == "none" else text
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import dataclasses
-
     from ..settings.params import CommandLineParser
     from ..settings.profiles import PROFILES, help_text, user_fields
 
@@ -333,13 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="several encoders (comma-separated), each in its own process on its --gpus entry")
     parser.add_argument("--gpus", default=None, metavar="LIST",
                         help="with --encoders: one CUDA device index per encoder ('cpu': a CPU process)")
-    for field in dataclasses.fields(StudyConfig):
-        if field.name == "profile" or field.name not in user_fields(StudyConfig):
-            continue
-        parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, default=None, metavar="VALUE",
-                            type=lambda text, d=(field.default if field.default is not dataclasses.MISSING
-                                                else field.default_factory()): _parse_value(text, d),
-                            help=f"{help_text(StudyConfig, field.name)} (default: the profile's)")
+    defaults = StudyConfig()
+    for name in [n for n in user_fields(StudyConfig) if n != "profile"]:
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, metavar="VALUE",
+                            type=lambda text, d=getattr(defaults, name): _parse_value(text, d),
+                            help=f"{help_text(StudyConfig, name)} (default: the profile's)")
     return parser
 
 
@@ -348,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     another run) ends in one ``error: ...`` line and exit status 2."""
     import sys
 
-    from .launch import run_pinned
+    from .device_share import run_pinned
     from ..models.timm_towers import check_encoder
     from ..settings.params import USER_ERRORS, user_error_exit
     from ..settings.profiles import get_config
