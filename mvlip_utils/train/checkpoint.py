@@ -17,12 +17,6 @@ from ..models.weights import load_torch_file
 from .experiment import Experiment
 from .run_folder import CHECKPOINT, refuse_other_run
 
-def _numpy_rng_state() -> dict[str, Any]:
-    """numpy's global RNG state as plain values and a tensor."""
-    name, key, pos, has_gauss, cached_gaussian = np.random.get_state()
-    return {"bit_generator": name, "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
-            "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)}
-
 
 def _host_copy(value: Any) -> Any:
     """``value`` with every tensor (in lists, tuples, dicts too) copied to host memory."""
@@ -39,13 +33,16 @@ def checkpoint_state(experiment: Experiment, optimizer, scheduler, epoch: int, h
     """The run's state after ``epoch``, copied to host memory; the model's without a frozen text tower (rebuilt
     from its weights)."""
     config = experiment.config
+    name, key, pos, has_gauss, cached_gaussian = np.random.get_state()  # as plain values and a tensor
+    numpy = {"bit_generator": name, "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
+             "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)}
     return _host_copy({
         "epoch": epoch,
         "model": {k: v for k, v in experiment.model.state_dict().items()
                   if config.train_text or not k.startswith("text.")},
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
-        "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_rng_state(), "python": random.getstate(),
+        "rng": {"torch": torch.get_rng_state(), "numpy": numpy, "python": random.getstate(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         "config": config.to_dict(),
         "architecture": architecture(config.encoder, config.model_size, config.image_size),

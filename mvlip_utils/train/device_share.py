@@ -73,10 +73,9 @@ def timing_lock(log=None) -> Iterator[None]:
     if not path or os.environ.get(HELD_ENV) == "1":
         yield
         return
-    lock = FileLock(path)
     if log is not None and shared_with():
         log(f"waiting for the timing lock of this device (shared with {', '.join(shared_with())}) ...")
-    with lock:
+    with FileLock(path):
         os.environ[HELD_ENV] = "1"  # the notebook started now inherits it: it must not wait for its runner
         try:
             yield
@@ -91,11 +90,10 @@ def run_pinned(jobs: Mapping[str, Sequence[str]], devices: Sequence[str], cwd: s
     ``on_line(name, line)`` sees every output line; ``extra_env``: {name: variables} added to its environment."""
     if len(devices) != len(jobs):
         raise ValueError(f"--gpus: {len(devices)} entries for {len(jobs)} encoders {list(jobs)}; give one each")
-    extra_env = extra_env or {}
     procs = {}
     for (name, cmd), device in zip(jobs.items(), devices):
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": "" if str(device) == "cpu" else str(device),  # "cpu": no GPU
-               "PYTHONUNBUFFERED": "1", **extra_env.get(name, {})}
+               "PYTHONUNBUFFERED": "1", **(extra_env or {}).get(name, {})}
         procs[name] = (device, subprocess.Popen(list(cmd), cwd=Path(cwd), env=env, stdout=subprocess.PIPE,
                                                 stderr=subprocess.STDOUT, text=True))
     lock = threading.Lock()

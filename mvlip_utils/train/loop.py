@@ -71,8 +71,14 @@ def contrastive_loss(experiment: Experiment, loss_fn: ClipLoss, images: torch.Te
             visual = experiment.ddp_visual if experiment.ddp_visual is not None else experiment.compiled_visual
         image_features = (F.normalize(visual(images), dim=-1) if visual is not None
                           else model.encode_image(images, normalize=True))
+    return image_text_loss(experiment, loss_fn, image_features, labels, templates)
+
+
+def image_text_loss(experiment: Experiment, loss_fn: ClipLoss, image_features: torch.Tensor, labels: torch.Tensor,
+                    templates: torch.Tensor) -> torch.Tensor:
+    """The symmetric contrastive loss of normalised image features against their captions' text features."""
     text_features = caption_features(experiment, labels, templates)
-    return loss_fn(image_features.float(), text_features.float(), model.logit_scale.exp())
+    return loss_fn(image_features.float(), text_features.float(), experiment.model.logit_scale.exp())
 
 
 def train_one_epoch(experiment: Experiment, optimizer, scheduler, loss_fn: ClipLoss, epoch: int,
@@ -228,16 +234,16 @@ def train_run(config: StudyConfig, resume: bool = True, progress: bool = True,
             write_run_config(experiment)  # not when the run only needs its final files (then it is there)
         if main and not (run / rf.BEFORE_TRAINING).is_file():
             write_json(run / rf.BEFORE_TRAINING, before_training)
-        timings = rf.read_timings(run, start_epoch) if main else []
+        timings = (pd.read_csv(run / "timings.csv").query(f"epoch <= {start_epoch}").to_dict(orient="records")
+                   if main and start_epoch and (run / "timings.csv").is_file() else [])  # the epochs resumed
         setup_seconds = time.perf_counter() - setup_started
         evaluation = None
-        steps_per_epoch = len(experiment.train_set) // config.batch_size
         checkpoints = CheckpointWriter()  # the checkpoint is written while the next epoch trains
         try:
             for epoch in range(start_epoch + 1, config.epochs + 1):
                 started = time.perf_counter()
-                timing = {"epoch": epoch, "train_images": steps_per_epoch * config.batch_size,
-                          "setup_seconds": setup_seconds}
+                timing = {"epoch": epoch, "setup_seconds": setup_seconds,
+                          "train_images": len(experiment.train_set) // config.batch_size * config.batch_size}
                 train_loss = train_one_epoch(experiment, optimizer, scheduler, loss_fn, epoch, progress)
                 synchronize(experiment.device)
                 timing["train_seconds"] = time.perf_counter() - started
@@ -250,12 +256,12 @@ def train_run(config: StudyConfig, resume: bool = True, progress: bool = True,
                            "val_zeroshot_loss": evaluation["zeroshot_loss"],
                            **{k: evaluation[k] for k in rf.HISTORY_COLUMNS[4:]}}
                     history.append(row)
-                    rf.write_history(run, history)
+                    rf.write_table(run, "history.csv", history)
                     t = time.perf_counter()
                     checkpoints.save(experiment, optimizer, scheduler, epoch, history)
                     timing["checkpoint_seconds"] = time.perf_counter() - t
                     timings.append(timing)
-                    rf.write_timings(run, timings)
+                    rf.write_table(run, "timings.csv", timings)
                     logger.info("epoch %d: %s (%.1fs)", epoch, {k: round(v, 4) for k, v in row.items()},
                                 time.perf_counter() - started)
                 if info.enabled:  # the others wait here while rank 0 evaluates, then share its row
@@ -271,7 +277,7 @@ def train_run(config: StudyConfig, resume: bool = True, progress: bool = True,
             if main and len(history) == config.epochs:  # not stopped after an earlier epoch
                 if evaluation is None:  # the checkpoint holds the last epoch but the final files are missing
                     evaluation = evaluate_experiment(experiment, progress)
-                    rf.write_history(run, history)
+                    rf.write_table(run, "history.csv", history)
                 if not math.isfinite(evaluation["zeroshot_loss"]):
                     raise NonFiniteLossError(f"non-finite zero-shot loss at the end of {run}")
                 root = experiment.data_root
@@ -357,8 +363,7 @@ def main(argv: list[str] | None = None) -> int:
             # each child trains its one encoder: an empty --encoders (the last one given wins) ends the fan-out
             jobs = {e: [sys.executable, "-m", "mvlip_utils.train", *argv, "--encoders=", "--encoder", e]
                     for e in encoders}
-            failed = run_pinned(jobs, devices, ".")
-            return 1 if failed else 0
+            return 1 if run_pinned(jobs, devices, ".") else 0  # the failed jobs are named in the output
         config = get_config(args.profile, **overrides)
         check_encoder(config.encoder)  # a paper tower or a timm image model (the error names the closest)
         prepare_environment(config.deterministic)  # before anything touches CUDA (the cuBLAS workspace)
