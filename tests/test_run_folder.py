@@ -72,12 +72,7 @@ def test_a_run_writes_its_folder_with_the_documented_files_and_columns(finished_
         timings = pd.read_csv(run / "timings.csv")
         assert list(timings.columns) == rf.TIMING_COLUMNS and list(timings.epoch) == [1, 2]
         assert (timings.train_images == 64).all() and (timings.val_images == 16).all()  # 4 batches of 16, 16 val
-        assert (timings.world_size == 1).all() and timings.peak_memory_gib.isna().all()  # the CPU: no GPU memory
         assert (timings[["train_seconds", "validation_seconds", "checkpoint_seconds", "setup_seconds"]] > 0).all().all()
-        # every epoch's background checkpoint write is timed (the last one once the run waited for it at its
-        # end), and so is the wait for each epoch's first batch
-        assert (timings.checkpoint_write_seconds > 0).all() and (timings.loader_start_seconds > 0).all()
-        assert (timings.epoch_seconds >= timings.train_seconds + timings.validation_seconds).all()
     # a seed's run is its own: the same data, another initialisation, data order and caption draws
     first, second = (rf.load_history(rf.run_dir(c)) for c in config.runs())
     assert (first.train_loss != second.train_loss).all()
@@ -133,7 +128,7 @@ def test_load_run_and_load_edition_read_the_finished_runs_and_say_what_is_not_fi
     # seed 1 stopped after its first epoch's checkpoint (partial); seed 2 never ran
     (encoder / "seed-1" / "metrics.json").unlink()
     (encoder / "seed-1" / rf.PER_IMAGE).unlink()
-    rf.write_history(encoder / "seed-1", rf.load_history(encoder / "seed-1").iloc[:1].to_dict("records"))
+    rf.write_table(encoder / "seed-1", "history.csv", rf.load_history(encoder / "seed-1").iloc[:1].to_dict("records"))
     runs, absent = rf.load_edition(tmp_path, "smoke", ["vit", "swin"], seeds=[0, 1, 2])
     assert list(runs) == ["vit"] and [r["seed"] for r in runs["vit"]["runs"]] == [0]
     assert absent == {"vit": "seed 1: partial (1 of 2 epochs); seed 2: missing",
@@ -159,7 +154,7 @@ def fake_run(run: Path, epochs: int = 2, done: int | None = None, n_val: int = 4
     per_image.csv.gz when ``final``."""
     done = epochs if done is None else done
     rows = [{c: 0.5 for c in rf.HISTORY_COLUMNS} | {"epoch": e} for e in range(1, done + 1)]
-    rf.write_history(run, rows)
+    rf.write_table(run, "history.csv", rows)
     write_json(run / "config.json", {"epochs": epochs, "n_val": n_val, "n_classes": 2})
     if final:
         write_json(run / "metrics.json", {"epochs": epochs, "accuracy": 0.5, "n_val": n_val, "n_classes": 2})
@@ -211,7 +206,7 @@ def test_json_is_strict_and_nan_comes_back_from_metrics_and_history(tmp_path):
     assert json.loads(text) == {"accuracy": 0.25, "top5": None, "n_classes": 4, "loss": None, "nested": [None, 1.0]}
     metrics = rf.load_metrics(tmp_path)
     assert np.isnan(metrics["top5"]) and np.isnan(metrics["loss"]) and metrics["accuracy"] == 0.25
-    rf.write_history(tmp_path, [{"epoch": 1, "accuracy": 0.5, "top5": float("nan")}])
+    rf.write_table(tmp_path, "history.csv", [{"epoch": 1, "accuracy": 0.5, "top5": float("nan")}])
     history = rf.load_history(tmp_path)
     assert list(history.columns) == rf.HISTORY_COLUMNS and np.isnan(history.top5.iloc[0])
     with pytest.raises(FileNotFoundError, match="has that run trained"):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import random
 import threading
-import time
 from typing import Any
 
 import numpy as np
@@ -17,12 +16,6 @@ from ..models.towers import architecture
 from ..models.weights import load_torch_file
 from .experiment import Experiment
 from .run_folder import CHECKPOINT, refuse_other_run
-
-def _numpy_rng_state() -> dict[str, Any]:
-    """numpy's global RNG state as plain values and a tensor."""
-    name, key, pos, has_gauss, cached_gaussian = np.random.get_state()
-    return {"bit_generator": name, "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
-            "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)}
 
 
 def _host_copy(value: Any) -> Any:
@@ -40,13 +33,16 @@ def checkpoint_state(experiment: Experiment, optimizer, scheduler, epoch: int, h
     """The run's state after ``epoch``, copied to host memory; the model's without a frozen text tower (rebuilt
     from its weights)."""
     config = experiment.config
+    name, key, pos, has_gauss, cached_gaussian = np.random.get_state()  # as plain values and a tensor
+    numpy = {"bit_generator": name, "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
+             "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)}
     return _host_copy({
         "epoch": epoch,
         "model": {k: v for k, v in experiment.model.state_dict().items()
                   if config.train_text or not k.startswith("text.")},
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
-        "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_rng_state(), "python": random.getstate(),
+        "rng": {"torch": torch.get_rng_state(), "numpy": numpy, "python": random.getstate(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         "config": config.to_dict(),
         "architecture": architecture(config.encoder, config.model_size, config.image_size),
@@ -67,21 +63,17 @@ class CheckpointWriter:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
-    def save(self, experiment: Experiment, optimizer, scheduler, epoch: int, history: list[dict],
-             timing: dict[str, Any]) -> None:
-        """Start writing the state after ``epoch`` once the previous write is done (``wait``);
-        ``timing["checkpoint_write_seconds"]`` gets the write's seconds when it ends."""
+    def save(self, experiment: Experiment, optimizer, scheduler, epoch: int, history: list[dict]) -> None:
+        """Start writing the state after ``epoch`` once the previous write is done (``wait``)."""
         self.wait()
         state = checkpoint_state(experiment, optimizer, scheduler, epoch, history)
         path = experiment.run_dir / CHECKPOINT
 
         def write() -> None:
-            started = time.perf_counter()
             try:
                 write_checkpoint(state, path)
             except BaseException as exc:  # noqa: BLE001 - raised in the training thread by wait()
                 self._error = exc
-            timing["checkpoint_write_seconds"] = time.perf_counter() - started
 
         self._thread = threading.Thread(target=write, name=f"checkpoint-epoch-{epoch}")
         self._thread.start()

@@ -1,15 +1,18 @@
-"""Encoder chains that share a device (``--gpus 0,0,1``): their training overlaps, their timing may not. Each
-chain holds its device's timing lock (``timing_lock``) around what publishes a throughput: the benchmark
-chapter (taken by the study runner) and the training chapter's step check (``benchmark_suite``).
+"""Processes on devices: one per encoder chain, pinned to its GPU through ``CUDA_VISIBLE_DEVICES`` (the ``--gpus``
+of the study and train command lines). Chains that share a device (``--gpus 0,0,1``) overlap their training, not
+their timing: each holds its device's timing lock (``timing_lock``) around what publishes a throughput: the
+benchmark chapter (taken by the study runner) and the training chapter's step check (``benchmark_suite``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import tempfile
+import threading
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 from filelock import FileLock
 
@@ -70,13 +73,46 @@ def timing_lock(log=None) -> Iterator[None]:
     if not path or os.environ.get(HELD_ENV) == "1":
         yield
         return
-    lock = FileLock(path)
     if log is not None and shared_with():
         log(f"waiting for the timing lock of this device (shared with {', '.join(shared_with())}) ...")
-    with lock:
+    with FileLock(path):
         os.environ[HELD_ENV] = "1"  # the notebook started now inherits it: it must not wait for its runner
         try:
             yield
         finally:
             os.environ.pop(HELD_ENV, None)
 
+
+def run_pinned(jobs: Mapping[str, Sequence[str]], devices: Sequence[str], cwd: str | os.PathLike,
+               log: Callable[[str], None] = print, on_line: Callable[[str, str], None] | None = None,
+               extra_env: Mapping[str, Mapping[str, str]] | None = None) -> list[str]:
+    """Run every job (name -> command) at once, job i on ``devices[i]``; returns the names of those that failed.
+    ``on_line(name, line)`` sees every output line; ``extra_env``: {name: variables} added to its environment."""
+    if len(devices) != len(jobs):
+        raise ValueError(f"--gpus: {len(devices)} entries for {len(jobs)} encoders {list(jobs)}; give one each")
+    procs = {}
+    for (name, cmd), device in zip(jobs.items(), devices):
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": "" if str(device) == "cpu" else str(device),  # "cpu": no GPU
+               "PYTHONUNBUFFERED": "1", **(extra_env or {}).get(name, {})}
+        procs[name] = (device, subprocess.Popen(list(cmd), cwd=Path(cwd), env=env, stdout=subprocess.PIPE,
+                                                stderr=subprocess.STDOUT, text=True))
+    lock = threading.Lock()
+
+    def relay(name: str, device: str, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            with lock:
+                log(f"[{name} on gpu {device}] {line.rstrip()}")
+                if on_line:
+                    on_line(name, line.rstrip())
+        proc.wait()
+
+    threads = [threading.Thread(target=relay, args=(name, device, proc)) for name, (device, proc) in procs.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    failed = [name for name, (_, proc) in procs.items() if proc.returncode != 0]
+    for name in failed:
+        device, proc = procs[name]
+        log(f"[launch] {name} on gpu {device}: FAILED (exit {proc.returncode})")
+    return failed

@@ -4,8 +4,8 @@ helper is a no-op in a plain one-process run. ``torchrun --nproc_per_node=2 -m m
 Equivalence with one process (tests/test_distributed.py): ``batch_size`` is the global batch; the batches are
 the single process's loader's (``global_batches``), each rank training on its contiguous slice
 (``rank_slices``). ``ClipLoss(local_loss=False, gather_with_grad=True)`` gives every rank the global-batch
-loss; the gather's backward (x world_size) and DDP's all-reduce (/ world_size) give one process's gradient.
-BatchNorm becomes ``SyncBatchNorm`` under DDP (on GPUs), so batch statistics are the global batch's.
+loss; the gather's backward (x world_size) and DDP's all-reduce (/ world_size) give one process's gradient;
+``wrap_ddp`` makes BatchNorm ``SyncBatchNorm`` (on GPUs), so batch statistics are the global batch's.
 """
 
 from __future__ import annotations
@@ -95,11 +95,10 @@ def all_reduce_grads_(parameters: Sequence[nn.Parameter]) -> None:
     """Average over ranks the gradients of ``parameters`` outside the DDP module, as DDP does inside it."""
     if not info().enabled:
         return
-    world = info().world_size
     for p in parameters:
         if p.grad is not None:
             dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-            p.grad.div_(world)
+            p.grad.div_(info().world_size)
 
 
 def broadcast_object(obj: Any) -> Any:

@@ -49,8 +49,7 @@ def synchronize(device) -> None:
 
 def classification_metrics(labels: np.ndarray, logits: np.ndarray, n_classes: int | None = None) -> dict[str, Any]:
     """Accuracy, top-5 (NaN with <= 5 classes), weighted/macro P/R/F1 and mean per-class recall from logits."""
-    labels = np.asarray(labels)
-    logits = np.asarray(logits, dtype=np.float64)
+    labels, logits = np.asarray(labels), np.asarray(logits, dtype=np.float64)
     n_classes = n_classes or logits.shape[1]
     classes = np.arange(n_classes)
     predictions = logits.argmax(axis=1)
@@ -90,7 +89,8 @@ def zero_shot_evaluate(model, loader, classifier: torch.Tensor, classnames: Sequ
     metrics = classification_metrics(labels, logits, n_classes=len(classnames))
     predictions = logits.argmax(axis=1)
     losses = F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels), reduction="none").numpy()
-    top5 = (np.argsort(-logits, axis=1)[:, :5] == labels[:, None]).any(axis=1) if len(classnames) > 5 else None
+    top5 = ((np.argsort(-logits, axis=1)[:, :5] == labels[:, None]).any(axis=1) if len(classnames) > 5
+            else np.full(len(labels), np.nan))
     metrics.update({
         "zeroshot_loss": float(losses.mean()),
         "n_val": int(len(labels)),
@@ -98,6 +98,6 @@ def zero_shot_evaluate(model, loader, classifier: torch.Tensor, classnames: Sequ
         "wall_time_s": wall,
         "images_per_s": len(labels) / wall if wall > 0 else float("nan"),
         "per_image": {"label": labels, "prediction": predictions, "correct": predictions == labels,
-                      "top5_correct": top5 if top5 is not None else np.full(len(labels), np.nan), "loss": losses},
+                      "top5_correct": top5, "loss": losses},
     })
     return metrics

@@ -82,9 +82,8 @@ def image_text_loss(experiment: Experiment, loss_fn: ClipLoss, image_features: t
 
 
 def train_one_epoch(experiment: Experiment, optimizer, scheduler, loss_fn: ClipLoss, epoch: int,
-                    progress: bool = True, timing: dict[str, float] | None = None) -> float:
-    """One epoch under the run's precision; returns its mean training loss. ``timing``, if given, gets
-    ``loader_start_seconds``: the seconds the epoch waited for its first batch."""
+                    progress: bool = True) -> float:
+    """One epoch under the run's precision; returns its mean training loss."""
     config = experiment.config
     model = experiment.model
     model.train()
@@ -105,11 +104,8 @@ def train_one_epoch(experiment: Experiment, optimizer, scheduler, loss_fn: ClipL
     losses: list[torch.Tensor] = []  # each step's loss, left on the device: read back every READ_LOSS_EVERY steps
     bars: list = []
     batches = progress_iter(loader, f"{config.encoder} epoch {epoch}/{config.epochs}", progress, bars)
-    started = time.perf_counter()
     with precision_context(config.precision, experiment.device, autocast=False):
         for step, (images, labels) in enumerate(batches):
-            if step == 0 and timing is not None:
-                timing["loader_start_seconds"] = time.perf_counter() - started
             with record_function(PHASES["forward"]):
                 # captions drawn for the whole global batch, this rank's slice kept
                 local = len(labels)
@@ -238,19 +234,17 @@ def train_run(config: StudyConfig, resume: bool = True, progress: bool = True,
             write_run_config(experiment)  # not when the run only needs its final files (then it is there)
         if main and not (run / rf.BEFORE_TRAINING).is_file():
             write_json(run / rf.BEFORE_TRAINING, before_training)
-        timings = rf.read_timings(run, start_epoch) if main else []
+        timings = (pd.read_csv(run / "timings.csv").query(f"epoch <= {start_epoch}").to_dict(orient="records")
+                   if main and start_epoch and (run / "timings.csv").is_file() else [])  # the epochs resumed
         setup_seconds = time.perf_counter() - setup_started
         evaluation = None
-        steps_per_epoch = len(experiment.train_set) // config.batch_size
         checkpoints = CheckpointWriter()  # the checkpoint is written while the next epoch trains
         try:
             for epoch in range(start_epoch + 1, config.epochs + 1):
-                if experiment.device.startswith("cuda"):
-                    torch.cuda.reset_peak_memory_stats(experiment.device)
                 started = time.perf_counter()
-                timing = {"epoch": epoch, "train_images": steps_per_epoch * config.batch_size,
-                          "setup_seconds": setup_seconds, "world_size": info.world_size}
-                train_loss = train_one_epoch(experiment, optimizer, scheduler, loss_fn, epoch, progress, timing)
+                timing = {"epoch": epoch, "setup_seconds": setup_seconds,
+                          "train_images": len(experiment.train_set) // config.batch_size * config.batch_size}
+                train_loss = train_one_epoch(experiment, optimizer, scheduler, loss_fn, epoch, progress)
                 synchronize(experiment.device)
                 timing["train_seconds"] = time.perf_counter() - started
                 row = None
@@ -262,16 +256,12 @@ def train_run(config: StudyConfig, resume: bool = True, progress: bool = True,
                            "val_zeroshot_loss": evaluation["zeroshot_loss"],
                            **{k: evaluation[k] for k in rf.HISTORY_COLUMNS[4:]}}
                     history.append(row)
-                    rf.write_history(run, history)
+                    rf.write_table(run, "history.csv", history)
                     t = time.perf_counter()
-                    timing["checkpoint_write_seconds"] = math.nan  # set by the writer when its write ends
-                    checkpoints.save(experiment, optimizer, scheduler, epoch, history, timing)
-                    timing.update(checkpoint_seconds=time.perf_counter() - t,
-                                  epoch_seconds=time.perf_counter() - started,
-                                  peak_memory_gib=(torch.cuda.max_memory_allocated(experiment.device) / 2**30
-                                                   if experiment.device.startswith("cuda") else math.nan))
+                    checkpoints.save(experiment, optimizer, scheduler, epoch, history)
+                    timing["checkpoint_seconds"] = time.perf_counter() - t
                     timings.append(timing)
-                    rf.write_timings(run, timings)
+                    rf.write_table(run, "timings.csv", timings)
                     logger.info("epoch %d: %s (%.1fs)", epoch, {k: round(v, 4) for k, v in row.items()},
                                 time.perf_counter() - started)
                 if info.enabled:  # the others wait here while rank 0 evaluates, then share its row
@@ -283,12 +273,11 @@ def train_run(config: StudyConfig, resume: bool = True, progress: bool = True,
                 if stop_after_epoch is not None and stop_after_epoch <= epoch < config.epochs:
                     break
             if main and evaluation is not None:
-                checkpoints.wait()  # the last write's error is raised here; its seconds go to timings.csv
-                rf.write_timings(run, timings)
+                checkpoints.wait()  # the last write's error is raised here
             if main and len(history) == config.epochs:  # not stopped after an earlier epoch
                 if evaluation is None:  # the checkpoint holds the last epoch but the final files are missing
                     evaluation = evaluate_experiment(experiment, progress)
-                    rf.write_history(run, history)
+                    rf.write_table(run, "history.csv", history)
                 if not math.isfinite(evaluation["zeroshot_loss"]):
                     raise NonFiniteLossError(f"non-finite zero-shot loss at the end of {run}")
                 root = experiment.data_root
@@ -307,21 +296,17 @@ BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false
 
 
 def _parse_value(text: str, default: Any):
-    """A command-line value as the type of the field's ``default``."""
+    """A command-line value as the type of the field's ``default`` (a list: comma-separated ints)."""
     if isinstance(default, list):
         return [int(v) for v in text.split(",") if v.strip()]
-    if isinstance(default, bool):
-        if text.lower() not in BOOLEANS:
-            raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
-        return BOOLEANS[text.lower()]
-    if isinstance(default, (int, float)):
-        return type(default)(text)
+    if isinstance(default, bool) and text.lower() not in BOOLEANS:
+        raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+    if isinstance(default, (int, float)):  # bool too
+        return BOOLEANS[text.lower()] if isinstance(default, bool) else type(default)(text)
     return None if text.lower() == "none" else text
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import dataclasses
-
     from ..settings.params import CommandLineParser
     from ..settings.profiles import PROFILES, help_text, user_fields
 
@@ -344,13 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="several encoders (comma-separated), each in its own process on its --gpus entry")
     parser.add_argument("--gpus", default=None, metavar="LIST",
                         help="with --encoders: one CUDA device index per encoder ('cpu': a CPU process)")
-    for field in dataclasses.fields(StudyConfig):
-        if field.name == "profile" or field.name not in user_fields(StudyConfig):
-            continue
-        parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, default=None, metavar="VALUE",
-                            type=lambda text, d=(field.default if field.default is not dataclasses.MISSING
-                                                else field.default_factory()): _parse_value(text, d),
-                            help=f"{help_text(StudyConfig, field.name)} (default: the profile's)")
+    defaults = StudyConfig()
+    for name in [n for n in user_fields(StudyConfig) if n != "profile"]:
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, metavar="VALUE",
+                            type=lambda text, d=getattr(defaults, name): _parse_value(text, d),
+                            help=f"{help_text(StudyConfig, name)} (default: the profile's)")
     return parser
 
 
@@ -359,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     another run) ends in one ``error: ...`` line and exit status 2."""
     import sys
 
-    from .launch import run_pinned
+    from .device_share import run_pinned
     from ..models.timm_towers import check_encoder
     from ..settings.params import USER_ERRORS, user_error_exit
     from ..settings.profiles import get_config
@@ -380,8 +363,7 @@ def main(argv: list[str] | None = None) -> int:
             # each child trains its one encoder: an empty --encoders (the last one given wins) ends the fan-out
             jobs = {e: [sys.executable, "-m", "mvlip_utils.train", *argv, "--encoders=", "--encoder", e]
                     for e in encoders}
-            failed = run_pinned(jobs, devices, ".")
-            return 1 if failed else 0
+            return 1 if run_pinned(jobs, devices, ".") else 0  # the failed jobs are named in the output
         config = get_config(args.profile, **overrides)
         check_encoder(config.encoder)  # a paper tower or a timm image model (the error names the closest)
         prepare_environment(config.deterministic)  # before anything touches CUDA (the cuBLAS workspace)

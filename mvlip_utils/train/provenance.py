@@ -40,8 +40,7 @@ def device_description(device: Any) -> str:
 
 def git_state() -> dict[str, Any]:
     """{commit, dirty, source} of the running code: MVLIP_GIT_COMMIT/MVLIP_GIT_DIRTY ("0"/"1") if set, else git."""
-    commit = os.environ.get("MVLIP_GIT_COMMIT") or None
-    if commit:
+    if commit := os.environ.get("MVLIP_GIT_COMMIT"):
         dirty = os.environ.get("MVLIP_GIT_DIRTY")
         return {"commit": commit, "dirty": None if dirty is None else dirty not in ("0", "false", ""),
                 "source": "environment"}

@@ -28,8 +28,8 @@ from .provenance import collect_provenance
 HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_zeroshot_loss", "accuracy", "top5",
                    "precision_weighted", "recall_weighted", "f1_weighted"]
 TIMING_COLUMNS = ["epoch", "train_seconds", "train_images", "validation_seconds", "val_images", "checkpoint_seconds",
-                  "checkpoint_write_seconds", "loader_start_seconds", "epoch_seconds", "setup_seconds", "world_size",
-                  "peak_memory_gib"]
+                  "setup_seconds"]
+TABLES = {"history.csv": HISTORY_COLUMNS, "timings.csv": TIMING_COLUMNS}
 METRIC_KEYS = ["accuracy", "top5", "precision_weighted", "recall_weighted", "f1_weighted",
                "precision_macro", "recall_macro", "f1_macro", "mean_per_class_recall", "zeroshot_loss", "n_val",
                "n_classes"]
@@ -61,25 +61,9 @@ def seeds_on_disk(folder: Path) -> list[int]:
                   if (m := _SEED_FOLDER.fullmatch(p.name)) and p.is_dir())
 
 
-def _write_frame(path: Path, rows: Iterable[dict[str, Any]], columns: list[str]) -> None:
-    atomic_write_bytes(path, pd.DataFrame(list(rows), columns=columns).to_csv(index=False).encode())
-
-
-def write_history(run: Path, rows: Iterable[dict[str, Any]]) -> None:
-    _write_frame(Path(run) / "history.csv", rows, HISTORY_COLUMNS)
-
-
-def write_timings(run: Path, rows: Iterable[dict[str, Any]]) -> None:
-    _write_frame(Path(run) / "timings.csv", rows, TIMING_COLUMNS)
-
-
-def read_timings(run: Path, through_epoch: int) -> list[dict[str, Any]]:
-    """The timings.csv rows of the epochs a resumed run already trained (1..through_epoch)."""
-    path = Path(run) / "timings.csv"
-    if through_epoch == 0 or not path.is_file():
-        return []
-    frame = pd.read_csv(path)
-    return frame[frame["epoch"] <= through_epoch].to_dict(orient="records")
+def write_table(run: Path, name: str, rows: Iterable[dict[str, Any]]) -> None:
+    """``run``'s history.csv or timings.csv, in its columns (``TABLES``)."""
+    atomic_write_bytes(Path(run) / name, pd.DataFrame(list(rows), columns=TABLES[name]).to_csv(index=False).encode())
 
 
 def write_final_results(run: Path, config: StudyConfig, evaluation: Mapping[str, Any], images: list[str],
@@ -222,15 +206,11 @@ def load_edition(results_dir: str | os.PathLike, profile: str, encoders: Iterabl
             absent[encoder] = "; ".join(unfinished)
         if not finished:
             continue
-        entry: dict[str, Any] = {"encoder": encoder, "dir": folder, "runs": finished, "config": finished[0]["config"],
-                                 "benchmark": None, "benchmark_provenance": None, "step_check": None, "flops": None}
-        if (folder / "benchmark.json").is_file():
-            blob = read_benchmark(folder / "benchmark.json")
-            entry["benchmark"], entry["benchmark_provenance"] = blob["frame"], blob["provenance"]
-        for name in ("step_check", "flops"):
-            if (folder / f"{name}.json").is_file():
-                entry[name] = read_json(folder / f"{name}.json")
-        runs[encoder] = entry
+        blob = read_benchmark(folder / "benchmark.json") if (folder / "benchmark.json").is_file() else {}
+        runs[encoder] = {"encoder": encoder, "dir": folder, "runs": finished, "config": finished[0]["config"],
+                         "benchmark": blob.get("frame"), "benchmark_provenance": blob.get("provenance"),
+                         **{name: read_json(folder / f"{name}.json") if (folder / f"{name}.json").is_file() else None
+                            for name in ("step_check", "flops")}}
     return runs, absent
 
 
