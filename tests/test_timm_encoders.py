@@ -18,7 +18,7 @@ from torch import nn
 from mvlip_utils.report import tables
 from mvlip_utils.settings import encoders, notebooks
 from mvlip_utils.train import run_folder
-from mvlip_utils.models import timm_towers
+from mvlip_utils.models import towers
 from mvlip_utils.study.book import toc_text
 from mvlip_utils.models.model import MVLIP, create_text_tower
 from mvlip_utils.settings.profiles import ENCODER_LABELS, ENCODERS, get_config
@@ -59,18 +59,18 @@ def test_two_models_never_share_a_folder():
 
 
 def test_a_misspelt_or_unknown_name_is_refused_with_the_closest_timm_names():
-    """timm's registry is the models stage's (timm_towers.check_encoder, which the command lines, the study
+    """timm's registry is the models stage's (towers.check_encoder, which the command lines, the study
     runner and the tower's creation call); the settings check only the name's form."""
     with pytest.raises(ValueError, match="closest timm names: convnext_atto"):
-        timm_towers.check_encoder("convnxt_atto")
+        towers.check_encoder("convnxt_atto")
     with pytest.raises(ValueError, match="closest timm names: convnext_atto"):
         create_image_tower("convnxt_atto", image_size=64)
     with pytest.raises(ValueError, match=r"no pretrained tag 'in99k'.*convnext_atto.d2_in1k"):
-        timm_towers.check_encoder("convnext_atto.in99k")
+        towers.check_encoder("convnext_atto.in99k")
     with pytest.raises(ValueError, match="parameter encoder=''"):
         get_config("smoke", encoder="")
-    assert timm_towers.check_encoder("convnext_atto.d2_in1k") == "convnext_atto.d2_in1k"
-    assert timm_towers.check_encoder("mamba_vision_T") == "mamba_vision_T"  # registered by mambavision
+    assert towers.check_encoder("convnext_atto.d2_in1k") == "convnext_atto.d2_in1k"
+    assert towers.check_encoder("mamba_vision_T") == "mamba_vision_T"  # registered by mambavision
 
 
 # ------------------------------------------------------------------------------------ the tower
@@ -130,8 +130,8 @@ def test_weights_from_a_local_safetensors_or_pth_file_and_the_environment_variab
     torch.save({"state_dict": state}, pth)
     _holds(create_image_tower(EXTRA, pretrained=True, weights_path=str(st), image_size=64), state)
     _holds(create_image_tower(EXTRA, pretrained=True, weights_path=str(pth), image_size=64), state)
-    assert timm_towers.weights_env("convnext_atto.d2_in1k") == "MVLIP_WEIGHTS_CONVNEXT_ATTO_D2_IN1K"
-    monkeypatch.setenv(timm_towers.weights_env(EXTRA), str(st))
+    assert towers.weights_env("convnext_atto.d2_in1k") == "MVLIP_WEIGHTS_CONVNEXT_ATTO_D2_IN1K"
+    monkeypatch.setenv(towers.weights_env(EXTRA), str(st))
     tower = create_image_tower(EXTRA, pretrained=True, image_size=64)
     _holds(tower, state)
     assert tower.backbone.pretrained_cfg["file"] == str(st) and "state_dict" not in tower.backbone.pretrained_cfg
@@ -178,7 +178,7 @@ def test_pretrained_weights_from_the_hub_cache_offline_or_an_error_naming_where_
         assert part in text, part
     state = _state()
     path = _hf_cache(tmp_path / "hub", repo, "model.safetensors", state)
-    found, _ = timm_towers.find_weights(name)
+    found, _ = towers.find_weights(name)
     assert Path(found) == path
     _holds(create_image_tower(name, pretrained=True, image_size=64), state)
 

@@ -77,7 +77,7 @@ def test_pretrained_unavailable_offline_is_a_clear_error_never_random_weights(en
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     monkeypatch.setattr(torch.hub, "download_url_to_file",
                         lambda *a, **k: (_ for _ in ()).throw(OSError("network is unreachable")))
-    monkeypatch.setattr("mvlip_utils.models.timm_towers.Path.is_file",
+    monkeypatch.setattr("mvlip_utils.models.towers.Path.is_file",
                         lambda self: False if str(self).startswith("/tmp/mamba_vision") else self.exists())
     with pytest.raises(WeightsUnavailableError) as info, uninitialised_parameters():
         create_image_tower(encoder, size="paper", pretrained=True)

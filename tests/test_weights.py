@@ -34,7 +34,7 @@ from conftest import uninitialised_parameters
 from safetensors.torch import save_file
 
 from mvlip_utils.models.model import MVLIP, TEXT_WEIGHTS_ENV, create_text_tower
-from mvlip_utils.models.timm_towers import load_mambavision_weights
+from mvlip_utils.models.towers import load_mambavision_weights
 from mvlip_utils.models.towers import TIMM_NAMES, WEIGHTS_ENV, create_image_tower
 from mvlip_utils.models.weights import TRUST_ENV, UnsafeWeightsError, load_torch_file, read_state_dict
 from mvlip_utils.train import loop

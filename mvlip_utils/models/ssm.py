@@ -30,32 +30,6 @@ __all__ = ["selective_scan", "selective_scan_portable", "selective_scan_referenc
 _SHIM_MARK = "__mvlip_ssm_shim__"
 
 
-def _check_inputs(u, delta, A, B, C, D, z, delta_bias):
-    if u.dim() != 3:
-        raise ValueError(f"u must be (batch, dim, L), got shape {tuple(u.shape)}")
-    b, d, l = u.shape
-    if delta.shape != u.shape:
-        raise ValueError(f"delta must have u's shape {tuple(u.shape)}, got {tuple(delta.shape)}")
-    if A.dim() != 2 or A.shape[0] != d:
-        raise ValueError(f"A must be (dim={d}, dstate), got shape {tuple(A.shape)}")
-    n = A.shape[1]
-    for name, t in (("B", B), ("C", C)):
-        shape = tuple(t.shape)
-        if t.dim() == 4:
-            fits = (shape[0], shape[2], shape[3]) == (b, n, l) and d % shape[1] == 0
-        else:
-            fits = shape == {2: (d, n), 3: (b, n, l)}.get(t.dim())
-        if not fits:
-            raise ValueError(f"{name} must be (dim, dstate)=({d}, {n}), (batch, dstate, L)=({b}, {n}, {l}) or "
-                             f"(batch, groups, dstate, L) with dim % groups == 0, got {shape}")
-    if D is not None and tuple(D.shape) != (d,):
-        raise ValueError(f"D must be (dim,)=({d},), got {tuple(D.shape)}")
-    if delta_bias is not None and tuple(delta_bias.shape) != (d,):
-        raise ValueError(f"delta_bias must be (dim,)=({d},), got {tuple(delta_bias.shape)}")
-    if z is not None and z.shape != u.shape:
-        raise ValueError(f"z must have u's shape {tuple(u.shape)}, got {tuple(z.shape)}")
-
-
 def _bc_time_major(t, d, dtype):
     """B or C to the time-major layout (l|1, b|1, d|1, n)."""
     t = t.to(dtype)
@@ -89,7 +63,6 @@ def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     """Float64 loop with mamba_ssm's ``selective_scan_ref`` semantics; differentiable through autograd.
 
     Returns ``out`` in u's dtype (and ``last_state`` in float64 when ``return_last_state``)."""
-    _check_inputs(u, delta, A, B, C, D, z, delta_bias)
     f64 = torch.float64
     b, d, l = u.shape
     uu = u.to(f64)
@@ -168,7 +141,6 @@ class LinearScan(torch.autograd.Function):
 def selective_scan_portable(u, delta, A, B, C, D=None, z=None, delta_bias=None,
                             delta_softplus=False, return_last_state=False):
     """Portable selective scan (any device); float32 internally for float32/bf16/fp16 inputs."""
-    _check_inputs(u, delta, A, B, C, D, z, delta_bias)
     cdt = torch.float64 if u.dtype == torch.float64 else torch.float32
     d = u.shape[1]
     uu = u.to(cdt)
@@ -186,7 +158,6 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None,
                           delta_softplus=False, return_last_state=False):
     """Triton selective scan (CUDA tensors; CPU under TRITON_INTERPRET=1) for B, C of shape (batch, dstate, L);
     other layouts go to the portable path."""
-    _check_inputs(u, delta, A, B, C, D, z, delta_bias)
     if B.dim() != 3 or C.dim() != 3 or u.shape[2] == 0:  # the kernels cover MambaVision's (batch, dstate, L)
         return selective_scan_portable(u, delta, A, B, C, D, z=z, delta_bias=delta_bias,
                                        delta_softplus=delta_softplus, return_last_state=return_last_state)

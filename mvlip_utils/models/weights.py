@@ -39,11 +39,8 @@ class UnsafeWeightsError(ValueError):
 
 def load_torch_file(path: str | os.PathLike, allowed: Sequence[type] = (), trust: bool | None = False,
                     what: str = "file", remedy: str = WEIGHTS_REMEDY) -> Any:
-    """The contents of the torch file ``path``, loaded with ``weights_only=True`` and the ``allowed`` types.
-
-    Raises ``UnsafeWeightsError`` (naming ``what``, the file, the types it needs and ``remedy``) when the file
-    needs other types, unless the user opted in (``trust`` or ``MVLIP_TRUST_PICKLED_WEIGHTS``): then it is loaded
-    in full."""
+    """The contents of the torch file ``path`` as the module docstring says; ``UnsafeWeightsError`` names ``what``,
+    the file, the types it needs and ``remedy``."""
     path = Path(path)
     try:
         with torch.serialization.safe_globals(list(allowed)):
