@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # As small as the study gets: 4 classes x 8 training images of 32 px, two epochs, two seeds, a short benchmark
 TINY = {"epochs": 2, "generated_classes": 4, "generated_train_per_class": 8, "generated_val_per_class": 4,
-        "image_size": 32, "batch_size": 16, "eval_batch_size": 16, "seeds": [0, 1], "warmup": 1, "repeats": 2,
-        "eval_repeats": 2, "resolutions": [32, 64], "step_check_images": 16, "step_profile_steps": 0, "best_batch": 8,
+        "image_size": 32, "batch_size": 16, "eval_batch_size": 16, "seeds": [0, 1], "warmup": 1, "repeats": 1,
+        "eval_repeats": 1, "resolutions": [32, 64], "step_check_images": 16, "step_profile_steps": 0, "best_batch": 8,
         "sweep_batch": 8, "n_examples": 4}
 STUDY_ENCODERS = ["mambavision", "swin"]
 

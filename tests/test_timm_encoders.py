@@ -234,7 +234,8 @@ def test_02_train_runs_an_extra_encoder_through_papermill(tmp_path):
         progress_bar=False, parameters=dict(profile="smoke", encoder=EXTRA, epochs=1, generated_classes=4,
                                             generated_train_per_class=8, generated_val_per_class=2, batch_size=8,
                                             results_dir=str(tmp_path / "r"), data_dir=str(tmp_path / "d"),
-                                            step_check_images=16, step_profile_steps=0, step_check_deterministic=False,
+                                            step_check_images=16, step_check_steps=["eager"], step_profile_steps=0,
+                                            step_check_deterministic=False,
                                             seeds=[0]))
     text = "\n".join(o.get("text", "") + json.dumps(o.get("data", {})) for c in nbformat.read(out, 4).cells
                      for o in c.get("outputs", []))

@@ -12,7 +12,7 @@ import pytest
 import torch
 from sklearn.metrics import balanced_accuracy_score, f1_score, precision_score, recall_score, top_k_accuracy_score
 
-from mvlip_utils.models import timm_towers
+from mvlip_utils.models import towers
 from mvlip_utils.settings import profiles
 from mvlip_utils.settings.profiles import get_config
 from mvlip_utils.train import experiment as exp, loop, run_folder as rf
@@ -57,7 +57,7 @@ def test_profiles_hold_the_papers_protocol_and_name_bad_parameters():
     with pytest.raises(ValueError, match="encoder=''"):  # the name's form; timm's registry is the models'
         get_config("smoke", encoder="")
     with pytest.raises(ValueError, match="encoder='resnet'.*closest timm names"):
-        timm_towers.check_encoder("resnet")
+        towers.check_encoder("resnet")
     with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['epoch'\]"):
         get_config("smoke", epoch=3)
     with pytest.raises(ValueError, match="lr=-1"):

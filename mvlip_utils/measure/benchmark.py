@@ -1,22 +1,40 @@
 """The study's one timing method and the measurements built on it.
 
 Warm up, synchronise, time many steps, report the median and spread with every condition that produced it
-(timm's ``benchmark.py`` habit)."""
+(timm's ``benchmark.py`` habit); the look-up of the records in benchmark.json that chapters and verdicts read."""
 from __future__ import annotations
 
 import gc
+import math
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
 from ..settings.precision import precision_context
 from ..settings.precision import autocast_region as _autocast
 from .flops import utilisation_fields
-from ..train.experiment import make_adamw
 from ..train.provenance import device_description
+
+PAPER, BEST = "paper's conditions", "best: bf16, channels_last"
+
+
+def benchmark_record(entry: Mapping[str, Any], **match: Any) -> dict | None:
+    """The first record of ``entry["benchmark"]`` (a DataFrame) whose fields equal ``match``, or None."""
+    rows = entry.get("benchmark")
+    if rows is None or not {"kind", *match} <= set(rows):
+        return None
+    rows = rows[(rows[list(match)] == pd.Series(match)).all(axis=1)]
+    return None if rows.empty else rows.iloc[0].to_dict()
+
+
+def benchmark_rate(entry: Mapping[str, Any], **match: Any) -> float:
+    """The images/s of ``benchmark_record(entry, **match)``; NaN when none."""
+    record = benchmark_record(entry, **match)
+    return float(record["images_per_s"]) if record and record.get("images_per_s") is not None else math.nan
 
 
 def _sync(dev: torch.device | None) -> None:
@@ -78,6 +96,8 @@ def make_step(module: nn.Module, batch_size: int, image_size: int, precision: st
     x = x.contiguous(memory_format=fmt)
     if mode == "train":
         module.train()
+        from ..train.experiment import make_adamw  # open_clip's import only where a step trains
+
         opt = make_adamw(module.parameters(), lr, weight_decay, fused)
 
         def train_step():

@@ -7,20 +7,18 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import math
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
-import pandas as pd
 import torch
 
-from .benchmark import eval_loop_throughput, free_memory, interleaved_ratio, is_oom_error, make_step, model_throughput
+from .benchmark import (BEST, PAPER, benchmark_record, eval_loop_throughput, free_memory, is_oom_error,  # noqa: F401
+                        interleaved_ratio, make_step, model_throughput)  # (04_benchmark reads suite.*)
 from .flops import MODES, flops_per_image
 from .step_profile import profile_training_epoch
 from .sweep import resolution_sweep, scaled_batch_size
 from ..data.files import read_json, write_json
-from ..models.timm_towers import check_encoder
-from ..models.towers import architecture, create_image_tower, selective_scan_replaced
+from ..models.towers import architecture, check_encoder, create_image_tower, selective_scan_replaced
 from ..settings.params import USER_ERRORS, user_error_exit
 from ..settings.precision import precision_context
 from ..settings.profiles import (ENCODERS, PROFILES, TRAIN_STEPS, BenchSettings, StudyConfig, get_bench_settings,
@@ -32,24 +30,6 @@ from ..train.device_share import timing_lock
 from ..train.evaluate import synchronize
 from ..train.provenance import collect_provenance, device_description
 from ..train.run_folder import encoder_dir
-
-PAPER, BEST = "paper's conditions", "best: bf16, channels_last"
-
-
-def benchmark_record(entry: Mapping[str, Any], **match: Any) -> dict | None:
-    """The first record of ``entry["benchmark"]`` (a DataFrame) whose fields equal ``match``, or None."""
-    rows = entry.get("benchmark")
-    if rows is None or not {"kind", *match} <= set(rows):
-        return None
-    rows = rows[(rows[list(match)] == pd.Series(match)).all(axis=1)]
-    return None if rows.empty else rows.iloc[0].to_dict()
-
-
-def benchmark_rate(entry: Mapping[str, Any], **match: Any) -> float:
-    """The images/s of ``benchmark_record(entry, **match)``; NaN when none."""
-    record = benchmark_record(entry, **match)
-    return float(record["images_per_s"]) if record and record.get("images_per_s") is not None else math.nan
-
 
 def eval_loop_records(experiment, bench: BenchSettings) -> list[dict]:
     """The paper's Table 2 method, JPEGs decoded in ``bench.eval_workers`` workers and from the uint8 cache;

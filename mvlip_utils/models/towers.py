@@ -203,7 +203,7 @@ def find_weights(encoder: str, weights_path: str | None = None, name: str | None
     cfg = timm.models.get_pretrained_cfg(name if tag else arch)
     if cfg is None:
         raise _unavailable(encoder, env, looked + ["timm's pretrained configurations (none for this name)"], None)
-    repo, mambavision = cfg.hf_hub_id or None, has_selective_scan(arch)
+    repo, selective = cfg.hf_hub_id or None, has_selective_scan(arch)
     files = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else HF_FILES
     cause: BaseException | None = None
     if repo:
@@ -224,10 +224,10 @@ def find_weights(encoder: str, weights_path: str | None = None, name: str | None
         else:
             looked.append("the Hugging Face hub (not asked: HF_HUB_OFFLINE=1)")
     if cfg.url:
-        target = Path(torch.hub.get_dir()) / "checkpoints" / (f"{arch}.pth.tar" if mambavision
+        target = Path(torch.hub.get_dir()) / "checkpoints" / (f"{arch}.pth.tar" if selective
                                                               else Path(cfg.url).name)
         # MambaVision's own downloads go to /tmp/<model>.pth.tar
-        for place in (target, Path(f"/tmp/{arch}.pth.tar")) if mambavision else (target,):
+        for place in (target, Path(f"/tmp/{arch}.pth.tar")) if selective else (target,):
             if place.is_file():
                 return str(place), looked
             looked.append(str(place))

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from ..measure.benchmark_suite import PAPER, benchmark_record
+from ..measure.benchmark import PAPER, benchmark_record
 from ..measure.sweep import fit_growth_exponent
 from ..settings.profiles import ENCODER_LABELS, ENCODERS
 from . import stats

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import pandas as pd
 
 from ..data.files import jsonable, write_json
-from ..measure.benchmark_suite import benchmark_record
+from ..measure.benchmark import benchmark_record
 from ..measure.flops import peak_flops, utilisation_fields
 
 

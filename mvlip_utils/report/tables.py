@@ -9,7 +9,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from ..measure.benchmark_suite import BEST, PAPER, benchmark_rate, benchmark_record
+from ..measure.benchmark import BEST, PAPER, benchmark_rate, benchmark_record
 from ..settings.encoders import marked, tower_name
 from ..settings.profiles import ENCODER_LABELS, ENCODERS
 from .findings import ALONE, LOOP, _pm, _speed, decoder_bound, growth_exponents

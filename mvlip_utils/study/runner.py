@@ -27,16 +27,15 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import nbformat
-import torch
 from jupyter_client.kernelspec import KernelSpecManager
 
-from ..models.timm_towers import check_encoder
+from ..settings.encoders import is_paper_encoder
 from ..settings.notebooks import (BENCHMARK, DISCUSSION, FINDINGS, NOTEBOOKS, PER_ENCODER, SETUP, TRAIN, Step,
                                   edition_record_path, plan)
 from ..settings.params import USER_ERRORS, CommandLineParser, parameter_help_epilog, parameter_names, user_error_exit
 from ..settings.profiles import ENCODERS, PROFILES, needs_cuda, records_edition
 from ..train import device_share
-from ..train.launch import run_pinned
+from ..train.device_share import run_pinned
 from .book import (_ANSI, PROJECT_ROOT, build_book, copy_recorded_chapters, prepare_chapter, toc_text,
                    write_edition_record)
 from .reuse import executed_fingerprint, files_digest, fingerprint, library_hash, step_inputs, study_config
@@ -98,7 +97,9 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
 def check_overrides(profile: str, encoders: Sequence[str], overrides: dict[str, Any],
                     notebook_names: Iterable[str] = ()) -> None:
     """ValueError naming an unknown or invalid parameter or encoder (``notebook_names``: notebook-only ones)."""
-    for encoder in encoders:  # a paper tower or a timm image model; the error names the closest timm names
+    for encoder in (e for e in encoders if not is_paper_encoder(e)):  # a timm image model: the error names the
+        from ..models.towers import check_encoder  # closest timm names (timm and MambaVision imported only here)
+
         try:
             check_encoder(encoder)
         except ValueError as exc:
@@ -229,6 +230,8 @@ def recorded_editions(root: Path, exclude: Sequence[str] = ()) -> dict[str, list
 
 
 def cuda_available() -> bool:
+    import torch
+
     return torch.cuda.is_available()
 
 

@@ -38,7 +38,7 @@ from .provenance import device_description, versions
 from ..settings.precision import autocast_region, precision_context
 from ..settings.profiles import StudyConfig
 from ..settings.reproducibility import deterministic_mode, prepare_environment
-from ..models.image_tower import SSM_BACKEND, count_parameters
+from ..models.towers import SSM_BACKEND, count_parameters
 from ..models.towers import WeightsUnavailableError, architecture
 
 logger = logging.getLogger("mvlip_utils.train")
@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     from .device_share import run_pinned
-    from ..models.timm_towers import check_encoder
+    from ..models.towers import check_encoder
     from ..settings.params import USER_ERRORS, user_error_exit
     from ..settings.profiles import get_config
 
