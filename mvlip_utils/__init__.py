@@ -11,7 +11,8 @@ One subpackage per stage of the study, each importing only from itself and the s
   checkpoints, torchrun, one process per GPU, evaluation;
 - measure: the timing method, FLOPs, what the benchmark chapter measures, the training steps' check and
   profiles;
-- report: the verdicts (findings), an edition's tables and sentences (discussion), projections, plots;
+- report: the verdicts (findings) and their paired statistics, an edition's tables, projections, plots, and how
+  the notebooks show them;
 - study: the papermill runner, when a notebook is reused, the book.
 """
 

@@ -1,1 +1,1 @@
-"""Reporting: the verdicts (findings), an edition's tables and sentences (discussion), projections, plots."""
+"""Reporting: the verdicts (findings) and their statistics, tables, projections, plots and how notebooks show them."""
