@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -109,6 +110,7 @@ with open(root / "study-lines.txt", "w") as lines:
 _study: dict = {}
 
 
+@pytest.hookimpl(trylast=True)  # after -k and -m have deselected what will not run
 def pytest_collection_modifyitems(session, config, items):
     """The tests that need the session study last, and the study started now if any of them is to run."""
     needs = [item for item in items if "smoke_study" in getattr(item, "fixturenames", ())]
@@ -122,13 +124,13 @@ def pytest_collection_modifyitems(session, config, items):
     # a TMPDIR of its own: the chains' device timing locks are not the ones of studies that tests run meanwhile
     _study.update(root=root, log=log, process=subprocess.Popen(
         [sys.executable, "-c", STUDY_PROCESS, str(root), json.dumps(STUDY_ENCODERS), json.dumps(TINY)],
-        cwd=root, env=child_env(TMPDIR=str(tmp)), stdout=log, stderr=subprocess.STDOUT))
+        cwd=root, env=child_env(TMPDIR=str(tmp)), stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
 
 
 def pytest_unconfigure(config):
     process = _study.get("process")
     if process is not None and process.poll() is None:  # the session ended before a test needed it
-        process.kill()
+        os.killpg(process.pid, signal.SIGKILL)  # its chain processes too (their kernels follow their parent)
         process.wait()
 
 
